@@ -1,0 +1,8 @@
+"""cellsearch: search for and evaluate recurrent cell architectures.
+
+Implements Jozefowicz, Zaremba & Sutskever, "An Empirical Exploration of Recurrent Network
+Architectures" (ICML 2015). The pipeline: equations text -> CellGraph -> compiled torch module ->
+training on a task -> results in storage -> the evolutionary search and its reports.
+"""
+
+__version__ = "0.1.0"

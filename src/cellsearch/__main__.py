@@ -1,0 +1,5 @@
+import sys
+
+from cellsearch.cli import main
+
+sys.exit(main())

@@ -1,0 +1,306 @@
+"""Compile a `CellGraph` into a plan that runs a population of K independent copies of the cell
+over a whole sequence with few, large tensor operations.
+
+The plan is built once per graph and is pure data; `run` executes it on tensors. What it does
+for speed:
+
+- Nodes that depend only on `x`, biases and constants ("static" nodes) are computed for all
+  timesteps at once before the time loop; the matrices applied to the same static operand become
+  one batched matmul over all timesteps.
+- Sums are flattened: `W_xi x + W_hi h + b_i` splits into a static part (`W_xi x + b_i`,
+  precomputed) and a recurrent part (`W_hi h`).
+- Matrices applied to the same recurrent operand (the four `W_h*` of the LSTM) become one
+  batched matmul per step, and the static parts of the sums they feed are added by that same
+  call (`baddbmm`), so an LSTM step is one matmul plus elementwise work.
+
+Shapes: sequences are (K, T, B, n), states (K, B, n), a matrix (K, n, n) acting as `v @ W.T`,
+a bias (K, n). This module knows nothing of modules, tasks or training.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from cellsearch.graph import INPUT, CellGraph, Node, is_anonymous
+
+_ACTIVATIONS = {
+    "tanh": torch.tanh,
+    "sigmoid": torch.sigmoid,
+    "relu": torch.relu,
+    "identity": lambda v: v,
+}
+
+
+@dataclass(frozen=True)
+class MatmulGroup:
+    """Matrices applied to one recurrent operand: one `bmm` (or `baddbmm`) per step.
+
+    `members[i]` is the matmul node whose result is chunk i; `fused_sums[i]` names the sum node
+    whose static part is added into chunk i by the same call (or None).
+    """
+
+    operand: str
+    members: tuple[str, ...]
+    params: tuple[str, ...]
+    fused_sums: tuple[str | None, ...]
+
+
+@dataclass(frozen=True)
+class Sum:
+    """A flattened chain of `+`/`-`: static terms are precomputed, recurrent ones added per step."""
+
+    name: str
+    static_terms: tuple[tuple[int, str], ...]  # (sign, node)
+    recurrent_terms: tuple[tuple[int, str], ...]
+
+
+@dataclass(frozen=True)
+class Plan:
+    graph: CellGraph
+    static: tuple[Node, ...]  # static nodes in topological order (matmuls included)
+    timed: frozenset[str]  # static nodes that depend on x (the others are constant over time)
+    x_groups: tuple[tuple[str, tuple[str, ...]], ...]  # static operand -> its matmul nodes
+    loop: tuple[MatmulGroup | Sum | Node, ...]  # per-step instructions in order
+    loop_reads: tuple[str, ...]  # static values the loop reads directly (not through sums)
+
+
+def plan(graph: CellGraph) -> Plan:
+    by_name = {node.name: node for node in graph.nodes}
+    uses = graph.consumers()
+    static: set[str] = {INPUT}
+    timed: set[str] = {INPUT}
+    for node in graph.nodes:
+        if all(i in static for i in node.inputs):
+            static.add(node.name)
+            if any(i in timed for i in node.inputs):
+                timed.add(node.name)
+
+    # Flatten recurrent +/- chains through anonymous, single-use +/- nodes.
+    absorbed: set[str] = set()
+    sums: dict[str, Sum] = {}
+
+    def terms(name: str, sign: int) -> list[tuple[int, str]]:
+        node = by_name.get(name)
+        if node is None or node.op not in ("add", "sub"):
+            return [(sign, name)]
+        right_sign = sign if node.op == "add" else -sign
+        return [*expand(node.inputs[0], sign), *expand(node.inputs[1], right_sign)]
+
+    def expand(name: str, sign: int) -> list[tuple[int, str]]:
+        node = by_name.get(name)
+        if (node is not None and node.op in ("add", "sub") and is_anonymous(name)
+                and len(uses[name]) == 1 and name not in graph.outputs):
+            absorbed.add(name)
+            return terms(name, sign)
+        return [(sign, name)]
+
+    for node in reversed(graph.nodes):  # outermost sums first, so inner ones get absorbed
+        if node.op in ("add", "sub") and node.name not in static and node.name not in absorbed:
+            flat = terms(node.name, 1)
+            sums[node.name] = Sum(
+                node.name,
+                tuple(t for t in flat if t[1] in static),
+                tuple(t for t in flat if t[1] not in static),
+            )
+
+    # Group recurrent matmuls by operand; fuse a sum's static part into a matmul that is the sum's
+    # first recurrent term, when that matmul is read only by the sum and is added (sign +1).
+    groups: dict[str, list[Node]] = {}
+    for node in graph.nodes:
+        if node.op == "matmul" and node.name not in static:
+            groups.setdefault(node.inputs[0], []).append(node)
+    fused_into: dict[str, str] = {}  # matmul -> sum
+    for total in sums.values():
+        if total.static_terms and total.recurrent_terms:
+            sign, first = total.recurrent_terms[0]
+            node = by_name.get(first)
+            if sign == 1 and node is not None and node.op == "matmul" and len(uses[first]) == 1:
+                fused_into[first] = total.name
+
+    loop: list[MatmulGroup | Sum | Node] = []
+    emitted_groups: set[str] = set()
+    for node in graph.nodes:
+        if node.name in static or node.name in absorbed:
+            continue
+        if node.op == "matmul":
+            operand = node.inputs[0]
+            if operand not in emitted_groups:
+                emitted_groups.add(operand)
+                members = groups[operand]
+                loop.append(MatmulGroup(
+                    operand,
+                    tuple(m.name for m in members),
+                    tuple(m.param for m in members),
+                    tuple(fused_into.get(m.name) for m in members),
+                ))
+        elif node.name in sums:
+            loop.append(sums[node.name])
+        else:
+            loop.append(node)
+
+    recurrent_reads = set()
+    for step in loop:
+        if isinstance(step, Node):
+            recurrent_reads.update(step.inputs)
+        elif isinstance(step, Sum):
+            recurrent_reads.update(t for _, t in step.recurrent_terms)
+        else:
+            recurrent_reads.add(step.operand)
+    recurrent_reads.update(graph.outputs)
+    x_groups: dict[str, list[str]] = {}
+    for node in graph.nodes:
+        if node.op == "matmul" and node.name in static:
+            x_groups.setdefault(node.inputs[0], []).append(node.name)
+    return Plan(
+        graph=graph,
+        static=tuple(n for n in graph.nodes if n.name in static),
+        timed=frozenset(timed),
+        x_groups=tuple((k, tuple(v)) for k, v in x_groups.items()),
+        loop=tuple(loop),
+        loop_reads=tuple(sorted(n for n in recurrent_reads if n in static)),
+    )
+
+
+# -- execution ------------------------------------------------------------------------------------
+
+
+def _transposed_cat(params: dict[str, torch.Tensor], names: tuple[str, ...]) -> torch.Tensor:
+    """(K, n, m*n): the matrices of a group side by side, so `v @ result` gives all m products."""
+    return torch.cat([params[name].transpose(1, 2) for name in names], dim=2)
+
+
+def _static_values(plan_: Plan, params, x: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Every static node, as (K, T, B, n) if it depends on x, else broadcastable (K, 1, 1, n)."""
+    K, T, B, n = x.shape
+    values: dict[str, torch.Tensor] = {INPUT: x}
+    by_name = {node.name: node for node in plan_.static}
+    for operand, members in plan_.x_groups:
+        if operand not in values:  # a static operand computed from x (e.g. tanh(x)): do it now
+            _evaluate_static_until(plan_, params, values, operand)
+        source = values[operand].expand(K, T, B, n).reshape(K, T * B, n)
+        product = torch.bmm(source, _transposed_cat(params, tuple(by_name[m].param for m in members)))
+        product = product.view(K, T, B, len(members) * n)
+        for index, member in enumerate(members):
+            values[member] = product[..., index * n:(index + 1) * n]
+    _evaluate_static_until(plan_, params, values, None)
+    return values
+
+
+def _evaluate_static_until(plan_: Plan, params, values: dict, target: str | None) -> None:
+    K = values[INPUT].shape[0]
+    for node in plan_.static:
+        if node.name in values:
+            if node.name == target:
+                return
+            continue
+        if node.op == "matmul":  # a matmul of a static operand that is itself not yet computed
+            continue
+        values[node.name] = _apply(node, params, values, K)
+        if node.name == target:
+            return
+
+
+def _apply(node: Node, params, values: dict, K: int) -> torch.Tensor:
+    op = node.op
+    if op == "bias":
+        return params[node.param].view(K, 1, 1, -1)
+    if op == "one":
+        return values[INPUT].new_ones(1, 1, 1, 1)
+    if op in _ACTIVATIONS:
+        return _ACTIVATIONS[op](values[node.inputs[0]])
+    a, b = (values[i] for i in node.inputs)
+    if op == "add":
+        return a + b
+    if op == "sub":
+        return a - b
+    if op == "mul":
+        return a * b
+    raise AssertionError(f"unexpected op {op}")
+
+
+def _signed_sum(terms: list[tuple[int, torch.Tensor]], start: torch.Tensor | None):
+    total = start
+    for sign, value in terms:
+        if total is None:
+            total = value if sign > 0 else -value
+        else:
+            total = total + value if sign > 0 else total - value
+    return total
+
+
+def run(
+    plan_: Plan,
+    params: dict[str, torch.Tensor],
+    x: torch.Tensor,
+    state: tuple[torch.Tensor, ...],
+) -> tuple[torch.Tensor, tuple[torch.Tensor, ...]]:
+    """Run the cell over a sequence.
+
+    x: (K, T, B, n); state: one (K, B, n) tensor per state (graph.states order, h first).
+    Returns the exposed output h for every step, (K, T, B, n), and the final state.
+    """
+    graph = plan_.graph
+    K, T, B, n = x.shape
+    static = _static_values(plan_, params, x)
+
+    # Per-step views of the static values the loop needs: (K, B, n) each, or constants
+    # broadcastable to it.
+    def per_step(value: torch.Tensor, is_timed: bool):
+        return value.unbind(1) if is_timed else [value.squeeze(1)] * T
+
+    step_static = {name: per_step(static[name], name in plan_.timed) for name in plan_.loop_reads}
+    sum_static: dict[str, list] = {}
+    group_pre: dict[str, list] = {}
+    group_weights: dict[str, torch.Tensor] = {}
+    for item in plan_.loop:
+        if isinstance(item, Sum) and item.static_terms:
+            part = _signed_sum([(s, static[t]) for s, t in item.static_terms], None)
+            sum_static[item.name] = part
+        if isinstance(item, MatmulGroup):
+            group_weights[item.operand] = _transposed_cat(params, item.params)
+    fused: set[str] = set()
+    for item in plan_.loop:
+        if isinstance(item, MatmulGroup) and any(item.fused_sums):
+            chunks = [
+                sum_static[s].expand(K, T, B, n) if s is not None
+                else x.new_zeros(()).expand(K, T, B, n)
+                for s in item.fused_sums
+            ]
+            group_pre[item.operand] = torch.cat(chunks, dim=-1).unbind(1)
+            fused.update(s for s in item.fused_sums if s is not None)
+    sum_steps = {
+        item.name: per_step(sum_static[item.name],
+                            any(t in plan_.timed for _, t in item.static_terms))
+        for item in plan_.loop
+        if isinstance(item, Sum) and item.static_terms and item.name not in fused
+    }
+
+    outputs = []
+    states = dict(zip(graph.states, state))
+    for t in range(T):
+        values: dict[str, torch.Tensor] = dict(states)
+        for name, steps in step_static.items():
+            values[name] = steps[t]
+        for item in plan_.loop:
+            if isinstance(item, MatmulGroup):
+                weights = group_weights[item.operand]
+                operand = values[item.operand]
+                if item.operand in group_pre:
+                    product = torch.baddbmm(group_pre[item.operand][t], operand, weights)
+                else:
+                    product = torch.bmm(operand, weights)
+                for chunk, member in zip(product.split(n, dim=-1), item.members):
+                    values[member] = chunk
+            elif isinstance(item, Sum):
+                start = sum_steps[item.name][t] if item.name in sum_steps else None
+                values[item.name] = _signed_sum(
+                    [(s, values[term]) for s, term in item.recurrent_terms], start
+                )
+            else:  # an activation or a product; never a bias, constant or matmul
+                values[item.name] = _apply(item, params, values, K)
+        states = {s: values[out] for s, out in zip(graph.states, graph.outputs)}
+        outputs.append(states[graph.states[0]])
+    return torch.stack(outputs, dim=1), tuple(states[s] for s in graph.states)
+

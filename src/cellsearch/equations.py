@@ -1,0 +1,316 @@
+"""The equation language: cells written in the paper's own notation, parsed to a `CellGraph` and
+printed back.
+
+    # The LSTM of §2 (tanh for i and o)
+    i  = tanh(W_xi x + W_hi h + b_i)
+    j  = sigm(W_xj x + W_hj h + b_j)
+    f  = sigm(W_xf x + W_hf h + b_f)
+    o  = tanh(W_xo x + W_ho h + b_o)
+    c' = c * f + i * j
+    h' = tanh(c') * o
+    init b_f = 1            # only in LSTM-b: the forget-gate bias starts at 1 (§2.2)
+
+- `x` is the input; `h`, `c`, ... are the previous states; `h'`, `c'`, ... define the new states
+  (a primed name may also be read, as `h'` reads `c'` above). `h` is the exposed output.
+- `W_name v` applies a learned square matrix to `v` (a name, a call or a parenthesised
+  expression); `b_name` is a learned bias vector; `1` is a vector of ones (`1 - z`).
+- `tanh`, `sigm` (or `sigmoid`), `relu` and `id` are the activations; `*` (or `⊙`) is the
+  elementwise product and binds tighter than `+` and `-`, which associate to the left.
+- `init P = a` gives a bias its starting value, or adds `a` to a matrix's diagonal (the paper's
+  `Linear(a, v)`); parameters start at 0 + random otherwise.
+- A line starting with `+`, `-` or `*` continues the previous equation, as the paper writes MUT1.
+- A name starting with `_` is an anonymous node (the printer writes shared subexpressions so).
+
+This module knows nothing of torch.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+from cellsearch.errors import UserError
+from cellsearch.graph import (
+    INPUT,
+    CellGraph,
+    GraphError,
+    Node,
+    is_anonymous,
+)
+
+FUNCTIONS = {"tanh": "tanh", "sigm": "sigmoid", "sigmoid": "sigmoid", "relu": "relu",
+             "id": "identity", "identity": "identity"}
+FUNCTION_NAMES = {"tanh": "tanh", "sigmoid": "sigm", "relu": "relu", "identity": "id"}
+OPERATORS = {"+": "add", "-": "sub", "*": "mul", "⊙": "mul"}
+SYMBOLS = {"add": "+", "sub": "-", "mul": "*"}
+PRECEDENCE = {"add": 1, "sub": 1, "mul": 2}
+
+_TOKEN = re.compile(
+    r"(?P<space>[ \t]+)|(?P<comment>#.*)"
+    r"|(?P<number>\d+(?:\.\d*)?(?:[eE][-+]?\d+)?)"
+    r"|(?P<name>[A-Za-z_][A-Za-z0-9_]*~?'?)"
+    r"|(?P<punct>[-+*⊙()=])"
+)
+
+
+class EquationError(UserError):
+    """A malformed equation; the message starts with `line L, column C:`."""
+
+
+@dataclass(frozen=True)
+class _Token:
+    kind: str  # name | number | punct | end
+    text: str
+    line: int
+    column: int
+
+
+def _tokenize(text: str) -> list[list[_Token]]:
+    """Tokens per logical equation; continuation lines are joined to the line before."""
+    equations: list[list[_Token]] = []
+    for line_number, line in enumerate(text.splitlines(), start=1):
+        tokens: list[_Token] = []
+        position = 0
+        while position < len(line):
+            match = _TOKEN.match(line, position)
+            if match is None:
+                raise EquationError(
+                    f"line {line_number}, column {position + 1}: unexpected character "
+                    f"{line[position]!r}"
+                )
+            kind = match.lastgroup
+            if kind not in ("space", "comment"):
+                tokens.append(_Token(kind, match.group(), line_number, position + 1))
+            position = match.end()
+        if not tokens:
+            continue
+        if tokens[0].text in OPERATORS and equations:
+            equations[-1].extend(tokens)
+        else:
+            equations.append(tokens)
+    for tokens in equations:
+        last = tokens[-1]
+        tokens.append(_Token("end", "end of line", last.line, last.column + len(last.text)))
+    return equations
+
+
+class _Parser:
+    """Recursive descent over one equation; builds nodes into the shared `nodes` list."""
+
+    def __init__(self, tokens: list[_Token], nodes: list[Node], counter: list[int]):
+        self.tokens = tokens
+        self.position = 0
+        self.nodes = nodes
+        self.counter = counter
+
+    @property
+    def current(self) -> _Token:
+        return self.tokens[self.position]
+
+    def fail(self, message: str, token: _Token | None = None) -> EquationError:
+        token = token or self.current
+        return EquationError(f"line {token.line}, column {token.column}: {message}")
+
+    def take(self, text: str | None = None) -> _Token:
+        token = self.current
+        if text is not None and token.text != text:
+            raise self.fail(f"expected {text!r} but found {token.text!r}")
+        self.position += 1
+        return token
+
+    def emit(self, op: str, inputs: tuple[str, ...] = (), param: str | None = None) -> str:
+        self.counter[0] += 1
+        name = f"_#{self.counter[0]}"  # cannot clash with a typed name
+        self.nodes.append(Node(name, op, inputs, param))
+        return name
+
+    def expression(self) -> str:
+        left = self.term()
+        while self.current.text in ("+", "-"):
+            op = OPERATORS[self.take().text]
+            left = self.emit(op, (left, self.term()))
+        return left
+
+    def term(self) -> str:
+        left = self.factor()
+        while self.current.text in ("*", "⊙"):
+            self.take()
+            left = self.emit("mul", (left, self.factor()))
+        return left
+
+    def factor(self) -> str:
+        token = self.current
+        if token.text == "(":
+            self.take()
+            inner = self.expression()
+            self.take(")")
+            return inner
+        if token.kind == "number":
+            if float(token.text) != 1.0:
+                raise self.fail(f"the only constant is 1, found {token.text}")
+            self.take()
+            return self.emit("one")
+        if token.kind != "name":
+            raise self.fail(f"expected a name, a call, '1' or '(' but found {token.text!r}")
+        self.take()
+        name = token.text
+        if name.startswith(("W_", "b_")) and not name.isidentifier():
+            raise self.fail(f"a parameter name is letters, digits and _, found {name!r}", token)
+        if name.startswith("W_"):
+            return self.emit("matmul", (self.factor(),), param=name)
+        if name.startswith("b_"):
+            return self.emit("bias", param=name)
+        if name in FUNCTIONS:
+            self.take("(")
+            inner = self.expression()
+            self.take(")")
+            return self.emit(FUNCTIONS[name], (inner,))
+        if name == "init":
+            raise self.fail("'init' declarations stand on a line of their own")
+        return name
+
+
+def parse(text: str) -> CellGraph:
+    """Parse equations (see the module docstring) into a validated `CellGraph`."""
+    nodes: list[Node] = []
+    counter = [0]
+    defined: dict[str, _Token] = {}
+    inits: list[tuple[_Token, float]] = []
+    for tokens in _tokenize(text):
+        parser = _Parser(tokens, nodes, counter)
+        if tokens[0].text == "init":
+            parser.take()
+            target = parser.take()
+            if target.kind != "name" or not target.text.startswith(("W_", "b_")):
+                raise parser.fail("'init' names a matrix W_* or a bias b_*", target)
+            parser.take("=")
+            sign = -1.0 if parser.current.text == "-" and parser.take() else 1.0
+            value = parser.take()
+            if value.kind != "number":
+                raise parser.fail(f"expected a number but found {value.text!r}", value)
+            parser.take("end of line")
+            inits.append((target, sign * float(value.text)))
+            continue
+        target = parser.take()
+        if target.kind != "name" or target.text.startswith(("W_", "b_")) or target.text in FUNCTIONS:
+            raise parser.fail(f"expected the name of the node being defined, found {target.text!r}",
+                              target)
+        if target.text == INPUT:
+            raise parser.fail("x is the input and cannot be assigned", target)
+        if target.text in defined:
+            first = defined[target.text]
+            raise parser.fail(f"{target.text} is already defined on line {first.line}", target)
+        defined[target.text] = target
+        parser.take("=")
+        root = parser.expression()
+        if parser.current.kind != "end":
+            raise parser.fail(f"expected an operator or the end of the line, found "
+                              f"{parser.current.text!r}")
+        _name_root(nodes, root, target.text)
+    nodes = _apply_inits(nodes, inits)
+    try:
+        return CellGraph(nodes)
+    except GraphError as error:
+        raise EquationError(_locate(str(error), defined)) from None
+
+
+def _name_root(nodes: list[Node], root: str, name: str) -> None:
+    """Give the equation's top node the defined name; a bare name becomes an identity node."""
+    if nodes and nodes[-1].name == root and root.startswith("_#"):
+        last = nodes.pop()
+        nodes.append(Node(name, last.op, last.inputs, last.param))
+    else:
+        nodes.append(Node(name, "identity", (root,)))
+
+
+def _apply_inits(nodes: list[Node], inits: list[tuple[_Token, float]]) -> list[Node]:
+    by_param = {node.param: i for i, node in enumerate(nodes) if node.param is not None}
+    for token, value in inits:
+        if token.text not in by_param:
+            raise EquationError(
+                f"line {token.line}, column {token.column}: init names {token.text}, "
+                "which no equation uses"
+            )
+        index = by_param[token.text]
+        node = nodes[index]
+        nodes[index] = Node(node.name, node.op, node.inputs, node.param, value)
+    return nodes
+
+
+def _locate(message: str, defined: dict[str, _Token]) -> str:
+    """Prefix a graph error with the line of the first defined name it mentions."""
+    for name, token in defined.items():
+        if f"'{name}'" in message or f"{name!r}" in message:
+            return f"line {token.line}, column {token.column}: {message}"
+    return message
+
+
+def parse_file(path: str | Path) -> CellGraph:
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as error:
+        raise UserError(f"cannot read cell file {path}: {error.strerror}") from None
+    try:
+        return parse(text)
+    except EquationError as error:
+        raise EquationError(f"{path}: {error}") from None
+
+
+# -- printing -----------------------------------------------------------------------------------
+
+
+def format_graph(graph: CellGraph) -> str:
+    """Equations text that `parse` turns back into an equal graph.
+
+    Anonymous nodes read once are written inline; named nodes and shared anonymous nodes get
+    their own equation, in the graph's canonical (topological) order.
+    """
+    by_name = {node.name: node for node in graph.nodes}
+    uses = graph.consumers()
+    inline = {
+        name for name, node in by_name.items()
+        if is_anonymous(name) and len(uses[name]) == 1
+    }
+
+    def expression(name: str, parent_precedence: int = 0, right_operand: bool = False) -> str:
+        if name not in by_name or name not in inline:
+            return name
+        node = by_name[name]
+        if node.op == "one":
+            return "1"
+        if node.op == "bias":
+            return node.param
+        if node.op == "matmul":
+            # Matrix application binds tightest: a sum or product operand needs parentheses.
+            return f"{node.param} {expression(node.inputs[0], parent_precedence=3)}"
+        if node.op in FUNCTION_NAMES:
+            return f"{FUNCTION_NAMES[node.op]}({expression(node.inputs[0])})"
+        precedence = PRECEDENCE[node.op]
+        left = expression(node.inputs[0], precedence)
+        right = expression(node.inputs[1], precedence, right_operand=True)
+        text = f"{left} {SYMBOLS[node.op]} {right}"
+        needs_parentheses = precedence < parent_precedence or (
+            right_operand and precedence == parent_precedence
+        )
+        return f"({text})" if needs_parentheses else text
+
+    def definition(node: Node) -> str:
+        inline.add(node.name)  # print its own body, not its name
+        text = expression(node.name)
+        inline.discard(node.name)
+        return text
+
+    lines = []
+    width = max((len(n.name) for n in graph.nodes if n.name not in inline), default=1)
+    for node in graph.nodes:
+        if node.name in inline:
+            continue
+        lines.append(f"{node.name.ljust(width)} = {definition(node)}")
+    for node in graph.parameters:
+        if node.init:
+            value = node.init
+            shown = str(int(value)) if float(value).is_integer() else repr(value)
+            lines.append(f"init {node.param} = {shown}")
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,56 @@
+import json
+
+import pytest
+
+from cellsearch import zoo
+from cellsearch.cli import main
+from cellsearch.equations import parse
+from cellsearch.graph import CellGraph
+
+
+def test_cells_list(capsys):
+    assert main(["cells", "list"]) == 0
+    assert capsys.readouterr().out.split() == list(zoo.names())
+
+
+def test_cells_show_text_json_dot(capsys):
+    assert main(["cells", "show", "gru"]) == 0
+    assert parse(capsys.readouterr().out) == zoo.get("gru")
+    assert main(["cells", "show", "lstm-b", "--format", "json"]) == 0
+    assert CellGraph.from_json(capsys.readouterr().out) == zoo.get("lstm-b")
+    assert main(["cells", "show", "mut1", "--format", "dot"]) == 0
+    dot = capsys.readouterr().out
+    assert dot.startswith('digraph "mut1"') and dot.count("->") == sum(
+        len(n.inputs) for n in zoo.get("mut1").nodes)
+
+
+def test_cells_show_file(tmp_path, capsys):
+    path = tmp_path / "mine.cell"
+    path.write_text("h' = relu(W_hh h + W_xh x)\n")
+    assert main(["cells", "show", str(path)]) == 0
+    assert capsys.readouterr().out == "h' = relu(W_hh h + W_xh x)\n"
+    json_path = tmp_path / "mine.json"
+    json_path.write_text(zoo.get("tanh").to_json())
+    assert main(["cells", "show", str(json_path), "--format", "json"]) == 0
+    assert json.loads(capsys.readouterr().out) == zoo.get("tanh").to_dict()
+
+
+@pytest.mark.parametrize(
+    "content, message",
+    [
+        ("h' = tanh(W_hh h +\n", "bad.cell: line 1, column 19"),
+        ("h' = tanh(x)\n", "state 'h' is never read"),
+    ],
+)
+def test_malformed_file_is_one_line_and_exit_2(tmp_path, capsys, content, message):
+    path = tmp_path / "bad.cell"
+    path.write_text(content)
+    assert main(["cells", "show", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert message in err and err.count("\n") == 1 and "Traceback" not in err
+
+
+def test_unknown_cell_is_one_line_and_exit_2(capsys):
+    assert main(["cells", "show", "lstm2"]) == 2
+    err = capsys.readouterr().err
+    assert "unknown cell 'lstm2'" in err and "gru" in err and err.count("\n") == 1
