@@ -1,0 +1,69 @@
+"""`Result`: what one trained setting yields, as a plain JSON-able value (no torch).
+
+Workers return Results; only the driver stores them. A failed run (divergence, out of memory) is
+a Result with `status` and `reason`, never an exception that stops a search.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field
+from typing import Any, Mapping
+
+from cellsearch.train.hyperparameters import Settings
+
+OK, DIVERGED, FAILED = "ok", "diverged", "failed"
+LOWER_IS_BETTER = ("nll", "perplexity", "loss")
+
+
+@dataclass(frozen=True)
+class Result:
+    """One setting of one architecture trained on one task.
+
+    `metric` names the task's search metric ("accuracy", or "nll" for music); `valid` and `test`
+    hold the metrics of the epoch with the best validation loss (e.g. accuracy, perplexity, nll,
+    frame_accuracy). `value` is that epoch's validation `metric`, the number the search compares
+    (NaN when the run failed before finishing an epoch).
+    """
+
+    task: str
+    settings: Settings
+    hidden_size: int
+    num_parameters: int
+    metric: str
+    status: str = OK
+    reason: str | None = None
+    valid: Mapping[str, float] = field(default_factory=dict)
+    test: Mapping[str, float] = field(default_factory=dict)
+    epochs: int = 0
+    wall_seconds: float = 0.0
+    device: str = "cpu"
+
+    @property
+    def value(self) -> float:
+        return float(self.valid.get(self.metric, math.nan))
+
+    @property
+    def ok(self) -> bool:
+        return self.status == OK
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["settings"] = self.settings.to_dict()
+        data["valid"], data["test"] = dict(self.valid), dict(self.test)
+        return data
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Result:
+        fields = dict(data)
+        fields["settings"] = Settings.from_dict(fields["settings"])
+        return cls(**fields)
+
+
+def better(metric: str, a: float, b: float) -> bool:
+    """Whether metric value `a` beats `b` (NaN never beats anything)."""
+    if math.isnan(a):
+        return False
+    if math.isnan(b):
+        return True
+    return a < b if metric in LOWER_IS_BETTER else a > b
