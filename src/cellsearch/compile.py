@@ -300,7 +300,8 @@ def run(
                 )
             else:  # an activation or a product; never a bias, constant or matmul
                 values[item.name] = _apply(item, params, values, K)
-        states = {s: values[out] for s, out in zip(graph.states, graph.outputs)}
+        # expand: an output computed from biases alone has no batch dimension of its own
+        states = {s: values[out].expand(K, B, n) for s, out in zip(graph.states, graph.outputs)}
         outputs.append(states[graph.states[0]])
     return torch.stack(outputs, dim=1), tuple(states[s] for s in graph.states)
 

@@ -20,23 +20,34 @@ from cellsearch.graph import CellGraph
 State = tuple[torch.Tensor, ...]
 
 
+def uniform(shape, bound: float, generator: torch.Generator | None) -> torch.Tensor:
+    """U[-bound, bound] on the CPU (so a seed gives the same values on every device)."""
+    return (torch.rand(shape, generator=generator) * 2 - 1) * bound
+
+
 def initial_values(
-    graph: CellGraph, hidden_size: int, init_scale: float = 1.0, seed: int | None = None
+    graph: CellGraph,
+    hidden_size: int,
+    init_scale: float = 1.0,
+    generator: torch.Generator | None = None,
 ) -> dict[str, torch.Tensor]:
     """Starting values of one model's parameters (§3.7): uniform in [-a, a] with
     a = init_scale / sqrt(hidden_size), plus each matrix's diagonal offset (`Linear(a, .)`) and
-    each bias's starting value (1 for LSTM-b's forget gate). Drawn on the CPU from `seed`, in the
-    graph's parameter order, so a model and a population member with the same seed match."""
-    generator = torch.Generator().manual_seed(seed) if seed is not None else None
+    each bias's starting value (1 for LSTM-b's forget gate). Drawn from `generator` in the
+    graph's parameter order, so a model and a population member seeded alike match."""
     bound = init_scale / math.sqrt(hidden_size)
     values = {}
     for node in graph.parameters:
         shape = (hidden_size, hidden_size) if node.op == "matmul" else (hidden_size,)
-        value = (torch.rand(shape, generator=generator) * 2 - 1) * bound
+        value = uniform(shape, bound, generator)
         if node.init:
             value += torch.eye(hidden_size) * node.init if node.op == "matmul" else node.init
         values[node.param] = value
     return values
+
+
+def _generator(seed: int | None) -> torch.Generator | None:
+    return torch.Generator().manual_seed(seed) if seed is not None else None
 
 
 class Cell(nn.Module):
@@ -54,7 +65,7 @@ class Cell(nn.Module):
 
     def reset_parameters(self, init_scale: float | None = None, seed: int | None = None) -> None:
         """PyTorch's default range 1/sqrt(hidden) unless `init_scale` is given (§3.7)."""
-        values = initial_values(self.graph, self.hidden_size, init_scale or 1.0, seed)
+        values = initial_values(self.graph, self.hidden_size, init_scale or 1.0, _generator(seed))
         with torch.no_grad():
             for name, value in values.items():
                 getattr(self, name).copy_(value)
@@ -152,7 +163,8 @@ class PopulationCell(nn.Module):
         """Member k starts as `initial_values(graph, hidden, init_scales[k], seeds[k])`."""
         with torch.no_grad():
             for k, (scale, seed) in enumerate(zip(init_scales, seeds, strict=True)):
-                for name, value in initial_values(self.graph, self.hidden_size, scale, seed).items():
+                values = initial_values(self.graph, self.hidden_size, scale, _generator(seed))
+                for name, value in values.items():
                     getattr(self, name)[k].copy_(value)
 
     def population_parameters(self) -> dict[str, torch.Tensor]:

@@ -1,0 +1,122 @@
+"""`cellsearch evaluate`: train one cell on one task for some hyperparameter settings."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+
+from rich.console import Console
+from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from cellsearch import zoo
+from cellsearch.errors import UserError
+from cellsearch.train.hyperparameters import MUSIC_TASKS, SearchSpace, parse_assignments
+from cellsearch.train.result import Result
+
+
+def register(subparsers) -> None:
+    parser = subparsers.add_parser("evaluate", help="train a cell on a task and report metrics")
+    parser.add_argument("--cell", required=True, metavar="NAME|FILE")
+    parser.add_argument("--task", required=True)
+    parser.add_argument("--trials", type=int, default=1, metavar="N",
+                        help="random settings to train, without repeats (default 1)")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE[,VALUE]",
+                        dest="assignments", help="restrict a hyperparameter (repeatable)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    parser.add_argument("--schedule", choices=("search", "music", "ptb"),
+                        help="learning-rate schedule (default: music for music tasks, ptb for "
+                             "ptb, else the search schedule)")
+    parser.add_argument("--max-epochs", type=int, help="cap every schedule at this many epochs")
+    parser.add_argument("--epoch-windows", type=int,
+                        help="training windows per epoch of a synthetic task")
+    parser.add_argument("--data-dir", help="where ptb/ and music/ live (default $CELLSEARCH_DATA)")
+    parser.add_argument("--json", action="store_true", help="one JSON object per trial")
+    parser.set_defaults(run=run_evaluate)
+
+
+def default_schedule(task: str) -> str:
+    return "music" if task in MUSIC_TASKS else "ptb" if task == "ptb" else "search"
+
+
+def run_evaluate(args: argparse.Namespace) -> int:
+    from cellsearch.tasks import task_names
+    from cellsearch.train.evaluate import evaluate
+
+    if args.task not in task_names():
+        raise UserError(f"unknown task {args.task!r}; the tasks are {', '.join(task_names())}")
+    if args.trials < 1:
+        raise UserError(f"--trials must be at least 1, got {args.trials}")
+    graph = zoo.resolve(args.cell)
+    schedule = args.schedule or default_schedule(args.task)
+    space = SearchSpace.for_task(args.task, parse_assignments(args.assignments, args.task))
+    if schedule != "ptb":  # max_epoch and decay only drive the PTB schedule
+        space = SearchSpace.for_task(args.task, {**space.choices, "max_epoch": (None,),
+                                                 "decay": (None,)})
+    rng = random.Random(args.seed)
+    settings, seen = [], set()
+    for _ in range(min(args.trials, space.size)):
+        setting = space.sample(rng, exclude=seen)
+        seen.add(setting.key())
+        settings.append(setting)
+
+    console = Console(stderr=True)
+    with Progress(SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn(),
+                  console=console, transient=True) as progress:
+        bar = progress.add_task(f"training {len(settings)} setting(s) of {args.cell} on {args.task}")
+
+        def on_progress(p):
+            progress.update(bar, description=f"{args.cell} on {args.task}: epoch {p.epoch}, "
+                                             f"window {p.window}, {p.active} training")
+
+        results = evaluate(graph, args.task, settings, device=args.device, data_dir=args.data_dir,
+                           schedule=schedule, max_epochs=args.max_epochs,
+                           epoch_windows=args.epoch_windows, data_seed=args.seed,
+                           on_progress=on_progress)
+    if args.json:
+        for result in results:
+            print(json.dumps(result_record(args.cell, result)))
+    else:
+        Console().print(results_table(args.cell, results))
+    return 0
+
+
+def result_record(cell: str, result: Result) -> dict:
+    """The JSON line of one trial."""
+    return {
+        "cell": cell,
+        "task": result.task,
+        "hyperparameters": result.settings.to_dict(),
+        "hidden_size": result.hidden_size,
+        "parameter_count": result.num_parameters,
+        "metric": result.metric,
+        "value": result.value,
+        "valid": dict(result.valid),
+        "test": dict(result.test),
+        "epochs": result.epochs,
+        "wall_seconds": round(result.wall_seconds, 3),
+        "status": result.status,
+        "reason": result.reason,
+        "device": result.device,
+    }
+
+
+def results_table(cell: str, results: list[Result]) -> Table:
+    table = Table(title=f"{cell} on {results[0].task}" if results else cell)
+    for column in ("lr", "init", "clip", "layers", "budget", "hidden", "dropout"):
+        table.add_column(column, justify="right")
+    metric = results[0].metric if results else "metric"
+    for column in (f"valid {metric}", f"test {metric}", "test ppl/nll", "epochs", "status"):
+        table.add_column(column, justify="right")
+    for r in results:
+        s = r.settings
+        extra = r.test.get("perplexity", r.test.get("nll", float("nan")))
+        table.add_row(
+            f"{s.learning_rate:g}", f"{s.init_scale:g}", f"{s.max_grad_norm:g}",
+            str(s.num_layers), str(s.num_parameters), str(r.hidden_size), f"{s.dropout:g}",
+            f"{r.value:.4f}", f"{r.test.get(metric, float('nan')):.4f}", f"{extra:.3f}",
+            str(r.epochs), r.status if r.ok else f"{r.status}: {r.reason}",
+        )
+    return table

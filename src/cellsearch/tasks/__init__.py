@@ -1,0 +1,66 @@
+"""The paper's problems (§3.1, §3.5) as tasks the trainer can walk through window by window.
+
+    memorize                       5 letters read, then reproduced (the §3.1 filter)
+    arith, xml                     generated character streams (§3.5)
+    ptb                            word-level Penn Treebank (§3.5)
+    nottingham, piano-midi,        polyphonic music, 88 sigmoid outputs (§3.5, Table 2)
+    jsb, musedata
+
+`get_task(name, data_dir, seed)` builds one; the `Task` interface and its `Batch` windows are in
+`cellsearch.tasks.base`, the metrics over model outputs in `cellsearch.tasks.metrics`, data files
+in `cellsearch.tasks.files`. Nothing here knows about models or the search.
+"""
+
+from __future__ import annotations
+
+import inspect
+import os
+
+from cellsearch.errors import UserError
+from cellsearch.tasks.arith import Arith
+from cellsearch.tasks.base import SPLITS, Batch, Task
+from cellsearch.tasks.memorize import Memorize
+from cellsearch.tasks.music import Music
+from cellsearch.tasks.ptb import PennTreebank
+from cellsearch.tasks.xml import Xml
+
+__all__ = ["SPLITS", "Batch", "Task", "get_task", "task_names"]
+
+# name -> (class, fixed constructor arguments); the order is the order `task_names` reports.
+_TASKS: dict[str, tuple[type[Task], dict]] = {
+    "memorize": (Memorize, {}),
+    "arith": (Arith, {}),
+    "xml": (Xml, {}),
+    "ptb": (PennTreebank, {}),
+    **{name: (Music, {"name": name}) for name in ("nottingham", "piano-midi", "jsb", "musedata")},
+}
+
+
+def task_names() -> tuple[str, ...]:
+    return tuple(_TASKS)
+
+
+def get_task(
+    name: str, data_dir: str | os.PathLike | None = None, seed: int = 0, **options
+) -> Task:
+    """The task called `name`, its data read from `data_dir` (see `files.data_root`).
+
+    `seed` selects the training stream of the synthetic tasks and the piece order of the music
+    tasks; it never changes a valid or test set. `options` go to the task's constructor, e.g.
+    `epoch_windows` (every task: training windows per epoch, a cheap setting for tests and demos)
+    or `valid_samples` (synthetic tasks). Data files are checked, and downloaded when missing,
+    here, so a task that is returned has its data.
+    """
+    if name not in _TASKS:
+        raise UserError(f"unknown task {name!r}; the tasks are {', '.join(task_names())}")
+    cls, fixed = _TASKS[name]
+    parameters = inspect.signature(cls).parameters
+    accepted = sorted(set(parameters) - {"name", "data_dir", "seed"})
+    unknown = sorted(set(options) - set(accepted))
+    if unknown:
+        raise UserError(
+            f"task {name} has no option {', '.join(unknown)}; its options are {', '.join(accepted)}"
+        )
+    if "data_dir" in parameters:  # the synthetic tasks read no files
+        fixed = {**fixed, "data_dir": data_dir}
+    return cls(**fixed, seed=seed, **options)

@@ -1,0 +1,104 @@
+"""`evaluate(graph, task, settings)`: train every setting and return its Result.
+
+Settings are grouped into populations by shape (number of layers and parameter budget, hence the
+hidden size), each trained at once by `train_population`. A population that fails as a whole
+(out of memory, a bad device) yields failed Results with the reason instead of an exception, so
+a search never stops because one evaluation broke.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Callable, Sequence
+
+import torch
+
+from cellsearch.errors import UserError
+from cellsearch.graph import CellGraph
+from cellsearch.tasks import Task, get_task
+from cellsearch.train.budget import hidden_size_for_budget, parameter_count
+from cellsearch.train.hyperparameters import Settings
+from cellsearch.train.result import FAILED, Result
+from cellsearch.train.trainer import Progress, train_population
+
+MUSIC_TASKS = ("nottingham", "piano-midi", "jsb", "musedata")
+
+
+def resolve_device(device: str) -> torch.device:
+    """"auto" picks CUDA when present; an unavailable device is a UserError."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise UserError(f"device {device!r} was asked for, but this machine has no CUDA GPU")
+    try:
+        return torch.device(device)
+    except RuntimeError:
+        raise UserError(f"unknown device {device!r}; use auto, cpu or cuda") from None
+
+
+def model_shape(graph: CellGraph, task: Task, settings: Settings) -> tuple[int, int]:
+    """(hidden size, exact parameter count) for a setting's budget (§3.7: binary search)."""
+    shape = dict(
+        matrices_per_layer=graph.num_matrices,
+        biases_per_layer=graph.num_biases,
+        num_layers=settings.num_layers,
+        input_size=task.input_size,
+        output_size=task.output_size,
+        input_kind="embedding" if task.output_kind == "softmax" else "linear",
+    )
+    hidden = hidden_size_for_budget(settings.num_parameters, **shape)
+    return hidden, parameter_count(hidden, **shape)
+
+
+def evaluate(
+    graph: CellGraph,
+    task: str | Task,
+    settings: Sequence[Settings],
+    *,
+    device: str = "cpu",
+    data_dir: str | os.PathLike | None = None,
+    schedule: str = "search",
+    max_epochs: int | None = None,
+    epoch_windows: int | None = None,
+    data_seed: int = 0,
+    population_size: int | None = None,
+    on_progress: Callable[[Progress], None] | None = None,
+) -> list[Result]:
+    """Train each setting of `graph` on `task`; one Result per setting, in the given order.
+
+    `max_epochs` caps every schedule and `epoch_windows` shrinks a synthetic task's epoch (cheap
+    configurations for tests and demos); `population_size` caps K (memory); `data_seed` selects
+    the training stream, shared by all members.
+    """
+    if not settings:
+        return []
+    torch_device = resolve_device(device)
+    if isinstance(task, str):
+        options = {"epoch_windows": epoch_windows} if epoch_windows else {}
+        task = get_task(task, data_dir=data_dir, seed=data_seed, **options)
+    groups: dict[tuple[int, int], list[int]] = {}
+    for index, setting in enumerate(settings):
+        groups.setdefault((setting.num_layers, setting.num_parameters), []).append(index)
+    results: list[Result | None] = [None] * len(settings)
+    for indices in groups.values():
+        hidden, count = model_shape(graph, task, settings[indices[0]])
+        step = population_size or len(indices)
+        for start in range(0, len(indices), step):
+            chunk = indices[start:start + step]
+            members = [settings[i] for i in chunk]
+            try:
+                trained = train_population(
+                    graph, task, members, hidden, count, device=torch_device,
+                    schedule=schedule, max_epochs=max_epochs, on_progress=on_progress,
+                )
+            except (RuntimeError, torch.cuda.OutOfMemoryError) as error:
+                reason = f"{type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}"
+                trained = [
+                    Result(task=task.name, settings=s, hidden_size=hidden, num_parameters=count,
+                           metric=task.metric, status=FAILED, reason=reason,
+                           device=str(torch_device))
+                    for s in members
+                ]
+            for i, result in zip(chunk, trained):
+                results[i] = result
+    return results

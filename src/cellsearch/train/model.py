@@ -1,0 +1,98 @@
+"""The paper's model for K members at once: input embedding (one-hot tasks) or linear projection
+(music) to the hidden size, L layers of the compiled cell, and a softmax or sigmoid output layer.
+
+Every parameter carries a leading population dimension K; member k is an independent model with
+its own initialization scale and seed (§3.7) and its own dropout rate. Dropout follows Zaremba et
+al. (2014): on the non-recurrent connections only (the embedding's output, between layers, and
+before the output layer).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Sequence
+
+import torch
+from torch import nn
+
+from cellsearch.graph import CellGraph
+from cellsearch.nn import PopulationCell, State, initial_values, uniform
+
+
+class PopulationModel(nn.Module):
+    def __init__(
+        self,
+        graph: CellGraph,
+        population_size: int,
+        input_size: int,
+        output_size: int,
+        hidden_size: int,
+        num_layers: int,
+        input_kind: str,  # "embedding" (token ids) or "linear" (88-dim frames)
+    ):
+        super().__init__()
+        K, n = population_size, hidden_size
+        self.graph = graph
+        self.population_size, self.hidden_size = K, n
+        self.input_kind = input_kind
+        self.input_weight = nn.Parameter(torch.empty(K, input_size, n))  # (K, V_in, n)
+        self.input_bias = nn.Parameter(torch.empty(K, n)) if input_kind == "linear" else None
+        self.layers = nn.ModuleList(PopulationCell(graph, K, n) for _ in range(num_layers))
+        self.output_weight = nn.Parameter(torch.empty(K, n, output_size))  # (K, n, V_out)
+        self.output_bias = nn.Parameter(torch.empty(K, output_size))
+
+    def reset_parameters(self, init_scales: Sequence[float], seeds: Sequence[int]) -> None:
+        """Member k: U[-a, a] with a = init_scales[k] / sqrt(hidden) everywhere (§3.7), drawn from
+        one generator seeded with seeds[k], so the member does not depend on the others."""
+        n = self.hidden_size
+        with torch.no_grad():
+            for k, (scale, seed) in enumerate(zip(init_scales, seeds, strict=True)):
+                generator = torch.Generator().manual_seed(seed)
+                bound = scale / math.sqrt(n)
+                self.input_weight[k].copy_(uniform(self.input_weight.shape[1:], bound, generator))
+                if self.input_bias is not None:
+                    self.input_bias[k].copy_(uniform((n,), bound, generator))
+                for layer in self.layers:
+                    for name, value in initial_values(self.graph, n, scale, generator).items():
+                        getattr(layer, name)[k].copy_(value)
+                self.output_weight[k].copy_(uniform(self.output_weight.shape[1:], bound, generator))
+                self.output_bias[k].copy_(uniform(self.output_bias.shape[1:], bound, generator))
+
+    def initial_state(self, batch_size: int) -> list[State]:
+        return [layer.initial_state(batch_size) for layer in self.layers]
+
+    def forward(
+        self,
+        inputs: torch.Tensor,
+        state: list[State],
+        dropout: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, list[State]]:
+        """inputs (T, B) token ids or (T, B, V_in) frames; state per layer; dropout (K,) rates or
+        None. Returns logits (T, K, B, V_out) and the final state per layer."""
+        K, n = self.population_size, self.hidden_size
+        T, B = inputs.shape[:2]
+        if self.input_kind == "embedding":
+            x = self.input_weight[:, inputs]  # (K, T, B, n)
+        else:
+            # One matmul for all members: (T*B, V_in) @ (V_in, K*n)
+            flat = inputs.reshape(T * B, -1) @ self.input_weight.transpose(0, 1).reshape(-1, K * n)
+            x = flat.view(T, B, K, n).permute(2, 0, 1, 3) + self.input_bias.view(K, 1, 1, n)
+        x = _dropout(x, dropout)
+        new_state = []
+        for layer, layer_state in zip(self.layers, state):
+            x, final = layer(x, layer_state)  # (K, T, B, n)
+            x = _dropout(x, dropout)
+            new_state.append(final)
+        logits = torch.baddbmm(
+            self.output_bias.unsqueeze(1), x.reshape(K, T * B, n), self.output_weight
+        )  # (K, T*B, V_out)
+        return logits.view(K, T, B, -1).transpose(0, 1), new_state
+
+
+def _dropout(x: torch.Tensor, rates: torch.Tensor | None) -> torch.Tensor:
+    """Inverted dropout with a rate per member; x is (K, ...)."""
+    if rates is None:
+        return x
+    keep = (1 - rates).view(-1, *([1] * (x.dim() - 1)))
+    mask = torch.rand_like(x) < keep
+    return x * mask / keep

@@ -1,0 +1,92 @@
+"""Properties shared by the generated tasks: seeding, fresh epochs, fixed evaluation sets."""
+
+import numpy as np
+import pytest
+
+from cellsearch.errors import UserError
+from cellsearch.tasks import get_task
+from cellsearch.tasks.arith import Arith
+from cellsearch.tasks.memorize import Memorize
+from cellsearch.tasks.xml import Xml
+
+SMALL = dict(epoch_windows=6, valid_samples=40, test_samples=30)
+TASKS = [Memorize, Arith, Xml]
+
+
+def stream_of(batches):
+    inputs = np.concatenate([b.inputs for b in batches])
+    return np.concatenate([inputs, batches[-1].targets[-1:]])
+
+
+@pytest.mark.parametrize("cls", TASKS)
+def test_training_windows_continue_one_stream_per_row(cls):
+    task = cls(seed=3, **SMALL)
+    batches = list(task.batches("train", batch_size=4, num_steps=10, epoch=2))
+    assert len(batches) == SMALL["epoch_windows"]
+    for previous, current in zip(batches, batches[1:]):
+        # The next window starts with the token the previous one was asked to predict last.
+        np.testing.assert_array_equal(current.inputs[0], previous.targets[-1])
+    assert batches[0].reset.all() and not any(b.reset.any() for b in batches[1:])
+    rows, _ = task.training_rows(4, 10, epoch=2)
+    np.testing.assert_array_equal(stream_of(batches).T, rows)
+    # Each row reads as the boundary symbol, then whole samples (the last one cut).
+    for row in rows:
+        assert task.decode(row[:1]) == task.boundary
+        assert (row < len(task.vocabulary)).all()
+
+
+@pytest.mark.parametrize("cls", TASKS)
+def test_training_data_is_fresh_each_epoch_and_reproducible(cls):
+    def train(seed, epoch):
+        return stream_of(list(cls(seed=seed, **SMALL).batches("train", 3, 12, epoch=epoch)))
+
+    np.testing.assert_array_equal(train(0, 1), train(0, 1))
+    assert not np.array_equal(train(0, 1), train(0, 2))
+    assert not np.array_equal(train(0, 1), train(1, 1))
+
+
+@pytest.mark.parametrize("cls", TASKS)
+def test_valid_and_test_sets_are_fixed_and_whole(cls):
+    a, b = cls(seed=0, **SMALL), cls(seed=99, **SMALL)
+    assert a.fixed_set("valid") == b.fixed_set("valid")
+    assert a.fixed_set("valid") != a.fixed_set("test")
+    assert len(a.fixed_set("test")) == SMALL["test_samples"]
+    scored = sum(s.scored_stop - s.scored_start for s in a.fixed_set("valid"))
+    # Whatever the window shape, every sample is in the pass and each scored symbol counts once.
+    for batch_size, num_steps in [(1, 35), (4, 7), (20, 35), (64, 3)]:
+        batches = list(a.batches("valid", batch_size, num_steps))
+        assert sum(batch.mask.sum() for batch in batches) == scored
+        assert all(batch.inputs.shape == (num_steps, batch_size) for batch in batches)
+        assert batches[0].reset.all()
+    # The rows, less their leading boundary symbol and trailing padding, are the samples in order.
+    samples = a.fixed_set("valid")
+    rows, flags = a.fixed_rows("valid", 3)
+    boundary = a.vocabulary.index(a.boundary)
+    texts = []
+    for row, flag in zip(rows, flags):
+        last = np.flatnonzero(flag).max()
+        end = last + int(np.argmax(row[last:] == boundary))  # the boundary ending the last sample
+        texts.append(a.decode(row[1 : end + 1]))
+        assert not flag[end + 1 :].any() and not row[end + 1 :].any()
+    assert "".join(texts) == "".join(s.text for s in samples)
+
+
+def test_get_task_passes_the_seed_and_options_and_names_unknown_tasks():
+    task = get_task("arith", seed=5, epoch_windows=3, valid_samples=7)
+    assert task.seed == 5 and len(task.fixed_set("valid")) == 7
+    assert len(list(task.batches("train"))) == 3
+    with pytest.raises(UserError, match="unknown task 'arithmetic'.*memorize, arith, xml, ptb"):
+        get_task("arithmetic")
+    with pytest.raises(UserError, match="task xml has no option windows; its options are "
+                                        "epoch_windows, test_samples, valid_samples"):
+        get_task("xml", windows=3)
+
+
+def test_bad_arguments_are_user_errors():
+    task = Memorize(**SMALL)
+    with pytest.raises(UserError, match="unknown split 'validation'"):
+        list(task.batches("validation"))
+    with pytest.raises(UserError, match="batch size"):
+        list(task.batches("train", batch_size=0))
+    with pytest.raises(UserError, match="epoch_windows"):
+        Memorize(epoch_windows=0)

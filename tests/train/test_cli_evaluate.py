@@ -1,0 +1,47 @@
+import json
+
+import pytest
+
+from cellsearch.cli import main
+
+TINY = ["--task", "memorize", "--max-epochs", "1", "--epoch-windows", "2",
+        "--set", "num_parameters=2000", "--device", "cpu"]
+
+
+def test_evaluate_json_one_object_per_trial(capsys):
+    assert main(["evaluate", "--cell", "gru", "--trials", "2", "--json", *TINY]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert len(lines) == 2
+    records = [json.loads(line) for line in lines]
+    for record in records:
+        assert record["cell"] == "gru" and record["task"] == "memorize"
+        assert record["metric"] == "accuracy" and 0 <= record["value"] <= 1
+        assert record["parameter_count"] <= 2000 and record["hidden_size"] > 0
+        assert record["status"] == "ok" and record["epochs"] == 1
+        assert record["hyperparameters"]["num_parameters"] == 2000
+        assert "perplexity" in record["test"]
+    assert records[0]["hyperparameters"] != records[1]["hyperparameters"]
+
+
+def test_evaluate_set_pins_a_setting_and_prints_a_table(capsys):
+    assert main(["evaluate", "--cell", "lstm-b", *TINY, "--set", "learning_rate=0.5",
+                 "--set", "init_scale=0.7", "--set", "max_grad_norm=5", "--set",
+                 "num_layers=2"]) == 0
+    out = capsys.readouterr().out
+    assert "lstm-b on memorize" in out and "0.5" in out
+
+
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        (["--set", "learning_rate=0.15"], "learning_rate=0.15 is outside"),
+        (["--set", "momentum=0.9"], "unknown hyperparameter 'momentum'"),
+        (["--task", "chess"], "unknown task 'chess'"),
+        (["--cell", "nope"], "unknown cell 'nope'"),
+    ],
+)
+def test_evaluate_bad_input_is_one_line_exit_2(capsys, extra, message):
+    args = ["evaluate", "--cell", "gru", *TINY, *extra]
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err
