@@ -96,3 +96,11 @@ def test_softmax_metrics_on_arith_and_music_shapes():
     assert 0 <= result.valid["accuracy"] <= 1
     assert result.valid["perplexity"] == pytest.approx(math.exp(result.valid["nll"]), rel=1e-5)
     assert result.metric == "accuracy"
+
+
+def test_stop_at_ends_a_member_once_its_metric_is_reached(tiny_task):
+    (free,) = evaluate(zoo.get("gru"), tiny_task, [setting(seed=1)], max_epochs=3)
+    (stopped,) = evaluate(zoo.get("gru"), tiny_task, [setting(seed=1)], max_epochs=3, stop_at=0.0)
+    assert free.epochs == 3 and stopped.epochs == 1
+    assert stopped.valid["nll"] == pytest.approx(
+        evaluate(zoo.get("gru"), tiny_task, [setting(seed=1)], max_epochs=1)[0].valid["nll"])

@@ -62,17 +62,22 @@ def evaluate(
     epoch_windows: int | None = None,
     data_seed: int = 0,
     population_size: int | None = None,
+    capture: bool = True,
+    stop_at: float | None = None,
     on_progress: Callable[[Progress], None] | None = None,
 ) -> list[Result]:
     """Train each setting of `graph` on `task`; one Result per setting, in the given order.
 
     `max_epochs` caps every schedule and `epoch_windows` shrinks a synthetic task's epoch (cheap
     configurations for tests and demos); `population_size` caps K (memory); `data_seed` selects
-    the training stream, shared by all members.
+    the training stream, shared by all members; `capture` replays training steps from CUDA
+    graphs on a GPU; `stop_at` ends a member once its validation metric reaches it. On CUDA, matmuls use TF32 (as the speed targets assume).
     """
     if not settings:
         return []
     torch_device = resolve_device(device)
+    if torch_device.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = True
     if isinstance(task, str):
         options = {"epoch_windows": epoch_windows} if epoch_windows else {}
         task = get_task(task, data_dir=data_dir, seed=data_seed, **options)
@@ -89,7 +94,8 @@ def evaluate(
             try:
                 trained = train_population(
                     graph, task, members, hidden, count, device=torch_device,
-                    schedule=schedule, max_epochs=max_epochs, on_progress=on_progress,
+                    schedule=schedule, max_epochs=max_epochs, capture=capture, stop_at=stop_at,
+                    on_progress=on_progress,
                 )
             except (RuntimeError, torch.cuda.OutOfMemoryError) as error:
                 reason = f"{type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}"

@@ -1,0 +1,216 @@
+"""Training throughput, side by side in one process: `torch.nn.LSTM` (cuDNN on a GPU) against the
+population engine at K = 1, 8, 32, 128 and a mutated graph, on the paper's shapes (§3.5, §3.7);
+plus the wall time of the search's two recurring costs, the memorization filter for one candidate
+and 20 settings of one architecture on arith under the search schedule.
+
+A "training token" is one timestep of one row of one model, so K models on a 20 x 35 window train
+K * 700 tokens. FLOP/s counts 6 x matmul parameters x tokens (forward and backward of every
+matrix product; the embedding is a lookup, not a matmul).
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from dataclasses import asdict, dataclass
+
+import numpy as np
+import torch
+
+from cellsearch import zoo
+from cellsearch.graph import CellGraph
+from cellsearch.tasks import Batch, Task
+from cellsearch.train.budget import hidden_size_for_budget
+from cellsearch.train.model import PopulationModel
+from cellsearch.train.steps import PopulationSteps
+
+H100_TF32_PEAK = 495e12  # dense TF32 FLOP/s of an H100 SXM
+BATCH, STEPS = 20, 35
+
+# task -> (vocabulary, layers, parameter budget): the shapes of the issue's table
+SHAPES = {
+    "memorize": (28, 1, 25_000),
+    "arith": (40, 1, 250_000),
+    "arith-1m": (40, 2, 1_000_000),
+    "ptb": (10_000, 2, 5_000_000),
+}
+
+
+@dataclass(frozen=True)
+class Measurement:
+    engine: str
+    population: int
+    hidden_size: int
+    tokens_per_second: float
+    ratio_to_cudnn: float
+    tflops: float
+    fraction_of_peak: float
+
+
+class _RandomTokens(Task):
+    """A stand-in task serving one fixed random window: throughput does not depend on the data."""
+
+    output_kind, metric = "softmax", "accuracy"
+
+    def __init__(self, vocabulary: int):
+        self.name = "bench"
+        self.input_size = self.output_size = vocabulary
+        rng = np.random.default_rng(0)
+        tokens = rng.integers(0, vocabulary, size=(STEPS + 1, BATCH))
+        self.batch = Batch(tokens[:-1], tokens[1:], np.ones((STEPS, BATCH), np.float32),
+                           np.zeros(BATCH, bool))
+
+    def batches(self, split, batch_size=BATCH, num_steps=STEPS, epoch=0):
+        yield self.batch
+
+    def describe(self):
+        return {}
+
+    def samples(self, count, seed=0):
+        return []
+
+
+def _timed(step, device, repeats: int) -> float:
+    for _ in range(3):
+        step()
+    _synchronize(device)
+    start = time.perf_counter()
+    for _ in range(repeats):
+        step()
+    _synchronize(device)
+    return (time.perf_counter() - start) / repeats
+
+
+def _synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def cudnn_step_seconds(vocabulary: int, layers: int, hidden: int, device, repeats: int) -> float:
+    """Seconds per training step of the standard PyTorch model: embedding, nn.LSTM, linear,
+    cross-entropy, clipping, SGD."""
+    torch.manual_seed(0)
+    embedding = torch.nn.Embedding(vocabulary, hidden).to(device)
+    lstm = torch.nn.LSTM(hidden, hidden, layers).to(device)
+    output = torch.nn.Linear(hidden, vocabulary).to(device)
+    parameters = [*embedding.parameters(), *lstm.parameters(), *output.parameters()]
+    optimizer = torch.optim.SGD(parameters, lr=0.1)
+    task = _RandomTokens(vocabulary)
+    inputs = torch.from_numpy(task.batch.inputs).to(device)
+    targets = torch.from_numpy(task.batch.targets).to(device)
+
+    def step():
+        optimizer.zero_grad(set_to_none=True)
+        hidden_states, _ = lstm(embedding(inputs))
+        logits = output(hidden_states)
+        loss = torch.nn.functional.cross_entropy(
+            logits.view(-1, vocabulary), targets.reshape(-1), reduction="sum") / BATCH
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(parameters, 5.0)
+        optimizer.step()
+
+    return _timed(step, device, repeats)
+
+
+def population_step_seconds(graph: CellGraph, vocabulary: int, layers: int, hidden: int,
+                            population: int, device, repeats: int, capture: bool = True) -> float:
+    task = _RandomTokens(vocabulary)
+    model = PopulationModel(graph, population, vocabulary, vocabulary, hidden, layers, "embedding")
+    model.reset_parameters([1.0] * population, list(range(population)))
+    model.to(device)
+    norms = torch.full((population,), 5.0, device=device)
+    steps = PopulationSteps(model, task, BATCH, STEPS, norms, None,
+                            capture=capture and device.type == "cuda")
+    steps.learning_rates.fill_(0.1)
+    steps.load(task.batch)
+    return _timed(steps.train_step, device, repeats)
+
+
+def matmul_parameters(graph: CellGraph, vocabulary: int, layers: int, hidden: int) -> int:
+    return layers * graph.num_matrices * hidden * hidden + hidden * vocabulary
+
+
+def mutated_graph(seed: int = 0) -> CellGraph:
+    from cellsearch.mutate import mutate
+
+    return mutate(zoo.get("gru"), random.Random(seed)).graph
+
+
+def throughput(task: str = "arith", cell: str = "lstm", device: str = "cuda",
+               populations=(1, 8, 32, 128), repeats: int = 20) -> list[Measurement]:
+    """tokens/s of cuDNN's LSTM and of our engine (graph `cell`, then a mutated graph at K=32)."""
+    torch_device = torch.device(device)
+    if torch_device.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+    vocabulary, layers, budget = SHAPES[task]
+    rows = []
+
+    def hidden_for(graph: CellGraph) -> int:
+        return hidden_size_for_budget(
+            budget, matrices_per_layer=graph.num_matrices, biases_per_layer=graph.num_biases,
+            num_layers=layers, input_size=vocabulary, output_size=vocabulary,
+            input_kind="embedding")
+
+    def record(name, graph, hidden, population, seconds, base):
+        tokens = population * BATCH * STEPS / seconds
+        flops = 6 * matmul_parameters(graph, vocabulary, layers, hidden) * tokens
+        rows.append(Measurement(name, population, hidden, tokens, tokens / base, flops / 1e12,
+                                flops / H100_TF32_PEAK))
+
+    lstm = zoo.get("lstm")
+    hidden = hidden_for(lstm)
+    cudnn_seconds = cudnn_step_seconds(vocabulary, layers, hidden, torch_device, repeats)
+    base = BATCH * STEPS / cudnn_seconds
+    record("torch.nn.LSTM", lstm, hidden, 1, cudnn_seconds, base)
+    graph = zoo.resolve(cell)
+    hidden = hidden_for(graph)
+    for population in populations:
+        try:
+            seconds = population_step_seconds(graph, vocabulary, layers, hidden, population,
+                                              torch_device, repeats)
+        except torch.cuda.OutOfMemoryError:
+            break
+        record(f"cellsearch {cell}", graph, hidden, population, seconds, base)
+        torch.cuda.empty_cache() if torch_device.type == "cuda" else None
+    mutant = mutated_graph()
+    hidden = hidden_for(mutant)
+    population = 32 if torch_device.type == "cuda" else 1
+    seconds = population_step_seconds(mutant, vocabulary, layers, hidden, population,
+                                      torch_device, repeats)
+    record("cellsearch mutated gru", mutant, hidden, population, seconds, base)
+    return rows
+
+
+def search_costs(device: str = "cuda", settings_count: int = 20, seed: int = 0) -> dict:
+    """Wall seconds of the memorization filter (one random setting of the LSTM, search schedule)
+    and of `settings_count` random settings of the LSTM on arith under the search schedule."""
+    from cellsearch.train.evaluate import evaluate
+    from cellsearch.train.hyperparameters import SearchSpace
+
+    rng = random.Random(seed)
+    costs = {}
+    for task, count in (("memorize", 1), ("arith", settings_count)):
+        space = SearchSpace.for_search(task)
+        settings, seen = [], set()
+        for _ in range(count):
+            setting = space.sample(rng, exclude=seen)
+            seen.add(setting.key())
+            settings.append(setting)
+        start = time.perf_counter()
+        # The filter only asks whether the cell reaches 95% (§3.1), as the search does.
+        stop_at = 0.95 if task == "memorize" else None
+        results = evaluate(zoo.get("lstm"), task, settings, device=device, stop_at=stop_at)
+        wall = time.perf_counter() - start
+        costs[task] = {
+            "settings": count,
+            "wall_seconds": wall,
+            "best_accuracy": max((r.value for r in results if r.ok), default=float("nan")),
+            "epochs": [r.epochs for r in results],
+        }
+    costs["arith"]["settings_per_gpu_hour"] = settings_count * 3600 / costs["arith"]["wall_seconds"]
+    return costs
+
+
+def as_dicts(rows: list[Measurement]) -> list[dict]:
+    return [asdict(row) for row in rows]

@@ -1,0 +1,69 @@
+"""`cellsearch bench`: training throughput against cuDNN's LSTM, and the search's recurring costs."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+import torch
+from rich.console import Console
+from rich.table import Table
+
+from cellsearch.errors import UserError
+
+
+def register(subparsers) -> None:
+    parser = subparsers.add_parser("bench", help="measure training speed against torch.nn.LSTM")
+    parser.add_argument("--task", choices=("arith", "arith-1m", "ptb", "memorize"), default="arith",
+                        help="the shapes to measure (arith: 250K parameters, arith-1m: 1M)")
+    parser.add_argument("--cell", default="lstm", metavar="NAME|FILE")
+    parser.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    parser.add_argument("--populations", default="1,8,32,128",
+                        help="population sizes K to measure (comma-separated)")
+    parser.add_argument("--repeats", type=int, default=20, help="timed steps per measurement")
+    parser.add_argument("--search-costs", action="store_true",
+                        help="also time the memorization filter and 20 arith settings")
+    parser.add_argument("--json", action="store_true")
+    parser.set_defaults(run=run_bench)
+
+
+def run_bench(args: argparse.Namespace) -> int:
+    from cellsearch import bench
+    from cellsearch.train.evaluate import resolve_device
+
+    device = resolve_device(args.device)
+    try:
+        populations = tuple(int(k) for k in args.populations.split(","))
+    except ValueError:
+        raise UserError(f"--populations expects integers like 1,8,32, got {args.populations!r}")
+    if args.repeats < 1 or any(k < 1 for k in populations):
+        raise UserError("--repeats and every population size must be at least 1")
+    rows = bench.throughput(args.task, args.cell, str(device), populations, args.repeats)
+    costs = bench.search_costs(str(device)) if args.search_costs else None
+    header = {"task": args.task, "device": _device_name(device), "torch": torch.__version__}
+    if args.json:
+        print(json.dumps({**header, "throughput": bench.as_dicts(rows), "search_costs": costs}))
+        return 0
+    table = Table(title=f"training throughput, {args.task} shapes, {header['device']}, "
+                        f"torch {header['torch']}")
+    for column in ("engine", "K", "hidden", "tokens/s", "× cuDNN", "TFLOP/s", "of peak"):
+        table.add_column(column, justify="right")
+    for row in rows:
+        table.add_row(row.engine, str(row.population), str(row.hidden_size),
+                      f"{row.tokens_per_second:,.0f}", f"{row.ratio_to_cudnn:.2f}",
+                      f"{row.tflops:.2f}", f"{row.fraction_of_peak:.2%}")
+    console = Console()
+    console.print(table)
+    if costs:
+        console.print(f"memorization filter, one candidate: {costs['memorize']['wall_seconds']:.1f} s")
+        arith = costs["arith"]
+        console.print(f"{arith['settings']} arith settings under the search schedule: "
+                      f"{arith['wall_seconds']:.1f} s ({arith['settings_per_gpu_hour']:,.0f} "
+                      "settings per GPU-hour)")
+    return 0
+
+
+def _device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return "cpu"

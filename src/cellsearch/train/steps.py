@@ -1,0 +1,166 @@
+"""The per-window work of population training — one training step and one evaluation step —
+run eagerly, or on CUDA captured once into a CUDA graph and replayed.
+
+A window's data is copied into static buffers, the recurrent state lives in static buffers that
+each step overwrites with its final state (so it carries over to the next window), and the
+per-member learning rates, clip norms, divergence flags and metric sums are static tensors too.
+So a step takes no arguments and makes no host synchronisation, which is what lets a whole
+training step — forward over the unrolled window, backward, per-member clipping and the SGD
+update — be captured once per population and replayed for every later window: at the paper's
+small shapes, launching kernels from Python, not arithmetic, is what limits an eager step.
+
+Captured and eager steps run the same Python function, hence the same kernels and numbers.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+
+from cellsearch.tasks import Batch, Task
+from cellsearch.tasks import metrics as task_metrics
+from cellsearch.train.model import PopulationModel
+
+WARMUP_CALLS = 2  # eager calls before capture (lazy initialisation of cuBLAS, autograd, ...)
+
+
+class Captured:
+    """Calls `body()`; with `capture`, the first WARMUP_CALLS run eagerly on a side stream, the
+    next one is captured into a CUDA graph, and every call from then on replays it."""
+
+    def __init__(self, body: Callable[[], None], capture: bool):
+        self.body = body
+        self.capture = capture
+        self.calls = 0
+        self.graph: torch.cuda.CUDAGraph | None = None
+
+    def __call__(self) -> None:
+        if not self.capture:
+            self.body()
+        elif self.graph is not None:
+            self.graph.replay()
+        elif self.calls < WARMUP_CALLS:
+            side = torch.cuda.Stream()
+            side.wait_stream(torch.cuda.current_stream())
+            with torch.cuda.stream(side):
+                self.body()
+            torch.cuda.current_stream().wait_stream(side)
+        else:
+            self.graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(self.graph):
+                self.body()
+            self.graph.replay()  # capturing records the work without doing it
+        self.calls += 1
+
+
+class PopulationSteps:
+    def __init__(
+        self,
+        model: PopulationModel,
+        task: Task,
+        batch_size: int,
+        num_steps: int,
+        max_norms: torch.Tensor,  # (K,)
+        dropout: torch.Tensor | None,  # (K,) or None
+        capture: bool,
+    ):
+        device = max_norms.device
+        K = model.population_size
+        self.model, self.task = model, task
+        self.parameters = list(model.parameters())
+        self.max_norms, self.dropout = max_norms, dropout
+        self.learning_rates = torch.zeros(K, device=device)
+        self.finite = torch.ones(K, dtype=torch.bool, device=device)
+        T, B = num_steps, batch_size
+        frame = () if task.output_kind == "softmax" else (task.input_size,)
+        data_type = torch.long if task.output_kind == "softmax" else torch.float32
+        self.inputs = torch.zeros((T, B, *frame), dtype=data_type, device=device)
+        self.targets = torch.zeros((T, B, *frame), dtype=data_type, device=device)
+        self.mask = torch.zeros((T, B), device=device)
+        self.reset = torch.ones(B, dtype=torch.bool, device=device)
+        self.state = model.initial_state(B)
+        self.totals: dict[str, torch.Tensor] | None = None
+        self.train_step = Captured(self._train, capture)
+        self.eval_step = Captured(self._evaluate, capture)
+
+    def load(self, batch: Batch) -> None:
+        for buffer, array in ((self.inputs, batch.inputs), (self.targets, batch.targets),
+                              (self.mask, batch.mask), (self.reset, batch.reset)):
+            buffer.copy_(torch.from_numpy(array), non_blocking=True)
+
+    # -- the two step bodies: no arguments, no host synchronisation -----------------------------
+
+    def _forward(self, dropout):
+        keep = (~self.reset).to(self.mask.dtype).view(1, -1, 1)  # zero rows starting anew
+        state = [tuple(s * keep for s in layer) for layer in self.state]
+        logits, new_state = self.model(self.inputs, state, dropout)  # (T, K, B, V)
+        with torch.no_grad():
+            for old, new in zip(self.state, new_state):
+                for buffer, value in zip(old, new):
+                    buffer.copy_(value)  # carried into the next window (truncated BPTT)
+        if self.task.output_kind == "softmax":
+            stats = task_metrics.softmax_stats(logits, self.targets, self.mask)
+            return stats, stats["loss_sum"]
+        stats = task_metrics.sigmoid_stats(logits, self.targets, self.mask)
+        return stats, stats["nll_sum"]
+
+    def _train(self) -> None:
+        self.model.train()
+        _, loss_sums = self._forward(self.dropout)
+        self.finite &= torch.isfinite(loss_sums.detach())
+        # Each member's loss depends on its own parameters only, so one backward of the sum gives
+        # every member its own gradient; dividing by the minibatch size as §3.7 says.
+        (loss_sums.sum() / self.mask.shape[1]).backward()
+        self._clipped_sgd_step()
+
+    @torch.no_grad()
+    def _clipped_sgd_step(self) -> None:
+        """p[k] -= rate[k] * g[k] * min(1, max_norm[k] / |g[k]|), |g[k]| over all of member k's
+        parameters. Non-finite gradients (a diverged member) become 0, so frozen members stay
+        put and nothing non-finite reaches the norms of the others."""
+        grads = [p.grad for p in self.parameters]
+        for g in grads:
+            torch.nan_to_num_(g, nan=0.0, posinf=0.0, neginf=0.0)
+        squares = torch.stack([g.pow(2).flatten(1).sum(1) for g in grads]).sum(0)  # (K,)
+        scale = self.learning_rates * torch.clamp(self.max_norms / (squares.sqrt() + 1e-6), max=1.0)
+        for p, g in zip(self.parameters, grads):
+            p.sub_(g * scale.view(-1, *([1] * (g.dim() - 1))))
+            p.grad = None
+
+    @torch.no_grad()
+    def _evaluate(self) -> None:
+        self.model.eval()
+        stats, _ = self._forward(None)
+        for name, value in stats.items():
+            self.totals[name].add_(value)
+
+    # -- passes ---------------------------------------------------------------------------------
+
+    def train_epoch(self, epoch: int, learning_rates: list[float], on_window=None) -> list[bool]:
+        """One pass over the training windows; per member, whether its loss stayed finite."""
+        self.learning_rates.copy_(torch.tensor(learning_rates))
+        self.finite.fill_(True)
+        batches = self.task.batches("train", self.mask.shape[1], self.mask.shape[0], epoch=epoch)
+        for window, batch in enumerate(batches):
+            self.load(batch)
+            self.train_step()
+            if on_window is not None:
+                on_window(window + 1)
+        return self.finite.tolist()
+
+    def evaluate(self, split: str) -> dict[str, list[float]]:
+        """Metrics of every member over `split` (see `tasks.metrics.summarize`)."""
+        K, device = self.model.population_size, self.mask.device
+        if self.totals is None:
+            names = ("loss_sum", "correct") if self.task.output_kind == "softmax" else (
+                "nll_sum", "true_pos", "false_pos", "false_neg")
+            self.totals = {name: torch.zeros(K, device=device) for name in names}
+            self.totals["count"] = torch.zeros((), device=device)
+        for total in self.totals.values():
+            total.zero_()
+        for batch in self.task.batches(split, self.mask.shape[1], self.mask.shape[0]):
+            self.load(batch)
+            self.eval_step()
+        summary = task_metrics.summarize(self.totals)
+        return {name: [float(v) for v in values.tolist()] for name, values in summary.items()}
