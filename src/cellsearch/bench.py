@@ -113,9 +113,11 @@ def cudnn_step_seconds(vocabulary: int, layers: int, hidden: int, device, repeat
 
 
 def population_step_seconds(graph: CellGraph, vocabulary: int, layers: int, hidden: int,
-                            population: int, device, repeats: int, capture: bool = True) -> float:
+                            population: int, device, repeats: int, capture: bool = True,
+                            compile_step: bool = False) -> float:
     task = _RandomTokens(vocabulary)
-    model = PopulationModel(graph, population, vocabulary, vocabulary, hidden, layers, "embedding")
+    model = PopulationModel(graph, population, vocabulary, vocabulary, hidden, layers, "embedding",
+                            compile_step=compile_step)
     model.reset_parameters([1.0] * population, list(range(population)))
     model.to(device)
     norms = torch.full((population,), 5.0, device=device)
@@ -137,8 +139,10 @@ def mutated_graph(seed: int = 0) -> CellGraph:
 
 
 def throughput(task: str = "arith", cell: str = "lstm", device: str = "cuda",
-               populations=(1, 8, 32, 128), repeats: int = 20) -> list[Measurement]:
-    """tokens/s of cuDNN's LSTM and of our engine (graph `cell`, then a mutated graph at K=32)."""
+               populations=(1, 8, 32, 128), repeats: int = 20,
+               compiled: bool = False) -> list[Measurement]:
+    """tokens/s of cuDNN's LSTM and of our engine (graph `cell`, then a mutated graph at K=32);
+    with `compiled`, also the torch.compile'd step."""
     torch_device = torch.device(device)
     if torch_device.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = True
@@ -173,6 +177,11 @@ def throughput(task: str = "arith", cell: str = "lstm", device: str = "cuda",
             break
         record(f"cellsearch {cell}", graph, hidden, population, seconds, base)
         torch.cuda.empty_cache() if torch_device.type == "cuda" else None
+    if compiled:  # torch.compile'd steps at the smallest and largest population
+        for population in sorted({populations[0], populations[-1]}):
+            seconds = population_step_seconds(graph, vocabulary, layers, hidden, population,
+                                              torch_device, repeats, compile_step=True)
+            record(f"cellsearch {cell} (compiled)", graph, hidden, population, seconds, base)
     mutant = mutated_graph()
     hidden = hidden_for(mutant)
     population = 32 if torch_device.type == "cuda" else 1

@@ -19,6 +19,7 @@ a bias (K, n). This module knows nothing of modules, tasks or training.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import torch
@@ -235,13 +236,14 @@ def run(
     params: dict[str, torch.Tensor],
     x: torch.Tensor,
     state: tuple[torch.Tensor, ...],
+    step=None,
 ) -> tuple[torch.Tensor, tuple[torch.Tensor, ...]]:
-    """Run the cell over a sequence.
+    """Run the cell over a sequence, one `step` (default `step_eagerly`) per timestep.
 
     x: (K, T, B, n); state: one (K, B, n) tensor per state (graph.states order, h first).
     Returns the exposed output h for every step, (K, T, B, n), and the final state.
     """
-    graph = plan_.graph
+    step = step or step_eagerly
     K, T, B, n = x.shape
     static = _static_values(plan_, params, x)
 
@@ -278,30 +280,53 @@ def run(
     }
 
     outputs = []
-    states = dict(zip(graph.states, state))
     for t in range(T):
-        values: dict[str, torch.Tensor] = dict(states)
-        for name, steps in step_static.items():
-            values[name] = steps[t]
-        for item in plan_.loop:
-            if isinstance(item, MatmulGroup):
-                weights = group_weights[item.operand]
-                operand = values[item.operand]
-                if item.operand in group_pre:
-                    product = torch.baddbmm(group_pre[item.operand][t], operand, weights)
-                else:
-                    product = torch.bmm(operand, weights)
-                for chunk, member in zip(product.split(n, dim=-1), item.members):
-                    values[member] = chunk
-            elif isinstance(item, Sum):
-                start = sum_steps[item.name][t] if item.name in sum_steps else None
-                values[item.name] = _signed_sum(
-                    [(s, values[term]) for s, term in item.recurrent_terms], start
-                )
-            else:  # an activation or a product; never a bias, constant or matmul
-                values[item.name] = _apply(item, params, values, K)
-        # expand: an output computed from biases alone has no batch dimension of its own
-        states = {s: values[out].expand(K, B, n) for s, out in zip(graph.states, graph.outputs)}
-        outputs.append(states[graph.states[0]])
-    return torch.stack(outputs, dim=1), tuple(states[s] for s in graph.states)
+        inputs = {name: steps[t] for name, steps in step_static.items()}
+        inputs.update({f"pre:{operand}": pre[t] for operand, pre in group_pre.items()})
+        inputs.update({f"sum:{name}": part[t] for name, part in sum_steps.items()})
+        state = step(plan_, group_weights, inputs, state)
+        outputs.append(state[0])
+    return torch.stack(outputs, dim=1), state
 
+
+def step_eagerly(
+    plan_: Plan,
+    weights: dict[str, torch.Tensor],
+    inputs: dict[str, torch.Tensor],
+    state: tuple[torch.Tensor, ...],
+) -> tuple[torch.Tensor, ...]:
+    """One timestep: `weights` per recurrent operand (K, n, m*n); `inputs` holds this step's
+    static values by name, `pre:<operand>` the static addends of a fused matmul group and
+    `sum:<name>` the static part of a sum; `state` (K, B, n) each. Returns the new state."""
+    graph = plan_.graph
+    K, B, n = state[0].shape
+    values: dict[str, torch.Tensor] = dict(zip(graph.states, state))
+    values.update(inputs)
+    for item in plan_.loop:
+        if isinstance(item, MatmulGroup):
+            operand = values[item.operand]
+            pre = inputs.get(f"pre:{item.operand}")
+            if pre is not None:
+                product = torch.baddbmm(pre, operand, weights[item.operand])
+            else:
+                product = torch.bmm(operand, weights[item.operand])
+            for chunk, member in zip(product.split(n, dim=-1), item.members):
+                values[member] = chunk
+        elif isinstance(item, Sum):
+            values[item.name] = _signed_sum(
+                [(s, values[term]) for s, term in item.recurrent_terms],
+                inputs.get(f"sum:{item.name}"),
+            )
+        else:  # an activation or a product; never a bias, constant or matmul
+            values[item.name] = _apply(item, None, values, K)
+    # expand: an output computed from biases alone has no batch dimension of its own
+    return tuple(values[out].expand(K, B, n) for out in graph.outputs)
+
+
+
+@functools.cache
+def compiled_step():
+    """`step_eagerly` through torch.compile: its elementwise work fused into a few generated
+    kernels (one compilation per graph and shape, so worth it for long trainings)."""
+    torch._dynamo.config.cache_size_limit = max(torch._dynamo.config.cache_size_limit, 256)
+    return torch.compile(step_eagerly, dynamic=False)

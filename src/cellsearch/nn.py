@@ -158,6 +158,7 @@ class PopulationCell(nn.Module):
                 node.param, nn.Parameter(torch.empty(population_size, *shape))
             )
         self.reset_parameters([1.0] * population_size, [None] * population_size)
+        self.step = None  # compile.step_eagerly, or compile.compiled_step() for fused kernels
 
     def reset_parameters(self, init_scales: Sequence[float], seeds: Sequence[int | None]) -> None:
         """Member k starts as `initial_values(graph, hidden, init_scales[k], seeds[k])`."""
@@ -178,4 +179,4 @@ class PopulationCell(nn.Module):
         )
 
     def forward(self, x: torch.Tensor, state: State) -> tuple[torch.Tensor, State]:
-        return run(self.plan, self.population_parameters(), x, state)
+        return run(self.plan, self.population_parameters(), x, state, self.step)

@@ -23,6 +23,8 @@ def register(subparsers) -> None:
     parser.add_argument("--repeats", type=int, default=20, help="timed steps per measurement")
     parser.add_argument("--search-costs", action="store_true",
                         help="also time the memorization filter and 20 arith settings")
+    parser.add_argument("--compiled", action="store_true",
+                        help="also measure the torch.compile'd step (compiles for a while)")
     parser.add_argument("--json", action="store_true")
     parser.set_defaults(run=run_bench)
 
@@ -38,7 +40,8 @@ def run_bench(args: argparse.Namespace) -> int:
         raise UserError(f"--populations expects integers like 1,8,32, got {args.populations!r}")
     if args.repeats < 1 or any(k < 1 for k in populations):
         raise UserError("--repeats and every population size must be at least 1")
-    rows = bench.throughput(args.task, args.cell, str(device), populations, args.repeats)
+    rows = bench.throughput(args.task, args.cell, str(device), populations, args.repeats,
+                            args.compiled)
     costs = bench.search_costs(str(device)) if args.search_costs else None
     header = {"task": args.task, "device": _device_name(device), "torch": torch.__version__}
     if args.json:

@@ -15,6 +15,7 @@ from typing import Sequence
 import torch
 from torch import nn
 
+from cellsearch.compile import compiled_step
 from cellsearch.graph import CellGraph
 from cellsearch.nn import PopulationCell, State, initial_values, uniform
 
@@ -29,6 +30,7 @@ class PopulationModel(nn.Module):
         hidden_size: int,
         num_layers: int,
         input_kind: str,  # "embedding" (token ids) or "linear" (88-dim frames)
+        compile_step: bool = False,
     ):
         super().__init__()
         K, n = population_size, hidden_size
@@ -38,6 +40,9 @@ class PopulationModel(nn.Module):
         self.input_weight = nn.Parameter(torch.empty(K, input_size, n))  # (K, V_in, n)
         self.input_bias = nn.Parameter(torch.empty(K, n)) if input_kind == "linear" else None
         self.layers = nn.ModuleList(PopulationCell(graph, K, n) for _ in range(num_layers))
+        if compile_step:
+            for layer in self.layers:
+                layer.step = compiled_step()
         self.output_weight = nn.Parameter(torch.empty(K, n, output_size))  # (K, n, V_out)
         self.output_bias = nn.Parameter(torch.empty(K, output_size))
 

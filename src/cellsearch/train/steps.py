@@ -34,6 +34,7 @@ class Captured:
         self.capture = capture
         self.calls = 0
         self.graph: torch.cuda.CUDAGraph | None = None
+        self.stream: torch.cuda.Stream | None = None
 
     def __call__(self) -> None:
         if not self.capture:
@@ -41,14 +42,17 @@ class Captured:
         elif self.graph is not None:
             self.graph.replay()
         elif self.calls < WARMUP_CALLS:
-            side = torch.cuda.Stream()
-            side.wait_stream(torch.cuda.current_stream())
-            with torch.cuda.stream(side):
+            # Warm up on the stream that will capture: cuBLAS sets up its workspace per stream.
+            self.stream = self.stream or torch.cuda.Stream()
+            self.stream.wait_stream(torch.cuda.current_stream())
+            with torch.cuda.stream(self.stream):
                 self.body()
-            torch.cuda.current_stream().wait_stream(side)
+            torch.cuda.current_stream().wait_stream(self.stream)
         else:
             self.graph = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(self.graph):
+            # "relaxed": memory that other work (e.g. a cuDNN model trained earlier in this
+            # process) frees while we capture must not invalidate the capture.
+            with torch.cuda.graph(self.graph, stream=self.stream, capture_error_mode="relaxed"):
                 self.body()
             self.graph.replay()  # capturing records the work without doing it
         self.calls += 1
