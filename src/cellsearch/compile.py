@@ -279,6 +279,14 @@ def run(
         if isinstance(item, Sum) and item.static_terms and item.name not in fused
     }
 
+    # The recurrent matmuls see detached weights; their weight gradient is formed once per
+    # sequence by the sinks (see `_WeightSink`) instead of once per step.
+    records = {operand: [] for operand in group_weights}
+    deferred = step is step_eagerly  # (a compiled step differentiates as traced instead)
+    if deferred and torch.is_grad_enabled() and any(w.requires_grad for w in group_weights.values()):
+        for operand, weights in group_weights.items():
+            state = _WeightSink.apply(weights, records[operand], *state)
+        group_weights = {o: _Recorded(w.detach(), records[o]) for o, w in group_weights.items()}
     outputs = []
     for t in range(T):
         inputs = {name: steps[t] for name, steps in step_static.items()}
@@ -306,10 +314,13 @@ def step_eagerly(
         if isinstance(item, MatmulGroup):
             operand = values[item.operand]
             pre = inputs.get(f"pre:{item.operand}")
-            if pre is not None:
-                product = torch.baddbmm(pre, operand, weights[item.operand])
+            weight = weights[item.operand]
+            if isinstance(weight, _Recorded):
+                product = _RecordedMatmul.apply(pre, operand, weight.weight, weight.record)
+            elif pre is not None:
+                product = torch.baddbmm(pre, operand, weight)
             else:
-                product = torch.bmm(operand, weights[item.operand])
+                product = torch.bmm(operand, weight)
             for chunk, member in zip(product.split(n, dim=-1), item.members):
                 values[member] = chunk
         elif isinstance(item, Sum):
@@ -322,6 +333,56 @@ def step_eagerly(
     # expand: an output computed from biases alone has no batch dimension of its own
     return tuple(values[out].expand(K, B, n) for out in graph.outputs)
 
+
+
+# -- one weight gradient per sequence ------------------------------------------------------------
+#
+# Autograd would add a (K, n, m*n) weight gradient for every timestep: at the paper's shapes (a
+# 20-row minibatch) that memory traffic, 35 times per window, costs more than the arithmetic.
+# Instead each step's matmul records its operand and output gradient, and one batched matmul over
+# all timesteps forms the weight gradient: dW = sum_t v_t^T g_t = V^T G with V (K, T*B, n).
+# The sink sits on the initial state, upstream of every step, so autograd runs its backward
+# only after every step's backward has recorded.
+
+
+@dataclass(frozen=True)
+class _Recorded:
+    weight: torch.Tensor  # detached (K, n, m*n)
+    record: list
+
+
+class _RecordedMatmul(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, pre, operand, weight, record):
+        ctx.save_for_backward(operand, weight)
+        ctx.record, ctx.has_pre = record, pre is not None
+        return torch.baddbmm(pre, operand, weight) if pre is not None else torch.bmm(operand, weight)
+
+    @staticmethod
+    def backward(ctx, grad):
+        operand, weight = ctx.saved_tensors
+        ctx.record.append((operand, grad))
+        return (grad if ctx.has_pre else None), torch.bmm(grad, weight.transpose(1, 2)), None, None
+
+
+class _WeightSink(torch.autograd.Function):
+    """Passes the initial state through; its backward turns the records into dW."""
+
+    @staticmethod
+    def forward(ctx, weight, record, *state):
+        ctx.record = record
+        return tuple(s.view_as(s) for s in state)
+
+    @staticmethod
+    def backward(ctx, *grad_state):
+        if ctx.record:
+            operands = torch.cat([v for v, _ in ctx.record], dim=1)  # (K, T*B, n)
+            grads = torch.cat([g for _, g in ctx.record], dim=1)  # (K, T*B, m*n)
+            grad_weight = torch.bmm(operands.transpose(1, 2), grads)
+            ctx.record.clear()
+        else:
+            grad_weight = None
+        return (grad_weight, None, *grad_state)
 
 
 @functools.cache
