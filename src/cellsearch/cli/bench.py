@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import json
 
-import torch
 from rich.console import Console
 from rich.table import Table
 
@@ -30,6 +29,8 @@ def register(subparsers) -> None:
 
 
 def run_bench(args: argparse.Namespace) -> int:
+    import torch
+
     from cellsearch import bench
     from cellsearch.train.evaluate import resolve_device
 
@@ -66,7 +67,9 @@ def run_bench(args: argparse.Namespace) -> int:
     return 0
 
 
-def _device_name(device: torch.device) -> str:
+def _device_name(device) -> str:
+    import torch
+
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
     return "cpu"

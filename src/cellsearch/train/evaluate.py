@@ -60,6 +60,8 @@ def evaluate(
     schedule: str = "search",
     max_epochs: int | None = None,
     epoch_windows: int | None = None,
+    valid_samples: int | None = None,
+    test_samples: int | None = None,
     data_seed: int = 0,
     population_size: int | None = None,
     capture: bool = True,
@@ -68,8 +70,9 @@ def evaluate(
 ) -> list[Result]:
     """Train each setting of `graph` on `task`; one Result per setting, in the given order.
 
-    `max_epochs` caps every schedule and `epoch_windows` shrinks a synthetic task's epoch (cheap
-    configurations for tests and demos); `population_size` caps K (memory); `data_seed` selects
+    `max_epochs` caps every schedule; `epoch_windows` shrinks a task's epoch and
+    `valid_samples`/`test_samples` a synthetic task's fixed sets (cheap configurations for tests
+    and demos); `population_size` caps K (memory); `data_seed` selects
     the training stream, shared by all members; `capture` replays training steps from CUDA
     graphs on a GPU; `stop_at` ends a member once its validation metric reaches it. On CUDA, matmuls use TF32 (as the speed targets assume).
     """
@@ -79,7 +82,9 @@ def evaluate(
     if torch_device.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = True
     if isinstance(task, str):
-        options = {"epoch_windows": epoch_windows} if epoch_windows else {}
+        sizes = dict(epoch_windows=epoch_windows, valid_samples=valid_samples,
+                     test_samples=test_samples)
+        options = {name: value for name, value in sizes.items() if value}
         task = get_task(task, data_dir=data_dir, seed=data_seed, **options)
     groups: dict[tuple[int, int], list[int]] = {}
     for index, setting in enumerate(settings):

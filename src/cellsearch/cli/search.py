@@ -1,0 +1,311 @@
+"""`cellsearch search | top | stats`: run or resume an architecture search, and report on it.
+
+    cellsearch search --db FILE [--preset tiny] [--config FILE] [--set key=value ...]
+                      [--device auto|cpu|cuda] [--executor inprocess|processes|dask|dask-local] [--workers N] [--scheduler ADDRESS]
+                      [--data-dir DIR] [--quiet]
+    cellsearch top --db FILE [-n N] [--json]
+    cellsearch stats --db FILE [--json]
+
+`search` starts a run in a new database, or resumes the run a database holds (its stored
+configuration applies; only the budget keys `max_steps`, `max_evaluations` and `job_size` may be
+changed, e.g. `--set max_steps=200` to extend a finished run). The work is done by
+`cellsearch.search`; this module parses arguments, shows progress and prints.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterator
+
+from cellsearch.errors import UserError
+from cellsearch.executors import DEFAULT_EVALUATOR, EXECUTORS, make_executor, resolve_function
+from cellsearch.search import (
+    Event,
+    JobCompleted,
+    RankedArchitecture,
+    SearchStarted,
+    SearchStatistics,
+    StageStarted,
+    StepCompleted,
+    check_evaluator,
+    plan_run,
+    run_search,
+    select_run,
+    start_run,
+    statistics,
+    top_architectures,
+)
+from cellsearch.search.config import SearchConfig, load_config
+from cellsearch.search.presets import preset_names
+from cellsearch.storage import open_storage
+
+
+def register(subparsers) -> None:
+    search = subparsers.add_parser(
+        "search",
+        help="run or resume an architecture search (§3.1)",
+        description="Start a search in a new database, or resume the run a database holds. A "
+        "resumed run keeps its stored settings; only max_steps, max_evaluations and job_size may "
+        "change (e.g. --set max_steps=200 extends a finished run). Try: --preset tiny.",
+    )
+    search.add_argument("--db", required=True, help="the search database (created if missing)")
+    search.add_argument(
+        "--preset", choices=preset_names(), help="a built-in configuration (tiny: a CPU demo)"
+    )
+    search.add_argument("--config", help="a .json or .toml file of search settings")
+    search.add_argument(
+        "--set",
+        dest="assignments",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="change one search setting, e.g. max_steps=100 or evaluation_options.max_epochs=2",
+    )
+    search.add_argument("--device", default="auto", help="auto, cpu or cuda (default auto)")
+    search.add_argument(
+        "--executor", choices=EXECUTORS, default="inprocess", help="where evaluations run"
+    )
+    search.add_argument(
+        "--workers", type=int, default=None,
+        help="worker processes for --executor processes (default 2) or dask-local "
+             "(default one per GPU)",
+    )
+    search.add_argument(
+        "--scheduler", metavar="ADDRESS",
+        help="Dask scheduler for --executor dask, e.g. tcp://HOST:8786 (see docs/cluster.md)",
+    )
+    search.add_argument(
+        "--data-dir", help="directory with ptb/ and music/ (default: $CELLSEARCH_DATA)"
+    )
+    search.add_argument(
+        "--quiet", action="store_true", help="no progress display, only the summary"
+    )
+    search.set_defaults(run=run_search_command)
+
+    top = subparsers.add_parser("top", help="the best architectures of a search")
+    top.add_argument("--db", required=True, help="the search database")
+    top.add_argument("-n", type=int, default=10, help="how many (default 10)")
+    top.add_argument("--json", action="store_true", help="print JSON instead of text")
+    top.set_defaults(run=run_top_command)
+
+    stats = subparsers.add_parser("stats", help="the statistics of a search (§3.4)")
+    stats.add_argument("--db", required=True, help="the search database")
+    stats.add_argument("--json", action="store_true", help="print JSON instead of text")
+    stats.set_defaults(run=run_stats_command)
+
+
+# -- search -------------------------------------------------------------------------------------
+
+
+def run_search_command(args: argparse.Namespace) -> int:
+    path = Path(args.db)
+    checked = None
+    if not path.exists() or path.stat().st_size == 0:
+        # Check everything before the database file exists, so a bad start leaves nothing behind.
+        checked = load_config(preset=args.preset, path=args.config, assignments=args.assignments)
+        _check_start(checked, args)
+    executor = make_executor(
+        args.executor, workers=args.workers, device=args.device, data_dir=args.data_dir,
+        scheduler=args.scheduler,
+    )
+    with open_storage(path) as storage, _sole_driver(path):
+        plan = plan_run(
+            storage, preset=args.preset, config_path=args.config, assignments=args.assignments
+        )
+        if plan.config != checked:
+            _check_start(plan.config, args)
+        run_id = start_run(storage, plan)
+        with executor, _Display(quiet=args.quiet) as display:
+            summary = run_search(storage, run_id, plan.config, executor, on_event=display.show)
+    best = summary.top_list[0] if summary.top_list else None
+    print(
+        f"run {summary.run_id}: {summary.steps_run} step{'' if summary.steps_run == 1 else 's'}"
+        " run now, last completed step"
+        f" {summary.last_step}, {summary.total_evaluations} evaluations stored"
+    )
+    if best is not None:
+        print(
+            f"best: {best.architecture_hash[:12]} fitness {_number(best.fitness)}"
+            f"  (cellsearch top --db {args.db})"
+        )
+    return 0
+
+
+@contextmanager
+def _sole_driver(path: Path) -> Iterator[None]:
+    """Hold an exclusive flock on the database file while searching: a second driver writing the
+    same run would break the never-repeat rule. (SQLite locks with fcntl byte ranges, which are
+    independent of flock on Linux; the kernel drops the lock when the process dies, even by
+    SIGKILL.)"""
+    try:
+        import fcntl
+    except ImportError:  # not POSIX: no guard
+        yield
+        return
+    with open(path, "rb") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise UserError(f"another `cellsearch search` is running on {path}") from None
+        yield
+
+
+def _check_start(config: SearchConfig, args: argparse.Namespace) -> None:
+    """What would otherwise fail every evaluation: the evaluator and its options, the mutation
+    operator, and, for the default trainer, the device and every task's data (downloaded now when
+    missing, once, rather than by each worker)."""
+    check_evaluator(config)
+    resolve_function(config.mutator)
+    if config.evaluator == DEFAULT_EVALUATOR:
+        from cellsearch.tasks import get_task
+        from cellsearch.train.evaluate import resolve_device
+
+        resolve_device(args.device)
+        for task in (*config.tasks, config.filter_task):
+            get_task(task, data_dir=args.data_dir)
+
+
+class _Display:
+    """A rich live progress line on stderr and one printed line per completed step."""
+
+    def __init__(self, quiet: bool):
+        self.quiet = quiet
+        self.progress = None
+        self.task = None
+
+    def __enter__(self) -> _Display:
+        if not self.quiet:
+            from rich.console import Console
+            from rich.progress import (
+                BarColumn,
+                MofNCompleteColumn,
+                Progress,
+                SpinnerColumn,
+                TextColumn,
+                TimeElapsedColumn,
+            )
+
+            self.progress = Progress(
+                SpinnerColumn(),
+                TextColumn("{task.description}"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TimeElapsedColumn(),
+                console=Console(stderr=True, soft_wrap=True),
+            )
+            self.progress.__enter__()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        if self.progress is not None:
+            self.progress.__exit__(*exc_info)
+
+    def show(self, event: Event) -> None:
+        if self.progress is None:
+            return
+        progress = self.progress
+        if isinstance(event, SearchStarted):
+            max_steps = event.config.max_steps
+            verb = "resuming" if event.resumed else "starting"
+            progress.console.print(
+                f"{verb} run {event.run_id} at step {event.step}"
+                f" ({event.total_evaluations} evaluations stored)"
+            )
+            self.task = progress.add_task(
+                "search",
+                total=None if max_steps is None else max_steps + 1,
+                completed=event.step,
+            )
+        elif isinstance(event, StageStarted):
+            replayed = f", {event.replayed} from storage" if event.replayed else ""
+            progress.update(
+                self.task,
+                description=f"step {event.step} {event.stage}: {event.settings} settings{replayed}",
+            )
+        elif isinstance(event, JobCompleted):
+            progress.update(
+                self.task,
+                description=f"step {event.step} {event.stage}: {event.total_evaluations} stored",
+            )
+        elif isinstance(event, StepCompleted):
+            record = event.record
+            best = _number(event.top_list[0].fitness) if event.top_list else "-"
+            progress.console.print(
+                f"step {record.step:>4} {record.kind:<10} {record.outcome:<15}"
+                f" {record.description}  [best {best}]"
+            )
+            progress.advance(self.task)
+
+
+# -- top and stats ------------------------------------------------------------------------------
+
+
+def run_top_command(args: argparse.Namespace) -> int:
+    if args.n < 1:
+        raise UserError(f"-n must be at least 1, got {args.n}")
+    with open_storage(args.db, create=False) as storage:
+        run = select_run(storage)
+        ranked = top_architectures(storage, run.run_id, limit=args.n)
+    if args.json:
+        print(json.dumps([entry.to_dict() for entry in ranked], indent=2))
+    else:
+        print(format_top(ranked), end="")
+    return 0
+
+
+def run_stats_command(args: argparse.Namespace) -> int:
+    with open_storage(args.db, create=False) as storage:
+        figures = statistics(storage, select_run(storage).run_id)
+    if args.json:
+        print(json.dumps(figures.to_dict(), indent=2))
+    else:
+        print(format_stats(figures), end="")
+    return 0
+
+
+def format_top(ranked: list[RankedArchitecture]) -> str:
+    """One header line per architecture (rank, hash, fitness, ratio per task, settings, origin)
+    and its equations, indented."""
+    if not ranked:
+        return "the top list is empty: no step has completed yet\n"
+    lines = []
+    for entry in ranked:
+        ratios = "  ".join(f"{task} {_number(value)}" for task, value in entry.ratios.items())
+        origin = entry.mutation or ""
+        lines.append(
+            f"#{entry.rank:<3} {entry.hash[:12]}  fitness {_number(entry.fitness)}  {ratios}"
+            f"  ({entry.settings_evaluated} settings)  {origin}".rstrip()
+        )
+        lines.extend(f"     {line}" for line in entry.equations.splitlines())
+    return "\n".join(lines) + "\n"
+
+
+def format_stats(figures: SearchStatistics) -> str:
+    """The §3.4 figures, one per line."""
+    rows = [
+        ("steps completed", str(figures.steps_completed)),
+        ("architectures evaluated", str(figures.architectures_evaluated)),
+        ("passed the memorization filter", str(figures.passed_filter)),
+        (
+            "settings per architecture (mean, of those that passed)",
+            _number(figures.settings_per_architecture, 1),
+        ),
+        ("total evaluations", str(figures.total_evaluations)),
+        ("failed evaluations", str(figures.failed_evaluations)),
+    ]
+    width = max(len(label) for label, _ in rows)
+    lines = [f"run {figures.run_id}"] + [f"{label:<{width}}  {value}" for label, value in rows]
+    if figures.step_outcomes:
+        outcomes = ", ".join(
+            f"{name} {count}" for name, count in sorted(figures.step_outcomes.items())
+        )
+        lines.append(f"{'step outcomes':<{width}}  {outcomes}")
+    return "\n".join(lines) + "\n"
+
+
+def _number(value: float, digits: int = 4) -> str:
+    return "-" if math.isnan(value) else f"{value:.{digits}f}"

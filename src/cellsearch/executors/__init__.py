@@ -1,0 +1,67 @@
+"""Where evaluations run: in the driver's process or in a pool of local worker processes.
+
+An `EvaluationJob` names an architecture, a task and the settings to train on it; an `Executor`
+runs jobs (`submit`, `as_completed`, in the style of `concurrent.futures`) and hands back one
+`Result` per setting. Failures come back as failed Results, never as exceptions. Executors know
+nothing of the search's rules and never touch storage.
+"""
+
+from __future__ import annotations
+
+from cellsearch.errors import UserError
+from cellsearch.executors.base import (
+    DEFAULT_EVALUATOR,
+    EvaluationJob,
+    Executor,
+    check_options,
+    failed_results,
+    resolve_function,
+    run_job,
+)
+from cellsearch.executors.inprocess import InProcessExecutor
+from cellsearch.executors.processes import ProcessExecutor
+
+__all__ = [
+    "DEFAULT_EVALUATOR",
+    "EXECUTORS",
+    "EvaluationJob",
+    "Executor",
+    "check_options",
+    "InProcessExecutor",
+    "ProcessExecutor",
+    "failed_results",
+    "make_executor",
+    "resolve_function",
+    "run_job",
+]
+
+EXECUTORS = ("inprocess", "processes", "dask", "dask-local")
+
+
+def make_executor(
+    kind: str,
+    *,
+    workers: int | None = None,
+    device: str = "cpu",
+    data_dir: str | None = None,
+    scheduler: str | None = None,
+) -> Executor:
+    """The executor `kind` evaluating on `device`: "inprocess", "processes" (`workers` local
+    processes, default 2), "dask" (the cluster at `scheduler`) or "dask-local" (a local Dask
+    cluster of `workers` processes, default one per GPU)."""
+    if kind == "inprocess":
+        return InProcessExecutor(device=device, data_dir=data_dir)
+    if kind == "processes":
+        workers = 2 if workers is None else workers
+        if workers < 1:
+            raise UserError(f"--workers must be at least 1, got {workers}")
+        return ProcessExecutor(workers=workers, device=device, data_dir=data_dir)
+    if kind in ("dask", "dask-local"):
+        if kind == "dask" and not scheduler:
+            raise UserError("--executor dask needs --scheduler tcp://HOST:PORT "
+                            "(or use --executor dask-local)")
+        from cellsearch.executors.dask import DaskExecutor  # the optional extra cellsearch[dask]
+
+        address = scheduler if kind == "dask" else None
+        return DaskExecutor(address, workers=workers, device=device, data_dir=data_dir)
+    raise UserError(f"unknown executor {kind!r}; known: {', '.join(EXECUTORS)}")

@@ -1,0 +1,63 @@
+"""The architecture search of §3.1 and the hyperparameter selection of §3.3.
+
+    config      `SearchConfig`: the procedure's numbers (paper defaults) and how they are loaded
+    presets     named configurations shipped with the package (`tiny`)
+    history     completed evaluations, indexed; the performance estimate (eq. 1)
+    selection   which settings a candidate is evaluated on (§3.3)
+    procedure   `Search`: each step as a deterministic plan of requests (§3.1)
+    driver      carries the requests out against a storage and an executor; start and resume
+    summary     the top list and the §3.4 statistics of a stored run
+
+The search never touches SQL or torch: it reads and writes through `cellsearch.storage.Storage`
+and hands `EvaluationJob`s to a `cellsearch.executors.Executor`.
+"""
+
+from cellsearch.search.config import RESUMABLE_KEYS, SearchConfig, load_config
+from cellsearch.search.driver import (
+    Event,
+    JobCompleted,
+    RunPlan,
+    SearchStarted,
+    SearchSummary,
+    StageStarted,
+    StepCompleted,
+    check_evaluator,
+    open_run,
+    plan_run,
+    run_search,
+    start_run,
+)
+from cellsearch.search.history import History
+from cellsearch.search.procedure import Search
+from cellsearch.search.summary import (
+    RankedArchitecture,
+    SearchStatistics,
+    select_run,
+    statistics,
+    top_architectures,
+)
+
+__all__ = [
+    "RESUMABLE_KEYS",
+    "Event",
+    "History",
+    "JobCompleted",
+    "RankedArchitecture",
+    "RunPlan",
+    "Search",
+    "SearchConfig",
+    "SearchStarted",
+    "SearchStatistics",
+    "SearchSummary",
+    "StageStarted",
+    "StepCompleted",
+    "check_evaluator",
+    "load_config",
+    "open_run",
+    "plan_run",
+    "run_search",
+    "select_run",
+    "start_run",
+    "statistics",
+    "top_architectures",
+]

@@ -1,0 +1,282 @@
+"""`SearchConfig`: every number and choice of the search procedure, with the paper's values as
+defaults, and how it is read from presets, JSON/TOML files and `--set key=value` overrides.
+
+The paper's values (§3.1, §3.3): tasks arith, xml, ptb in that order; the memorization filter
+passes at 95% accuracy on one random setting; a candidate goes on to the next task when its best
+accuracy exceeds 90% of the GRU's best; 20 fresh settings per task and step; a parent with more
+than 420 evaluated settings lends its best 100; a top list of 100.
+
+Our choices where the paper is silent (each a key, so it can be changed):
+
+- `reevaluate_probability` = 0.5: how often a step re-evaluates a top-list member instead of
+  mutating one. The paper names the two kinds of step but not their mix.
+- `initial_settings` = None: LSTM and GRU get the whole grid of each task's space, as in §3.1; a
+  number instead samples that many settings per task, for small budgets.
+- `job_size` = 20: the most settings one evaluation job trains as a population. The search's
+  20-per-task stages are one job each; the initial grid is split so that a crash loses at most
+  one job and a process pool can spread the grid.
+- `max_steps`, `max_evaluations` = None: the budget. None means no limit (the search runs until
+  interrupted, and resumes later); step 0 (the initial grid) always completes.
+
+`space_overrides` maps a task to `SearchSpace.for_search` overrides (e.g. tiny parameter budgets);
+`evaluation_options` are passed to the evaluator as keyword arguments (e.g. `max_epochs`). The
+evaluator and the mutation operator are named as "module:function", so tests can put cheap fakes
+in their place without any hidden switch.
+
+A resumed run keeps its stored configuration; only the keys in `RESUMABLE_KEYS` may change.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import MappingProxyType
+from typing import Any, Iterable, Mapping
+
+from cellsearch.errors import UserError
+from cellsearch.executors.base import DEFAULT_EVALUATOR
+from cellsearch.train.hyperparameters import TASKS, SearchSpace
+
+DEFAULT_MUTATOR = "cellsearch.mutate:mutate"
+
+# Keys a resumed run may change: its budget (to extend or shorten a run) and how settings are
+# grouped into jobs (the evaluator gives the same result for a setting whatever its population).
+RESUMABLE_KEYS = frozenset({"max_steps", "max_evaluations", "job_size"})
+
+
+@dataclass(frozen=True)
+class SearchConfig:
+    """The search procedure's configuration; see the module docstring for each choice."""
+
+    tasks: tuple[str, ...] = ("arith", "xml", "ptb")
+    filter_task: str = "memorize"
+    filter_threshold: float = 0.95
+    task_threshold: float = 0.9
+    settings_per_task: int = 20
+    best_settings: int = 100
+    experienced_parent: int = 420
+    initial_settings: int | None = None
+    top_size: int = 100
+    reevaluate_probability: float = 0.5
+    space_overrides: Mapping[str, Mapping[str, tuple[Any, ...]]] = field(default_factory=dict)
+    evaluation_options: Mapping[str, Any] = field(default_factory=dict)
+    evaluator: str = DEFAULT_EVALUATOR
+    mutator: str = DEFAULT_MUTATOR
+    job_size: int = 20
+    seed: int = 0
+    max_steps: int | None = None
+    max_evaluations: int | None = None
+
+    def __post_init__(self) -> None:
+        tasks = self.tasks
+        if isinstance(tasks, str) or not isinstance(tasks, Iterable):
+            raise UserError(f"search setting tasks must be a list of task names, got {tasks!r}")
+        tasks = tuple(tasks)
+        if not tasks or len(set(tasks)) != len(tasks):
+            raise UserError(
+                f"search setting tasks must list one or more distinct tasks, got {list(tasks)}"
+            )
+        for task in (*tasks, self.filter_task):
+            if task not in TASKS:
+                raise UserError(
+                    f"unknown task {task!r} in the search settings; known: {', '.join(TASKS)}"
+                )
+        if self.filter_task in tasks:
+            raise UserError(f"the filter task {self.filter_task} cannot also be a search task")
+        object.__setattr__(self, "tasks", tasks)
+        _fraction("filter_threshold", self.filter_threshold)
+        _number("task_threshold", self.task_threshold, minimum=0.0)
+        _fraction("reevaluate_probability", self.reevaluate_probability)
+        for name in ("settings_per_task", "best_settings", "top_size", "job_size"):
+            _integer(name, getattr(self, name), minimum=1)
+        _integer("experienced_parent", self.experienced_parent, minimum=0)
+        _integer("seed", self.seed, minimum=0)
+        for name, minimum in (("initial_settings", 1), ("max_steps", 0), ("max_evaluations", 0)):
+            if getattr(self, name) is not None:
+                _integer(name, getattr(self, name), minimum=minimum)
+        for name in ("evaluator", "mutator"):
+            value = getattr(self, name)
+            if (
+                not isinstance(value, str)
+                or value.count(":") != 1
+                or value.startswith(":")
+                or value.endswith(":")
+            ):
+                raise UserError(
+                    f"search setting {name} must name a function as 'module:function',"
+                    f" got {value!r}"
+                )
+        object.__setattr__(self, "space_overrides", self._checked_overrides())
+        object.__setattr__(self, "evaluation_options", _checked_options(self.evaluation_options))
+
+    # -- reading and writing ----------------------------------------------------------------------
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> SearchConfig:
+        """A config from plain values (JSON, TOML); UserError naming any unknown key."""
+        if not isinstance(data, Mapping):
+            raise UserError(f"a search configuration must be a table of settings, got {data!r}")
+        known = [item.name for item in dataclasses.fields(cls)]
+        unknown = sorted(set(data) - set(known))
+        if unknown:
+            raise UserError(
+                f"unknown search setting(s) {', '.join(unknown)}; known: {', '.join(known)}"
+            )
+        return cls(**data)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON values; `from_dict(to_dict())` gives an equal config."""
+        data = {item.name: getattr(self, item.name) for item in dataclasses.fields(self)}
+        data["tasks"] = list(self.tasks)
+        data["space_overrides"] = {
+            task: {name: list(values) for name, values in overrides.items()}
+            for task, overrides in self.space_overrides.items()
+        }
+        data["evaluation_options"] = json.loads(json.dumps(dict(self.evaluation_options)))
+        return data
+
+    def differing_keys(self, other: SearchConfig) -> list[str]:
+        """The keys whose values differ between this config and `other`."""
+        mine, theirs = self.to_dict(), other.to_dict()
+        return [name for name in mine if mine[name] != theirs[name]]
+
+    # -- derived ----------------------------------------------------------------------------------
+
+    def space(self, task: str) -> SearchSpace:
+        """The hyperparameter space the search draws from for `task` (no dropout, §3.5)."""
+        return SearchSpace.for_search(task, self.space_overrides.get(task))
+
+    def _checked_overrides(self) -> Mapping[str, Mapping[str, tuple[Any, ...]]]:
+        overrides = self.space_overrides
+        if not isinstance(overrides, Mapping):
+            raise UserError(f"space_overrides must map task names to overrides, got {overrides!r}")
+        checked: dict[str, Mapping[str, tuple[Any, ...]]] = {}
+        allowed = (*self.tasks, self.filter_task)
+        for task, values in overrides.items():
+            if task not in allowed:
+                raise UserError(
+                    f"space_overrides names task {task!r}, which this search does not use"
+                    f" ({', '.join(allowed)})"
+                )
+            if not isinstance(values, Mapping):
+                raise UserError(
+                    f"space_overrides.{task} must map hyperparameters to value lists,"
+                    f" got {values!r}"
+                )
+            normalized = {
+                name: (tuple(choices) if isinstance(choices, (list, tuple)) else (choices,))
+                for name, choices in values.items()
+            }
+            space = SearchSpace.for_search(task, normalized)  # UserError for a bad name or value
+            checked[task] = MappingProxyType({name: space.choices[name] for name in normalized})
+        return MappingProxyType(checked)
+
+
+def load_config(
+    *,
+    base: Mapping[str, Any] | None = None,
+    preset: str | None = None,
+    path: str | Path | None = None,
+    assignments: Iterable[str] = (),
+) -> SearchConfig:
+    """`base` (e.g. a resumed run's stored config), then a preset, then a JSON or TOML file,
+    then `--set key=value` assignments, each replacing what came before it."""
+    from cellsearch.search.presets import preset_config
+
+    data: dict[str, Any] = json.loads(json.dumps(dict(base or {})))
+    if preset is not None:
+        data.update(preset_config(preset))
+    if path is not None:
+        data.update(read_config_file(path))
+    for assignment in assignments:
+        apply_assignment(data, assignment)
+    return SearchConfig.from_dict(data)
+
+
+def read_config_file(path: str | Path) -> dict[str, Any]:
+    """The settings in a `.json` or `.toml` file."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"no configuration file {path}")
+    text = path.read_text(encoding="utf-8")
+    try:
+        if path.suffix == ".toml":
+            data = tomllib.loads(text)
+        elif path.suffix == ".json":
+            data = json.loads(text)
+        else:
+            raise UserError(f"{path}: a configuration file must end in .json or .toml")
+    except (json.JSONDecodeError, tomllib.TOMLDecodeError) as error:
+        raise UserError(f"{path}: {error}") from None
+    if not isinstance(data, dict):
+        raise UserError(f"{path}: expected a table of settings")
+    return data
+
+
+def apply_assignment(data: dict[str, Any], assignment: str) -> None:
+    """Apply one `--set key=value`: the value is read as JSON when it parses (numbers, lists,
+    `null`), else as a string; `none` is None. A dotted key reaches into a table:
+    `space_overrides.arith.num_parameters=[5000]`, `evaluation_options.max_epochs=2`."""
+    name, separator, text = assignment.partition("=")
+    name, text = name.strip(), text.strip()
+    if not separator or not name:
+        raise UserError(f"--set expects key=value (e.g. top_size=10), got {assignment!r}")
+    if text.lower() == "none":
+        value: Any = None
+    else:
+        try:
+            value = json.loads(text)
+        except json.JSONDecodeError:
+            value = text
+    *path, last = name.split(".")
+    known = [item.name for item in dataclasses.fields(SearchConfig)]
+    if (path[0] if path else last) not in known:
+        raise UserError(
+            f"unknown search setting {name.split('.')[0]!r} in --set; known: {', '.join(known)}"
+        )
+    target = data
+    for part in path:
+        child = target.get(part)
+        if child is None:
+            child = target[part] = {}
+        if not isinstance(child, dict):
+            raise UserError(f"--set {name}: {part} is not a table")
+        target = child
+    target[last] = value
+
+
+def _integer(name: str, value: Any, minimum: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise UserError(f"search setting {name} must be an integer >= {minimum}, got {value!r}")
+
+
+def _number(name: str, value: Any, minimum: float) -> None:
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, (int, float))
+        or not math.isfinite(value)
+        or value < minimum
+    ):
+        raise UserError(f"search setting {name} must be a number >= {minimum:g}, got {value!r}")
+
+
+def _fraction(name: str, value: Any) -> None:
+    _number(name, value, minimum=0.0)
+    if value > 1:
+        raise UserError(f"search setting {name} must be a number in [0, 1], got {value!r}")
+
+
+def _checked_options(options: Any) -> Mapping[str, Any]:
+    if not isinstance(options, Mapping) or not all(isinstance(key, str) for key in options):
+        raise UserError(f"evaluation_options must map option names to values, got {options!r}")
+    try:
+        plain = json.loads(json.dumps(dict(options)))
+    except (TypeError, ValueError):
+        raise UserError(
+            f"evaluation_options must hold plain values (numbers, strings, lists), got {options!r}"
+        ) from None
+    return MappingProxyType(plain)

@@ -1,0 +1,118 @@
+"""Which hyperparameter settings an architecture is evaluated on next (§3.3).
+
+A candidate's settings for a task are drawn from *sources*: pools of known settings, or the whole
+space at random. Its parent decides the mix:
+
+- the parent has been evaluated on more than `experienced_parent` (420) settings of the task:
+  80% from the parent's best `best_settings` (100) settings, 20% random;
+- otherwise a third each: random; from the best 100 settings of LSTM and of GRU (the union of
+  each one's best 100, as both had the full grid); from the settings tried on the parent.
+
+Counts follow the fractions exactly by largest remainder (20 settings: 16 + 4, or 7 + 7 + 6; ties
+go to the earlier source). A draw from a pool takes a uniformly chosen pool setting the
+architecture has not been evaluated on, with a fresh seed; what a pool cannot supply (too small,
+or already tried) is drawn at random instead. Random draws never repeat a tried key either
+(§3.1), so fewer settings come back only when the whole space is used up.
+
+Our reading where §3.3 is silent: "evaluated on more than 420" counts the parent's distinct
+settings *on this task*, since pools are per task; a top-list member being re-evaluated (step 1 of
+§3.1, which points to §3.3 for its distribution) uses the mix with its own recorded parent, and
+the initial LSTM and GRU, which have none, draw the parent's share at random.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import random
+from fractions import Fraction
+from typing import Collection, Sequence
+
+from cellsearch.search.history import History
+from cellsearch.train.hyperparameters import SearchSpace, Settings
+
+# A source is (fraction, pool); a pool of None means "uniformly random over the space".
+Source = tuple[Fraction, Sequence[Settings] | None]
+
+EXPERIENCED_MIX = (Fraction(4, 5), Fraction(1, 5))  # parent's best, random
+DEFAULT_MIX = (Fraction(1, 3), Fraction(1, 3), Fraction(1, 3))  # random, LSTM & GRU best, parent's
+# Seeds of settings taken from a pool are drawn like SearchSpace.sample draws them.
+_SEED_LIMIT = 2**31
+
+
+def allocate(count: int, fractions: Sequence[Fraction]) -> list[int]:
+    """Split `count` by `fractions` (summing to 1) with the largest-remainder method."""
+    exact = [count * fraction for fraction in fractions]
+    counts = [int(share) for share in exact]
+    by_remainder = sorted(
+        range(len(exact)), key=lambda index: (-(exact[index] - counts[index]), index)
+    )
+    for index in by_remainder[: count - sum(counts)]:
+        counts[index] += 1
+    return counts
+
+
+def choose_settings(
+    rng: random.Random,
+    space: SearchSpace,
+    count: int,
+    tried: Collection[str],
+    sources: Sequence[Source],
+) -> list[Settings]:
+    """Up to `count` settings of `space` whose keys are not in `tried`, each key once, drawn from
+    `sources` as the module docstring says."""
+    quotas = allocate(count, [fraction for fraction, _ in sources])
+    taken = set(tried)
+    chosen: list[Settings] = []
+    shortfall = 0
+    for (_, pool), quota in zip(sources, quotas, strict=True):
+        if pool is None:
+            shortfall += quota
+            continue
+        candidates = _unique(
+            [settings for settings in pool if settings in space and settings.key() not in taken]
+        )
+        picks = rng.sample(candidates, min(quota, len(candidates)))
+        for settings in picks:
+            chosen.append(dataclasses.replace(settings, seed=rng.randrange(_SEED_LIMIT)))
+            taken.add(settings.key())
+        shortfall += quota - len(picks)
+    for _ in range(shortfall):
+        settings = space.sample(rng, exclude=taken)
+        if settings is None:
+            break
+        chosen.append(settings)
+        taken.add(settings.key())
+    return chosen
+
+
+def sources_for(
+    history: History,
+    task: str,
+    parent: str | None,
+    known_good: Sequence[str],
+    best_settings: int,
+    experienced_parent: int,
+) -> list[Source]:
+    """The §3.3 sources for a child of `parent` on `task`; `known_good` are LSTM and GRU."""
+    if parent is not None and history.count(parent, task) > experienced_parent:
+        best, random_share = EXPERIENCED_MIX
+        return [(best, history.best_settings(parent, task, best_settings)), (random_share, None)]
+    pooled = [
+        settings
+        for name in known_good
+        for settings in history.best_settings(name, task, best_settings)
+    ]
+    tried_on_parent = history.tried_settings(parent, task) if parent is not None else None
+    random_share, known_share, parent_share = DEFAULT_MIX
+    return [(random_share, None), (known_share, _unique(pooled)), (parent_share, tried_on_parent)]
+
+
+def _unique(pool: Sequence[Settings]) -> list[Settings]:
+    """`pool` without repeated keys, first occurrence kept."""
+    seen: set[str] = set()
+    unique = []
+    for settings in pool:
+        if settings.key() not in seen:
+            seen.add(settings.key())
+            unique.append(settings)
+    return unique

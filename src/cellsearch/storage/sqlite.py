@@ -1,0 +1,488 @@
+"""`SQLiteStorage`: the default storage, one SQLite file (stdlib `sqlite3`, WAL mode).
+
+The file is marked as ours twice: the SQLite header's `application_id` and a `cellsearch_schema`
+table holding the schema version. An existing file is checked through a read-only connection
+before anything opens it for writing, so pointing `--db` at some other file is refused without
+touching a byte of it.
+
+Schema (version 1; every table but the schema marker is keyed by run):
+
+    runs            id, config (JSON), created_at, updated_at
+    architectures   run_id, hash, graph (JSON), equations, parent_hash, mutation, created_step,
+                    filter_outcome                                  primary key (run_id, hash)
+    evaluations     id, run_id, architecture_hash, task, settings (JSON), settings_key,
+                    hidden_size, num_parameters, metric, value, status, reason, valid (JSON),
+                    test (JSON), epochs, wall_seconds, device, step, created_at
+                    unique (run_id, architecture_hash, task, settings_key): the never-repeat rule
+    steps           run_id, step, kind, architecture_hash, outcome, description, completed_at,
+                    top_list_step: the step whose top_list rows hold the list after this step
+    top_list        run_id, step, rank, architecture_hash, fitness
+                    rows only for steps that changed the list (membership, order or fitness)
+
+A NaN `value` (a run that failed before its first epoch) is stored as NULL.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import sqlite3
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Iterator, Mapping, Sequence
+from urllib.parse import quote
+
+from cellsearch.errors import UserError
+from cellsearch.storage.base import (
+    DuplicateEvaluationError,
+    Storage,
+    StorageError,
+    check_filter_outcome,
+    utc_now,
+)
+from cellsearch.storage.records import (
+    ArchitectureRecord,
+    EvaluationRecord,
+    RunRecord,
+    StepRecord,
+    TopEntry,
+)
+from cellsearch.train.hyperparameters import Settings
+from cellsearch.train.result import Result
+
+SCHEMA_VERSION = 1
+# "CeLS" in the SQLite header (offset 68), so `file` and SQLite tools can tell our databases apart.
+APPLICATION_ID = 0x43654C53
+MEMORY = ":memory:"
+
+_SCHEMA = """
+CREATE TABLE cellsearch_schema (
+    version INTEGER NOT NULL
+);
+CREATE TABLE runs (
+    id INTEGER PRIMARY KEY,
+    config TEXT NOT NULL,
+    created_at TEXT NOT NULL,
+    updated_at TEXT NOT NULL
+);
+CREATE TABLE architectures (
+    run_id INTEGER NOT NULL REFERENCES runs (id),
+    hash TEXT NOT NULL,
+    graph TEXT NOT NULL,
+    equations TEXT NOT NULL,
+    parent_hash TEXT,
+    mutation TEXT,
+    created_step INTEGER NOT NULL,
+    filter_outcome TEXT CHECK (filter_outcome IN ('passed', 'failed', 'exempt')),
+    position INTEGER NOT NULL,
+    PRIMARY KEY (run_id, hash)
+);
+CREATE TABLE evaluations (
+    id INTEGER PRIMARY KEY,
+    run_id INTEGER NOT NULL,
+    architecture_hash TEXT NOT NULL,
+    task TEXT NOT NULL,
+    settings TEXT NOT NULL,
+    settings_key TEXT NOT NULL,
+    hidden_size INTEGER NOT NULL,
+    num_parameters INTEGER NOT NULL,
+    metric TEXT NOT NULL,
+    value REAL,
+    status TEXT NOT NULL,
+    reason TEXT,
+    valid TEXT NOT NULL,
+    test TEXT NOT NULL,
+    epochs INTEGER NOT NULL,
+    wall_seconds REAL NOT NULL,
+    device TEXT NOT NULL,
+    step INTEGER NOT NULL,
+    created_at TEXT NOT NULL,
+    UNIQUE (run_id, architecture_hash, task, settings_key),
+    FOREIGN KEY (run_id, architecture_hash) REFERENCES architectures (run_id, hash)
+);
+CREATE INDEX evaluations_by_step ON evaluations (run_id, step);
+CREATE TABLE steps (
+    run_id INTEGER NOT NULL REFERENCES runs (id),
+    step INTEGER NOT NULL,
+    kind TEXT NOT NULL,
+    architecture_hash TEXT,
+    outcome TEXT NOT NULL,
+    description TEXT NOT NULL,
+    completed_at TEXT NOT NULL,
+    top_list_step INTEGER NOT NULL,
+    PRIMARY KEY (run_id, step)
+);
+CREATE TABLE top_list (
+    run_id INTEGER NOT NULL,
+    step INTEGER NOT NULL,
+    rank INTEGER NOT NULL,
+    architecture_hash TEXT NOT NULL,
+    fitness REAL,
+    PRIMARY KEY (run_id, step, rank),
+    FOREIGN KEY (run_id, architecture_hash) REFERENCES architectures (run_id, hash)
+);
+"""
+
+_INSERT_EVALUATION = (
+    "INSERT INTO evaluations (run_id, architecture_hash, task, settings, settings_key, hidden_size,"
+    " num_parameters, metric, value, status, reason, valid, test, epochs, wall_seconds, device,"
+    " step, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+)
+
+
+class SQLiteStorage(Storage):
+    """A run history in an SQLite file (or `":memory:"`); see the module docstring.
+
+    A new or empty file gets the schema; an existing one must be a cellsearch database of a schema
+    version this code reads, else UserError, and the file is left exactly as it was.
+    """
+
+    def __init__(self, path: str | Path):
+        self.path = str(path)
+        if self.path != MEMORY:
+            check_database(self.path)
+        self._connection = sqlite3.connect(self.path, isolation_level=None, timeout=30.0)
+        self._connection.execute("PRAGMA foreign_keys = ON")
+        if self.path != MEMORY:
+            self._connection.execute("PRAGMA journal_mode = WAL")
+        if self._schema_version() is None:
+            # One script, one transaction: a crash leaves either no schema or all of it.
+            self._connection.executescript(
+                "BEGIN IMMEDIATE;"
+                + _SCHEMA
+                + f"INSERT INTO cellsearch_schema (version) VALUES ({SCHEMA_VERSION});"
+                + f"PRAGMA application_id = {APPLICATION_ID};"
+                + "COMMIT;"
+            )
+
+    # -- runs -----------------------------------------------------------------------------------
+
+    def create_run(self, config: Mapping[str, Any]) -> int:
+        stamp = utc_now()
+        with self._transaction() as connection:
+            cursor = connection.execute(
+                "INSERT INTO runs (config, created_at, updated_at) VALUES (?, ?, ?)",
+                (_dump(config), stamp, stamp),
+            )
+            return int(cursor.lastrowid)
+
+    def get_runs(self) -> list[RunRecord]:
+        rows = self._connection.execute(
+            "SELECT id, config, created_at, updated_at FROM runs ORDER BY id"
+        ).fetchall()
+        return [RunRecord(row[0], json.loads(row[1]), row[2], row[3]) for row in rows]
+
+    def update_run_config(self, run_id: int, config: Mapping[str, Any]) -> None:
+        with self._transaction() as connection:
+            cursor = connection.execute(
+                "UPDATE runs SET config = ?, updated_at = ? WHERE id = ?",
+                (_dump(config), utc_now(), run_id),
+            )
+            if cursor.rowcount != 1:
+                raise StorageError(f"no run {run_id}")
+
+    # -- architectures ----------------------------------------------------------------------------
+
+    def add_architecture(self, run_id: int, record: ArchitectureRecord) -> bool:
+        check_filter_outcome(record.filter_outcome)
+        with self._transaction() as connection:
+            self._require_run(connection, run_id)
+            cursor = connection.execute(
+                "INSERT OR IGNORE INTO architectures (run_id, hash, graph, equations, parent_hash,"
+                " mutation, created_step, filter_outcome, position) VALUES (?, ?, ?, ?, ?, ?, ?, ?,"
+                " (SELECT COUNT(*) FROM architectures WHERE run_id = ?))",
+                (
+                    run_id,
+                    record.hash,
+                    record.graph_json,
+                    record.equations,
+                    record.parent_hash,
+                    record.mutation,
+                    record.created_step,
+                    record.filter_outcome,
+                    run_id,
+                ),
+            )
+            return cursor.rowcount == 1
+
+    def get_architectures(self, run_id: int) -> list[ArchitectureRecord]:
+        rows = self._connection.execute(
+            "SELECT hash, graph, equations, parent_hash, mutation, created_step, filter_outcome"
+            " FROM architectures WHERE run_id = ? ORDER BY position",
+            (run_id,),
+        ).fetchall()
+        return [ArchitectureRecord(*row) for row in rows]
+
+    def set_filter_outcome(self, run_id: int, architecture_hash: str, outcome: str) -> None:
+        check_filter_outcome(outcome)
+        if outcome is None:
+            raise StorageError("a filter outcome cannot be reset to None")
+        with self._transaction() as connection:
+            cursor = connection.execute(
+                "UPDATE architectures SET filter_outcome = ? WHERE run_id = ? AND hash = ?",
+                (outcome, run_id, architecture_hash),
+            )
+            if cursor.rowcount != 1:
+                raise StorageError(f"run {run_id} has no architecture {architecture_hash}")
+
+    # -- evaluations ------------------------------------------------------------------------------
+
+    def add_evaluations(
+        self, run_id: int, architecture_hash: str, step: int, results: Sequence[Result]
+    ) -> None:
+        stamp = utc_now()
+        rows = [
+            (
+                run_id,
+                architecture_hash,
+                result.task,
+                _dump(result.settings.to_dict()),
+                result.settings.key(),
+                result.hidden_size,
+                result.num_parameters,
+                result.metric,
+                None if math.isnan(result.value) else result.value,
+                result.status,
+                result.reason,
+                _dump(dict(result.valid)),
+                _dump(dict(result.test)),
+                result.epochs,
+                result.wall_seconds,
+                result.device,
+                step,
+                stamp,
+            )
+            for result in results
+        ]
+        with self._transaction() as connection:
+            exists = connection.execute(
+                "SELECT 1 FROM architectures WHERE run_id = ? AND hash = ?",
+                (run_id, architecture_hash),
+            ).fetchone()
+            if exists is None:
+                raise StorageError(f"run {run_id} has no architecture {architecture_hash}")
+            try:
+                connection.executemany(_INSERT_EVALUATION, rows)
+            except sqlite3.IntegrityError as error:
+                if "UNIQUE" in str(error):
+                    raise DuplicateEvaluationError(
+                        f"architecture {architecture_hash} already has an evaluation with one of"
+                        " these (task, settings) pairs"
+                    ) from None
+                raise StorageError(str(error)) from None
+
+    def get_evaluations(
+        self,
+        run_id: int,
+        *,
+        architecture_hash: str | None = None,
+        task: str | None = None,
+        step: int | None = None,
+    ) -> list[EvaluationRecord]:
+        query = (
+            "SELECT architecture_hash, step, task, settings, hidden_size, num_parameters, metric,"
+            " status, reason, valid, test, epochs, wall_seconds, device FROM evaluations"
+            " WHERE run_id = ?"
+        )
+        parameters: list[Any] = [run_id]
+        for column, value in (
+            ("architecture_hash", architecture_hash),
+            ("task", task),
+            ("step", step),
+        ):
+            if value is not None:
+                query += f" AND {column} = ?"
+                parameters.append(value)
+        rows = self._connection.execute(query + " ORDER BY id", parameters).fetchall()
+        return [_evaluation(row) for row in rows]
+
+    def count_evaluations(self, run_id: int) -> int:
+        return self._connection.execute(
+            "SELECT COUNT(*) FROM evaluations WHERE run_id = ?", (run_id,)
+        ).fetchone()[0]
+
+    # -- steps and the top list -------------------------------------------------------------------
+
+    def complete_step(self, run_id: int, record: StepRecord, top_list: Sequence[TopEntry]) -> None:
+        with self._transaction() as connection:
+            self._require_run(connection, run_id)
+            last = self._last_step(connection, run_id)
+            expected = 0 if last is None else last + 1
+            if record.step != expected:
+                raise StorageError(
+                    f"run {run_id}: step {record.step} completed, expected step {expected}"
+                )
+            previous = [] if last is None else self._top_rows(connection, run_id, last)
+            entries = [
+                (entry.architecture_hash, _fitness_column(entry.fitness)) for entry in top_list
+            ]
+            snapshot_step = record.step
+            if last is not None and previous == entries:
+                snapshot_step = connection.execute(
+                    "SELECT top_list_step FROM steps WHERE run_id = ? AND step = ?", (run_id, last)
+                ).fetchone()[0]
+            else:
+                connection.executemany(
+                    "INSERT INTO top_list (run_id, step, rank, architecture_hash, fitness)"
+                    " VALUES (?, ?, ?, ?, ?)",
+                    [(run_id, record.step, rank, *entry) for rank, entry in enumerate(entries)],
+                )
+            connection.execute(
+                "INSERT INTO steps (run_id, step, kind, architecture_hash, outcome, description,"
+                " completed_at, top_list_step) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                (
+                    run_id,
+                    record.step,
+                    record.kind,
+                    record.architecture_hash,
+                    record.outcome,
+                    record.description,
+                    utc_now(),
+                    snapshot_step,
+                ),
+            )
+            connection.execute("UPDATE runs SET updated_at = ? WHERE id = ?", (utc_now(), run_id))
+
+    def get_steps(self, run_id: int) -> list[StepRecord]:
+        rows = self._connection.execute(
+            "SELECT step, kind, architecture_hash, outcome, description, completed_at FROM steps"
+            " WHERE run_id = ? ORDER BY step",
+            (run_id,),
+        ).fetchall()
+        return [StepRecord(*row) for row in rows]
+
+    def last_completed_step(self, run_id: int) -> int | None:
+        return self._last_step(self._connection, run_id)
+
+    def get_top_list(self, run_id: int, step: int | None = None) -> list[TopEntry]:
+        if step is None:
+            step = self._last_step(self._connection, run_id)
+            if step is None:
+                return []
+        return [
+            TopEntry(architecture_hash, math.nan if fitness is None else fitness)
+            for architecture_hash, fitness in self._top_rows(self._connection, run_id, step)
+        ]
+
+    # -- lifecycle --------------------------------------------------------------------------------
+
+    def close(self) -> None:
+        self._connection.close()
+
+    # -- helpers ----------------------------------------------------------------------------------
+
+    @contextmanager
+    def _transaction(self) -> Iterator[sqlite3.Connection]:
+        """One write transaction, taken with the write lock from its start (BEGIN IMMEDIATE)."""
+        connection = self._connection
+        connection.execute("BEGIN IMMEDIATE")
+        try:
+            yield connection
+        except BaseException:
+            if connection.in_transaction:
+                connection.execute("ROLLBACK")
+            raise
+        if connection.in_transaction:
+            connection.execute("COMMIT")
+
+    def _schema_version(self) -> int | None:
+        row = self._connection.execute(
+            "SELECT name FROM sqlite_master WHERE type = 'table' AND name = 'cellsearch_schema'"
+        ).fetchone()
+        if row is None:
+            return None
+        return self._connection.execute("SELECT version FROM cellsearch_schema").fetchone()[0]
+
+    @staticmethod
+    def _require_run(connection: sqlite3.Connection, run_id: int) -> None:
+        if connection.execute("SELECT 1 FROM runs WHERE id = ?", (run_id,)).fetchone() is None:
+            raise StorageError(f"no run {run_id}")
+
+    @staticmethod
+    def _last_step(connection: sqlite3.Connection, run_id: int) -> int | None:
+        return connection.execute(
+            "SELECT MAX(step) FROM steps WHERE run_id = ?", (run_id,)
+        ).fetchone()[0]
+
+    @staticmethod
+    def _top_rows(
+        connection: sqlite3.Connection, run_id: int, step: int
+    ) -> list[tuple[str, float | None]]:
+        row = connection.execute(
+            "SELECT top_list_step FROM steps WHERE run_id = ? AND step = ?", (run_id, step)
+        ).fetchone()
+        if row is None:
+            raise StorageError(f"run {run_id} has no completed step {step}")
+        return [
+            tuple(entry)
+            for entry in connection.execute(
+                "SELECT architecture_hash, fitness FROM top_list WHERE run_id = ? AND step = ?"
+                " ORDER BY rank",
+                (run_id, row[0]),
+            ).fetchall()
+        ]
+
+
+def check_database(path: str) -> None:
+    """Raise UserError unless `path` is absent, empty, or a cellsearch database this code reads.
+
+    Reads through a read-only connection, so a file that is refused is never modified.
+    """
+    file = Path(path)
+    if file.is_dir():
+        raise UserError(f"{path} is a directory, not a cellsearch database")
+    if not file.parent.is_dir():
+        raise UserError(f"cannot create {path}: directory {file.parent} does not exist")
+    if not file.exists() or file.stat().st_size == 0:
+        return
+    not_ours = f"{path} is not a cellsearch database; give --db a new file name"
+    try:
+        connection = sqlite3.connect(f"file:{quote(str(file.resolve()))}?mode=ro", uri=True)
+    except sqlite3.Error as error:
+        raise UserError(f"cannot open {path}: {error}") from None
+    try:
+        application_id = connection.execute("PRAGMA application_id").fetchone()[0]
+        has_schema = connection.execute(
+            "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'cellsearch_schema'"
+        ).fetchone()
+        if application_id != APPLICATION_ID or has_schema is None:
+            raise UserError(not_ours)
+        row = connection.execute("SELECT version FROM cellsearch_schema").fetchone()
+    except sqlite3.DatabaseError:
+        raise UserError(not_ours) from None
+    finally:
+        connection.close()
+    if row is None or row[0] > SCHEMA_VERSION:
+        version = "unknown" if row is None else row[0]
+        raise UserError(
+            f"{path} has cellsearch schema version {version}; this cellsearch reads version"
+            f" {SCHEMA_VERSION} (upgrade cellsearch)"
+        )
+
+
+def _dump(data: Any) -> str:
+    return json.dumps(data, sort_keys=True, separators=(",", ":"))
+
+
+def _fitness_column(fitness: float) -> float | None:
+    return None if math.isnan(fitness) else float(fitness)
+
+
+def _evaluation(row: tuple) -> EvaluationRecord:
+    (architecture_hash, step, task, settings, hidden_size, num_parameters, metric, status, reason,
+     valid, test, epochs, wall_seconds, device) = row  # fmt: skip
+    result = Result(
+        task=task,
+        settings=Settings.from_dict(json.loads(settings)),
+        hidden_size=hidden_size,
+        num_parameters=num_parameters,
+        metric=metric,
+        status=status,
+        reason=reason,
+        valid=json.loads(valid),
+        test=json.loads(test),
+        epochs=epochs,
+        wall_seconds=wall_seconds,
+        device=device,
+    )
+    return EvaluationRecord(architecture_hash, step, result)

@@ -1,0 +1,182 @@
+"""`cellsearch search | top | stats` with the fake trainer: the cheap mode of each command, and
+bad input as one line with exit code 2 that leaves the database as it was."""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+
+import pytest
+
+from cellsearch.cli import main
+from cellsearch.storage import SQLiteStorage
+from tests.search.test_driver import contents
+
+FAKES = [
+    "--set",
+    "evaluator=tests.search.fake:evaluate",
+    "--set",
+    "mutator=tests.search.fake:mutate",
+]
+
+
+def snapshot(path):
+    return path.read_bytes(), os.stat(path).st_mtime_ns
+
+
+def run_cli(capsys, *argv: str) -> tuple[int, str, str]:
+    code = main(list(argv))
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+@pytest.fixture
+def database(tmp_path, capsys):
+    path = tmp_path / "search.db"
+    code, out, _ = run_cli(
+        capsys,
+        "search",
+        "--db",
+        str(path),
+        "--preset",
+        "tiny",
+        *FAKES,
+        "--set",
+        "max_steps=8",
+        "--device",
+        "cpu",
+        "--quiet",
+    )
+    assert code == 0 and "run 1: 9 steps run now, last completed step 8" in out
+    return path
+
+
+def test_search_shows_progress_and_a_summary(tmp_path, capsys):
+    path = tmp_path / "search.db"
+    code, out, err = run_cli(
+        capsys, "search", "--db", str(path), "--preset", "tiny", *FAKES, "--set", "max_steps=3"
+    )
+    assert code == 0
+    assert "starting run 1 at step 0" in err and "step    3" in err and "initialized" in err
+    assert "best:" in out and "cellsearch top --db" in out
+
+
+def test_top_lists_the_best_with_ratios_and_equations(database, capsys):
+    code, out, _ = run_cli(capsys, "top", "--db", str(database), "-n", "3")
+    assert code == 0
+    headers = [line for line in out.splitlines() if line.startswith("#")]
+    assert 1 <= len(headers) <= 3 and headers[0].startswith("#1 ")
+    assert "fitness" in headers[0] and "arith" in headers[0] and "xml" in headers[0]
+    assert "h' =" in out
+
+    code, out, _ = run_cli(capsys, "top", "--db", str(database), "--json")
+    entries = json.loads(out)
+    assert [entry["rank"] for entry in entries] == list(range(1, len(entries) + 1))
+    fitness = [entry["fitness"] for entry in entries]  # None (NaN: no successful run) ranks last
+    known = [value for value in fitness if value is not None]
+    assert known and fitness[: len(known)] == sorted(known, reverse=True)
+    for entry in entries:  # eq. 1: fitness is the smallest per-task ratio
+        if entry["fitness"] is not None:
+            assert entry["fitness"] == pytest.approx(min(entry["ratios"].values()))
+        assert set(entry["ratios"]) == {"arith", "xml"} and entry["equations"]
+
+
+def test_stats_reports_the_figures_of_section_3_4(database, capsys):
+    code, out, _ = run_cli(capsys, "stats", "--db", str(database), "--json")
+    figures = json.loads(out)
+    connection = sqlite3.connect(database)
+    total = connection.execute("SELECT COUNT(*) FROM evaluations").fetchone()[0]
+    passed = connection.execute(
+        "SELECT COUNT(*) FROM architectures WHERE filter_outcome = 'passed'"
+    ).fetchone()[0]
+    connection.close()
+    assert figures["total_evaluations"] == total and figures["passed_filter"] == passed
+    assert figures["steps_completed"] == 9 and figures["architectures_evaluated"] >= 2
+    code, out, _ = run_cli(capsys, "stats", "--db", str(database))
+    lines = dict(
+        line.rsplit("  ", 1) for line in out.splitlines()[1:] if "step outcomes" not in line
+    )
+    assert code == 0 and int(lines["total evaluations".ljust(len(next(iter(lines))))]) == total
+    assert "passed the memorization filter" in out and "settings per architecture" in out
+
+
+def test_resuming_a_finished_run_with_a_larger_budget(database, capsys):
+    code, out, _ = run_cli(capsys, "search", "--db", str(database), "--quiet")
+    assert code == 0 and "0 steps run now, last completed step 8" in out
+    code, out, _ = run_cli(
+        capsys, "search", "--db", str(database), "--set", "max_steps=10", "--quiet"
+    )
+    assert code == 0 and "2 steps run now, last completed step 10" in out
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--set", "mutation_rate=0.5"], "unknown search setting 'mutation_rate'"),
+        (["--set", "seed=2"], "seed: stored 0, given 2"),
+        (
+            ["--set", "evaluator=tests.search.fake:missing"],
+            "evaluator: stored 'tests.search.fake:evaluate'",
+        ),
+        (["--preset", "tiny", "--set", "max_steps=-1"], "max_steps must be an integer >= 0"),
+    ],
+)
+def test_a_failed_start_leaves_the_database_untouched(database, capsys, argv, message):
+    before = snapshot(database)
+    code, out, err = run_cli(capsys, "search", "--db", str(database), *argv, "--quiet")
+    assert code == 2 and out == ""
+    assert err.startswith("cellsearch: error: ") and message in err and err.count("\n") == 1
+    assert snapshot(database) == before
+
+
+def test_a_bad_new_search_creates_no_file(tmp_path, capsys):
+    path = tmp_path / "new.db"
+    code, _, err = run_cli(capsys, "search", "--db", str(path), "--set", "top_size=0")
+    assert code == 2 and "top_size must be an integer >= 1" in err
+    code, _, err = run_cli(
+        capsys, "search", "--db", str(path), *FAKES, "--set", "mutator=nowhere.at_all:mutate"
+    )
+    assert code == 2 and "cannot import 'nowhere.at_all'" in err
+    assert not path.exists()
+
+
+@pytest.mark.parametrize("command", ["search", "top", "stats"])
+def test_a_file_that_is_not_a_cellsearch_database(tmp_path, capsys, command):
+    path = tmp_path / "notes.db"
+    path.write_text("my notes\n" * 100)
+    before = snapshot(path)
+    code, _, err = run_cli(capsys, command, "--db", str(path))
+    assert code == 2 and "is not a cellsearch database" in err and err.count("\n") == 1
+    assert snapshot(path) == before
+
+
+def test_reports_need_a_database(tmp_path, capsys):
+    code, _, err = run_cli(capsys, "top", "--db", str(tmp_path / "absent.db"))
+    assert code == 2 and "no database at" in err
+    assert not (tmp_path / "absent.db").exists()
+
+
+def test_worker_processes_record_what_the_driver_process_records(tmp_path, capsys):
+    # Jobs complete out of order in a pool; the stored run must not depend on it.
+    paths = {kind: tmp_path / f"{kind}.db" for kind in ("inprocess", "processes")}
+    for kind, path in paths.items():
+        argv = ["search", "--db", str(path), "--preset", "tiny", *FAKES, "--set", "job_size=1"]
+        argv += ["--executor", kind, "--workers", "2", "--device", "cpu", "--quiet"]
+        assert main(argv) == 0
+    capsys.readouterr()
+    stored = {}
+    for kind, path in paths.items():
+        with SQLiteStorage(path) as storage:
+            stored[kind] = contents(storage)
+    assert stored["processes"] == stored["inprocess"]
+
+
+def test_one_search_at_a_time_per_database(database, capsys):
+    before = snapshot(database)
+    with open(database, "rb") as handle:
+        fcntl = pytest.importorskip("fcntl")
+        fcntl.flock(handle, fcntl.LOCK_EX)  # as a running `cellsearch search` holds it
+        code, _, err = run_cli(capsys, "search", "--db", str(database), "--quiet")
+    assert code == 2 and "another `cellsearch search` is running on" in err
+    assert snapshot(database) == before

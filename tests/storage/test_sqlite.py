@@ -1,0 +1,108 @@
+"""What only the SQLite file backend promises: the file survives reopening, is marked as ours,
+and a file that is not ours is refused without being touched."""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+
+import pytest
+
+from cellsearch.errors import UserError
+from cellsearch.storage import ArchitectureRecord, SQLiteStorage, StepRecord, TopEntry, open_storage
+from cellsearch.storage.sqlite import APPLICATION_ID, SCHEMA_VERSION
+from tests.storage.test_conformance import CONFIG, ok
+
+
+def snapshot(path):
+    return path.read_bytes(), os.stat(path).st_mtime_ns
+
+
+def test_a_database_survives_reopening(tmp_path):
+    path = tmp_path / "search.db"
+    with SQLiteStorage(path) as storage:
+        run = storage.create_run(CONFIG)
+        storage.add_architecture(run, ArchitectureRecord("a", "{}", "h' = x\n"))
+        storage.add_evaluations(run, "a", 0, [ok()])
+        storage.complete_step(
+            run, StepRecord(0, "initialize", None, "initialized"), [TopEntry("a", 1.0)]
+        )
+    with SQLiteStorage(path) as storage:
+        assert storage.latest_run().config == CONFIG
+        assert [record.result for record in storage.get_evaluations(run)] == [ok()]
+        assert storage.get_top_list(run) == [TopEntry("a", 1.0)]
+
+
+def test_the_file_is_marked_and_in_wal_mode(tmp_path):
+    path = tmp_path / "search.db"
+    SQLiteStorage(path).close()
+    connection = sqlite3.connect(path)
+    assert connection.execute("PRAGMA application_id").fetchone()[0] == APPLICATION_ID
+    assert connection.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    assert connection.execute("SELECT version FROM cellsearch_schema").fetchall() == [
+        (SCHEMA_VERSION,)
+    ]
+    assert connection.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+    connection.close()
+
+
+def test_foreign_keys_are_enforced(tmp_path):
+    with SQLiteStorage(tmp_path / "search.db") as storage:
+        assert storage._connection.execute("PRAGMA foreign_keys").fetchone()[0] == 1
+
+
+def test_an_empty_file_becomes_a_database(tmp_path):
+    path = tmp_path / "empty.db"
+    path.touch()
+    with SQLiteStorage(path) as storage:
+        assert storage.create_run(CONFIG) == 1
+
+
+@pytest.mark.parametrize("kind", ["text", "other-sqlite", "wrong-application"])
+def test_a_file_that_is_not_ours_is_refused_untouched(tmp_path, kind):
+    path = tmp_path / "other.db"
+    if kind == "text":
+        path.write_text("just some notes, not a database\n" * 40)
+    else:
+        connection = sqlite3.connect(path)
+        connection.execute("CREATE TABLE notes (text TEXT)")
+        if kind == "wrong-application":
+            connection.execute("CREATE TABLE cellsearch_schema (version INTEGER)")
+            connection.execute("PRAGMA application_id = 7")
+        connection.commit()
+        connection.close()
+    before = snapshot(path)
+    with pytest.raises(UserError, match="is not a cellsearch database"):
+        SQLiteStorage(path)
+    assert snapshot(path) == before
+    assert sorted(item.name for item in tmp_path.iterdir()) == ["other.db"]
+
+
+def test_a_newer_schema_is_refused(tmp_path):
+    path = tmp_path / "search.db"
+    SQLiteStorage(path).close()
+    connection = sqlite3.connect(path)
+    connection.execute("UPDATE cellsearch_schema SET version = ?", (SCHEMA_VERSION + 1,))
+    connection.commit()
+    connection.close()
+    with pytest.raises(UserError, match="upgrade cellsearch"):
+        SQLiteStorage(path)
+
+
+def test_bad_paths_are_user_errors(tmp_path):
+    with pytest.raises(UserError, match="is a directory"):
+        SQLiteStorage(tmp_path)
+    with pytest.raises(UserError, match="does not exist"):
+        SQLiteStorage(tmp_path / "missing" / "search.db")
+    with pytest.raises(UserError, match="no database at"):
+        open_storage(tmp_path / "absent.db", create=False)
+    assert not (tmp_path / "absent.db").exists()
+
+
+def test_a_reader_sees_what_a_writer_committed(tmp_path):
+    path = tmp_path / "search.db"
+    with SQLiteStorage(path) as writer, SQLiteStorage(path) as reader:
+        run = writer.create_run(CONFIG)
+        writer.add_architecture(run, ArchitectureRecord("a", "{}", "h' = x\n"))
+        writer.add_evaluations(run, "a", 0, [ok()])
+        assert reader.count_evaluations(run) == 1
