@@ -29,13 +29,10 @@ def test_captured_equals_eager(name, graph):
     settings = [Settings(init_scale=s, learning_rate=lr, max_grad_norm=5.0, num_layers=layers,
                          num_parameters=20_000, seed=i)
                 for i, (s, lr, layers) in enumerate([(1.0, 0.5, 1), (0.7, 1.0, 1), (1.4, 0.2, 1)])]
-    from cellsearch.train import evaluate as evaluate_module
-
-    eager = evaluate_module.evaluate(graph, task, settings, device="cuda", max_epochs=3,
-                                     capture=False)
-    captured = evaluate_module.evaluate(graph, task, settings, device="cuda", max_epochs=3,
-                                        capture=True)
+    eager = evaluate(graph, task, settings, device="cuda", max_epochs=3, capture=False)
+    captured = evaluate(graph, task, settings, device="cuda", max_epochs=3, capture=True)
     for a, b in zip(eager, captured):
         assert a.status == b.status
         assert a.valid["nll"] == pytest.approx(b.valid["nll"], rel=1e-5), name
         assert a.test["accuracy"] == pytest.approx(b.test["accuracy"], abs=1e-6), name
+

@@ -18,6 +18,7 @@ from cellsearch.graph import CellGraph
 from cellsearch.tasks import Task, get_task
 from cellsearch.train.budget import hidden_size_for_budget, parameter_count
 from cellsearch.train.hyperparameters import Settings
+from cellsearch.train.packing import population_limit
 from cellsearch.train.result import FAILED, Result
 from cellsearch.train.trainer import Progress, train_population
 
@@ -72,9 +73,10 @@ def evaluate(
 
     `max_epochs` caps every schedule; `epoch_windows` shrinks a task's epoch and
     `valid_samples`/`test_samples` a synthetic task's fixed sets (cheap configurations for tests
-    and demos); `population_size` caps K (memory); `data_seed` selects
-    the training stream, shared by all members; `capture` replays training steps from CUDA
-    graphs on a GPU; `stop_at` ends a member once its validation metric reaches it. On CUDA, matmuls use TF32 (as the speed targets assume).
+    and demos); `population_size` caps K (by default, on CUDA, as many as fit in half the free
+    memory: `packing`); `data_seed` selects the training stream, shared by all members; `capture`
+    replays training steps from CUDA graphs on a GPU; `stop_at` ends a member once its validation
+    metric reaches it. On CUDA, matmuls use TF32 (as the speed targets assume).
     """
     if not settings:
         return []
@@ -92,7 +94,9 @@ def evaluate(
     results: list[Result | None] = [None] * len(settings)
     for indices in groups.values():
         hidden, count = model_shape(graph, task, settings[indices[0]])
-        step = population_size or len(indices)
+        fits = population_limit(graph, count, hidden, settings[indices[0]].num_layers,
+                                task.output_size, torch_device)
+        step = population_size or min(len(indices), fits or len(indices))
         for start in range(0, len(indices), step):
             chunk = indices[start:start + step]
             members = [settings[i] for i in chunk]
