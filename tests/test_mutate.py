@@ -240,21 +240,16 @@ def test_remove_node_needs_one_input_and_one_output(name, anchor, applies):
             transform(graph, "remove_node", anchor, random.Random(0))
 
 
-def test_replace_with_ancestor():
+@pytest.mark.parametrize("anchor, ancestor, new_output", [
+    ("o", "h", "h' = tanh(c') * h"),
+    ("h'", "c'", "h' = id(c')"),  # a state output replaced by an ancestor keeps the output
+], ids=["node", "state-output"])
+def test_replace_with_ancestor(anchor, ancestor, new_output):
     lstm = zoo.get("lstm")
-    mutation = transform_until(lstm, "replace_with_ancestor", "o", "its ancestor h")
+    mutation = transform_until(lstm, "replace_with_ancestor", anchor, f"its ancestor {ancestor}")
     assert mutation.graph == parse(
         zoo.source("lstm").replace("o  = tanh(W_xo x + W_ho h + b_o)\n", "")
-        .replace("h' = tanh(c') * o", "h' = tanh(c') * h")
-    )
-
-
-def test_replace_a_state_output_with_an_ancestor_keeps_the_output():
-    lstm = zoo.get("lstm")
-    mutation = transform_until(lstm, "replace_with_ancestor", "h'", "its ancestor c'")
-    assert mutation.graph == parse(
-        zoo.source("lstm").replace("o  = tanh(W_xo x + W_ho h + b_o)\n", "")
-        .replace("h' = tanh(c') * o", "h' = id(c')")
+        .replace("h' = tanh(c') * o", new_output)
     )
 
 

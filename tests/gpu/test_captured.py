@@ -36,3 +36,15 @@ def test_captured_equals_eager(name, graph):
         assert a.valid["nll"] == pytest.approx(b.valid["nll"], rel=1e-5), name
         assert a.test["accuracy"] == pytest.approx(b.test["accuracy"], abs=1e-6), name
 
+
+
+def test_populations_of_different_shapes_train_concurrently_as_they_would_alone():
+    task = Arith(seed=0, epoch_windows=10, valid_samples=100, test_samples=100)
+    settings = [Settings(init_scale=1.0, learning_rate=0.5, max_grad_norm=5.0, num_layers=layers,
+                         num_parameters=budget, seed=i)
+                for i, (layers, budget) in enumerate([(1, 20_000), (2, 20_000), (1, 40_000)])]
+    together = evaluate(zoo.get("gru"), task, settings, device="cuda", max_epochs=2)
+    for setting, result in zip(settings, together):
+        (alone,) = evaluate(zoo.get("gru"), task, [setting], device="cuda", max_epochs=2)
+        assert result.status == alone.status == "ok"
+        assert result.valid["nll"] == pytest.approx(alone.valid["nll"], rel=1e-5)

@@ -38,13 +38,22 @@ def settings(learning_rate: float = 0.5, seed: int = 0, num_layers: int = 1) -> 
     )
 
 
-def ok(task: str = "arith", value: float = 0.5, **kwargs) -> Result:
+def result(task: str, settings_options: dict, **fields) -> Result:
+    """A result for `task` of the one model size these tests use; `fields` say how it went."""
     return Result(
         task=task,
-        settings=settings(**kwargs),
+        settings=settings(**settings_options),
         hidden_size=12,
         num_parameters=4990,
         metric="accuracy",
+        **fields,
+    )
+
+
+def ok(task: str = "arith", value: float = 0.5, **kwargs) -> Result:
+    return result(
+        task,
+        kwargs,
         valid={"accuracy": value, "perplexity": 3.5},
         test={"accuracy": value - 0.01},
         epochs=7,
@@ -54,15 +63,7 @@ def ok(task: str = "arith", value: float = 0.5, **kwargs) -> Result:
 
 
 def failed(task: str = "arith", **kwargs) -> Result:
-    return Result(
-        task=task,
-        settings=settings(**kwargs),
-        hidden_size=12,
-        num_parameters=4990,
-        metric="accuracy",
-        status=FAILED,
-        reason="RuntimeError: out of memory",
-    )
+    return result(task, kwargs, status=FAILED, reason="RuntimeError: out of memory")
 
 
 def architecture(name: str, **kwargs) -> ArchitectureRecord:

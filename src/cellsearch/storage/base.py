@@ -156,12 +156,33 @@ class Storage(abc.ABC):
         self.close()
 
 
-def check_filter_outcome(outcome: str | None) -> None:
-    """StorageError unless `outcome` is None or one of `records.FILTER_OUTCOMES`."""
-    if outcome is not None and outcome not in FILTER_OUTCOMES:
+# -- checks both backends make, so that they refuse the same calls with the same messages ---------
+
+
+def check_filter_outcome(outcome: str | None, *, required: bool = False) -> None:
+    """StorageError unless `outcome` is one of `records.FILTER_OUTCOMES`, or None where it is not
+    `required` (a new architecture may have no outcome yet; a recorded one is never reset)."""
+    if outcome is None:
+        if required:
+            raise StorageError("a filter outcome cannot be reset to None")
+    elif outcome not in FILTER_OUTCOMES:
         raise StorageError(
             f"unknown filter outcome {outcome!r}; known: {', '.join(FILTER_OUTCOMES)}"
         )
+
+
+def check_next_step(run_id: int, step: int, expected: int) -> None:
+    """StorageError unless `step` is `expected`, the step that comes next (0 in a fresh run)."""
+    if step != expected:
+        raise StorageError(f"run {run_id}: step {step} completed, expected step {expected}")
+
+
+def duplicate_evaluation(architecture_hash: str) -> DuplicateEvaluationError:
+    """The error for a job whose results repeat a (task, settings key) of `architecture_hash`."""
+    return DuplicateEvaluationError(
+        f"architecture {architecture_hash} already has an evaluation with one of these"
+        " (task, settings) pairs"
+    )
 
 
 def utc_now() -> str:

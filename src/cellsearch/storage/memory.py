@@ -13,10 +13,11 @@ from dataclasses import dataclass, field
 from typing import Any, Mapping, Sequence
 
 from cellsearch.storage.base import (
-    DuplicateEvaluationError,
     Storage,
     StorageError,
     check_filter_outcome,
+    check_next_step,
+    duplicate_evaluation,
     utc_now,
 )
 from cellsearch.storage.records import (
@@ -73,9 +74,7 @@ class InMemoryStorage(Storage):
 
     def set_filter_outcome(self, run_id: int, architecture_hash: str, outcome: str) -> None:
         run = self._run(run_id)
-        check_filter_outcome(outcome)
-        if outcome is None:
-            raise StorageError("a filter outcome cannot be reset to None")
+        check_filter_outcome(outcome, required=True)
         if architecture_hash not in run.architectures:
             raise StorageError(f"run {run_id} has no architecture {architecture_hash}")
         record = run.architectures[architecture_hash]
@@ -89,10 +88,7 @@ class InMemoryStorage(Storage):
             raise StorageError(f"run {run_id} has no architecture {architecture_hash}")
         triples = [(architecture_hash, result.task, result.settings.key()) for result in results]
         if len(set(triples)) != len(triples) or run.triples.intersection(triples):
-            raise DuplicateEvaluationError(
-                f"architecture {architecture_hash} already has an evaluation with one of these"
-                " (task, settings) pairs"
-            )
+            raise duplicate_evaluation(architecture_hash)
         run.triples.update(triples)
         run.evaluations.extend(
             EvaluationRecord(architecture_hash, step, _copy_result(result)) for result in results
@@ -119,10 +115,7 @@ class InMemoryStorage(Storage):
 
     def complete_step(self, run_id: int, record: StepRecord, top_list: Sequence[TopEntry]) -> None:
         run = self._run(run_id)
-        if record.step != len(run.steps):
-            raise StorageError(
-                f"run {run_id}: step {record.step} completed, expected step {len(run.steps)}"
-            )
+        check_next_step(run_id, record.step, expected=len(run.steps))
         run.steps.append(dataclasses.replace(record, completed_at=utc_now()))
         run.top_lists.append(tuple(top_list))
         run.record = dataclasses.replace(run.record, updated_at=utc_now())

@@ -34,10 +34,11 @@ from urllib.parse import quote
 
 from cellsearch.errors import UserError
 from cellsearch.storage.base import (
-    DuplicateEvaluationError,
     Storage,
     StorageError,
     check_filter_outcome,
+    check_next_step,
+    duplicate_evaluation,
     utc_now,
 )
 from cellsearch.storage.records import (
@@ -214,9 +215,7 @@ class SQLiteStorage(Storage):
         return [ArchitectureRecord(*row) for row in rows]
 
     def set_filter_outcome(self, run_id: int, architecture_hash: str, outcome: str) -> None:
-        check_filter_outcome(outcome)
-        if outcome is None:
-            raise StorageError("a filter outcome cannot be reset to None")
+        check_filter_outcome(outcome, required=True)
         with self._transaction() as connection:
             cursor = connection.execute(
                 "UPDATE architectures SET filter_outcome = ? WHERE run_id = ? AND hash = ?",
@@ -265,10 +264,7 @@ class SQLiteStorage(Storage):
                 connection.executemany(_INSERT_EVALUATION, rows)
             except sqlite3.IntegrityError as error:
                 if "UNIQUE" in str(error):
-                    raise DuplicateEvaluationError(
-                        f"architecture {architecture_hash} already has an evaluation with one of"
-                        " these (task, settings) pairs"
-                    ) from None
+                    raise duplicate_evaluation(architecture_hash) from None
                 raise StorageError(str(error)) from None
 
     def get_evaluations(
@@ -307,11 +303,7 @@ class SQLiteStorage(Storage):
         with self._transaction() as connection:
             self._require_run(connection, run_id)
             last = self._last_step(connection, run_id)
-            expected = 0 if last is None else last + 1
-            if record.step != expected:
-                raise StorageError(
-                    f"run {run_id}: step {record.step} completed, expected step {expected}"
-                )
+            check_next_step(run_id, record.step, expected=0 if last is None else last + 1)
             previous = [] if last is None else self._top_rows(connection, run_id, last)
             entries = [
                 (entry.architecture_hash, _fitness_column(entry.fitness)) for entry in top_list

@@ -33,15 +33,9 @@ class Memorize(SyntheticTask):
     vocabulary = string.ascii_lowercase + "=."
     boundary = "."
     fixed_seed = 31  # any fixed value; kept constant so the valid/test sets never change
-
-    def __init__(
-        self,
-        seed: int = 0,
-        epoch_windows: int = EPOCH_WINDOWS,
-        valid_samples: int = VALID_SAMPLES,
-        test_samples: int = TEST_SAMPLES,
-    ):
-        super().__init__(seed, epoch_windows, valid_samples, test_samples)
+    default_epoch_windows = EPOCH_WINDOWS
+    default_valid_samples = VALID_SAMPLES
+    default_test_samples = TEST_SAMPLES
 
     def generate(self, rng: np.random.Generator) -> Sample:
         word = "".join(string.ascii_lowercase[i] for i in rng.integers(0, 26, size=SYMBOLS))

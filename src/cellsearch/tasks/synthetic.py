@@ -43,7 +43,9 @@ class SyntheticTask(Task):
     """A character-level task whose samples come from a seeded generator.
 
     Subclasses set `name`, `vocabulary` (a string: token id i is character i), `boundary` (the
-    last character of every sample), the fixed-set seed `fixed_seed`, and implement `generate`.
+    last character of every sample), the fixed-set seed `fixed_seed`, the sizes a constructor
+    argument left as None falls back to (`default_epoch_windows`, `default_valid_samples`,
+    `default_test_samples`), and implement `generate`.
     """
 
     output_kind = "softmax"
@@ -51,8 +53,23 @@ class SyntheticTask(Task):
     vocabulary: str
     boundary: str
     fixed_seed: int
+    default_epoch_windows: int
+    default_valid_samples: int
+    default_test_samples: int
 
-    def __init__(self, seed: int, epoch_windows: int, valid_samples: int, test_samples: int):
+    def __init__(
+        self,
+        seed: int = 0,
+        epoch_windows: int | None = None,
+        valid_samples: int | None = None,
+        test_samples: int | None = None,
+    ):
+        if epoch_windows is None:
+            epoch_windows = self.default_epoch_windows
+        if valid_samples is None:
+            valid_samples = self.default_valid_samples
+        if test_samples is None:
+            test_samples = self.default_test_samples
         for label, value in (
             ("epoch_windows", epoch_windows),
             ("valid_samples", valid_samples),

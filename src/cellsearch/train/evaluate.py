@@ -9,6 +9,8 @@ a search never stops because one evaluation broke.
 from __future__ import annotations
 
 import os
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import nullcontext
 from typing import Callable, Sequence
 
 import torch
@@ -91,29 +93,44 @@ def evaluate(
     groups: dict[tuple[int, int], list[int]] = {}
     for index, setting in enumerate(settings):
         groups.setdefault((setting.num_layers, setting.num_parameters), []).append(index)
-    results: list[Result | None] = [None] * len(settings)
+    # On a GPU, the populations of different shapes train at the same time, each on its own
+    # CUDA stream: one small population leaves most of the GPU idle.
+    concurrent = torch_device.type == "cuda" and len(groups) > 1
+    populations = []  # (setting indices, hidden size, parameter count)
     for indices in groups.values():
         hidden, count = model_shape(graph, task, settings[indices[0]])
         fits = population_limit(graph, count, hidden, settings[indices[0]].num_layers,
                                 task.output_size, torch_device)
+        if fits and concurrent:
+            fits = max(1, fits // len(groups))
         step = population_size or min(len(indices), fits or len(indices))
-        for start in range(0, len(indices), step):
-            chunk = indices[start:start + step]
-            members = [settings[i] for i in chunk]
-            try:
-                trained = train_population(
+        populations.extend((indices[i:i + step], hidden, count)
+                           for i in range(0, len(indices), step))
+
+    def train(chunk: list[int], hidden: int, count: int) -> list[Result]:
+        members = [settings[i] for i in chunk]
+        try:
+            with torch.cuda.stream(torch.cuda.Stream(torch_device)) if concurrent else nullcontext():
+                return train_population(
                     graph, task, members, hidden, count, device=torch_device,
                     schedule=schedule, max_epochs=max_epochs, capture=capture, stop_at=stop_at,
                     on_progress=on_progress,
                 )
-            except (RuntimeError, torch.cuda.OutOfMemoryError) as error:
-                reason = f"{type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}"
-                trained = [
-                    Result(task=task.name, settings=s, hidden_size=hidden, num_parameters=count,
-                           metric=task.metric, status=FAILED, reason=reason,
-                           device=str(torch_device))
-                    for s in members
-                ]
-            for i, result in zip(chunk, trained):
-                results[i] = result
+        except (RuntimeError, torch.cuda.OutOfMemoryError) as error:
+            reason = f"{type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}"
+            return [
+                Result(task=task.name, settings=s, hidden_size=hidden, num_parameters=count,
+                       metric=task.metric, status=FAILED, reason=reason, device=str(torch_device))
+                for s in members
+            ]
+
+    if concurrent:
+        with ThreadPoolExecutor(max_workers=len(populations)) as pool:
+            trained = list(pool.map(lambda population: train(*population), populations))
+    else:
+        trained = [train(*population) for population in populations]
+    results: list[Result | None] = [None] * len(settings)
+    for (chunk, _, _), outcome in zip(populations, trained):
+        for i, result in zip(chunk, outcome):
+            results[i] = result
     return results

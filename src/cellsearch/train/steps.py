@@ -14,6 +14,7 @@ Captured and eager steps run the same Python function, hence the same kernels an
 
 from __future__ import annotations
 
+import threading
 from typing import Callable
 
 import torch
@@ -23,6 +24,7 @@ from cellsearch.tasks import metrics as task_metrics
 from cellsearch.train.model import PopulationModel
 
 WARMUP_CALLS = 2  # eager calls before capture (lazy initialisation of cuBLAS, autograd, ...)
+_CAPTURE_LOCK = threading.Lock()
 
 
 class Captured:
@@ -51,8 +53,11 @@ class Captured:
         else:
             self.graph = torch.cuda.CUDAGraph()
             # "relaxed": memory that other work (e.g. a cuDNN model trained earlier in this
-            # process) frees while we capture must not invalidate the capture.
-            with torch.cuda.graph(self.graph, stream=self.stream, capture_error_mode="relaxed"):
+            # process) frees while we capture must not invalidate the capture. The lock: entering
+            # a capture synchronizes the whole device, which would break another thread's capture
+            # (populations of different shapes train in threads, see `evaluate`).
+            with _CAPTURE_LOCK, torch.cuda.graph(self.graph, stream=self.stream,
+                                                 capture_error_mode="relaxed"):
                 self.body()
             self.graph.replay()  # capturing records the work without doing it
         self.calls += 1
