@@ -104,3 +104,44 @@ def test_stop_at_ends_a_member_once_its_metric_is_reached(tiny_task):
     assert free.epochs == 3 and stopped.epochs == 1
     assert stopped.valid["nll"] == pytest.approx(
         evaluate(zoo.get("gru"), tiny_task, [setting(seed=1)], max_epochs=1)[0].valid["nll"])
+
+
+def test_stop_at_reports_the_epoch_that_reached_it(tiny_task, monkeypatch):
+    # Epoch 2 reaches 96% accuracy with a higher validation loss than epoch 1: the reported
+    # metrics must be epoch 2's, or the memorization filter would reject a cell that passed.
+    from cellsearch.train import trainer
+
+    curve = iter([{"nll": [1.0], "accuracy": [0.5]}, {"nll": [1.2], "accuracy": [0.96]}])
+
+    class ScriptedSteps:
+        def __init__(self, *args, **kwargs):
+            self.last = None
+
+        def train_epoch(self, epoch, rates, on_window=None):
+            return [True]
+
+        def evaluate(self, split):
+            if split == "valid":
+                self.last = next(curve)
+            return self.last
+
+    monkeypatch.setattr(trainer, "PopulationSteps", ScriptedSteps)
+    (result,) = evaluate(zoo.get("gru"), tiny_task, [setting()], max_epochs=5, stop_at=0.95)
+    assert result.epochs == 2
+    assert result.valid == {"nll": 1.2, "accuracy": 0.96} and result.value == 0.96
+
+
+def test_size_options_of_synthetic_sets_are_ignored_for_fixed_splits(monkeypatch):
+    from cellsearch.train import evaluate as evaluate_module
+
+    seen = {}
+
+    def fake_get_task(name, data_dir=None, seed=0, **options):
+        seen.update(options)
+        raise RuntimeError("stop here")
+
+    monkeypatch.setattr(evaluate_module, "get_task", fake_get_task)
+    with pytest.raises(RuntimeError):
+        evaluate_module.evaluate(zoo.get("gru"), "ptb", [setting()], epoch_windows=3,
+                                 valid_samples=10, test_samples=10)
+    assert seen == {"epoch_windows": 3}

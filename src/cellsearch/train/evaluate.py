@@ -24,7 +24,7 @@ from cellsearch.train.packing import population_limit
 from cellsearch.train.result import FAILED, Result
 from cellsearch.train.trainer import Progress, train_population
 
-MUSIC_TASKS = ("nottingham", "piano-midi", "jsb", "musedata")
+SYNTHETIC_TASKS = ("memorize", "arith", "xml")
 
 
 def resolve_device(device: str) -> torch.device:
@@ -74,7 +74,7 @@ def evaluate(
     """Train each setting of `graph` on `task`; one Result per setting, in the given order.
 
     `max_epochs` caps every schedule; `epoch_windows` shrinks a task's epoch and
-    `valid_samples`/`test_samples` a synthetic task's fixed sets (cheap configurations for tests
+    `valid_samples`/`test_samples` a synthetic task's fixed sets (ignored for ptb and music; cheap configurations for tests
     and demos); `population_size` caps K (by default, on CUDA, as many as fit in half the free
     memory: `packing`); `data_seed` selects the training stream, shared by all members; `capture`
     replays training steps from CUDA graphs on a GPU; `stop_at` ends a member once its validation
@@ -88,6 +88,8 @@ def evaluate(
     if isinstance(task, str):
         sizes = dict(epoch_windows=epoch_windows, valid_samples=valid_samples,
                      test_samples=test_samples)
+        if task not in SYNTHETIC_TASKS:  # the others have fixed, published splits
+            sizes.pop("valid_samples"), sizes.pop("test_samples")
         options = {name: value for name, value in sizes.items() if value}
         task = get_task(task, data_dir=data_dir, seed=data_seed, **options)
     groups: dict[tuple[int, int], list[int]] = {}

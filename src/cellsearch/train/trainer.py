@@ -112,12 +112,14 @@ def train_population(
                 reasons[k] = f"the training loss became NaN or infinite in epoch {epoch + 1}"
                 continue
             schedules[k].end_epoch(loss)
-            if schedules[k].is_best:
-                best_valid[k] = {name: values[k] for name, values in valid.items()}
-                improved.append(k)
             reached = stop_at is not None and (
                 valid[task.metric][k] <= stop_at if task.metric == "nll"
                 else valid[task.metric][k] >= stop_at)
+            # The epoch that reaches `stop_at` is the one reported, even if an earlier epoch had
+            # a lower validation loss: the filter asks whether the cell got there.
+            if schedules[k].is_best or reached:
+                best_valid[k] = {name: values[k] for name, values in valid.items()}
+                improved.append(k)
             if schedules[k].done or reached:
                 active[k] = False
         if improved:
