@@ -108,15 +108,17 @@ def results_table(cell: str, results: list[Result]) -> Table:
     for column in ("lr", "init", "clip", "layers", "budget", "hidden", "dropout"):
         table.add_column(column, justify="right")
     metric = results[0].metric if results else "metric"
-    for column in (f"valid {metric}", f"test {metric}", "test ppl/nll", "epochs", "status"):
+    # The second test column: perplexity for softmax tasks, frame accuracy for music.
+    extra = "perplexity" if metric == "accuracy" else "frame_accuracy"
+    for column in (f"valid {metric}", f"test {metric}", f"test {extra}", "epochs", "status"):
         table.add_column(column, justify="right")
     for r in results:
         s = r.settings
-        extra = r.test.get("perplexity", r.test.get("nll", float("nan")))
         table.add_row(
             f"{s.learning_rate:g}", f"{s.init_scale:g}", f"{s.max_grad_norm:g}",
             str(s.num_layers), str(s.num_parameters), str(r.hidden_size), f"{s.dropout:g}",
-            f"{r.value:.4f}", f"{r.test.get(metric, float('nan')):.4f}", f"{extra:.3f}",
+            f"{r.value:.4f}", f"{r.test.get(metric, float('nan')):.4f}",
+            f"{r.test.get(extra, float('nan')):.3f}",
             str(r.epochs), r.status if r.ok else f"{r.status}: {r.reason}",
         )
     return table
