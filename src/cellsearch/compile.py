@@ -180,9 +180,11 @@ def _static_values(plan_: Plan, params, x: torch.Tensor) -> dict[str, torch.Tens
     for operand, members in plan_.x_groups:
         if operand not in values:  # a static operand computed from x (e.g. tanh(x)): do it now
             _evaluate_static_until(plan_, params, values, operand)
-        source = values[operand].expand(K, T, B, n).reshape(K, T * B, n)
+        # A matrix applied to a constant (a bias, 1) gives a constant: keep it (K, 1, 1, n).
+        t, b = (T, B) if operand in plan_.timed else (1, 1)
+        source = values[operand].expand(K, t, b, n).reshape(K, t * b, n)
         product = torch.bmm(source, _transposed_cat(params, tuple(by_name[m].param for m in members)))
-        product = product.view(K, T, B, len(members) * n)
+        product = product.view(K, t, b, len(members) * n)
         for index, member in enumerate(members):
             values[member] = product[..., index * n:(index + 1) * n]
     _evaluate_static_until(plan_, params, values, None)

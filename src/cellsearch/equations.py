@@ -16,8 +16,8 @@ printed back.
   expression); `b_name` is a learned bias vector; `1` is a vector of ones (`1 - z`).
 - `tanh`, `sigm` (or `sigmoid`), `relu` and `id` are the activations; `*` (or `⊙`) is the
   elementwise product and binds tighter than `+` and `-`, which associate to the left.
-- `init P = a` gives a bias its starting value, or adds `a` to a matrix's diagonal (the paper's
-  `Linear(a, v)`); parameters start at 0 + random otherwise.
+- `init P = a` adds `a` to a bias's small random start (LSTM-b's "bias of 1"), or to a matrix's
+  diagonal (the paper's `Linear(a, v)`).
 - A line starting with `+`, `-` or `*` continues the previous equation, as the paper writes MUT1.
 - A name starting with `_` is an anonymous node (the printer writes shared subexpressions so).
 
@@ -250,8 +250,8 @@ def parse_file(path: str | Path) -> CellGraph:
     path = Path(path)
     try:
         text = path.read_text(encoding="utf-8")
-    except OSError as error:
-        raise UserError(f"cannot read cell file {path}: {error.strerror}") from None
+    except (OSError, UnicodeDecodeError) as error:
+        raise UserError(f"cannot read cell file {path}: {error}") from None
     try:
         return parse(text)
     except EquationError as error:

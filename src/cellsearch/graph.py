@@ -46,7 +46,7 @@ class Node:
     """One operation. `inputs` name other nodes, `x`, or state inputs (`h`, `c`, ...).
 
     `param` names the learned tensor of a `matmul` or `bias` node (`W_xi`, `b_f`); `init` is the
-    constant added to a matrix's diagonal or a bias's starting value.
+    constant added at initialization to a matrix's diagonal or to a bias's random start.
     """
 
     name: str
@@ -65,13 +65,17 @@ class Node:
 
     @classmethod
     def from_dict(cls, data: Mapping) -> Node:
-        return cls(
+        node = cls(
             name=data["name"],
             op=data["op"],
             inputs=tuple(data.get("inputs", ())),
             param=data.get("param"),
             init=float(data.get("init", 0.0)),
         )
+        texts = [node.name, node.op, *node.inputs] + ([node.param] if node.param else [])
+        if not all(isinstance(text, str) for text in texts):
+            raise TypeError("names, ops, inputs and params are strings")
+        return node
 
 
 def is_anonymous(name: str) -> bool:
@@ -180,7 +184,7 @@ class CellGraph:
     def from_dict(cls, data: Mapping) -> CellGraph:
         try:
             nodes = [Node.from_dict(n) for n in data["nodes"]]
-        except (KeyError, TypeError, ValueError) as error:
+        except (KeyError, TypeError, ValueError, AttributeError) as error:
             raise GraphError(f"not a cell graph: bad node entry ({error})") from None
         graph = cls(nodes)
         if "states" in data and list(data["states"]) != list(graph.states):
@@ -241,8 +245,11 @@ def _index(nodes: tuple[Node, ...]) -> dict[str, Node]:
 def _states(by_name: Mapping[str, Node]) -> tuple[str, ...]:
     states = sorted(name[:-1] for name in by_name if name.endswith("'"))
     for state in states:
-        if not state or not state.isidentifier() or "'" in state:
-            raise GraphError(f"bad state output name {state + chr(39)!r}")
+        if not state.isidentifier() or state.startswith("_") or state == INPUT:
+            raise GraphError(
+                f"bad state output name {state + chr(39)!r}: a state is a letter-led name "
+                f"other than {INPUT!r}"
+            )
     if EXPOSED_STATE not in states:
         raise GraphError(f"the cell defines no {output_name(EXPOSED_STATE)}: every cell exposes h")
     states.remove(EXPOSED_STATE)

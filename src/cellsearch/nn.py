@@ -33,7 +33,7 @@ def initial_values(
 ) -> dict[str, torch.Tensor]:
     """Starting values of one model's parameters (§3.7): uniform in [-a, a] with
     a = init_scale / sqrt(hidden_size), plus each matrix's diagonal offset (`Linear(a, .)`) and
-    each bias's starting value (1 for LSTM-b's forget gate). Drawn from `generator` in the
+    each bias's offset (1 for LSTM-b's forget gate) added to that draw. Drawn from `generator` in the
     graph's parameter order, so a model and a population member seeded alike match."""
     bound = init_scale / math.sqrt(hidden_size)
     values = {}

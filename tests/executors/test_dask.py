@@ -163,6 +163,18 @@ def test_bad_arguments_and_an_unreachable_scheduler_are_user_errors():
     unreachable = pytest.raises(UserError, match="cannot reach the Dask scheduler at tcp://127.0.0.1:9")
     with dask.config.set({"distributed.comm.timeouts.connect": "1s"}), unreachable:
         DaskExecutor("tcp://127.0.0.1:9").submit(job())
+    # `start` connects, so that the CLI learns of it before it writes the database.
+    with dask.config.set({"distributed.comm.timeouts.connect": "1s"}), pytest.raises(UserError, match="cannot reach"):
+        DaskExecutor("tcp://127.0.0.1:9").start()
+
+
+def test_start_connects_and_submit_uses_that_connection():
+    with DaskExecutor(workers=1, device="cpu", silence_logs=QUIET) as executor:
+        executor.start()
+        client = executor.client
+        assert client.status == "running" and len(client.scheduler_info()["workers"]) == 1
+        assert executor.submit(job()).result(timeout=60) == expected(job())
+        assert executor.client is client
 
 
 def test_workers_with_another_cellsearch_are_refused(monkeypatch):

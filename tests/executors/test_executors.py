@@ -3,6 +3,8 @@ with the picklable fake trainer of tests/search/fake.py."""
 
 from __future__ import annotations
 
+import time
+
 import pytest
 
 from cellsearch import zoo
@@ -84,12 +86,57 @@ def test_a_failing_evaluation_is_a_failed_result(executor, evaluator, reason):
 
 
 def test_a_dead_worker_is_a_failed_result_and_the_pool_recovers():
-    with ProcessExecutor(workers=1) as executor:
+    with ProcessExecutor(workers=1, allowed_failures=0) as executor:
         results = executor.submit(job(evaluator="tests.search.fake:dying_evaluate")).result()
         assert all(
             result.status == FAILED and "worker process died" in result.reason for result in results
         )
         assert executor.submit(job()).result() == expected(job())
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_a_dying_job_fails_alone_after_its_retries(workers):
+    # Jobs running beside it or queued behind it (never started) come back with their results:
+    # the search would otherwise commit them as failed and never evaluate those settings again.
+    dying = job(evaluator="tests.search.fake:dying_evaluate")
+    others = [job("arith", 3), job("xml", 2), job("memorize", 1), job("xml", 1)]
+    with ProcessExecutor(workers=workers, allowed_failures=1) as executor:
+        futures = [executor.submit(others[0]), executor.submit(dying)]
+        futures += [executor.submit(item) for item in others[1:]]
+        finished = list(executor.as_completed(futures))
+        assert sorted(map(id, finished)) == sorted(map(id, futures))
+        for future, item in zip([futures[0], *futures[2:]], others, strict=True):
+            assert future.result() == expected(item)
+        results = futures[1].result()
+        assert [result.settings for result in results] == list(dying.settings)
+        assert all(result.status == FAILED for result in results)
+        assert "worker process died" in results[0].reason
+        assert "running in 2 worker process(es) that died" in results[0].reason
+
+
+def test_a_job_whose_worker_died_once_is_run_again(tmp_path):
+    flaky = job(evaluator="tests.search.fake:flaky_evaluate", marker=str(tmp_path / "died"))
+    with ProcessExecutor(workers=1) as executor:
+        assert executor.submit(flaky).result(timeout=120) == expected(flaky)
+    assert (tmp_path / "died").exists()  # its first worker did die
+
+
+def test_cancelling_stops_running_and_queued_jobs_at_once():
+    executor = ProcessExecutor(workers=2)
+    futures = [executor.submit(job(count=1, sleep=30)) for _ in range(4)]  # 2 run, 2 wait
+    time.sleep(0.5)
+    started = time.monotonic()
+    executor.shutdown(cancel=True)
+    assert time.monotonic() - started < 10
+    assert all(future.done() for future in futures)
+    assert all(future.result()[0].reason == "cancelled" for future in futures)
+
+
+def test_an_executor_starts_before_anything_is_stored():
+    for executor in (InProcessExecutor(), ProcessExecutor(workers=1)):
+        with executor:
+            executor.start()  # nothing to acquire: no error, and submitting works as before
+            assert executor.submit(job(count=1)).result() == expected(job(count=1))
 
 
 def test_in_process_jobs_run_when_reached():

@@ -108,6 +108,21 @@ def dying_evaluate(
     os._exit(9)
 
 
+def flaky_evaluate(
+    graph: CellGraph, task: str, settings: Sequence[Settings], *, marker: str, **options: object
+) -> list[Result]:
+    """Kills its worker process the first time it runs, as a preempted node would, and answers
+    as `evaluate` when run again (it remembers by creating the file `marker`)."""
+    import os
+
+    try:
+        with open(marker, "x"):
+            pass
+    except FileExistsError:
+        return evaluate(graph, task, settings, **options)
+    os._exit(9)
+
+
 @dataclass(frozen=True)
 class FakeMutation:
     graph: CellGraph

@@ -10,34 +10,36 @@ from cellsearch.search import History, Search
 from cellsearch.search.procedure import CompleteStep, Evaluate
 from cellsearch.storage import TopEntry
 from cellsearch.train.hyperparameters import Settings
-from cellsearch.train.result import Result
+from cellsearch.train.result import OK, Result
 from tests.search.fake import FakeMutation, family_member, unit
 
 # (architecture hash, task, settings) -> validation accuracy
 Score = Callable[[str, str, Settings], float]
 
 
-def result(task: str, settings: Settings, value: float) -> Result:
+def result(task: str, settings: Settings, value: float, status: str = OK) -> Result:
     return Result(
         task=task,
         settings=settings,
         hidden_size=8,
         num_parameters=settings.num_parameters,
         metric="accuracy",
+        status=status,
         valid={"accuracy": value},
     )
 
 
-def answer_with(score: Score) -> Callable[[EvaluationJob], list[Result]]:
+def answer_with(score: Score, status: str = OK) -> Callable[[EvaluationJob], list[Result]]:
     return lambda job: [
-        result(job.task, settings, score(job.architecture_hash, job.task, settings))
+        result(job.task, settings, score(job.architecture_hash, job.task, settings), status)
         for settings in job.settings
     ]
 
 
-def drive(search: Search, step: int, score: Score) -> list:
-    """Run step `step` of `search`, answering Evaluate requests with `score`; the requests."""
-    answer = answer_with(score)
+def drive(search: Search, step: int, score: Score, status: str = OK) -> list:
+    """Run step `step` of `search`, answering Evaluate requests with `score` (each result with
+    `status`); the requests."""
+    answer = answer_with(score, status)
     plan = search.step(step)
     requests, reply = [], None
     while True:

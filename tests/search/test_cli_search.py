@@ -9,8 +9,11 @@ import sqlite3
 
 import pytest
 
+from cellsearch import zoo
 from cellsearch.cli import main
+from cellsearch.search import SearchConfig
 from cellsearch.storage import SQLiteStorage
+from tests.search.scripted import result
 from tests.search.test_driver import contents
 
 FAKES = [
@@ -82,6 +85,37 @@ def test_top_lists_the_best_with_ratios_and_equations(database, capsys):
         assert set(entry["ratios"]) == {"arith", "xml"} and entry["equations"]
 
 
+def test_top_shows_the_list_as_it_stood_after_the_last_completed_step(database, capsys):
+    # A running search stores the evaluations of the step in progress: `top` must not mix them
+    # into the ratios of a list ranked by the fitness stored with the last completed step.
+    _, out, _ = run_cli(capsys, "top", "--db", str(database), "--json")
+    before = json.loads(out)
+    first = before[0]["hash"]
+    with SQLiteStorage(database) as storage:
+        config = SearchConfig.from_dict(storage.get_run(1).config)
+        unfinished_step = storage.last_completed_step(1) + 1
+        tried = {record.settings_key for record in storage.get_evaluations(1)}
+        untried = next(s for s in config.space("arith").grid() if s.key() not in tried)
+        storage.add_evaluations(1, first, unfinished_step, [result("arith", untried, 1.0)])
+    connection = sqlite3.connect(database)
+    counts = {
+        (architecture, task): number
+        for architecture, task, number in connection.execute(
+            "SELECT architecture_hash, task, COUNT(*) FROM evaluations WHERE step < ?"
+            " GROUP BY architecture_hash, task",
+            (unfinished_step,),
+        )
+    }
+    connection.close()
+    _, out, _ = run_cli(capsys, "top", "--db", str(database), "--json")
+    assert json.loads(out) == before
+    # Settings evaluated: the search tasks' (memorization filter runs are not settings of a task).
+    for entry in before:
+        tasks = counts.get((entry["hash"], "arith"), 0) + counts.get((entry["hash"], "xml"), 0)
+        assert entry["settings_evaluated"] == tasks
+    assert any((entry["hash"], "memorize") in counts for entry in before)
+
+
 def test_stats_reports_the_figures_of_section_3_4(database, capsys):
     code, out, _ = run_cli(capsys, "stats", "--db", str(database), "--json")
     figures = json.loads(out)
@@ -99,6 +133,51 @@ def test_stats_reports_the_figures_of_section_3_4(database, capsys):
     )
     assert code == 0 and int(lines["total evaluations".ljust(len(next(iter(lines))))]) == total
     assert "passed the memorization filter" in out and "settings per architecture" in out
+    assert "failed or diverged evaluations" in out
+
+
+def test_stats_counts_candidates_and_separates_the_kinds_of_evaluation(database, capsys):
+    _, out, _ = run_cli(capsys, "stats", "--db", str(database), "--json")
+    figures = json.loads(out)
+    zoo_cells = tuple(zoo.get(name).canonical_hash() for name in ("lstm", "gru"))
+    connection = sqlite3.connect(database)
+
+    def count(sql, *parameters):
+        return connection.execute(sql, parameters).fetchone()[0]
+
+    initial = count("SELECT COUNT(*) FROM evaluations WHERE step = 0")
+    filter_runs = count("SELECT COUNT(*) FROM evaluations WHERE task = 'memorize'")
+    tasks = count("SELECT COUNT(*) FROM evaluations WHERE step > 0 AND task != 'memorize'")
+    candidates = count(
+        "SELECT COUNT(DISTINCT architecture_hash) FROM evaluations"
+        " WHERE architecture_hash NOT IN (?, ?)",
+        *zoo_cells,
+    )
+    passed = [
+        row[0]
+        for row in connection.execute(
+            "SELECT hash FROM architectures WHERE filter_outcome = 'passed'"
+        )
+    ]
+    task_settings = count(
+        "SELECT COUNT(*) FROM evaluations WHERE task != 'memorize' AND architecture_hash IN"
+        f" ({', '.join('?' * len(passed))})",
+        *passed,
+    )
+    failed = count("SELECT COUNT(*) FROM evaluations WHERE status != 'ok'")
+    connection.close()
+    assert initial > 0 and filter_runs > 0 and tasks > 0 and passed
+    assert (figures["initial_evaluations"], figures["filter_evaluations"]) == (initial, filter_runs)
+    assert figures["task_evaluations"] == tasks
+    assert figures["total_evaluations"] == initial + filter_runs + tasks
+    # LSTM and GRU counted in neither figure of §3.4 (they are exempt from the filter).
+    assert figures["architectures_evaluated"] == candidates >= figures["passed_filter"]
+    assert figures["passed_filter"] == len(passed)
+    # The settings of the search tasks only, not the filter runs of the same architectures.
+    assert figures["settings_per_architecture"] == pytest.approx(task_settings / len(passed))
+    assert figures["failed_evaluations"] == failed
+    _, out, _ = run_cli(capsys, "stats", "--db", str(database))
+    assert "LSTM and GRU at step 0  " in out and out.count("LSTM and GRU not counted") == 2
 
 
 def test_resuming_a_finished_run_with_a_larger_budget(database, capsys):
@@ -128,6 +207,27 @@ def test_a_failed_start_leaves_the_database_untouched(database, capsys, argv, me
     assert code == 2 and out == ""
     assert err.startswith("cellsearch: error: ") and message in err and err.count("\n") == 1
     assert snapshot(database) == before
+
+
+def test_an_unreachable_scheduler_leaves_the_database_as_it_was(database, tmp_path, capsys):
+    pytest.importorskip("distributed")
+    import dask
+
+    new = tmp_path / "new.db"
+    before = snapshot(database)
+    unreachable = ["--executor", "dask", "--scheduler", "tcp://127.0.0.1:1", "--quiet"]
+    with dask.config.set({"distributed.comm.timeouts.connect": "1s"}):
+        starts = [(new, ["--preset", "tiny", *FAKES]), (database, ["--set", "max_steps=9"])]
+        for path, argv in starts:
+            code, out, err = run_cli(capsys, "search", "--db", str(path), *argv, *unreachable)
+            assert code == 2 and out == "" and err.count("\n") == 1
+            assert "cannot reach the Dask scheduler at tcp://127.0.0.1:1" in err
+    assert not new.exists()
+    assert snapshot(database) == before
+    # Nothing binds the new database to the configuration of the start that failed.
+    argv = ["--preset", "tiny", *FAKES, "--set", "seed=4", "--set", "max_steps=1", "--quiet"]
+    code, out, _ = run_cli(capsys, "search", "--db", str(new), *argv)
+    assert code == 0 and "last completed step 1" in out
 
 
 def test_a_bad_new_search_creates_no_file(tmp_path, capsys):

@@ -99,6 +99,10 @@ def test_later_sources_replace_earlier_ones(tmp_path):
         ),
         ({"assignments": ["space_overrides.arith.width=[3]"]}, "unknown hyperparameter 'width'"),
         ({"assignments": ["evaluator=no_colon"]}, "module:function"),
+        # Keywords the search passes itself: they would reach the evaluator twice.
+        ({"assignments": ["evaluation_options.device=cuda"]}, "cannot set device: .*--device"),
+        ({"assignments": ["evaluation_options.data_dir=/d"]}, "cannot set data_dir: .*--data-dir"),
+        ({"assignments": ["evaluation_options.stop_at=0.5"]}, "cannot set stop_at: .*filter"),
         ({"preset": "huge"}, "unknown preset 'huge'"),
         ({"path": "/nonexistent/search.toml"}, "no configuration file"),
     ],

@@ -214,6 +214,31 @@ def test_a_resumed_run_refuses_another_configuration():
     assert plan_run(storage).config.max_steps == 1  # no flags: the stored configuration
 
 
+def test_a_run_that_stored_no_evaluation_takes_another_configuration(reference):
+    # A start that stopped before its first job finished (here: the executor failed at once)
+    # stored the run and LSTM and GRU, nothing that depends on the configuration: it may change.
+    storage = InMemoryStorage()
+
+    class Unavailable(RuntimeError):
+        pass
+
+    class FailingExecutor(InProcessExecutor):
+        def submit(self, job):
+            raise Unavailable
+
+    run_id, config = open_run(storage, assignments=[*SMALL_RUN, "seed=3", "top_size=2"])
+    with pytest.raises(Unavailable):
+        run_search(storage, run_id, config, FailingExecutor())
+    assert len(storage.get_architectures(run_id)) == 2 and storage.count_evaluations(run_id) == 0
+    plan = plan_run(storage, assignments=["seed=0", "top_size=4"])
+    assert (plan.run_id, plan.config.seed, plan.config.top_size) == (1, 0, 4)
+    assert plan.config.settings_per_task == 2  # the stored configuration is the base
+    search(storage, [*SMALL_RUN, "seed=0"])
+    assert contents(storage) == reference[0]  # the run the new configuration gives from scratch
+    with pytest.raises(UserError, match="seed: stored 0, given 3"):
+        plan_run(storage, assignments=["seed=3"])
+
+
 def test_failed_evaluations_are_recorded_and_the_search_goes_on():
     storage = InMemoryStorage()
     events = []

@@ -69,3 +69,21 @@ def test_a_lower_is_better_metric_inverts_the_ratio():
     history.add("cell", outcome("nottingham", 0.1, 2.5, metric="nll"))
     assert history.best_value("gru", "nottingham") == 3.0
     assert history.ratio("cell", "gru", "nottingham") == pytest.approx(1.2)
+
+
+def test_a_run_that_diverged_after_good_epochs_counts_with_its_best_epoch():
+    # The trainer keeps the metrics of the best epoch before a divergence: the search compares
+    # them like any other validation metric, for the best value, the §3.3 pools and the GRU.
+    history = History()
+    history.add("gru", outcome("arith", 0.1, 0.5))
+    history.add("gru", outcome("arith", 0.2, 0.8, status=DIVERGED))
+    history.add("cell", outcome("arith", 0.1, 0.6, status=DIVERGED))
+    history.add("cell", outcome("arith", 0.2, 0.3))
+    history.add("cell", outcome("arith", 0.3, math.nan, status=DIVERGED))  # diverged at once
+    history.add("cell", outcome("memorize", 0.1, 0.97, status=DIVERGED))
+    assert history.best_value("gru", "arith") == 0.8 and history.best_value("cell", "arith") == 0.6
+    assert history.ratio("cell", "gru", "arith") == pytest.approx(0.75)
+    assert [s.learning_rate for s in history.best_settings("cell", "arith", 5)] == [0.1, 0.2]
+    assert history.passed("cell", "memorize", 0.95)
+    history.add("cell", outcome("xml", 0.1, math.inf, status=DIVERGED))  # never a number to rank
+    assert math.isnan(history.best_value("cell", "xml"))

@@ -20,6 +20,7 @@ from cellsearch.search.procedure import (
     RecordFilterOutcome,
 )
 from cellsearch.storage import FILTER_EXEMPT, FILTER_FAILED, FILTER_PASSED
+from cellsearch.train.result import DIVERGED
 from tests.search.scripted import (
     CHILD,
     OTHER_CHILD,
@@ -120,6 +121,18 @@ def test_the_memorization_filter(memorize, passes):
         assert stages == ["memorize", "arith", "xml"]
     else:
         assert stages == ["memorize"] and completion(requests).record.outcome == FILTERED_OUT
+
+
+def test_runs_that_diverged_after_good_epochs_count_with_their_best_epoch():
+    # Every run of the child diverges, but only after reaching the metrics it reports: it passes
+    # the filter and both task thresholds on them, as it would with the same values and "ok".
+    search = started(config())
+    requests = drive(search, 1, scorer(memorize=0.99, arith=0.48, xml=0.47), status=DIVERGED)
+    outcome = [request.outcome for request in requests if isinstance(request, RecordFilterOutcome)]
+    assert outcome == [FILTER_PASSED]
+    assert [request.stage for request in evaluations(requests)] == ["memorize", "arith", "xml"]
+    assert completion(requests).record.outcome == ADDED
+    assert search.history.fitness(CHILD_HASH, GRU, ["arith", "xml"]) == pytest.approx(0.94)
 
 
 @pytest.mark.parametrize(

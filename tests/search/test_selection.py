@@ -22,6 +22,7 @@ from tests.search.scripted import CHILD, always, drive, result, stage_keys, vari
 from tests.search.test_procedure import config
 
 SPACE = SearchSpace.for_search("arith")  # 1680 settings
+TASKS = ("arith", "xml")
 THIRDS = list(DEFAULT_MIX)
 
 
@@ -106,17 +107,46 @@ def test_sources_depend_on_the_parents_experience():
         history.add(gru, result("arith", settings, index / 2000))
 
     (best, best_pool), (random_share, random_pool) = sources_for(
-        history, "arith", parent, (lstm, gru), 100, 420
+        history, "arith", parent, (lstm, gru), 100, 420, TASKS
     )
     assert (best, random_share, random_pool) == (*EXPERIENCED_MIX, None)
     assert best_pool == grid[429:329:-1]  # the parent's best 100, best first
 
-    sources = sources_for(history, "arith", parent, (lstm, gru), 100, 430)  # not more than 430
+    sources = sources_for(history, "arith", parent, (lstm, gru), 100, 430, TASKS)  # not > 430
     assert [fraction for fraction, _ in sources] == THIRDS and sources[0][1] is None
     # The union of LSTM's best 100 and GRU's best 100.
     assert {s.key() for s in sources[1][1]} == {s.key() for s in grid[:100] + grid[330:430]}
     assert len(sources[2][1]) == 430
-    assert sources_for(history, "arith", None, (lstm, gru), 100, 420)[2] == (THIRDS[2], None)
+    assert sources_for(history, "arith", None, (lstm, gru), 100, 420, TASKS)[2] == (
+        THIRDS[2],
+        None,
+    )
+
+
+def test_a_parents_experience_counts_its_settings_on_every_search_task():
+    # §3.3's "evaluated on more than 420 different hyperparameters", like §3.4's 220 settings
+    # per architecture, is a total over the tasks: 250 arith + 200 xml settings make 450 > 420,
+    # though neither task alone passes 420. Memorization filter runs are not counted.
+    history = History()
+    lstm, gru, parent = zoo.get("lstm").canonical_hash(), zoo.get("gru").canonical_hash(), "parent"
+    xml_grid = list(SearchSpace.for_search("xml").grid())
+    memorize = next(iter(SearchSpace.for_search("memorize").grid()))
+    for index, settings in enumerate(list(SPACE.grid())[:250]):
+        history.add(parent, result("arith", settings, index / 1000))
+    for settings in xml_grid[:170]:
+        history.add(parent, result("xml", settings, 0.3))
+    history.add(parent, result("memorize", memorize, 0.99))
+    # 420 task settings (and one filter run) are not more than 420.
+    sources = sources_for(history, "arith", parent, (lstm, gru), 100, 420, TASKS)
+    assert [fraction for fraction, _ in sources] == THIRDS
+    for settings in xml_grid[170:200]:
+        history.add(parent, result("xml", settings, 0.3))
+    (best, best_pool), (random_share, _) = sources_for(
+        history, "arith", parent, (lstm, gru), 100, 420, TASKS
+    )
+    assert (best, random_share) == EXPERIENCED_MIX
+    # The best 100 of the task at hand.
+    assert [s.key() for s in best_pool] == [s.key() for s in list(SPACE.grid())[249:149:-1]]
 
 
 def test_a_child_of_an_experienced_parent_takes_most_settings_from_its_best():

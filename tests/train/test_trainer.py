@@ -145,3 +145,30 @@ def test_size_options_of_synthetic_sets_are_ignored_for_fixed_splits(monkeypatch
         evaluate_module.evaluate(zoo.get("gru"), "ptb", [setting()], epoch_windows=3,
                                  valid_samples=10, test_samples=10)
     assert seen == {"epoch_windows": 3}
+
+
+def test_dropout_is_reproducible_and_per_member(tiny_task):
+    settings = [setting(dropout=0.3, seed=1), setting(dropout=0.5, seed=2)]
+    together = evaluate(zoo.get("lstm"), tiny_task, settings, max_epochs=1)
+    again = evaluate(zoo.get("lstm"), tiny_task, settings, max_epochs=1)
+    alone = evaluate(zoo.get("lstm"), tiny_task, settings[1:], max_epochs=1)[0]
+    assert [r.valid["nll"] for r in together] == [r.valid["nll"] for r in again]
+    assert together[1].valid["nll"] == pytest.approx(alone.valid["nll"], rel=1e-5)
+    without = evaluate(zoo.get("lstm"), tiny_task, [setting(seed=2)], max_epochs=1)[0]
+    assert without.valid["nll"] != pytest.approx(alone.valid["nll"], rel=1e-6)
+
+
+def test_dropout_masks_keep_the_expected_fraction():
+    import torch
+
+    from cellsearch.train.model import Dropout
+
+    dropout = Dropout(torch.tensor([0.0, 0.3, 0.5]), torch.tensor([1, 2, 3]))
+    x = torch.ones(3, 35, 20, 64)
+    kept = [(dropout(x, site) != 0).float().mean(dim=(1, 2, 3)) for site in range(2)]
+    assert kept[0].tolist() == pytest.approx([1.0, 0.7, 0.5], abs=0.01)
+    assert not torch.equal(dropout(x, 0), dropout(x, 1))  # connections differ
+    first = dropout(x, 0)
+    dropout.window.add_(1)
+    assert not torch.equal(first, dropout(x, 0))  # windows differ
+    assert dropout(x, 0)[1].mean().item() == pytest.approx(1.0, abs=0.02)  # inverted scaling

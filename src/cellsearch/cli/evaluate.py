@@ -47,8 +47,10 @@ def run_evaluate(args: argparse.Namespace) -> int:
 
     if args.task not in task_names():
         raise UserError(f"unknown task {args.task!r}; the tasks are {', '.join(task_names())}")
-    if args.trials < 1:
-        raise UserError(f"--trials must be at least 1, got {args.trials}")
+    for flag, value in (("--trials", args.trials), ("--max-epochs", args.max_epochs),
+                        ("--epoch-windows", args.epoch_windows)):
+        if value is not None and value < 1:
+            raise UserError(f"{flag} must be at least 1, got {value}")
     graph = zoo.resolve(args.cell)
     schedule = args.schedule or default_schedule(args.task)
     space = SearchSpace.for_task(args.task, parse_assignments(args.assignments, args.task))

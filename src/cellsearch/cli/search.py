@@ -8,8 +8,10 @@
 
 `search` starts a run in a new database, or resumes the run a database holds (its stored
 configuration applies; only the budget keys `max_steps`, `max_evaluations` and `job_size` may be
-changed, e.g. `--set max_steps=200` to extend a finished run). The work is done by
-`cellsearch.search`; this module parses arguments, shows progress and prints.
+changed, e.g. `--set max_steps=200` to extend a finished run, while any key may change until the
+run has stored an evaluation). A start that fails (a bad setting, an unreachable Dask scheduler)
+writes nothing. The work is done by `cellsearch.search`; this module parses arguments, shows
+progress and prints.
 """
 
 from __future__ import annotations
@@ -103,24 +105,32 @@ def register(subparsers) -> None:
 
 def run_search_command(args: argparse.Namespace) -> int:
     path = Path(args.db)
-    checked = None
-    if not path.exists() or path.stat().st_size == 0:
-        # Check everything before the database file exists, so a bad start leaves nothing behind.
-        checked = load_config(preset=args.preset, path=args.config, assignments=args.assignments)
-        _check_start(checked, args)
     executor = make_executor(
         args.executor, workers=args.workers, device=args.device, data_dir=args.data_dir,
         scheduler=args.scheduler,
     )
-    with open_storage(path) as storage, _sole_driver(path):
-        plan = plan_run(
-            storage, preset=args.preset, config_path=args.config, assignments=args.assignments
-        )
-        if plan.config != checked:
-            _check_start(plan.config, args)
-        run_id = start_run(storage, plan)
-        with executor, _Display(quiet=args.quiet) as display:
-            summary = run_search(storage, run_id, plan.config, executor, on_event=display.show)
+    # Nothing is written before every check has passed and the executor has started (a Dask
+    # scheduler reached): a failed start leaves no file behind, or the database as it was.
+    with executor:
+        checked = None
+        if not path.exists() or path.stat().st_size == 0:
+            checked = load_config(
+                preset=args.preset, path=args.config, assignments=args.assignments
+            )
+            _check_start(checked, args)
+            executor.start()
+        with open_storage(path) as storage, _sole_driver(path):
+            plan = plan_run(
+                storage, preset=args.preset, config_path=args.config, assignments=args.assignments
+            )
+            if plan.config != checked:
+                _check_start(plan.config, args)
+            executor.start()
+            run_id = start_run(storage, plan)
+            with _Display(quiet=args.quiet) as display:
+                summary = run_search(
+                    storage, run_id, plan.config, executor, on_event=display.show
+                )
     best = summary.top_list[0] if summary.top_list else None
     print(
         f"run {summary.run_id}: {summary.steps_run} step{'' if summary.steps_run == 1 else 's'}"
@@ -288,14 +298,20 @@ def format_stats(figures: SearchStatistics) -> str:
     """The §3.4 figures, one per line."""
     rows = [
         ("steps completed", str(figures.steps_completed)),
-        ("architectures evaluated", str(figures.architectures_evaluated)),
-        ("passed the memorization filter", str(figures.passed_filter)),
         (
-            "settings per architecture (mean, of those that passed)",
+            "architectures evaluated (LSTM and GRU not counted)",
+            str(figures.architectures_evaluated),
+        ),
+        ("passed the memorization filter (LSTM and GRU not counted)", str(figures.passed_filter)),
+        (
+            "settings per architecture (mean task settings, of those that passed)",
             _number(figures.settings_per_architecture, 1),
         ),
         ("total evaluations", str(figures.total_evaluations)),
-        ("failed evaluations", str(figures.failed_evaluations)),
+        ("  LSTM and GRU at step 0", str(figures.initial_evaluations)),
+        ("  memorization filter runs", str(figures.filter_evaluations)),
+        ("  task evaluations of later steps", str(figures.task_evaluations)),
+        ("failed or diverged evaluations", str(figures.failed_evaluations)),
     ]
     width = max(len(label) for label, _ in rows)
     lines = [f"run {figures.run_id}"] + [f"{label:<{width}}  {value}" for label, value in rows]

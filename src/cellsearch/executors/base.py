@@ -133,15 +133,22 @@ class Executor(abc.ABC):
     Lifecycle (the search driver is the only caller):
 
         with make_executor("processes", workers=2) as executor:
+            executor.start()                                     # before anything is stored
             futures = [executor.submit(job) for job in jobs]     # the jobs of one search stage
             for future in executor.as_completed(futures):        # in completion order
                 results = future.result()                        # never raises for a bad job
                 ... commit results to storage before using them ...
 
-    `submit` may start the job at once (a process pool) or when `as_completed` reaches it (in
-    process, so that each finished job is committed before the next one starts). Leaving the
-    `with` block because of an exception cancels what has not finished.
+    `start` acquires what the executor needs (connects to a cluster, starts one) and raises
+    UserError when it cannot; the driver calls it before it writes anything, so that a search
+    that cannot run leaves its database as it was. `submit` starts the executor when `start` was
+    not called. `submit` may start the job at once (worker processes) or when `as_completed`
+    reaches it (in process, so that each finished job is committed before the next one starts).
+    Leaving the `with` block because of an exception cancels what has not finished.
     """
+
+    def start(self) -> None:
+        """Acquire what jobs will need; UserError when it is unavailable. Idempotent."""
 
     @abc.abstractmethod
     def submit(self, job: EvaluationJob) -> Future:

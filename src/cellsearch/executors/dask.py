@@ -94,8 +94,8 @@ class DaskExecutor(Executor):
     (a cluster started here only) how many workers may die running one job before it is recorded
     as failed; None keeps Dask's configuration (`distributed.scheduler.allowed-failures`).
 
-    Nothing starts until the first `submit`; `shutdown` closes the client and any cluster
-    started here, and a later `submit` connects again.
+    Nothing starts until `start` or the first `submit`; `shutdown` closes the client and any
+    cluster started here, and a later `start` or `submit` connects again.
     """
 
     def __init__(
@@ -125,6 +125,11 @@ class DaskExecutor(Executor):
         return self._live_session().client
 
     # -- the Executor interface -----------------------------------------------------------------
+
+    def start(self) -> None:
+        """Connect to the scheduler (or start the local cluster) and check its workers' cellsearch;
+        UserError when the scheduler cannot be reached or the workers differ."""
+        self._live_session()
 
     def submit(self, job: EvaluationJob) -> Future:
         session = self._live_session()

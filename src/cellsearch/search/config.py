@@ -4,7 +4,8 @@ defaults, and how it is read from presets, JSON/TOML files and `--set key=value`
 The paper's values (§3.1, §3.3): tasks arith, xml, ptb in that order; the memorization filter
 passes at 95% accuracy on one random setting; a candidate goes on to the next task when its best
 accuracy exceeds 90% of the GRU's best; 20 fresh settings per task and step; a parent with more
-than 420 evaluated settings lends its best 100; a top list of 100.
+than 420 evaluated settings (over all tasks, see `selection`) lends its best 100; a top list of
+100.
 
 Our choices where the paper is silent (each a key, so it can be changed):
 
@@ -23,7 +24,8 @@ Our choices where the paper is silent (each a key, so it can be changed):
 evaluator and the mutation operator are named as "module:function", so tests can put cheap fakes
 in their place without any hidden switch.
 
-A resumed run keeps its stored configuration; only the keys in `RESUMABLE_KEYS` may change.
+A resumed run keeps its stored configuration; only the keys in `RESUMABLE_KEYS` may change
+(any key may, while the run has stored no evaluation: see `driver.plan_run`).
 """
 
 from __future__ import annotations
@@ -270,9 +272,25 @@ def _fraction(name: str, value: Any) -> None:
         raise UserError(f"search setting {name} must be a number in [0, 1], got {value!r}")
 
 
+# Evaluator keywords the search sets itself; an evaluation option of the same name would reach the
+# evaluator twice (a TypeError at every evaluation) or silently change what the search asks.
+RESERVED_OPTIONS = {
+    "device": "chosen with --device, per worker",
+    "data_dir": "chosen with --data-dir (or $CELLSEARCH_DATA), per worker",
+    "stop_at": "set by the search for the memorization filter (filter_threshold)",
+}
+
+
 def _checked_options(options: Any) -> Mapping[str, Any]:
     if not isinstance(options, Mapping) or not all(isinstance(key, str) for key in options):
         raise UserError(f"evaluation_options must map option names to values, got {options!r}")
+    reserved = [name for name in RESERVED_OPTIONS if name in options]
+    if reserved:
+        details = "; ".join(f"{name} is {RESERVED_OPTIONS[name]}" for name in reserved)
+        raise UserError(
+            f"evaluation_options cannot set {', '.join(reserved)}: {details};"
+            " remove it from the configuration"
+        )
     try:
         plain = json.loads(json.dumps(dict(options)))
     except (TypeError, ValueError):

@@ -109,7 +109,11 @@ def plan_run(
 ) -> RunPlan:
     """Decide, without writing, which run to go on with: a new one configured from preset, file
     and assignments, or the storage's latest run, whose stored configuration those may change
-    only in `RESUMABLE_KEYS` (UserError naming every other key that differs)."""
+    only in `RESUMABLE_KEYS` (UserError naming every other key that differs).
+
+    A stored run that has done nothing yet (no completed step, no evaluation; a start that was
+    stopped before its first job finished) takes any change: nothing stored depends on its
+    configuration, and refusing would lock the database to a configuration that never ran."""
     run = storage.latest_run()
     if run is None:
         return RunPlan(
@@ -117,6 +121,11 @@ def plan_run(
         )
     stored = SearchConfig.from_dict(run.config)
     config = load_config(base=run.config, preset=preset, path=config_path, assignments=assignments)
+    if (
+        storage.last_completed_step(run.run_id) is None
+        and storage.count_evaluations(run.run_id) == 0
+    ):
+        return RunPlan(run.run_id, config, stored)
     changed = [key for key in stored.differing_keys(config) if key not in RESUMABLE_KEYS]
     if changed:
         stored_values, given = stored.to_dict(), config.to_dict()

@@ -4,15 +4,19 @@ and the performance estimate of §3.1 (eq. 1) computed from them.
 The driver fills a History from storage when a search starts or resumes, and the search adds each
 job's results once they are committed, so a History is always a view of stored data.
 
-Performance of an architecture on a task is its best validation metric over all its settings
-(failed runs count for nothing). Its estimate against the reference (the GRU) is
+Performance of an architecture on a task is its best validation metric over all its settings.
+A run counts when its validation metric is a finite number (`scored`), whatever its status: a run
+that diverged after some good epochs reports the metrics of its best epoch, which it did reach,
+while a run that failed or diverged before finishing an epoch counts for nothing. The same rule
+picks an architecture's best settings (the pools of §3.3), the GRU's reference, and whether the
+memorization filter was passed. Its estimate against the reference (the GRU) is
 
     ratio(task)  = best(architecture, task) / best(GRU, task)
     fitness      = min over the search tasks of ratio(task)                  (eq. 1)
 
 For a metric where lower is better (music's nll, never a search task in the paper) the ratio is
 inverted, best(GRU) / best(architecture), so that a larger ratio is better for every task. A ratio
-is NaN when either side has no successful run (or the divisor is not positive); a NaN fitness
+is NaN when either side has no scored run (or the divisor is not positive); a NaN fitness
 ranks below every number.
 """
 
@@ -46,7 +50,7 @@ class History:
         self.total += 1
         self._metrics.setdefault(result.task, result.metric)
         best = self._best.get((architecture_hash, result.task))
-        if _scored(result) and (best is None or _merit(result) < _merit(best)):
+        if scored(result) and (best is None or _merit(result) < _merit(best)):
             self._best[architecture_hash, result.task] = result
 
     def results(self, architecture_hash: str, task: str) -> list[Result]:
@@ -66,9 +70,9 @@ class History:
 
     def best_settings(self, architecture_hash: str, task: str, limit: int) -> list[Settings]:
         """The `limit` settings with the best validation metric, best first (ties by key);
-        failed runs excluded."""
+        runs that are not `scored` excluded."""
         ranked = sorted(
-            (result for result in self.results(architecture_hash, task) if _scored(result)),
+            (result for result in self.results(architecture_hash, task) if scored(result)),
             key=lambda result: (_merit(result), result.settings.key()),
         )
         return [result.settings for result in ranked[:limit]]
@@ -79,9 +83,9 @@ class History:
         return math.nan if best is None else best.value
 
     def passed(self, architecture_hash: str, task: str, threshold: float) -> bool:
-        """Whether some successful run reached `threshold` (the memorization filter, §3.1)."""
+        """Whether some scored run reached `threshold` (the memorization filter, §3.1)."""
         return any(
-            _scored(result) and result.value >= threshold
+            scored(result) and result.value >= threshold
             for result in self.results(architecture_hash, task)
         )
 
@@ -107,8 +111,10 @@ def fitness_order(fitness: float) -> float:
     return math.inf if math.isnan(fitness) else -fitness
 
 
-def _scored(result: Result) -> bool:
-    return result.ok and not math.isnan(result.value)
+def scored(result: Result) -> bool:
+    """Whether `result` has a finite validation metric, the only thing the search compares (a
+    diverged run keeps the metrics of its best epoch before diverging)."""
+    return math.isfinite(result.value)
 
 
 def _merit(result: Result) -> float:

@@ -42,7 +42,7 @@ from cellsearch.equations import format_graph
 from cellsearch.executors.base import EvaluationJob
 from cellsearch.graph import CellGraph
 from cellsearch.search.config import SearchConfig
-from cellsearch.search.history import History, fitness_order
+from cellsearch.search.history import History, fitness_order, scored
 from cellsearch.search.selection import choose_settings, sources_for
 from cellsearch.storage.records import (
     FILTER_EXEMPT,
@@ -231,7 +231,8 @@ class Search:
                 )
                 results = yield from self._evaluate(step, filter_task, jobs)
             passed = any(
-                result.ok and result.value >= self.config.filter_threshold for result in results
+                scored(result) and result.value >= self.config.filter_threshold
+                for result in results
             )
             outcome = FILTER_PASSED if passed else FILTER_FAILED
             yield RecordFilterOutcome(child, outcome)
@@ -322,6 +323,7 @@ class Search:
             self.initial_hashes,
             self.config.best_settings,
             self.config.experienced_parent,
+            self.config.tasks,
         )
         return choose_settings(
             self._rng(step, f"settings:{task}"),

@@ -3,8 +3,8 @@
 A candidate's settings for a task are drawn from *sources*: pools of known settings, or the whole
 space at random. Its parent decides the mix:
 
-- the parent has been evaluated on more than `experienced_parent` (420) settings of the task:
-  80% from the parent's best `best_settings` (100) settings, 20% random;
+- the parent has been evaluated on more than `experienced_parent` (420) settings: 80% from the
+  parent's best `best_settings` (100) settings of the task, 20% random;
 - otherwise a third each: random; from the best 100 settings of LSTM and of GRU (the union of
   each one's best 100, as both had the full grid); from the settings tried on the parent.
 
@@ -14,10 +14,13 @@ architecture has not been evaluated on, with a fresh seed; what a pool cannot su
 or already tried) is drawn at random instead. Random draws never repeat a tried key either
 (§3.1), so fewer settings come back only when the whole space is used up.
 
-Our reading where §3.3 is silent: "evaluated on more than 420" counts the parent's distinct
-settings *on this task*, since pools are per task; a top-list member being re-evaluated (step 1 of
-§3.1, which points to §3.3 for its distribution) uses the mix with its own recorded parent, and
-the initial LSTM and GRU, which have none, draw the parent's share at random.
+Our reading where §3.3 is silent: "evaluated on more than 420 different hyperparameters" counts
+the parent's evaluations on all the search's tasks together (not the memorization filter's runs),
+as §3.4 counts "220 hyperparameter settings" per architecture over all tasks; the best 100 are
+then taken on the task at hand, since a setting is a setting of one task. A top-list member being
+re-evaluated (step 1 of §3.1, which points to §3.3 for its distribution) uses the mix with its
+own recorded parent, and the initial LSTM and GRU, which have none, draw the parent's share at
+random.
 """
 
 from __future__ import annotations
@@ -92,9 +95,12 @@ def sources_for(
     known_good: Sequence[str],
     best_settings: int,
     experienced_parent: int,
+    tasks: Sequence[str],
 ) -> list[Source]:
-    """The §3.3 sources for a child of `parent` on `task`; `known_good` are LSTM and GRU."""
-    if parent is not None and history.count(parent, task) > experienced_parent:
+    """The §3.3 sources for a child of `parent` on `task`, one of the search's `tasks`, over
+    which the parent's experience is counted; `known_good` are LSTM and GRU."""
+    experience = 0 if parent is None else sum(history.count(parent, name) for name in tasks)
+    if parent is not None and experience > experienced_parent:
         best, random_share = EXPERIENCED_MIX
         return [(best, history.best_settings(parent, task, best_settings)), (random_share, None)]
     pooled = [

@@ -26,7 +26,7 @@ class RankedArchitecture:
     fitness: float
     ratios: dict[str, float]  # task -> best / GRU's best (eq. 1 before the min)
     best: dict[str, float]  # task -> best validation metric
-    settings_evaluated: int  # on the search tasks and the filter task together
+    settings_evaluated: int  # on the search tasks (memorization filter runs not counted)
     equations: str
     parent_hash: str | None
     mutation: str | None
@@ -47,15 +47,22 @@ class RankedArchitecture:
 
 @dataclass(frozen=True)
 class SearchStatistics:
-    """§3.4's figures for one run, plus how its steps went."""
+    """§3.4's figures for one run, plus how its steps went.
+
+    As in §3.4 ("we evaluated 10,000 different architectures and 1,000 of them made it past the
+    initial filtering stage"), the architecture counts are of candidates: LSTM and GRU, which
+    start the search and are exempt from the filter, are counted in neither."""
 
     run_id: int
     steps_completed: int
-    architectures_evaluated: int  # proposed and evaluated at least once, LSTM and GRU included
-    passed_filter: int  # passed the memorization filter (LSTM and GRU are exempt, not counted)
-    settings_per_architecture: float  # mean over those that passed the filter (NaN if none)
-    total_evaluations: int
-    failed_evaluations: int  # diverged or failed runs, included in the total
+    architectures_evaluated: int  # candidates evaluated at least once (LSTM and GRU not counted)
+    passed_filter: int  # candidates that passed the memorization filter
+    settings_per_architecture: float  # mean task settings of those that passed (NaN if none)
+    total_evaluations: int  # initial + filter + task evaluations
+    initial_evaluations: int  # step 0: LSTM and GRU on the initial settings of every task
+    filter_evaluations: int  # memorization filter runs
+    task_evaluations: int  # search-task evaluations of later steps (candidates, re-evaluations)
+    failed_evaluations: int  # failed or diverged runs, of any kind, included in the total
     step_outcomes: dict[str, int] = field(default_factory=dict)
 
     def to_dict(self) -> dict:
@@ -75,11 +82,13 @@ def select_run(storage: Storage) -> RunRecord:
 def top_architectures(
     storage: Storage, run_id: int, limit: int | None = None
 ) -> list[RankedArchitecture]:
-    """The top list after the last completed step, best first, at most `limit` entries. Its
-    fitness is the one stored with that step; ratios and best values come from every stored
-    evaluation (a running search may have added some since)."""
+    """The top list after the last completed step, best first, at most `limit` entries, as it
+    stood then: its fitness is the one stored with that step, and ratios, best values and
+    settings counts come from the evaluations of that step and earlier ones (not from those a
+    running search has stored since for the step in progress)."""
     config = SearchConfig.from_dict(storage.get_run(run_id).config)
-    history = _history(storage, run_id)
+    last = storage.last_completed_step(run_id)
+    history = _history(storage, run_id, last_step=-1 if last is None else last)
     architectures = {record.hash: record for record in storage.get_architectures(run_id)}
     reference = initial_architectures()[REFERENCE_ARCHITECTURE].canonical_hash()
     entries = storage.get_top_list(run_id)[:limit]
@@ -99,8 +108,7 @@ def top_architectures(
                     task: history.best_value(entry.architecture_hash, task) for task in config.tasks
                 },
                 settings_evaluated=sum(
-                    history.count(entry.architecture_hash, task)
-                    for task in (*config.tasks, config.filter_task)
+                    history.count(entry.architecture_hash, task) for task in config.tasks
                 ),
                 equations=record.equations,
                 parent_hash=record.parent_hash,
@@ -111,31 +119,44 @@ def top_architectures(
 
 
 def statistics(storage: Storage, run_id: int) -> SearchStatistics:
-    """The §3.4 statistics of run `run_id`."""
+    """The §3.4 statistics of run `run_id`, from everything it has stored."""
+    config = SearchConfig.from_dict(storage.get_run(run_id).config)
+    initial = {graph.canonical_hash() for graph in initial_architectures().values()}
     evaluations = storage.get_evaluations(run_id)
-    per_architecture = Counter(record.architecture_hash for record in evaluations)
-    architectures = storage.get_architectures(run_id)
-    passed = [record.hash for record in architectures if record.filter_outcome == FILTER_PASSED]
-    evaluated = [record for record in architectures if per_architecture[record.hash] > 0]
+    initial_runs = [record for record in evaluations if record.step == 0]
+    filter_runs = [record for record in evaluations if record.task == config.filter_task]
+    task_settings = Counter(
+        record.architecture_hash for record in evaluations if record.task in config.tasks
+    )
+    evaluated = {record.architecture_hash for record in evaluations} - initial
+    candidates = [
+        record for record in storage.get_architectures(run_id) if record.hash not in initial
+    ]
+    passed = [record.hash for record in candidates if record.filter_outcome == FILTER_PASSED]
     steps = storage.get_steps(run_id)
     return SearchStatistics(
         run_id=run_id,
         steps_completed=len(steps),
-        architectures_evaluated=len(evaluated),
+        architectures_evaluated=sum(1 for record in candidates if record.hash in evaluated),
         passed_filter=len(passed),
         settings_per_architecture=(
-            sum(per_architecture[name] for name in passed) / len(passed) if passed else math.nan
+            sum(task_settings[name] for name in passed) / len(passed) if passed else math.nan
         ),
         total_evaluations=len(evaluations),
+        initial_evaluations=len(initial_runs),
+        filter_evaluations=len(filter_runs),
+        task_evaluations=len(evaluations) - len(initial_runs) - len(filter_runs),
         failed_evaluations=sum(1 for record in evaluations if not record.result.ok),
         step_outcomes=dict(Counter(step.outcome for step in steps)),
     )
 
 
-def _history(storage: Storage, run_id: int) -> History:
+def _history(storage: Storage, run_id: int, last_step: int) -> History:
+    """The run's evaluations of steps up to `last_step`."""
     history = History()
     for record in storage.get_evaluations(run_id):
-        history.add(record.architecture_hash, record.result)
+        if record.step <= last_step:
+            history.add(record.architecture_hash, record.result)
     return history
 
 

@@ -76,8 +76,9 @@ class Storage(abc.ABC):
 
     @abc.abstractmethod
     def update_run_config(self, run_id: int, config: Mapping[str, Any]) -> None:
-        """Replace the stored configuration of a run (the driver does this only to extend a run's
-        budget) and touch its `updated_at`."""
+        """Replace the stored configuration of a run (the driver does this to change a run's
+        budget, or the configuration of a run that has stored no evaluation yet) and touch its
+        `updated_at`."""
 
     # -- architectures ----------------------------------------------------------------------------
 

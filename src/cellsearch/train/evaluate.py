@@ -34,9 +34,12 @@ def resolve_device(device: str) -> torch.device:
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise UserError(f"device {device!r} was asked for, but this machine has no CUDA GPU")
     try:
-        return torch.device(device)
+        resolved = torch.device(device)
     except RuntimeError:
         raise UserError(f"unknown device {device!r}; use auto, cpu or cuda") from None
+    if resolved.type == "cuda" and (resolved.index or 0) >= torch.cuda.device_count():
+        raise UserError(f"device {device!r}: this machine has {torch.cuda.device_count()} GPU(s)")
+    return resolved
 
 
 def model_shape(graph: CellGraph, task: Task, settings: Settings) -> tuple[int, int]:
@@ -118,7 +121,7 @@ def evaluate(
                     schedule=schedule, max_epochs=max_epochs, capture=capture, stop_at=stop_at,
                     on_progress=on_progress,
                 )
-        except (RuntimeError, torch.cuda.OutOfMemoryError) as error:
+        except Exception as error:  # noqa: BLE001 - a broken run is a recorded result (ARCHITECTURE)
             reason = f"{type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}"
             return [
                 Result(task=task.name, settings=s, hidden_size=hidden, num_parameters=count,

@@ -70,10 +70,10 @@ class PopulationModel(nn.Module):
         self,
         inputs: torch.Tensor,
         state: list[State],
-        dropout: torch.Tensor | None = None,
+        dropout: Dropout | None = None,
     ) -> tuple[torch.Tensor, list[State]]:
-        """inputs (T, B) token ids or (T, B, V_in) frames; state per layer; dropout (K,) rates or
-        None. Returns logits (T, K, B, V_out) and the final state per layer."""
+        """inputs (T, B) token ids or (T, B, V_in) frames; state per layer; dropout or None.
+        Returns logits (T, K, B, V_out) and the final state per layer."""
         K, n = self.population_size, self.hidden_size
         T, B = inputs.shape[:2]
         if self.input_kind == "embedding":
@@ -82,11 +82,12 @@ class PopulationModel(nn.Module):
             # One matmul for all members: (T*B, V_in) @ (V_in, K*n)
             flat = inputs.reshape(T * B, -1) @ self.input_weight.transpose(0, 1).reshape(-1, K * n)
             x = flat.view(T, B, K, n).permute(2, 0, 1, 3) + self.input_bias.view(K, 1, 1, n)
-        x = _dropout(x, dropout)
+        site = iter(range(len(self.layers) + 1))  # each connection gets its own masks
+        x = dropout(x, next(site)) if dropout is not None else x
         new_state = []
         for layer, layer_state in zip(self.layers, state):
             x, final = layer(x, layer_state)  # (K, T, B, n)
-            x = _dropout(x, dropout)
+            x = dropout(x, next(site)) if dropout is not None else x
             new_state.append(final)
         logits = torch.baddbmm(
             self.output_bias.unsqueeze(1), x.reshape(K, T * B, n), self.output_weight
@@ -94,10 +95,35 @@ class PopulationModel(nn.Module):
         return logits.view(K, T, B, -1).transpose(0, 1), new_state
 
 
-def _dropout(x: torch.Tensor, rates: torch.Tensor | None) -> torch.Tensor:
-    """Inverted dropout with a rate per member; x is (K, ...)."""
-    if rates is None:
-        return x
-    keep = (1 - rates).view(-1, *([1] * (x.dim() - 1)))
-    mask = torch.rand_like(x) < keep
-    return x * mask / keep
+class Dropout:
+    """Inverted dropout with a rate per member, its masks a function of (member seed, window,
+    connection, position) only: reproducible, the same for a member whatever population it is
+    in, and safe to capture in a CUDA graph (no generator state; the window counter is a device
+    tensor that the training step advances)."""
+
+    def __init__(self, rates: torch.Tensor, seeds: torch.Tensor):
+        self.rates = rates  # (K,)
+        self.seeds = seeds.to(torch.int64) & _MASK32  # (K,)
+        self.window = torch.zeros((), dtype=torch.int64, device=rates.device)
+
+    def __call__(self, x: torch.Tensor, site: int) -> torch.Tensor:
+        K = x.shape[0]
+        shape = (K, *([1] * (x.dim() - 1)))
+        position = torch.arange(x[0].numel(), device=x.device).view(1, *x.shape[1:])
+        key = position + (self.window * 16 + site) * x[0].numel()
+        noise = _mix32(key ^ (self.seeds.view(shape) * 0x9E3779B1 & _MASK32))
+        keep = (1 - self.rates).view(shape)
+        return x * (noise < keep * 2**32).to(x.dtype) / keep
+
+
+_MASK32 = 0xFFFFFFFF
+
+
+def _mix32(key: torch.Tensor) -> torch.Tensor:
+    """MurmurHash3's 32-bit finalizer on int64 tensors: well-mixed 32-bit values."""
+    key = key & _MASK32
+    key = key ^ (key >> 16)
+    key = (key * 0x85EBCA6B) & _MASK32
+    key = key ^ (key >> 13)
+    key = (key * 0xC2B2AE35) & _MASK32
+    return key ^ (key >> 16)

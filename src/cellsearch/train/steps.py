@@ -21,7 +21,7 @@ import torch
 
 from cellsearch.tasks import Batch, Task
 from cellsearch.tasks import metrics as task_metrics
-from cellsearch.train.model import PopulationModel
+from cellsearch.train.model import Dropout, PopulationModel
 
 WARMUP_CALLS = 2  # eager calls before capture (lazy initialisation of cuBLAS, autograd, ...)
 _CAPTURE_LOCK = threading.Lock()
@@ -71,7 +71,7 @@ class PopulationSteps:
         batch_size: int,
         num_steps: int,
         max_norms: torch.Tensor,  # (K,)
-        dropout: torch.Tensor | None,  # (K,) or None
+        dropout: Dropout | None,
         capture: bool,
     ):
         device = max_norms.device
@@ -117,6 +117,8 @@ class PopulationSteps:
     def _train(self) -> None:
         self.model.train()
         _, loss_sums = self._forward(self.dropout)
+        if self.dropout is not None:
+            self.dropout.window.add_(1)  # fresh masks for the next window
         self.finite &= torch.isfinite(loss_sums.detach())
         # Each member's loss depends on its own parameters only, so one backward of the sum gives
         # every member its own gradient; dividing by the minibatch size as §3.7 says.
@@ -128,7 +130,8 @@ class PopulationSteps:
         """p[k] -= rate[k] * g[k] * min(1, max_norm[k] / |g[k]|), |g[k]| over all of member k's
         parameters. Non-finite gradients (a diverged member) become 0, so frozen members stay
         put and nothing non-finite reaches the norms of the others."""
-        grads = [p.grad for p in self.parameters]
+        # A parameter no output depends on (a state that never reaches h) gets no gradient.
+        grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in self.parameters]
         for g in grads:
             torch.nan_to_num_(g, nan=0.0, posinf=0.0, neginf=0.0)
         squares = torch.stack([g.pow(2).flatten(1).sum(1) for g in grads]).sum(0)  # (K,)

@@ -24,7 +24,7 @@ import torch
 from cellsearch.graph import CellGraph
 from cellsearch.tasks import Task
 from cellsearch.train.hyperparameters import Settings
-from cellsearch.train.model import PopulationModel
+from cellsearch.train.model import Dropout, PopulationModel
 from cellsearch.train.result import DIVERGED, OK, Result
 from cellsearch.train.schedules import schedule_for
 from cellsearch.train.steps import PopulationSteps
@@ -79,7 +79,10 @@ def train_population(
         return torch.tensor(values, dtype=torch.float32, device=device)
 
     max_norms = per_member([s.max_grad_norm for s in settings])
-    dropout = per_member([s.dropout for s in settings]) if any(s.dropout for s in settings) else None
+    dropout = None
+    if any(s.dropout for s in settings):
+        seeds = torch.tensor([s.seed for s in settings], device=device)
+        dropout = Dropout(per_member([s.dropout for s in settings]), seeds)
     steps = PopulationSteps(model, task, batch_size, num_steps, max_norms, dropout,
                             capture=capture and device.type == "cuda")
     schedules = [schedule_for(schedule, s) for s in settings]

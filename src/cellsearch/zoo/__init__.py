@@ -45,6 +45,8 @@ def resolve(name_or_path: str) -> CellGraph:
     if path.suffix == ".json":
         try:
             return CellGraph.from_json(path.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError) as error:
+            raise UserError(f"cannot read cell file {path}: {error}") from None
         except UserError as error:
             raise UserError(f"{path}: {error}") from None
     return parse_file(path)
