@@ -48,3 +48,14 @@ def test_populations_of_different_shapes_train_concurrently_as_they_would_alone(
         (alone,) = evaluate(zoo.get("gru"), task, [setting], device="cuda", max_epochs=2)
         assert result.status == alone.status == "ok"
         assert result.valid["nll"] == pytest.approx(alone.valid["nll"], rel=1e-5)
+
+
+def test_captured_equals_eager_with_dropout():
+    task = Arith(seed=0, epoch_windows=12, valid_samples=100, test_samples=100)
+    settings = [Settings(init_scale=1.0, learning_rate=0.5, max_grad_norm=5.0, num_layers=2,
+                         num_parameters=20_000, dropout=rate, seed=i)
+                for i, rate in enumerate((0.1, 0.5))]
+    eager = evaluate(zoo.get("lstm"), task, settings, device="cuda", max_epochs=2, capture=False)
+    captured = evaluate(zoo.get("lstm"), task, settings, device="cuda", max_epochs=2)
+    for a, b in zip(eager, captured):
+        assert a.valid["nll"] == pytest.approx(b.valid["nll"], rel=1e-5)

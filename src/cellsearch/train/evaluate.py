@@ -98,10 +98,11 @@ def evaluate(
     groups: dict[tuple[int, int], list[int]] = {}
     for index, setting in enumerate(settings):
         groups.setdefault((setting.num_layers, setting.num_parameters), []).append(index)
-    # On a GPU, the populations of different shapes train at the same time, each on its own
-    # CUDA stream: one small population leaves most of the GPU idle.
+    # On a GPU, the populations of different shapes train at the same time, each shape in its
+    # own thread on its own CUDA stream (one small population leaves most of the GPU idle); the
+    # chunks of one shape, when it does not fit at once, train one after another.
     concurrent = torch_device.type == "cuda" and len(groups) > 1
-    populations = []  # (setting indices, hidden size, parameter count)
+    shapes = []  # per shape: [(setting indices, hidden size, parameter count), ...]
     for indices in groups.values():
         hidden, count = model_shape(graph, task, settings[indices[0]])
         fits = population_limit(graph, count, hidden, settings[indices[0]].num_layers,
@@ -109,18 +110,16 @@ def evaluate(
         if fits and concurrent:
             fits = max(1, fits // len(groups))
         step = population_size or min(len(indices), fits or len(indices))
-        populations.extend((indices[i:i + step], hidden, count)
-                           for i in range(0, len(indices), step))
+        shapes.append([(indices[i:i + step], hidden, count) for i in range(0, len(indices), step)])
 
     def train(chunk: list[int], hidden: int, count: int) -> list[Result]:
         members = [settings[i] for i in chunk]
         try:
-            with torch.cuda.stream(torch.cuda.Stream(torch_device)) if concurrent else nullcontext():
-                return train_population(
-                    graph, task, members, hidden, count, device=torch_device,
-                    schedule=schedule, max_epochs=max_epochs, capture=capture, stop_at=stop_at,
-                    on_progress=on_progress,
-                )
+            return train_population(
+                graph, task, members, hidden, count, device=torch_device,
+                schedule=schedule, max_epochs=max_epochs, capture=capture, stop_at=stop_at,
+                on_progress=on_progress,
+            )
         except Exception as error:  # noqa: BLE001 - a broken run is a recorded result (ARCHITECTURE)
             reason = f"{type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}"
             return [
@@ -129,13 +128,17 @@ def evaluate(
                 for s in members
             ]
 
+    def train_shape(populations) -> list[tuple[list[int], list[Result]]]:
+        with torch.cuda.stream(torch.cuda.Stream(torch_device)) if concurrent else nullcontext():
+            return [(chunk, train(chunk, hidden, count)) for chunk, hidden, count in populations]
+
     if concurrent:
-        with ThreadPoolExecutor(max_workers=len(populations)) as pool:
-            trained = list(pool.map(lambda population: train(*population), populations))
+        with ThreadPoolExecutor(max_workers=len(shapes)) as pool:
+            trained = [pair for pairs in pool.map(train_shape, shapes) for pair in pairs]
     else:
-        trained = [train(*population) for population in populations]
+        trained = [pair for populations in shapes for pair in train_shape(populations)]
     results: list[Result | None] = [None] * len(settings)
-    for (chunk, _, _), outcome in zip(populations, trained):
+    for chunk, outcome in trained:
         for i, result in zip(chunk, outcome):
             results[i] = result
     return results
