@@ -27,11 +27,7 @@ def main() -> None:
     parser.add_argument("--cells", default="lstm-f,lstm-b")
     args = parser.parse_args()
     space = SearchSpace.for_search("arith", {"num_parameters": (args.budget,), "num_layers": (1, 2)})
-    rng, seen, settings = random.Random(0), set(), []
-    for _ in range(args.settings):
-        setting = space.sample(rng, exclude=seen)
-        seen.add(setting.key())
-        settings.append(setting)
+    settings = space.sample_distinct(random.Random(0), args.settings)
     print(f"# {datetime.date.today()}, torch {torch.__version__}, device {args.device}, "
           f"arith, budget {args.budget}, {args.settings} settings, max {args.max_epochs} epochs")
     for cell in args.cells.split(","):

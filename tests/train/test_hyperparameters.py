@@ -292,3 +292,14 @@ def test_keys_are_the_settings_identity_fields():
         "init_scale", "learning_rate", "max_grad_norm", "num_layers", "num_parameters",
         "dropout", "max_epoch", "decay",
     )
+
+
+def test_sample_distinct_never_repeats_and_stops_when_the_space_runs_out():
+    import random
+
+    space = SearchSpace.for_task("memorize", {"learning_rate": (0.5, 1.0), "num_layers": (1,),
+                                              "init_scale": (1.0,), "max_grad_norm": (5.0,)})
+    first = space.sample_distinct(random.Random(0), 1)
+    rest = space.sample_distinct(random.Random(0), 5, exclude={first[0].key()})
+    assert len(rest) == 1 and rest[0].key() != first[0].key()
+    assert len({s.key() for s in space.sample_distinct(random.Random(1), 9)}) == 2

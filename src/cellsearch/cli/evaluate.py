@@ -57,12 +57,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
     if schedule != "ptb":  # max_epoch and decay only drive the PTB schedule
         space = SearchSpace.for_task(args.task, {**space.choices, "max_epoch": (None,),
                                                  "decay": (None,)})
-    rng = random.Random(args.seed)
-    settings, seen = [], set()
-    for _ in range(min(args.trials, space.size)):
-        setting = space.sample(rng, exclude=seen)
-        seen.add(setting.key())
-        settings.append(setting)
+    settings = space.sample_distinct(random.Random(args.seed), args.trials)
 
     console = Console(stderr=True)
     with Progress(SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn(),

@@ -303,15 +303,7 @@ class Search:
         space = self._spaces[task]
         if self.config.initial_settings is None:
             return [_reseeded(settings, rng) for settings in space.grid()]
-        chosen: list[Settings] = []
-        taken: set[str] = set()
-        while len(chosen) < self.config.initial_settings:
-            settings = space.sample(rng, exclude=taken)
-            if settings is None:
-                break
-            chosen.append(settings)
-            taken.add(settings.key())
-        return chosen
+        return space.sample_distinct(rng, self.config.initial_settings)
 
     def _task_settings(
         self, step: int, architecture: str, parent: str | None, task: str

@@ -79,13 +79,7 @@ def choose_settings(
             chosen.append(dataclasses.replace(settings, seed=rng.randrange(_SEED_LIMIT)))
             taken.add(settings.key())
         shortfall += quota - len(picks)
-    for _ in range(shortfall):
-        settings = space.sample(rng, exclude=taken)
-        if settings is None:
-            break
-        chosen.append(settings)
-        taken.add(settings.key())
-    return chosen
+    return chosen + space.sample_distinct(rng, shortfall, exclude=taken)
 
 
 def sources_for(

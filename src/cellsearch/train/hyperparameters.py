@@ -232,6 +232,21 @@ class SearchSpace:
         chosen = remaining[_below(rng, len(remaining))]
         return dataclasses.replace(chosen, seed=_below(rng, _SAMPLED_SEED_LIMIT))
 
+    def sample_distinct(
+        self, rng: random.Random | Any, count: int, exclude: Iterable[str] = frozenset()
+    ) -> list[Settings]:
+        """Up to `count` draws of `sample`, none repeating another or a key in `exclude`
+        (fewer when the space runs out)."""
+        taken = set(exclude)
+        chosen: list[Settings] = []
+        while len(chosen) < count:
+            settings = self.sample(rng, exclude=taken)
+            if settings is None:
+                break
+            chosen.append(settings)
+            taken.add(settings.key())
+        return chosen
+
     def validate(self, settings: Settings) -> None:
         """Raise UserError naming the first hyperparameter of `settings` outside this space."""
         for name, allowed in self.choices.items():
