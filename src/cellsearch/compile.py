@@ -12,6 +12,8 @@ for speed:
 - Matrices applied to the same recurrent operand (the four `W_h*` of the LSTM) become one
   batched matmul per step, and the static parts of the sums they feed are added by that same
   call (`baddbmm`), so an LSTM step is one matmul plus elementwise work.
+- The gradient of each recurrent matrix is formed once per sequence, by one batched matmul over
+  all timesteps, rather than accumulated step by step (`_WeightSink`).
 
 Shapes: sequences are (K, T, B, n), states (K, B, n), a matrix (K, n, n) acting as `v @ W.T`,
 a bias (K, n). This module knows nothing of modules, tasks or training.
