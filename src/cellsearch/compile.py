@@ -175,36 +175,27 @@ def _transposed_cat(params: dict[str, torch.Tensor], names: tuple[str, ...]) -> 
 
 
 def _static_values(plan_: Plan, params, x: torch.Tensor) -> dict[str, torch.Tensor]:
-    """Every static node, as (K, T, B, n) if it depends on x, else broadcastable (K, 1, 1, n)."""
+    """Every static node, as (K, T, B, n) if it depends on x, else broadcastable (K, 1, 1, n).
+    The matrices applied to one static operand run as one bmm, at the first of them."""
     K, T, B, n = x.shape
     values: dict[str, torch.Tensor] = {INPUT: x}
-    by_name = {node.name: node for node in plan_.static}
-    for operand, members in plan_.x_groups:
-        if operand not in values:  # a static operand computed from x (e.g. tanh(x)): do it now
-            _evaluate_static_until(plan_, params, values, operand)
+    x_groups = dict(plan_.x_groups)
+    params_of = {node.name: node.param for node in plan_.static}
+    for node in plan_.static:  # topological: an operand comes before its matmuls
+        if node.name in values:
+            continue
+        if node.op != "matmul":
+            values[node.name] = _apply(node, params, values, K)
+            continue
+        operand, members = node.inputs[0], x_groups[node.inputs[0]]
         # A matrix applied to a constant (a bias, 1) gives a constant: keep it (K, 1, 1, n).
         t, b = (T, B) if operand in plan_.timed else (1, 1)
         source = values[operand].expand(K, t, b, n).reshape(K, t * b, n)
-        product = torch.bmm(source, _transposed_cat(params, tuple(by_name[m].param for m in members)))
+        product = torch.bmm(source, _transposed_cat(params, tuple(params_of[m] for m in members)))
         product = product.view(K, t, b, len(members) * n)
         for index, member in enumerate(members):
             values[member] = product[..., index * n:(index + 1) * n]
-    _evaluate_static_until(plan_, params, values, None)
     return values
-
-
-def _evaluate_static_until(plan_: Plan, params, values: dict, target: str | None) -> None:
-    K = values[INPUT].shape[0]
-    for node in plan_.static:
-        if node.name in values:
-            if node.name == target:
-                return
-            continue
-        if node.op == "matmul":  # a matmul of a static operand that is itself not yet computed
-            continue
-        values[node.name] = _apply(node, params, values, K)
-        if node.name == target:
-            return
 
 
 def _apply(node: Node, params, values: dict, K: int) -> torch.Tensor:
@@ -336,7 +327,6 @@ def step_eagerly(
             values[item.name] = _apply(item, None, values, K)
     # expand: an output computed from biases alone has no batch dimension of its own
     return tuple(values[out].expand(K, B, n) for out in graph.outputs)
-
 
 
 # -- one weight gradient per sequence ------------------------------------------------------------
