@@ -123,3 +123,26 @@ def test_rnn_batch_first_and_projection():
     first, state = rnn(inputs[:, :2])
     second, _ = rnn(inputs[:, 2:], state)
     torch.testing.assert_close(torch.cat([first, second], dim=1), output)
+
+
+@pytest.mark.parametrize("text", [
+    # a matrix applied to a bias or to 1 is constant over time, read directly and inside a sum
+    "h' = tanh(W_hh h) * W_c b_c + W_xh x",
+    "z = sigm(W_hz h + W_o 1)\nh' = z * h + (1 - z) * tanh(W_xh x)",
+    # a state output that depends on biases alone
+    "h' = id(b_i)\nc' = c + h + x",
+])
+def test_sequence_engine_equals_stepping_one_cell(text):
+    from cellsearch.equations import parse
+
+    torch.manual_seed(0)
+    graph = parse(text)
+    rnn = RNN(graph, HIDDEN, HIDDEN).double()
+    rnn.cells[0].reset_parameters(init_scale=2.0, seed=5)
+    xs = torch.randn(STEPS, BATCH, HIDDEN, dtype=torch.double)
+    output, _ = rnn(xs)  # the whole sequence at once: static values for all T
+    cell, state, steps = rnn.cells[0], rnn.cells[0].initial_state(BATCH), []
+    for x in xs:  # one step at a time
+        state = cell(x.double(), tuple(s.double() for s in state))
+        steps.append(state[0])
+    torch.testing.assert_close(output, torch.stack(steps))

@@ -172,3 +172,10 @@ def test_dropout_masks_keep_the_expected_fraction():
     dropout.window.add_(1)
     assert not torch.equal(first, dropout(x, 0))  # windows differ
     assert dropout(x, 0)[1].mean().item() == pytest.approx(1.0, abs=0.02)  # inverted scaling
+
+
+def test_a_state_that_never_reaches_the_output_trains(tiny_task):
+    # c never reaches h, so W_cc, W_xc get no gradient; the run must still train and be recorded.
+    graph = parse("h' = tanh(W_hh h + W_xh x + b_h)\nc' = tanh(W_cc c + W_xc x)")
+    (result,) = evaluate(graph, tiny_task, [setting()], max_epochs=1)
+    assert result.status == OK and math.isfinite(result.value)
