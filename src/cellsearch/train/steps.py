@@ -144,6 +144,8 @@ class PopulationSteps:
     def _evaluate(self) -> None:
         self.model.eval()
         stats, _ = self._forward(None)
+        if self.totals is None:  # the first call is eager (see Captured), never captured
+            self.totals = {name: torch.zeros_like(value) for name, value in stats.items()}
         for name, value in stats.items():
             self.totals[name].add_(value)
 
@@ -163,13 +165,7 @@ class PopulationSteps:
 
     def evaluate(self, split: str) -> dict[str, list[float]]:
         """Metrics of every member over `split` (see `tasks.metrics.summarize`)."""
-        K, device = self.model.population_size, self.mask.device
-        if self.totals is None:
-            names = ("loss_sum", "correct") if self.task.output_kind == "softmax" else (
-                "nll_sum", "true_pos", "false_pos", "false_neg")
-            self.totals = {name: torch.zeros(K, device=device) for name in names}
-            self.totals["count"] = torch.zeros((), device=device)
-        for total in self.totals.values():
+        for total in (self.totals or {}).values():
             total.zero_()
         for batch in self.task.batches(split, self.mask.shape[1], self.mask.shape[0]):
             self.load(batch)
