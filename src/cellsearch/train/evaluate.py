@@ -20,6 +20,7 @@ from cellsearch.graph import CellGraph
 from cellsearch.tasks import Task, get_task
 from cellsearch.train.budget import hidden_size_for_budget, parameter_count
 from cellsearch.train.hyperparameters import Settings
+from cellsearch.train.model import input_kind
 from cellsearch.train.packing import population_limit
 from cellsearch.train.result import FAILED, Result
 from cellsearch.train.trainer import Progress, train_population
@@ -50,7 +51,7 @@ def model_shape(graph: CellGraph, task: Task, settings: Settings) -> tuple[int, 
         num_layers=settings.num_layers,
         input_size=task.input_size,
         output_size=task.output_size,
-        input_kind="embedding" if task.output_kind == "softmax" else "linear",
+        input_kind=input_kind(task),
     )
     hidden = hidden_size_for_budget(settings.num_parameters, **shape)
     return hidden, parameter_count(hidden, **shape)

@@ -20,6 +20,12 @@ from cellsearch.graph import CellGraph
 from cellsearch.nn import PopulationCell, State, initial_values, uniform
 
 
+def input_kind(task) -> str:
+    """How a task's inputs reach the first layer: token ids through an embedding (softmax tasks)
+    or 88-dim frames through a linear projection with a bias (music)."""
+    return "embedding" if task.output_kind == "softmax" else "linear"
+
+
 class PopulationModel(nn.Module):
     def __init__(
         self,

@@ -24,7 +24,7 @@ import torch
 from cellsearch.graph import CellGraph
 from cellsearch.tasks import Task
 from cellsearch.train.hyperparameters import Settings
-from cellsearch.train.model import Dropout, PopulationModel
+from cellsearch.train.model import Dropout, PopulationModel, input_kind
 from cellsearch.train.result import DIVERGED, OK, Result
 from cellsearch.train.schedules import schedule_for
 from cellsearch.train.steps import PopulationSteps
@@ -70,7 +70,7 @@ def train_population(
         raise ValueError(f"a population shares its number of layers, got {sorted(layers)}")
     model = PopulationModel(
         graph, K, task.input_size, task.output_size, hidden_size, layers.pop(),
-        "embedding" if task.output_kind == "softmax" else "linear",
+        input_kind(task),
     )
     model.reset_parameters([s.init_scale for s in settings], [s.seed for s in settings])
     model.to(device)
