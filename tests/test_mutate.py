@@ -1,4 +1,3 @@
-import dataclasses
 import random
 from collections import Counter
 
@@ -54,6 +53,7 @@ def test_zoo_mutations_compile_and_run(name):
 
 
 def test_many_zoo_mutations_are_valid():
+    # Thousands in all: 200 more seeds per zoo cell than the compile-and-run test, checked cheaply.
     for name in zoo.names():
         parent = zoo.get(name)
         for seed in range(1000, 1200):
@@ -107,12 +107,6 @@ def test_different_seeds_mostly_different_graphs():
     children = {mutate(zoo.get("lstm"), random.Random(seed)).graph.canonical_hash()
                 for seed in range(100)}
     assert len(children) >= 90
-
-
-def test_mutation_is_a_frozen_value():
-    mutation = mutate(zoo.get("gru"), random.Random(0))
-    with pytest.raises(dataclasses.FrozenInstanceError):
-        mutation.graph = zoo.get("lstm")
 
 
 # -- property tests -------------------------------------------------------------------------------

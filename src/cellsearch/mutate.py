@@ -38,12 +38,11 @@ import random
 from dataclasses import dataclass, replace
 from typing import Callable
 
-from cellsearch.graph import ELEMENTWISE, CellGraph, GraphError, Node
+from cellsearch.equations import SYMBOLS
+from cellsearch.graph import ACTIVATIONS, ELEMENTWISE, CellGraph, GraphError, Node
 
-NONLINEARITIES = ("tanh", "sigmoid", "relu")
 # §3.2 (1): the permissible activations; a number a stands for Linear(a, v) = W v + b.
-ACTIVATION_CHOICES: tuple[str | float, ...] = (*NONLINEARITIES, 0.0, 1.0, 0.9, 1.1)
-SYMBOLS = {"add": "+", "sub": "-", "mul": "*"}
+ACTIVATION_CHOICES: tuple[str | float, ...] = ("tanh", "sigmoid", "relu", 0.0, 1.0, 0.9, 1.1)
 MAX_TRANSFORMATIONS = 3
 MAX_ATTEMPTS = 1000
 
@@ -202,7 +201,7 @@ def _activation_of(draft: _Draft, name: str) -> tuple[str | float, str] | None:
     """(activation, operand) if node `name` is an activation, else None. The Linear(a, v) pattern
     `W v + b` counts when nothing else reads its W and b; its activation is then a."""
     node = draft.nodes[name]
-    if node.op in (*NONLINEARITIES, "identity"):
+    if node.op in ACTIVATIONS:
         return node.op, node.inputs[0]
     if node.op != "add":
         return None

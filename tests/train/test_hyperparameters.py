@@ -295,8 +295,6 @@ def test_keys_are_the_settings_identity_fields():
 
 
 def test_sample_distinct_never_repeats_and_stops_when_the_space_runs_out():
-    import random
-
     space = SearchSpace.for_task("memorize", {"learning_rate": (0.5, 1.0), "num_layers": (1,),
                                               "init_scale": (1.0,), "max_grad_norm": (5.0,)})
     first = space.sample_distinct(random.Random(0), 1)

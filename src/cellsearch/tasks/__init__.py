@@ -19,6 +19,7 @@ import os
 from cellsearch.errors import UserError
 from cellsearch.tasks.arith import Arith
 from cellsearch.tasks.base import SPLITS, Batch, Task
+from cellsearch.tasks.files import MUSIC_FILES
 from cellsearch.tasks.memorize import Memorize
 from cellsearch.tasks.music import Music
 from cellsearch.tasks.ptb import PennTreebank
@@ -32,7 +33,7 @@ _TASKS: dict[str, tuple[type[Task], dict]] = {
     "arith": (Arith, {}),
     "xml": (Xml, {}),
     "ptb": (PennTreebank, {}),
-    **{name: (Music, {"name": name}) for name in ("nottingham", "piano-midi", "jsb", "musedata")},
+    **{name: (Music, {"name": name}) for name in MUSIC_FILES},
 }
 
 

@@ -95,7 +95,6 @@ MUSIC_PICKLES = {
     "jsb": "music/JSB Chorales.pickle",
     "musedata": "music/MuseData.pickle",
 }
-MUSIC_PICKLES_URL = "http://www-etud.iro.umontreal.ca/~boulanni/icml2012"
 
 
 def data_root(data_dir: str | os.PathLike | None = None) -> Path:

@@ -2,7 +2,7 @@
 
 The trainer runs K models at once, so outputs are (T, K, B, V): logits for the softmax tasks,
 pre-sigmoid logits (V = 88) for music. Each `*_stats` function returns per-member sums (K,) for one
-window, plus the number of scored predictions; `accumulate` adds windows up and `summarize` turns
+window, plus the number of scored predictions; the trainer adds windows up and `summarize` turns
 the totals into the metrics of the paper:
 
 - softmax tasks: accuracy (the search metric of Table 1), nll per prediction, perplexity = exp(nll);
@@ -64,16 +64,6 @@ def sigmoid_stats(
         "false_neg": ((1 - predicted) * targets * weights4).sum(dim=(0, 2, 3)),
         "count": weights.sum().detach(),
     }
-
-
-def accumulate(
-    total: dict[str, torch.Tensor] | None, stats: dict[str, torch.Tensor]
-) -> dict[str, torch.Tensor]:
-    """`total + stats` key by key, detached (evaluation sums must not hold every window's graph)."""
-    stats = {key: value.detach() for key, value in stats.items()}
-    if total is None:
-        return stats
-    return {key: total[key] + stats[key] for key in total}
 
 
 def summarize(total: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:

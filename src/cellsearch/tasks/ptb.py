@@ -76,7 +76,6 @@ class PennTreebank(Task):
                 )
             self.streams[split] = np.array([self.word_ids[w] for w in words[split]], np.int64)
         self.input_size = self.output_size = len(self.words)
-        self.seed = seed  # unused: the stream is the same for every seed and epoch
 
     def batches(
         self, split: str, batch_size: int = 20, num_steps: int = 35, epoch: int = 0

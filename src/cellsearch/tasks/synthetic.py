@@ -18,13 +18,14 @@ the batch size or unrolled length.
 from __future__ import annotations
 
 import abc
+import functools
 from collections.abc import Iterator
 from typing import NamedTuple
 
 import numpy as np
 
 from cellsearch.errors import UserError
-from cellsearch.tasks.base import Batch, Task, check_batch_arguments
+from cellsearch.tasks.base import Batch, Task, check_batch_arguments, check_epoch_windows
 from cellsearch.tasks.windows import pad_rows, token_windows
 
 # Seed-sequence tags keeping the training stream apart from the two fixed sets.
@@ -70,11 +71,8 @@ class SyntheticTask(Task):
             valid_samples = self.default_valid_samples
         if test_samples is None:
             test_samples = self.default_test_samples
-        for label, value in (
-            ("epoch_windows", epoch_windows),
-            ("valid_samples", valid_samples),
-            ("test_samples", test_samples),
-        ):
+        check_epoch_windows(epoch_windows)
+        for label, value in (("valid_samples", valid_samples), ("test_samples", test_samples)):
             if value < 1:
                 raise UserError(f"{self.name}: {label} must be at least 1, got {value}")
         self.seed = seed
@@ -87,6 +85,9 @@ class SyntheticTask(Task):
             len(self.vocabulary)
         )
         self._fixed_sets: dict[str, list[Sample]] = {}
+        # Every population of an evaluation (one per model shape) walks the same epochs: draw each
+        # epoch's rows once. Two entries: the epoch in progress and the next one.
+        self.training_rows = functools.lru_cache(maxsize=2)(self._training_rows)
 
     @abc.abstractmethod
     def generate(self, rng: np.random.Generator) -> Sample:
@@ -126,7 +127,7 @@ class SyntheticTask(Task):
             self._fixed_sets[split] = [self.generate(rng) for _ in range(self.fixed_sizes[split])]
         return self._fixed_sets[split]
 
-    def training_rows(self, batch_size: int, num_steps: int, epoch: int):
+    def _training_rows(self, batch_size: int, num_steps: int, epoch: int):
         """Epoch `epoch`'s B row streams of exactly epoch_windows * T + 1 tokens each."""
         rng = np.random.default_rng([self.seed, _TRAIN_TAG, epoch])
         length = self.epoch_windows * num_steps + 1

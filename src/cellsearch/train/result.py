@@ -13,7 +13,7 @@ from typing import Any, Mapping
 from cellsearch.train.hyperparameters import Settings
 
 OK, DIVERGED, FAILED = "ok", "diverged", "failed"
-LOWER_IS_BETTER = ("nll", "perplexity", "loss")
+LOWER_IS_BETTER = ("nll",)  # the metrics a task may report as its `metric`
 
 
 @dataclass(frozen=True)
@@ -59,11 +59,3 @@ class Result:
         fields["settings"] = Settings.from_dict(fields["settings"])
         return cls(**fields)
 
-
-def better(metric: str, a: float, b: float) -> bool:
-    """Whether metric value `a` beats `b` (NaN never beats anything)."""
-    if math.isnan(a):
-        return False
-    if math.isnan(b):
-        return True
-    return a < b if metric in LOWER_IS_BETTER else a > b
