@@ -56,12 +56,13 @@ class Arith(SyntheticTask):
         answer = a + b if add else a - b
         # One gap after each expression character: the last one sits before the `=`.
         counts = rng.geometric(0.5, size=len(expression)) - 1
-        letters = _LETTERS[rng.integers(0, 26, size=int(counts.sum()))]
-        ends = np.cumsum(counts)
+        # One string of all the distractors, sliced per gap (cheaper than joining per gap).
+        letters = "".join(_LETTERS[rng.integers(0, 26, size=int(counts.sum()))].tolist())
+        ends = np.cumsum(counts).tolist()
         parts = []
-        for char, start, stop in zip(expression, ends - counts, ends, strict=True):
+        for char, start, stop in zip(expression, [0, *ends[:-1]], ends, strict=True):
             parts.append(char)
-            parts.append("".join(letters[start:stop]))
+            parts.append(letters[start:stop])
         question = "".join(parts) + "="
         text = f"{question}{answer}."
         return Sample(text, scored_start=len(question), scored_stop=len(text))
