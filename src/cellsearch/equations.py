@@ -185,12 +185,14 @@ def parse(text: str) -> CellGraph:
             if target.kind != "name" or not target.text.startswith(("W_", "b_")):
                 raise parser.fail("'init' names a matrix W_* or a bias b_*", target)
             parser.take("=")
-            sign = -1.0 if parser.current.text == "-" and parser.take() else 1.0
+            negative = parser.current.text == "-"
+            if negative:
+                parser.take()
             value = parser.take()
             if value.kind != "number":
                 raise parser.fail(f"expected a number but found {value.text!r}", value)
             parser.take("end of line")
-            inits.append((target, sign * float(value.text)))
+            inits.append((target, -float(value.text) if negative else float(value.text)))
             continue
         target = parser.take()
         if target.kind != "name" or target.text.startswith(("W_", "b_")) or target.text in FUNCTIONS:
@@ -241,7 +243,7 @@ def _apply_inits(nodes: list[Node], inits: list[tuple[_Token, float]]) -> list[N
 def _locate(message: str, defined: dict[str, _Token]) -> str:
     """Prefix a graph error with the line of the first defined name it mentions."""
     for name, token in defined.items():
-        if f"'{name}'" in message or f"{name!r}" in message:
+        if repr(name) in message:
             return f"line {token.line}, column {token.column}: {message}"
     return message
 
