@@ -176,7 +176,8 @@ def throughput(task: str = "arith", cell: str = "lstm", device: str = "cuda",
         except torch.cuda.OutOfMemoryError:
             break
         record(f"cellsearch {cell}", graph, hidden, population, seconds, base)
-        torch.cuda.empty_cache() if torch_device.type == "cuda" else None
+        if torch_device.type == "cuda":
+            torch.cuda.empty_cache()  # the next, larger population starts from a clean pool
     if compiled:  # torch.compile'd steps at the smallest and largest population
         for population in sorted({populations[0], populations[-1]}):
             seconds = population_step_seconds(graph, vocabulary, layers, hidden, population,
