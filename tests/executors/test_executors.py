@@ -132,13 +132,6 @@ def test_cancelling_stops_running_and_queued_jobs_at_once():
     assert all(future.result()[0].reason == "cancelled" for future in futures)
 
 
-def test_an_executor_starts_before_anything_is_stored():
-    for executor in (InProcessExecutor(), ProcessExecutor(workers=1)):
-        with executor:
-            executor.start()  # nothing to acquire: no error, and submitting works as before
-            assert executor.submit(job(count=1)).result() == expected(job(count=1))
-
-
 def test_in_process_jobs_run_when_reached():
     executor = InProcessExecutor()
     futures = [executor.submit(job(count=1)), executor.submit(job(count=2))]

@@ -6,7 +6,7 @@ from __future__ import annotations
 from typing import Callable
 
 from cellsearch.executors import EvaluationJob
-from cellsearch.search import History, Search
+from cellsearch.search import Search
 from cellsearch.search.procedure import CompleteStep, Evaluate
 from cellsearch.storage import TopEntry
 from cellsearch.train.hyperparameters import Settings
@@ -91,7 +91,6 @@ def top_hashes(entries: list[TopEntry] | tuple[TopEntry, ...]) -> list[str]:
 
 __all__ = [
     "CHILD",
-    "History",
     "OTHER_CHILD",
     "always",
     "completion",

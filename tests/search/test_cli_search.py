@@ -4,7 +4,6 @@ bad input as one line with exit code 2 that leaves the database as it was."""
 from __future__ import annotations
 
 import json
-import os
 import sqlite3
 
 import pytest
@@ -15,6 +14,7 @@ from cellsearch.search import SearchConfig
 from cellsearch.storage import SQLiteStorage
 from tests.search.scripted import result
 from tests.search.test_driver import contents
+from tests.storage.test_sqlite import snapshot
 
 FAKES = [
     "--set",
@@ -22,10 +22,6 @@ FAKES = [
     "--set",
     "mutator=tests.search.fake:mutate",
 ]
-
-
-def snapshot(path):
-    return path.read_bytes(), os.stat(path).st_mtime_ns
 
 
 def run_cli(capsys, *argv: str) -> tuple[int, str, str]:

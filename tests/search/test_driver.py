@@ -133,7 +133,8 @@ def test_the_same_seed_gives_the_same_run(reference):
 
 
 def resume_after_crash(make_storage, crash_at: int) -> tuple[Storage, int]:
-    """Run with a crash before write `crash_at`, then resume (on a reopened storage) to the end."""
+    """Run with a crash before write `crash_at`, then resume (on a fresh `make_storage()`,
+    reopening a file backend) to the end."""
     storage = make_storage()
     try:
         search(CrashingStorage(storage, crash_at))
@@ -141,7 +142,7 @@ def resume_after_crash(make_storage, crash_at: int) -> tuple[Storage, int]:
         pass
     else:
         return storage, 0
-    storage = make_storage(reopen=True)
+    storage = make_storage()
     search(storage)
     return storage, 1
 
@@ -156,7 +157,7 @@ def test_a_crash_before_any_write_loses_and_repeats_nothing(reference):
     for crash_at in range(1, writes + 1):
         backend = InMemoryStorage()
 
-        def make(reopen=False, backend=backend):
+        def make(backend=backend):
             return backend
 
         CountingExecutor.trained = 0
@@ -174,7 +175,7 @@ def test_resuming_from_the_database_file(tmp_path, reference):
         path.unlink(missing_ok=True)
         opened: list[SQLiteStorage] = []
 
-        def make(reopen=False, opened=opened):
+        def make(opened=opened):
             opened.append(SQLiteStorage(path))
             return opened[-1]
 

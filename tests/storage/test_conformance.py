@@ -15,6 +15,8 @@ from cellsearch.storage import (
     StepRecord,
     StorageError,
     TopEntry,
+    memory,
+    sqlite,
 )
 from cellsearch.train.hyperparameters import Settings
 from cellsearch.train.result import FAILED, Result
@@ -95,12 +97,16 @@ def test_runs_round_trip_their_config(storage):
         storage.get_run(99)
 
 
-def test_update_run_config_replaces_it(storage):
+def test_update_run_config_replaces_it(storage, monkeypatch):
     run_id = storage.create_run(CONFIG)
+    before = storage.get_run(run_id).updated_at
+    later = "2999-01-01T00:00:00+00:00"  # timestamps have whole seconds: make the update later
+    monkeypatch.setattr(sqlite, "utc_now", lambda: later)
+    monkeypatch.setattr(memory, "utc_now", lambda: later)
     storage.update_run_config(run_id, {**CONFIG, "max_steps": 10})
     record = storage.get_run(run_id)
     assert record.config["max_steps"] == 10
-    assert record.updated_at >= record.created_at
+    assert record.updated_at == later != before
     with pytest.raises(StorageError):
         storage.update_run_config(99, CONFIG)
 

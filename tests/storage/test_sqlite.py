@@ -48,7 +48,13 @@ def test_the_file_is_marked_and_in_wal_mode(tmp_path):
 
 def test_foreign_keys_are_enforced(tmp_path):
     with SQLiteStorage(tmp_path / "search.db") as storage:
-        assert storage._connection.execute("PRAGMA foreign_keys").fetchone()[0] == 1
+        run = storage.create_run(CONFIG)
+        with pytest.raises(sqlite3.IntegrityError, match="FOREIGN KEY"):
+            storage._connection.execute(
+                "INSERT INTO top_list (run_id, step, rank, architecture_hash, fitness)"
+                " VALUES (?, 0, 0, 'unknown', 1.0)",
+                (run,),
+            )
 
 
 def test_an_empty_file_becomes_a_database(tmp_path):

@@ -43,6 +43,7 @@ from cellsearch.search import (
 )
 from cellsearch.search.config import SearchConfig, load_config
 from cellsearch.search.presets import preset_names
+from cellsearch.search.procedure import MutateFunction
 from cellsearch.storage import open_storage
 
 
@@ -112,24 +113,30 @@ def run_search_command(args: argparse.Namespace) -> int:
     # Nothing is written before every check has passed and the executor has started (a Dask
     # scheduler reached): a failed start leaves no file behind, or the database as it was.
     with executor:
-        checked = None
+        checked, mutate = None, None
         if not path.exists() or path.stat().st_size == 0:
             checked = load_config(
                 preset=args.preset, path=args.config, assignments=args.assignments
             )
-            _check_start(checked, args)
+            mutate = _check_start(checked, args)
             executor.start()
         with open_storage(path) as storage, _sole_driver(path):
             plan = plan_run(
                 storage, preset=args.preset, config_path=args.config, assignments=args.assignments
             )
             if plan.config != checked:
-                _check_start(plan.config, args)
+                mutate = _check_start(plan.config, args)
             executor.start()
             run_id = start_run(storage, plan)
             with _Display(quiet=args.quiet) as display:
                 summary = run_search(
-                    storage, run_id, plan.config, executor, on_event=display.show
+                    storage,
+                    run_id,
+                    plan.config,
+                    executor,
+                    mutate=mutate,
+                    on_event=display.show,
+                    evaluator_checked=True,
                 )
     best = summary.top_list[0] if summary.top_list else None
     print(
@@ -164,12 +171,12 @@ def _sole_driver(path: Path) -> Iterator[None]:
         yield
 
 
-def _check_start(config: SearchConfig, args: argparse.Namespace) -> None:
+def _check_start(config: SearchConfig, args: argparse.Namespace) -> MutateFunction:
     """What would otherwise fail every evaluation: the evaluator and its options, the mutation
-    operator, and, for the default trainer, the device and every task's data (downloaded now when
-    missing, once, rather than by each worker)."""
+    operator (returned, resolved), and, for the default trainer, the device and every task's data
+    (downloaded now when missing, once, rather than by each worker)."""
     check_evaluator(config)
-    resolve_function(config.mutator)
+    mutate = resolve_function(config.mutator)
     if config.evaluator == DEFAULT_EVALUATOR:
         from cellsearch.tasks import get_task
         from cellsearch.train.evaluate import resolve_device
@@ -177,6 +184,7 @@ def _check_start(config: SearchConfig, args: argparse.Namespace) -> None:
         resolve_device(args.device)
         for task in (*config.tasks, config.filter_task):
             get_task(task, data_dir=args.data_dir)
+    return mutate
 
 
 class _Display:

@@ -53,8 +53,6 @@ def make_executor(
         return InProcessExecutor(device=device, data_dir=data_dir)
     if kind == "processes":
         workers = 2 if workers is None else workers
-        if workers < 1:
-            raise UserError(f"--workers must be at least 1, got {workers}")
         return ProcessExecutor(workers=workers, device=device, data_dir=data_dir)
     if kind in ("dask", "dask-local"):
         if kind == "dask" and not scheduler:

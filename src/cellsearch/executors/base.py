@@ -83,7 +83,14 @@ def run_job(job: EvaluationJob, device: str = "cpu", data_dir: str | None = None
         )
         return checked_results(job, results)
     except Exception as error:  # noqa: BLE001 - any failure of one evaluation is a recorded result
-        return failed_results(job, f"{type(error).__name__}: {error}", device)
+        return failed_results(job, describe(error), device)
+
+
+def run_job_as_dicts(
+    job: EvaluationJob, device: str, data_dir: str | None
+) -> list[dict[str, Any]]:
+    """`run_job` in a worker process: the Results as plain dicts, to send back to the driver."""
+    return [result.to_dict() for result in run_job(job, device, data_dir)]
 
 
 def checked_results(
@@ -105,6 +112,17 @@ def checked_results(
     return results
 
 
+def checked_or_failed(
+    job: EvaluationJob, answer: Iterable[Result | Mapping[str, Any]], device: str
+) -> list[Result]:
+    """`checked_results(job, answer)`, or failed Results with the reason when the answer is
+    malformed (a malformed answer is a failed evaluation)."""
+    try:
+        return checked_results(job, answer)
+    except Exception as error:  # noqa: BLE001
+        return failed_results(job, describe(error), device)
+
+
 def failed_results(job: EvaluationJob, reason: str, device: str = "cpu") -> list[Result]:
     """One failed Result per setting of `job`, each with `reason`."""
     return [
@@ -120,6 +138,11 @@ def failed_results(job: EvaluationJob, reason: str, device: str = "cpu") -> list
         )
         for settings in job.settings
     ]
+
+
+def describe(error: BaseException) -> str:
+    """An exception as a one-line reason: its type and message."""
+    return f"{type(error).__name__}: {error}"
 
 
 def task_metric(task: str) -> str:

@@ -42,9 +42,10 @@ from cellsearch.errors import UserError
 from cellsearch.executors.base import (
     EvaluationJob,
     Executor,
-    checked_results,
+    checked_or_failed,
+    describe,
     failed_results,
-    run_job,
+    run_job_as_dicts,
 )
 
 try:
@@ -60,10 +61,6 @@ logger = logging.getLogger(__name__)
 
 class SchedulerLostError(UserError):
     """The driver lost its connection to the Dask scheduler; the search stops and can resume."""
-
-
-def _work(job: EvaluationJob, device: str, data_dir: str | None) -> list[dict[str, Any]]:
-    return [result.to_dict() for result in run_job(job, device, data_dir)]
 
 
 def _worker_version() -> str:
@@ -137,7 +134,7 @@ class DaskExecutor(Executor):
         outer.set_running_or_notify_cancel()
         key = f"evaluate-{job.task}-{job.architecture_hash[:12]}-{uuid.uuid4().hex[:8]}"
         inner = session.client.submit(
-            _work, job, self.device, self.data_dir, key=key, pure=False, retries=self.retries
+            run_job_as_dicts, job, self.device, self.data_dir, key=key, pure=False, retries=self.retries
         )
         with session.lock:
             session.running[outer] = (job, inner)
@@ -179,7 +176,7 @@ class DaskExecutor(Executor):
             if session.closing:
                 self._settle(session, outer, lambda: failed_results(job, "cancelled", self.device))
             else:
-                lost = error if isinstance(error, SchedulerLostError) else self._lost(f"{type(error).__name__}: {error}")
+                lost = error if isinstance(error, SchedulerLostError) else self._lost(describe(error))
                 self._settle(session, outer, lost)
         else:
             self._settle(session, outer, lambda: results)
@@ -198,16 +195,12 @@ class DaskExecutor(Executor):
     def _results(self, session: _Session, job: EvaluationJob, inner: distributed.Future) -> list:
         """The job's Results; raises when they could not be fetched (the scheduler is gone)."""
         if inner.status == "finished":
-            answer = inner.result()
-            try:
-                return checked_results(job, answer)
-            except Exception as error:  # noqa: BLE001 - a malformed answer is a failed evaluation
-                return failed_results(job, f"{type(error).__name__}: {error}", self.device)
+            return checked_or_failed(job, inner.result(), self.device)
         if inner.status == "error":
             error = inner.exception()
             if isinstance(error, KilledWorker):
                 return failed_results(job, _killed_reason(error), self.device)
-            return failed_results(job, f"{type(error).__name__}: {error}", self.device)
+            return failed_results(job, describe(error), self.device)
         if session.closing:
             return failed_results(job, "cancelled", self.device)
         raise self._lost(f"job {inner.key} was {inner.status}")
@@ -333,5 +326,5 @@ def _check_workers(client: distributed.Client) -> None:
 
 def _describe(answer: str | BaseException) -> str:
     if isinstance(answer, BaseException):
-        return f"cannot import cellsearch ({type(answer).__name__}: {answer})"
+        return f"cannot import cellsearch ({describe(answer)})"
     return f"cellsearch {answer}"

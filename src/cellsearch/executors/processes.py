@@ -25,14 +25,16 @@ from concurrent import futures as concurrent_futures
 from concurrent.futures import Future
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
-from typing import Any, Iterator, Sequence
+from typing import Iterator, Sequence
 
+from cellsearch.errors import UserError
 from cellsearch.executors.base import (
     EvaluationJob,
     Executor,
-    checked_results,
+    checked_or_failed,
+    describe,
     failed_results,
-    run_job,
+    run_job_as_dicts,
 )
 
 # Dask's default for distributed.scheduler.allowed-failures: a job may kill its worker this many
@@ -42,10 +44,6 @@ DEFAULT_ALLOWED_FAILURES = 3
 
 def _ignore_interrupts() -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-
-
-def _work(job: EvaluationJob, device: str, data_dir: str | None) -> list[dict[str, Any]]:
-    return [result.to_dict() for result in run_job(job, device, data_dir)]
 
 
 @dataclass
@@ -77,7 +75,7 @@ class ProcessExecutor(Executor):
         allowed_failures: int = DEFAULT_ALLOWED_FAILURES,
     ):
         if workers < 1:
-            raise ValueError(f"workers must be >= 1, got {workers}")
+            raise UserError(f"--workers must be at least 1, got {workers}")
         if allowed_failures < 0:
             raise ValueError(f"allowed_failures must be >= 0, got {allowed_failures}")
         self.workers, self.device, self.data_dir = workers, device, data_dir
@@ -172,7 +170,7 @@ class ProcessExecutor(Executor):
                     initializer=_ignore_interrupts,
                 )
             try:
-                return worker.pool.submit(_work, job, self.device, self.data_dir)
+                return worker.pool.submit(run_job_as_dicts, job, self.device, self.data_dir)
             except BrokenProcessPool:  # its process died while idle: start a fresh one
                 worker.pool = None
         raise BrokenProcessPool("could not start a worker process")
@@ -217,8 +215,5 @@ class ProcessExecutor(Executor):
     def _results(self, job: EvaluationJob, done: Future) -> list:
         error = done.exception()
         if error is not None:
-            return failed_results(job, f"{type(error).__name__}: {error}", self.device)
-        try:
-            return checked_results(job, done.result())
-        except Exception as error:  # noqa: BLE001 - a malformed answer is a failed evaluation
-            return failed_results(job, f"{type(error).__name__}: {error}", self.device)
+            return failed_results(job, describe(error), self.device)
+        return checked_or_failed(job, done.result(), self.device)

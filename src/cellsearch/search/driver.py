@@ -220,12 +220,15 @@ def run_search(
     *,
     mutate: MutateFunction | None = None,
     on_event: Callable[[Event], None] | None = None,
+    evaluator_checked: bool = False,
 ) -> SearchSummary:
     """Run steps of run `run_id` until the budget is spent (or forever without one), starting
-    where the storage says the run stands. `mutate` defaults to `config.mutator`."""
+    where the storage says the run stands. `mutate` defaults to `config.mutator`;
+    `evaluator_checked` says the caller has run `check_evaluator(config)` already."""
     if mutate is None:
         mutate = resolve_function(config.mutator)
-    check_evaluator(config)
+    if not evaluator_checked:
+        check_evaluator(config)
     emit = on_event or (lambda event: None)
     search, step, replay = load_state(storage, run_id, config, mutate)
     driver = _StepDriver(storage, run_id, executor, emit, storage.count_evaluations(run_id))

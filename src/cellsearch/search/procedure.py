@@ -39,11 +39,11 @@ from typing import Any, Callable, Generator, Mapping, Sequence
 
 from cellsearch import zoo
 from cellsearch.equations import format_graph
-from cellsearch.executors.base import EvaluationJob
+from cellsearch.executors.base import EvaluationJob, describe
 from cellsearch.graph import CellGraph
 from cellsearch.search.config import SearchConfig
-from cellsearch.search.history import History, fitness_order, scored
-from cellsearch.search.selection import choose_settings, sources_for
+from cellsearch.search.history import History, fitness_order
+from cellsearch.search.selection import choose_settings, reseeded, sources_for
 from cellsearch.storage.records import (
     FILTER_EXEMPT,
     FILTER_FAILED,
@@ -118,6 +118,12 @@ def initial_architectures() -> dict[str, CellGraph]:
     return {name: zoo.get(name) for name in INITIAL_ARCHITECTURES}
 
 
+def initial_hashes() -> tuple[tuple[str, ...], str]:
+    """(the canonical hashes of the initial architectures, that of the reference among them)."""
+    hashes = {name: graph.canonical_hash() for name, graph in initial_architectures().items()}
+    return tuple(hashes.values()), hashes[REFERENCE_ARCHITECTURE]
+
+
 class Search:
     """The search state after some completed step, and the plans of the steps that follow.
 
@@ -141,9 +147,7 @@ class Search:
         self.top_list: tuple[TopEntry, ...] = tuple(top_list)
         self._mutate = mutate
         self._spaces = {task: config.space(task) for task in (*config.tasks, config.filter_task)}
-        initial = initial_architectures()
-        self.initial_hashes = tuple(graph.canonical_hash() for graph in initial.values())
-        self.reference_hash = initial[REFERENCE_ARCHITECTURE].canonical_hash()
+        self.initial_hashes, self.reference_hash = initial_hashes()
 
     # -- the steps --------------------------------------------------------------------------------
 
@@ -205,7 +209,7 @@ class Search:
             child_graph: CellGraph = mutation.graph
             description = str(getattr(mutation, "description", ""))
         except Exception as error:  # noqa: BLE001 - one bad mutation must not stop a long search
-            reason = f"mutating {parent[:12]} failed: {type(error).__name__}: {error}"
+            reason = f"mutating {parent[:12]} failed: {describe(error)}"
             yield from self._complete(
                 StepRecord(step, MUTATE, parent, MUTATION_FAILED, reason), self._ranked()
             )
@@ -230,10 +234,8 @@ class Search:
                     child, filter_task, [settings], stop_at=self.config.filter_threshold
                 )
                 results = yield from self._evaluate(step, filter_task, jobs)
-            passed = any(
-                scored(result) and result.value >= self.config.filter_threshold
-                for result in results
-            )
+            # _needs_filter: no earlier run passed, so this asks about the run just made.
+            passed = self.history.passed(child, filter_task, self.config.filter_threshold)
             outcome = FILTER_PASSED if passed else FILTER_FAILED
             yield RecordFilterOutcome(child, outcome)
             self.architectures[child] = replace(self.architectures[child], filter_outcome=outcome)
@@ -302,7 +304,7 @@ class Search:
     def _initial_settings(self, rng: random.Random, task: str) -> list[Settings]:
         space = self._spaces[task]
         if self.config.initial_settings is None:
-            return [_reseeded(settings, rng) for settings in space.grid()]
+            return [reseeded(settings, rng) for settings in space.grid()]
         return space.sample_distinct(rng, self.config.initial_settings)
 
     def _task_settings(
@@ -389,7 +391,3 @@ def _record(
         created_step=step,
         filter_outcome=outcome,
     )
-
-
-def _reseeded(settings: Settings, rng: random.Random) -> Settings:
-    return replace(settings, seed=rng.randrange(2**31))

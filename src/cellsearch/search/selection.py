@@ -31,15 +31,13 @@ from fractions import Fraction
 from typing import Collection, Sequence
 
 from cellsearch.search.history import History
-from cellsearch.train.hyperparameters import SearchSpace, Settings
+from cellsearch.train.hyperparameters import _SAMPLED_SEED_LIMIT, SearchSpace, Settings
 
 # A source is (fraction, pool); a pool of None means "uniformly random over the space".
 Source = tuple[Fraction, Sequence[Settings] | None]
 
 EXPERIENCED_MIX = (Fraction(4, 5), Fraction(1, 5))  # parent's best, random
 DEFAULT_MIX = (Fraction(1, 3), Fraction(1, 3), Fraction(1, 3))  # random, LSTM & GRU best, parent's
-# Seeds of settings taken from a pool are drawn like SearchSpace.sample draws them.
-_SEED_LIMIT = 2**31
 
 
 def allocate(count: int, fractions: Sequence[Fraction]) -> list[int]:
@@ -76,10 +74,15 @@ def choose_settings(
         )
         picks = rng.sample(candidates, min(quota, len(candidates)))
         for settings in picks:
-            chosen.append(dataclasses.replace(settings, seed=rng.randrange(_SEED_LIMIT)))
+            chosen.append(reseeded(settings, rng))
             taken.add(settings.key())
         shortfall += quota - len(picks)
     return chosen + space.sample_distinct(rng, shortfall, exclude=taken)
+
+
+def reseeded(settings: Settings, rng: random.Random) -> Settings:
+    """`settings` with a fresh seed, below the limit of the seeds SearchSpace.sample draws."""
+    return dataclasses.replace(settings, seed=rng.randrange(_SAMPLED_SEED_LIMIT))
 
 
 def sources_for(

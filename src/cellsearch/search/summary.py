@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from cellsearch.errors import UserError
 from cellsearch.search.config import SearchConfig
 from cellsearch.search.history import History
-from cellsearch.search.procedure import REFERENCE_ARCHITECTURE, initial_architectures
+from cellsearch.search.procedure import initial_hashes
 from cellsearch.storage.base import Storage
 from cellsearch.storage.records import FILTER_PASSED, RunRecord
 
@@ -90,7 +90,7 @@ def top_architectures(
     last = storage.last_completed_step(run_id)
     history = _history(storage, run_id, last_step=-1 if last is None else last)
     architectures = {record.hash: record for record in storage.get_architectures(run_id)}
-    reference = initial_architectures()[REFERENCE_ARCHITECTURE].canonical_hash()
+    _, reference = initial_hashes()
     entries = storage.get_top_list(run_id)[:limit]
     ranked = []
     for rank, entry in enumerate(entries, start=1):
@@ -121,7 +121,7 @@ def top_architectures(
 def statistics(storage: Storage, run_id: int) -> SearchStatistics:
     """The §3.4 statistics of run `run_id`, from everything it has stored."""
     config = SearchConfig.from_dict(storage.get_run(run_id).config)
-    initial = {graph.canonical_hash() for graph in initial_architectures().values()}
+    initial = set(initial_hashes()[0])
     evaluations = storage.get_evaluations(run_id)
     initial_runs = [record for record in evaluations if record.step == 0]
     filter_runs = [record for record in evaluations if record.task == config.filter_task]

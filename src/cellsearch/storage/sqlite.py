@@ -48,7 +48,6 @@ from cellsearch.storage.records import (
     StepRecord,
     TopEntry,
 )
-from cellsearch.train.hyperparameters import Settings
 from cellsearch.train.result import Result
 
 SCHEMA_VERSION = 1
@@ -124,10 +123,27 @@ CREATE TABLE top_list (
 );
 """
 
+# The evaluations columns that hold a Result, named as in `Result.to_dict`; those in
+# _JSON_COLUMNS hold JSON text.
+_COLUMNS = (
+    "task",
+    "settings",
+    "hidden_size",
+    "num_parameters",
+    "metric",
+    "status",
+    "reason",
+    "valid",
+    "test",
+    "epochs",
+    "wall_seconds",
+    "device",
+)
+_JSON_COLUMNS = frozenset({"settings", "valid", "test"})
+_INSERTED = ("run_id", "architecture_hash", "step", "created_at", "settings_key", "value", *_COLUMNS)
 _INSERT_EVALUATION = (
-    "INSERT INTO evaluations (run_id, architecture_hash, task, settings, settings_key, hidden_size,"
-    " num_parameters, metric, value, status, reason, valid, test, epochs, wall_seconds, device,"
-    " step, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+    f"INSERT INTO evaluations ({', '.join(_INSERTED)})"
+    f" VALUES ({', '.join('?' for _ in _INSERTED)})"
 )
 
 
@@ -146,7 +162,7 @@ class SQLiteStorage(Storage):
         self._connection.execute("PRAGMA foreign_keys = ON")
         if self.path != MEMORY:
             self._connection.execute("PRAGMA journal_mode = WAL")
-        if self._schema_version() is None:
+        if not _has_schema(self._connection):
             # One script, one transaction: a crash leaves either no schema or all of it.
             self._connection.executescript(
                 "BEGIN IMMEDIATE;"
@@ -234,22 +250,11 @@ class SQLiteStorage(Storage):
             (
                 run_id,
                 architecture_hash,
-                result.task,
-                _dump(result.settings.to_dict()),
-                result.settings.key(),
-                result.hidden_size,
-                result.num_parameters,
-                result.metric,
-                None if math.isnan(result.value) else result.value,
-                result.status,
-                result.reason,
-                _dump(dict(result.valid)),
-                _dump(dict(result.test)),
-                result.epochs,
-                result.wall_seconds,
-                result.device,
                 step,
                 stamp,
+                result.settings.key(),
+                _fitness_column(result.value),
+                *_result_columns(result),
             )
             for result in results
         ]
@@ -276,8 +281,7 @@ class SQLiteStorage(Storage):
         step: int | None = None,
     ) -> list[EvaluationRecord]:
         query = (
-            "SELECT architecture_hash, step, task, settings, hidden_size, num_parameters, metric,"
-            " status, reason, valid, test, epochs, wall_seconds, device FROM evaluations"
+            f"SELECT architecture_hash, step, {', '.join(_COLUMNS)} FROM evaluations"
             " WHERE run_id = ?"
         )
         parameters: list[Any] = [run_id]
@@ -304,15 +308,15 @@ class SQLiteStorage(Storage):
             self._require_run(connection, run_id)
             last = self._last_step(connection, run_id)
             check_next_step(run_id, record.step, expected=0 if last is None else last + 1)
-            previous = [] if last is None else self._top_rows(connection, run_id, last)
+            previous_step, previous = (
+                (None, []) if last is None else self._top_rows(connection, run_id, last)
+            )
             entries = [
                 (entry.architecture_hash, _fitness_column(entry.fitness)) for entry in top_list
             ]
             snapshot_step = record.step
-            if last is not None and previous == entries:
-                snapshot_step = connection.execute(
-                    "SELECT top_list_step FROM steps WHERE run_id = ? AND step = ?", (run_id, last)
-                ).fetchone()[0]
+            if previous_step is not None and previous == entries:
+                snapshot_step = previous_step
             else:
                 connection.executemany(
                     "INSERT INTO top_list (run_id, step, rank, architecture_hash, fitness)"
@@ -351,9 +355,10 @@ class SQLiteStorage(Storage):
             step = self._last_step(self._connection, run_id)
             if step is None:
                 return []
+        _, rows = self._top_rows(self._connection, run_id, step)
         return [
             TopEntry(architecture_hash, math.nan if fitness is None else fitness)
-            for architecture_hash, fitness in self._top_rows(self._connection, run_id, step)
+            for architecture_hash, fitness in rows
         ]
 
     # -- lifecycle --------------------------------------------------------------------------------
@@ -377,14 +382,6 @@ class SQLiteStorage(Storage):
         if connection.in_transaction:
             connection.execute("COMMIT")
 
-    def _schema_version(self) -> int | None:
-        row = self._connection.execute(
-            "SELECT name FROM sqlite_master WHERE type = 'table' AND name = 'cellsearch_schema'"
-        ).fetchone()
-        if row is None:
-            return None
-        return self._connection.execute("SELECT version FROM cellsearch_schema").fetchone()[0]
-
     @staticmethod
     def _require_run(connection: sqlite3.Connection, run_id: int) -> None:
         if connection.execute("SELECT 1 FROM runs WHERE id = ?", (run_id,)).fetchone() is None:
@@ -399,20 +396,20 @@ class SQLiteStorage(Storage):
     @staticmethod
     def _top_rows(
         connection: sqlite3.Connection, run_id: int, step: int
-    ) -> list[tuple[str, float | None]]:
+    ) -> tuple[int, list[tuple[str, float | None]]]:
+        """(the step whose top_list rows hold the list after step `step`, those rows in rank
+        order as (architecture hash, fitness column))."""
         row = connection.execute(
             "SELECT top_list_step FROM steps WHERE run_id = ? AND step = ?", (run_id, step)
         ).fetchone()
         if row is None:
             raise StorageError(f"run {run_id} has no completed step {step}")
-        return [
-            tuple(entry)
-            for entry in connection.execute(
-                "SELECT architecture_hash, fitness FROM top_list WHERE run_id = ? AND step = ?"
-                " ORDER BY rank",
-                (run_id, row[0]),
-            ).fetchall()
-        ]
+        rows = connection.execute(
+            "SELECT architecture_hash, fitness FROM top_list WHERE run_id = ? AND step = ?"
+            " ORDER BY rank",
+            (run_id, row[0]),
+        ).fetchall()
+        return row[0], [tuple(entry) for entry in rows]
 
 
 def check_database(path: str) -> None:
@@ -434,10 +431,7 @@ def check_database(path: str) -> None:
         raise UserError(f"cannot open {path}: {error}") from None
     try:
         application_id = connection.execute("PRAGMA application_id").fetchone()[0]
-        has_schema = connection.execute(
-            "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'cellsearch_schema'"
-        ).fetchone()
-        if application_id != APPLICATION_ID or has_schema is None:
+        if application_id != APPLICATION_ID or not _has_schema(connection):
             raise UserError(not_ours)
         row = connection.execute("SELECT version FROM cellsearch_schema").fetchone()
     except sqlite3.DatabaseError:
@@ -452,6 +446,14 @@ def check_database(path: str) -> None:
         )
 
 
+def _has_schema(connection: sqlite3.Connection) -> bool:
+    """Whether the database holds the `cellsearch_schema` marker table."""
+    row = connection.execute(
+        "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'cellsearch_schema'"
+    ).fetchone()
+    return row is not None
+
+
 def _dump(data: Any) -> str:
     return json.dumps(data, sort_keys=True, separators=(",", ":"))
 
@@ -460,21 +462,19 @@ def _fitness_column(fitness: float) -> float | None:
     return None if math.isnan(fitness) else float(fitness)
 
 
-def _evaluation(row: tuple) -> EvaluationRecord:
-    (architecture_hash, step, task, settings, hidden_size, num_parameters, metric, status, reason,
-     valid, test, epochs, wall_seconds, device) = row  # fmt: skip
-    result = Result(
-        task=task,
-        settings=Settings.from_dict(json.loads(settings)),
-        hidden_size=hidden_size,
-        num_parameters=num_parameters,
-        metric=metric,
-        status=status,
-        reason=reason,
-        valid=json.loads(valid),
-        test=json.loads(test),
-        epochs=epochs,
-        wall_seconds=wall_seconds,
-        device=device,
+def _result_columns(result: Result) -> tuple:
+    """`result` as the values of `_COLUMNS`."""
+    data = result.to_dict()
+    return tuple(
+        _dump(data[column]) if column in _JSON_COLUMNS else data[column] for column in _COLUMNS
     )
-    return EvaluationRecord(architecture_hash, step, result)
+
+
+def _evaluation(row: tuple) -> EvaluationRecord:
+    """An EvaluationRecord from (architecture_hash, step, *`_COLUMNS`)."""
+    architecture_hash, step, *values = row
+    data = {
+        column: json.loads(value) if column in _JSON_COLUMNS else value
+        for column, value in zip(_COLUMNS, values, strict=True)
+    }
+    return EvaluationRecord(architecture_hash, step, Result.from_dict(data))
