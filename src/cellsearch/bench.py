@@ -21,7 +21,7 @@ from cellsearch import zoo
 from cellsearch.graph import CellGraph
 from cellsearch.tasks import Batch, Task
 from cellsearch.train.budget import hidden_size_for_budget
-from cellsearch.train.model import PopulationModel
+from cellsearch.train.model import PopulationModel, default_engine
 from cellsearch.train.steps import PopulationSteps
 
 H100_TF32_PEAK = 495e12  # dense TF32 FLOP/s of an H100 SXM
@@ -70,15 +70,20 @@ class _RandomTokens(Task):
         return []
 
 
-def _timed(step, device, repeats: int) -> float:
+def _timed(step, device, repeats: int, rounds: int = 3) -> float:
+    """Seconds per step: the best of `rounds` rounds of `repeats` steps (these machines are
+    noisy, and every engine, cuDNN included, gets the same treatment)."""
     for _ in range(3):
         step()
-    _synchronize(device)
-    start = time.perf_counter()
-    for _ in range(repeats):
-        step()
-    _synchronize(device)
-    return (time.perf_counter() - start) / repeats
+    best = float("inf")
+    for _ in range(rounds):
+        _synchronize(device)
+        start = time.perf_counter()
+        for _ in range(repeats):
+            step()
+        _synchronize(device)
+        best = min(best, (time.perf_counter() - start) / repeats)
+    return best
 
 
 def _synchronize(device: torch.device) -> None:
@@ -114,10 +119,10 @@ def cudnn_step_seconds(vocabulary: int, layers: int, hidden: int, device, repeat
 
 def population_step_seconds(graph: CellGraph, vocabulary: int, layers: int, hidden: int,
                             population: int, device, repeats: int, capture: bool = True,
-                            compile_step: bool = False) -> float:
+                            engine: str | None = None) -> float:
     task = _RandomTokens(vocabulary)
     model = PopulationModel(graph, population, vocabulary, vocabulary, hidden, layers, "embedding",
-                            compile_step=compile_step)
+                            engine or default_engine(device))
     model.reset_parameters([1.0] * population, list(range(population)))
     model.to(device)
     norms = torch.full((population,), 5.0, device=device)
@@ -140,9 +145,10 @@ def mutated_graph(seed: int = 0) -> CellGraph:
 
 def throughput(task: str = "arith", cell: str = "lstm", device: str = "cuda",
                populations=(1, 8, 32, 128), repeats: int = 20,
-               compiled: bool = False) -> list[Measurement]:
-    """tokens/s of cuDNN's LSTM and of our engine (graph `cell`, then a mutated graph at K=32);
-    with `compiled`, also the torch.compile'd step."""
+               compare: tuple[str, ...] = ()) -> list[Measurement]:
+    """tokens/s of cuDNN's LSTM and of our engine (graph `cell`, then a mutated graph at K=32),
+    with the default engine for the device; each engine in `compare` (`model.ENGINES`) is also
+    measured at the smallest and largest population."""
     torch_device = torch.device(device)
     if torch_device.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = True
@@ -169,32 +175,39 @@ def throughput(task: str = "arith", cell: str = "lstm", device: str = "cuda",
     record("torch.nn.LSTM", lstm, hidden, 1, cudnn_seconds, base)
     graph = zoo.resolve(cell)
     hidden = hidden_for(graph)
+    engine = default_engine(torch_device)
+    measured = []
     for population in populations:
         try:
             seconds = population_step_seconds(graph, vocabulary, layers, hidden, population,
                                               torch_device, repeats)
         except torch.cuda.OutOfMemoryError:
             break
-        record(f"cellsearch {cell}", graph, hidden, population, seconds, base)
+        measured.append(population)
+        record(f"cellsearch {cell} ({engine})", graph, hidden, population, seconds, base)
         if torch_device.type == "cuda":
             torch.cuda.empty_cache()  # the next, larger population starts from a clean pool
-    if compiled:  # torch.compile'd steps at the smallest and largest population
-        for population in sorted({populations[0], populations[-1]}):
+    for other in compare:
+        for population in sorted({measured[0], measured[-1]}):
             seconds = population_step_seconds(graph, vocabulary, layers, hidden, population,
-                                              torch_device, repeats, compile_step=True)
-            record(f"cellsearch {cell} (compiled)", graph, hidden, population, seconds, base)
+                                              torch_device, repeats, engine=other)
+            record(f"cellsearch {cell} ({other})", graph, hidden, population, seconds, base)
+            if torch_device.type == "cuda":
+                torch.cuda.empty_cache()
     mutant = mutated_graph()
     hidden = hidden_for(mutant)
     population = 32 if torch_device.type == "cuda" else 1
     seconds = population_step_seconds(mutant, vocabulary, layers, hidden, population,
                                       torch_device, repeats)
-    record("cellsearch mutated gru", mutant, hidden, population, seconds, base)
+    record(f"cellsearch mutated gru ({engine})", mutant, hidden, population, seconds, base)
     return rows
 
 
-def search_costs(device: str = "cuda", settings_count: int = 20, seed: int = 0) -> dict:
+def search_costs(device: str = "cuda", settings_count: int = 20, seed: int = 0,
+                 on_cost=None) -> dict:
     """Wall seconds of the memorization filter (one random setting of the LSTM, search schedule)
-    and of `settings_count` random settings of the LSTM on arith under the search schedule."""
+    and of `settings_count` random settings of the LSTM on arith under the search schedule;
+    `on_cost(task, cost)` hears each as soon as it is measured."""
     from cellsearch.train.evaluate import evaluate
     from cellsearch.train.hyperparameters import SearchSpace
 
@@ -213,6 +226,8 @@ def search_costs(device: str = "cuda", settings_count: int = 20, seed: int = 0) 
             "best_accuracy": max((r.value for r in results if r.ok), default=float("nan")),
             "epochs": [r.epochs for r in results],
         }
+        if on_cost is not None:
+            on_cost(task, costs[task])
     costs["arith"]["settings_per_gpu_hour"] = settings_count * 3600 / costs["arith"]["wall_seconds"]
     return costs
 

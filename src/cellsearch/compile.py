@@ -12,6 +12,10 @@ for speed:
 - Matrices applied to the same recurrent operand (the four `W_h*` of the LSTM) become one
   batched matmul per step, and the static parts of the sums they feed are added by that same
   call (`baddbmm`), so an LSTM step is one matmul plus elementwise work.
+- When every chunk's static addend is one matrix applied to the same timed operand plus terms
+  constant over time (an LSTM's `W_x* x + b_*`), the addends of all chunks come from one
+  `baddbmm` written straight in the layout the recurrent matmul adds (`StaticPart`): no
+  per-gate sums, concatenation or, going backward, slicing of (K, T, B, m*n) tensors.
 - The gradient of each recurrent matrix is formed once per sequence, by one batched matmul over
   all timesteps, rather than accumulated step by step (`_WeightSink`).
 
@@ -37,17 +41,30 @@ _ACTIVATIONS = {
 
 
 @dataclass(frozen=True)
+class StaticPart:
+    """A matmul group's static addends as one `baddbmm`: chunk i is `matrices[i]` applied to
+    `operand` plus the signed, time-constant `constants[i]`."""
+
+    operand: str
+    matmuls: tuple[str, ...]  # the static matmul nodes it computes, one per chunk
+    matrices: tuple[str, ...]  # their parameters
+    constants: tuple[tuple[tuple[int, str], ...], ...]
+
+
+@dataclass(frozen=True)
 class MatmulGroup:
     """Matrices applied to one recurrent operand: one `bmm` (or `baddbmm`) per step.
 
     `members[i]` is the matmul node whose result is chunk i; `fused_sums[i]` names the sum node
-    whose static part is added into chunk i by the same call (or None).
+    whose static part is added into chunk i by the same call (or None); `static_part`, when
+    set, computes all those static parts at once.
     """
 
     operand: str
     members: tuple[str, ...]
     params: tuple[str, ...]
     fused_sums: tuple[str | None, ...]
+    static_part: StaticPart | None = None
 
 
 @dataclass(frozen=True)
@@ -122,8 +139,31 @@ def plan(graph: CellGraph) -> Plan:
             if sign == 1 and node is not None and node.op == "matmul" and len(uses[first]) == 1:
                 fused_into[first] = total.name
 
+    def static_part(fused_sums: list[str | None]) -> StaticPart | None:
+        """The group's static addends as one baddbmm, if each is `W X + constants` with one X."""
+        matrices, constants, operands = [], [], set()
+        for name in fused_sums:
+            if name is None:
+                return None
+            matmuls = [(s, t) for s, t in sums[name].static_terms
+                       if t in by_name and by_name[t].op == "matmul"
+                       and by_name[t].inputs[0] in timed]
+            others = [(s, t) for s, t in sums[name].static_terms if (s, t) not in matmuls]
+            if (len(matmuls) != 1 or matmuls[0][0] != 1 or len(uses[matmuls[0][1]]) != 1
+                    or any(t in timed for _, t in others)):
+                return None
+            matmul = by_name[matmuls[0][1]]
+            operands.add(matmul.inputs[0])
+            matrices.append(matmul)
+            constants.append(tuple(others))
+        if len(operands) != 1:
+            return None
+        return StaticPart(operands.pop(), tuple(m.name for m in matrices),
+                          tuple(m.param for m in matrices), tuple(constants))
+
     loop: list[MatmulGroup | Sum | Node] = []
     emitted_groups: set[str] = set()
+    in_static_parts: set[str] = set()  # static matmuls that a StaticPart computes
     for node in graph.nodes:
         if node.name in static or node.name in absorbed:
             continue
@@ -132,11 +172,16 @@ def plan(graph: CellGraph) -> Plan:
             if operand not in emitted_groups:
                 emitted_groups.add(operand)
                 members = groups[operand]
+                fused_sums = [fused_into.get(m.name) for m in members]
+                part = static_part(fused_sums)
+                if part is not None:
+                    in_static_parts.update(part.matmuls)
                 loop.append(MatmulGroup(
                     operand,
                     tuple(m.name for m in members),
                     tuple(m.param for m in members),
-                    tuple(fused_into.get(m.name) for m in members),
+                    tuple(fused_sums),
+                    part,
                 ))
         elif node.name in sums:
             loop.append(sums[node.name])
@@ -154,11 +199,13 @@ def plan(graph: CellGraph) -> Plan:
     recurrent_reads.update(graph.outputs)
     x_groups: dict[str, list[str]] = {}
     for node in graph.nodes:
-        if node.op == "matmul" and node.name in static:
+        if node.op == "matmul" and node.name in static and node.name not in in_static_parts:
             x_groups.setdefault(node.inputs[0], []).append(node.name)
     return Plan(
         graph=graph,
-        static=tuple(n for n in graph.nodes if n.name in static),
+        # (absorbed nodes: their sums read their terms instead)
+        static=tuple(n for n in graph.nodes if n.name in static
+                     and n.name not in in_static_parts and n.name not in absorbed),
         timed=frozenset(timed),
         x_groups=tuple((k, tuple(v)) for k, v in x_groups.items()),
         loop=tuple(loop),
@@ -251,15 +298,19 @@ def run(
     sum_static: dict[str, list] = {}
     group_pre: dict[str, list] = {}
     group_weights: dict[str, torch.Tensor] = {}
+    in_static_parts = {s for item in plan_.loop if isinstance(item, MatmulGroup)
+                       and item.static_part for s in item.fused_sums}
     for item in plan_.loop:
-        if isinstance(item, Sum) and item.static_terms:
+        if isinstance(item, Sum) and item.static_terms and item.name not in in_static_parts:
             part = _signed_sum([(s, static[t]) for s, t in item.static_terms], None)
             sum_static[item.name] = part
         if isinstance(item, MatmulGroup):
             group_weights[item.operand] = _transposed_cat(params, item.params)
-    fused: set[str] = set()
+    fused: set[str] = set(in_static_parts)
     for item in plan_.loop:
-        if isinstance(item, MatmulGroup) and any(item.fused_sums):
+        if isinstance(item, MatmulGroup) and item.static_part:
+            group_pre[item.operand] = _static_part(item.static_part, params, static)
+        elif isinstance(item, MatmulGroup) and any(item.fused_sums):
             chunks = [
                 sum_static[s].expand(K, T, B, n) if s is not None
                 else x.new_zeros(()).expand(K, T, B, n)
@@ -277,7 +328,7 @@ def run(
     # The recurrent matmuls see detached weights; their weight gradient is formed once per
     # sequence by the sinks (see `_WeightSink`) instead of once per step.
     records = {operand: [] for operand in group_weights}
-    deferred = step is step_eagerly  # (a compiled step differentiates as traced instead)
+    deferred = getattr(step, "records_weight_gradients", False)
     if deferred and torch.is_grad_enabled() and any(w.requires_grad for w in group_weights.values()):
         for operand, weights in group_weights.items():
             state = _WeightSink.apply(weights, records[operand], *state)
@@ -290,6 +341,20 @@ def run(
         state = step(plan_, group_weights, inputs, state)
         outputs.append(state[0])
     return torch.stack(outputs, dim=1), state
+
+
+def _static_part(part: StaticPart, params, static: dict) -> list[torch.Tensor]:
+    """Per step, (K, B, m*n): every chunk's `W X + constants`, from one baddbmm over all steps."""
+    operand = static[part.operand]
+    K, T, B, n = operand.shape
+    constants = torch.cat([
+        _signed_sum([(s, static[t]) for s, t in terms], None).expand(K, 1, 1, n) if terms
+        else operand.new_zeros(K, 1, 1, n)
+        for terms in part.constants
+    ], dim=-1)
+    product = torch.baddbmm(constants.view(K, 1, -1), operand.reshape(K, T * B, n),
+                            _transposed_cat(params, part.matrices))
+    return product.view(K, T, B, -1).unbind(1)
 
 
 def step_eagerly(
@@ -307,17 +372,8 @@ def step_eagerly(
     values.update(inputs)
     for item in plan_.loop:
         if isinstance(item, MatmulGroup):
-            operand = values[item.operand]
-            pre = inputs.get(f"pre:{item.operand}")
-            weight = weights[item.operand]
-            if isinstance(weight, _Recorded):
-                product = _RecordedMatmul.apply(pre, operand, weight.weight, weight.record)
-            elif pre is not None:
-                product = torch.baddbmm(pre, operand, weight)
-            else:
-                product = torch.bmm(operand, weight)
-            for chunk, member in zip(product.split(n, dim=-1), item.members):
-                values[member] = chunk
+            product = group_product(item, values, inputs, weights)
+            values.update(zip(item.members, product.split(n, dim=-1)))
         elif isinstance(item, Sum):
             values[item.name] = _signed_sum(
                 [(s, values[term]) for s, term in item.recurrent_terms],
@@ -327,6 +383,22 @@ def step_eagerly(
             values[item.name] = _apply(item, None, values, K)
     # expand: an output computed from biases alone has no batch dimension of its own
     return tuple(values[out].expand(K, B, n) for out in graph.outputs)
+
+
+# A step that differentiates through `_RecordedMatmul` (not traced, as torch.compile does).
+step_eagerly.records_weight_gradients = True
+
+
+def group_product(item: MatmulGroup, values, inputs, weights) -> torch.Tensor:
+    """One step's (K, B, m*n) product of a matmul group, its fused static addends included."""
+    operand = values[item.operand]
+    pre = inputs.get(f"pre:{item.operand}")
+    weight = weights[item.operand]
+    if isinstance(weight, _Recorded):
+        return _RecordedMatmul.apply(pre, operand, weight.weight, weight.record)
+    if pre is not None:
+        return torch.baddbmm(pre, operand, weight)
+    return torch.bmm(operand, weight)
 
 
 # -- one weight gradient per sequence ------------------------------------------------------------

@@ -23,14 +23,17 @@ def graphs():
         yield f"mutated gru {seed}", mutate(zoo.get("gru"), random.Random(seed)).graph
 
 
+@pytest.mark.parametrize("engine", ["eager", "fused"])
 @pytest.mark.parametrize("name, graph", list(graphs()), ids=lambda v: v if isinstance(v, str) else "")
-def test_captured_equals_eager(name, graph):
+def test_captured_equals_eager(name, graph, engine):
     task = Arith(seed=0, epoch_windows=12, valid_samples=100, test_samples=100)
     settings = [Settings(init_scale=s, learning_rate=lr, max_grad_norm=5.0, num_layers=layers,
                          num_parameters=20_000, seed=i)
                 for i, (s, lr, layers) in enumerate([(1.0, 0.5, 1), (0.7, 1.0, 1), (1.4, 0.2, 1)])]
-    eager = evaluate(graph, task, settings, device="cuda", max_epochs=3, capture=False)
-    captured = evaluate(graph, task, settings, device="cuda", max_epochs=3, capture=True)
+    eager = evaluate(graph, task, settings, device="cuda", max_epochs=3, capture=False,
+                     engine=engine)
+    captured = evaluate(graph, task, settings, device="cuda", max_epochs=3, capture=True,
+                        engine=engine)
     for a, b in zip(eager, captured):
         assert a.status == b.status
         assert a.valid["nll"] == pytest.approx(b.valid["nll"], rel=1e-5), name
@@ -59,3 +62,49 @@ def test_captured_equals_eager_with_dropout():
     captured = evaluate(zoo.get("lstm"), task, settings, device="cuda", max_epochs=2)
     for a, b in zip(eager, captured):
         assert a.valid["nll"] == pytest.approx(b.valid["nll"], rel=1e-5)
+
+
+@pytest.mark.parametrize("name, graph", list(graphs()), ids=lambda v: v if isinstance(v, str) else "")
+def test_fused_kernels_give_the_eager_values_and_gradients(name, graph):
+    from cellsearch.compile import plan, run, step_eagerly
+    from cellsearch.fused import step_fused
+
+    def outputs_and_gradients(step):
+        generator = torch.Generator(device="cuda").manual_seed(0)
+        K, T, B, n = 4, 6, 20, 32
+
+        def leaf(*shape):
+            return torch.randn(*shape, generator=generator, device="cuda").requires_grad_()
+
+        params = {node.param: leaf(K, n, n) * 0.3 if node.op == "matmul" else leaf(K, n)
+                  for node in graph.parameters}
+        params = {k: v.detach().requires_grad_() for k, v in params.items()}
+        x, state = leaf(K, T, B, n), tuple(leaf(K, B, n) for _ in graph.states)
+        out, final = run(plan(graph), params, x, state, step)
+        loss = out.square().sum() + sum(f.sum() for f in final)
+        grads = torch.autograd.grad(loss, [x, *state, *params.values()], allow_unused=True)
+        return [out, *final, *(g for g in grads if g is not None)]
+
+    torch.backends.cuda.matmul.allow_tf32 = False
+    try:
+        for a, b in zip(outputs_and_gradients(step_eagerly), outputs_and_gradients(step_fused)):
+            # float32 rounding relative to the tensor's scale (mutants can reach 1e4)
+            assert (a - b).abs().max() <= 1e-5 * a.abs().max() + 1e-6, name
+    finally:
+        torch.backends.cuda.matmul.allow_tf32 = True
+
+
+@pytest.mark.parametrize("name, graph", list(graphs()), ids=lambda v: v if isinstance(v, str) else "")
+def test_captured_fused_training_follows_eager_training(name, graph):
+    task = Arith(seed=0, epoch_windows=12, valid_samples=100, test_samples=100)
+    settings = [Settings(init_scale=s, learning_rate=lr, max_grad_norm=5.0, num_layers=layers,
+                         num_parameters=20_000, seed=i)
+                for i, (s, lr, layers) in enumerate([(1.0, 0.2, 1), (0.5, 0.1, 2)])]
+    eager = evaluate(graph, task, settings, device="cuda", max_epochs=3, capture=False,
+                     engine="eager")
+    fused = evaluate(graph, task, settings, device="cuda", max_epochs=3, engine="fused")
+    for a, b in zip(eager, fused):
+        assert a.status == b.status
+        # float rounding differs (fused arithmetic), and TF32 matmuls magnify it: moderate
+        # learning rates keep the two trajectories close
+        assert a.valid["nll"] == pytest.approx(b.valid["nll"], rel=5e-3), name

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 
 from rich.console import Console
 from rich.table import Table
@@ -22,8 +23,9 @@ def register(subparsers) -> None:
     parser.add_argument("--repeats", type=int, default=20, help="timed steps per measurement")
     parser.add_argument("--search-costs", action="store_true",
                         help="also time the memorization filter and 20 arith settings")
-    parser.add_argument("--compiled", action="store_true",
-                        help="also measure the torch.compile'd step (compiles for a while)")
+    parser.add_argument("--compare", default="", metavar="ENGINES",
+                        help="also measure these engines at the smallest and largest K, "
+                             "comma-separated: eager, fused, compiled (compiles for a while)")
     parser.add_argument("--json", action="store_true")
     parser.set_defaults(run=run_bench)
 
@@ -33,6 +35,7 @@ def run_bench(args: argparse.Namespace) -> int:
 
     from cellsearch import bench
     from cellsearch.train.evaluate import resolve_device
+    from cellsearch.train.model import ENGINES
 
     device = resolve_device(args.device)
     try:
@@ -41,9 +44,17 @@ def run_bench(args: argparse.Namespace) -> int:
         raise UserError(f"--populations expects integers like 1,8,32, got {args.populations!r}")
     if args.repeats < 1 or any(k < 1 for k in populations):
         raise UserError("--repeats and every population size must be at least 1")
+    compare = tuple(e for e in args.compare.split(",") if e)
+    unknown = [e for e in compare if e not in ENGINES]
+    if unknown:
+        raise UserError(f"--compare: unknown engine {unknown[0]!r}; known: {', '.join(ENGINES)}")
     rows = bench.throughput(args.task, args.cell, str(device), populations, args.repeats,
-                            args.compiled)
-    costs = bench.search_costs(str(device)) if args.search_costs else None
+                            compare)
+    def on_cost(task: str, cost: dict) -> None:  # partial results survive an interrupted run
+        print(f"{task}: {cost['settings']} settings in {cost['wall_seconds']:.1f} s, "
+              f"epochs {cost['epochs']}", file=sys.stderr, flush=True)
+
+    costs = bench.search_costs(str(device), on_cost=on_cost) if args.search_costs else None
     header = {"task": args.task, "device": _device_name(device), "torch": torch.__version__}
     if args.json:
         print(json.dumps({**header, "throughput": bench.as_dicts(rows), "search_costs": costs}))

@@ -72,6 +72,7 @@ def evaluate(
     data_seed: int = 0,
     population_size: int | None = None,
     capture: bool = True,
+    engine: str | None = None,
     stop_at: float | None = None,
     on_progress: Callable[[Progress], None] | None = None,
 ) -> list[Result]:
@@ -81,7 +82,8 @@ def evaluate(
     `valid_samples`/`test_samples` a synthetic task's fixed sets (ignored for ptb and music; cheap configurations for tests
     and demos); `population_size` caps K (by default, on CUDA, as many as fit in half the free
     memory: `packing`); `data_seed` selects the training stream, shared by all members; `capture`
-    replays training steps from CUDA graphs on a GPU; `stop_at` ends a member once its validation
+    replays training steps from CUDA graphs on a GPU and `engine` picks how a timestep runs
+    (`model.ENGINES`; by default generated kernels on CUDA, eager on CPU); `stop_at` ends a member once its validation
     metric reaches it. On CUDA, matmuls use TF32 (as the speed targets assume).
     """
     if not settings:
@@ -118,8 +120,8 @@ def evaluate(
         try:
             return train_population(
                 graph, task, members, hidden, count, device=torch_device,
-                schedule=schedule, max_epochs=max_epochs, capture=capture, stop_at=stop_at,
-                on_progress=on_progress,
+                schedule=schedule, max_epochs=max_epochs, capture=capture, engine=engine,
+                stop_at=stop_at, on_progress=on_progress,
             )
         except Exception as error:  # noqa: BLE001 - a broken run is a recorded result (ARCHITECTURE)
             reason = f"{type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}"

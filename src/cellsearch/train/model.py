@@ -15,9 +15,29 @@ from typing import Sequence
 import torch
 from torch import nn
 
+from cellsearch import fused
 from cellsearch.compile import compiled_step
 from cellsearch.graph import CellGraph
 from cellsearch.nn import PopulationCell, State, initial_values, uniform
+
+
+ENGINES = ("eager", "fused", "compiled")
+
+
+def default_engine(device: torch.device) -> str:
+    """Generated fused kernels on CUDA when Triton is there; the eager step otherwise (CPU)."""
+    return "fused" if device.type == "cuda" and fused.available() else "eager"
+
+
+def _step(engine: str):
+    """The per-timestep function of an engine: eager ops, generated kernels, or torch.compile."""
+    if engine == "eager":
+        return None
+    if engine == "fused":
+        return fused.step_fused
+    if engine == "compiled":
+        return compiled_step()
+    raise ValueError(f"unknown engine {engine!r}; known: {', '.join(ENGINES)}")
 
 
 def input_kind(task) -> str:
@@ -36,7 +56,7 @@ class PopulationModel(nn.Module):
         hidden_size: int,
         num_layers: int,
         input_kind: str,  # "embedding" (token ids) or "linear" (88-dim frames)
-        compile_step: bool = False,
+        engine: str = "eager",  # see ENGINES
     ):
         super().__init__()
         K, n = population_size, hidden_size
@@ -46,9 +66,8 @@ class PopulationModel(nn.Module):
         self.input_weight = nn.Parameter(torch.empty(K, input_size, n))  # (K, V_in, n)
         self.input_bias = nn.Parameter(torch.empty(K, n)) if input_kind == "linear" else None
         self.layers = nn.ModuleList(PopulationCell(graph, K, n) for _ in range(num_layers))
-        if compile_step:
-            for layer in self.layers:
-                layer.step = compiled_step()
+        for layer in self.layers:
+            layer.step = _step(engine)
         self.output_weight = nn.Parameter(torch.empty(K, n, output_size))  # (K, n, V_out)
         self.output_bias = nn.Parameter(torch.empty(K, output_size))
 

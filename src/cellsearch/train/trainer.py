@@ -24,7 +24,7 @@ import torch
 from cellsearch.graph import CellGraph
 from cellsearch.tasks import Task
 from cellsearch.train.hyperparameters import Settings
-from cellsearch.train.model import Dropout, PopulationModel, input_kind
+from cellsearch.train.model import Dropout, PopulationModel, default_engine, input_kind
 from cellsearch.train.result import DIVERGED, OK, Result
 from cellsearch.train.schedules import schedule_for
 from cellsearch.train.steps import PopulationSteps
@@ -54,12 +54,14 @@ def train_population(
     batch_size: int = BATCH_SIZE,
     num_steps: int = NUM_STEPS,
     capture: bool = True,
+    engine: str | None = None,
     stop_at: float | None = None,
     on_progress: Callable[[Progress], None] | None = None,
 ) -> list[Result]:
     """Train every setting (all with the same num_layers) and return one Result each, in order.
 
-    On CUDA, `capture` replays each window's step from a CUDA graph (see `steps`). `stop_at`
+    On CUDA, `capture` replays each window's step from a CUDA graph (see `steps`); `engine`
+    (`model.ENGINES`, default `model.default_engine`) picks how a timestep runs. `stop_at`
     ends a member's training once its validation metric reaches that value (accuracy at least,
     or nll at most): the memorization filter only asks whether a cell gets to 95%."""
     started = time.perf_counter()
@@ -70,7 +72,7 @@ def train_population(
         raise ValueError(f"a population shares its number of layers, got {sorted(layers)}")
     model = PopulationModel(
         graph, K, task.input_size, task.output_size, hidden_size, layers.pop(),
-        input_kind(task),
+        input_kind(task), engine or default_engine(device),
     )
     model.reset_parameters([s.init_scale for s in settings], [s.seed for s in settings])
     model.to(device)

@@ -1,0 +1,107 @@
+"""Generated kernels (`cellsearch.fused`) against the eager step, run through Triton's CPU
+interpreter: values and gradients of whole sequences, for the zoo and for mutated graphs."""
+
+import random
+
+import pytest
+import torch
+
+from cellsearch import zoo
+from cellsearch.compile import MatmulGroup, plan, run, step_eagerly
+from cellsearch.fused import Segment, fused_loop, kernel_source, product_name, step_fused
+from cellsearch.mutate import mutate
+
+pytest.importorskip("triton")
+
+
+@pytest.fixture(autouse=True)
+def interpreted(monkeypatch):
+    monkeypatch.setenv("TRITON_INTERPRET", "1")  # read when a kernel module is loaded
+
+
+def sequence_and_gradients(graph, step, seed=0, K=2, T=4, B=3, n=5):
+    generator = torch.Generator().manual_seed(seed)
+
+    def leaf(*shape):
+        return torch.randn(*shape, generator=generator, dtype=torch.float64).requires_grad_()
+
+    params = {node.param: leaf(K, n, n) if node.op == "matmul" else leaf(K, n)
+              for node in graph.parameters}
+    x = leaf(K, T, B, n)
+    state = tuple(leaf(K, B, n) for _ in graph.states)
+    outputs, final = run(plan(graph), params, x, state, step)
+    # weights on every output and every final state, so each gradient path is checked
+    loss = (outputs * torch.linspace(-1, 1, n, dtype=torch.float64)).sum()
+    loss = loss + sum((f * f).sum() for f in final)
+    leaves = [x, *state, *params.values()]
+    grads = torch.autograd.grad(loss, leaves, allow_unused=True)
+    return [outputs, *final, *(g for g in grads if g is not None)]
+
+
+def graphs():
+    yield from ((name, zoo.get(name)) for name in zoo.names())
+    for seed in range(12):
+        yield f"mutated gru {seed}", mutate(zoo.get("gru"), random.Random(seed)).graph
+    for seed in range(6):
+        yield f"mutated mut3 {seed}", mutate(zoo.get("mut3"), random.Random(seed)).graph
+
+
+@pytest.mark.parametrize("name, graph", list(graphs()), ids=lambda v: v if isinstance(v, str) else "")
+def test_fused_step_matches_eager_values_and_gradients(name, graph):
+    eager = sequence_and_gradients(graph, step_eagerly)
+    fused = sequence_and_gradients(graph, step_fused)
+    assert len(eager) == len(fused)
+    for a, b in zip(eager, fused):
+        torch.testing.assert_close(b, a, rtol=1e-9, atol=1e-9, msg=name)
+
+
+def test_a_wrong_derivative_would_be_caught(monkeypatch):
+    from cellsearch import fused
+
+    wrong = dict(fused._ACTIVATION_GRADIENT, sigmoid="{g} * {y}")
+    monkeypatch.setattr(fused, "_ACTIVATION_GRADIENT", wrong)
+    monkeypatch.setattr(fused, "_source", fused.kernel_source)  # no cached sources
+    eager = sequence_and_gradients(zoo.get("gru"), step_eagerly)
+    fused_values = sequence_and_gradients(zoo.get("gru"), step_fused)
+    assert not all(torch.allclose(a, b) for a, b in zip(eager, fused_values))
+
+
+def test_lstm_is_one_matmul_and_one_kernel_per_step():
+    group, segment = fused_loop(plan(zoo.get("lstm")))
+    assert isinstance(group, MatmulGroup) and isinstance(segment, Segment)
+    # reads the four chunks of the product in one argument, and c; writes only c' and h'
+    assert segment.arguments == (product_name("h"), "c")
+    assert segment.chunks == (4, 1)
+    assert sorted(segment.outputs) == ["c'", "h'"]
+
+
+def test_gru_segments_pass_on_what_later_steps_read():
+    loop = fused_loop(plan(zoo.get("gru")))
+    kinds = [type(item).__name__ for item in loop]
+    assert kinds == ["MatmulGroup", "Segment", "MatmulGroup", "Segment"]
+    first, second = loop[1], loop[3]
+    # r * h feeds the second matmul; z is read again after it
+    assert set(first.outputs) == {loop[2].operand, "z"}
+    assert "h'" in second.outputs
+
+
+def test_kernel_source_depends_only_on_the_graph():
+    def sources(graph):
+        return [kernel_source(s) for s in fused_loop(plan(graph)) if isinstance(s, Segment)]
+
+    assert sources(zoo.get("mut2")) == sources(zoo.get("mut2"))
+    assert sources(zoo.get("lstm")) != sources(zoo.get("lstm-f"))
+
+
+def test_lstm_input_side_is_one_baddbmm_in_the_recurrent_layout():
+    lstm = zoo.get("lstm")
+    (group, _) = fused_loop(plan(lstm))
+    part = group.static_part
+    assert part.operand == "x"
+    # chunk i adds W_x<gate> x + b_<gate>, in the order of the recurrent matrices W_h<gate>
+    assert [p.replace("W_x", "") for p in part.matrices] == [
+        p.replace("W_h", "") for p in group.params]
+    assert [[lstm.node(t).param for _, t in terms] for terms in part.constants] == [
+        [f"b_{p[-1]}"] for p in group.params]
+    # so no x-side matmul is left to run on its own
+    assert not [node for node in plan(lstm).static if node.op == "matmul"]
