@@ -90,3 +90,32 @@ def test_bad_arguments_are_user_errors():
         list(task.batches("train", batch_size=0))
     with pytest.raises(UserError, match="epoch_windows"):
         Memorize(epoch_windows=0)
+
+
+def test_an_epoch_asked_for_by_several_threads_at_once_is_drawn_once(monkeypatch):
+    import threading
+    import time
+
+    from cellsearch.tasks.arith import Arith
+
+    task = Arith(seed=3, epoch_windows=4)
+    draws = []
+    original = task._training_rows
+
+    def counting(*args):
+        draws.append(args)
+        time.sleep(0.05)  # long enough for the other threads to ask while this one draws
+        return original(*args)
+
+    monkeypatch.setattr(task, "_training_rows", counting)
+    results = []
+    threads = [threading.Thread(target=lambda: results.append(task.training_rows(2, 5, 7)))
+               for _ in range(6)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert draws == [(2, 5, 7)]
+    assert len(results) == 6 and all(r is results[0] for r in results)
+    task.training_rows(2, 5, 8)
+    assert draws == [(2, 5, 7), (2, 5, 8)]

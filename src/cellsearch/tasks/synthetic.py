@@ -18,8 +18,10 @@ the batch size or unrolled length.
 from __future__ import annotations
 
 import abc
-import functools
+import threading
+from collections import OrderedDict
 from collections.abc import Iterator
+from concurrent.futures import Future
 from typing import NamedTuple
 
 import numpy as np
@@ -30,6 +32,9 @@ from cellsearch.tasks.windows import pad_rows, token_windows
 
 # Seed-sequence tags keeping the training stream apart from the two fixed sets.
 _TRAIN_TAG, _VALID_TAG, _TEST_TAG = 0, 1, 2
+# Epochs of training rows kept (an arith epoch at batch 20 is ~11 MB): enough that populations of
+# one evaluation, however far apart their paces, rarely draw an epoch twice.
+ROWS_KEPT = 32
 
 
 class Sample(NamedTuple):
@@ -85,9 +90,11 @@ class SyntheticTask(Task):
             len(self.vocabulary)
         )
         self._fixed_sets: dict[str, list[Sample]] = {}
-        # Every population of an evaluation (one per model shape) walks the same epochs: draw each
-        # epoch's rows once. Two entries: the epoch in progress and the next one.
-        self.training_rows = functools.lru_cache(maxsize=2)(self._training_rows)
+        # Every population of an evaluation (one per model shape, trained side by side) walks
+        # the same epochs at its own pace: each epoch's rows are drawn once, by whichever
+        # population gets there first, and kept for the ones behind it.
+        self._rows: OrderedDict[tuple, Future] = OrderedDict()
+        self._rows_lock = threading.Lock()
 
     @abc.abstractmethod
     def generate(self, rng: np.random.Generator) -> Sample:
@@ -126,6 +133,24 @@ class SyntheticTask(Task):
             rng = np.random.default_rng([self.fixed_seed, tag])
             self._fixed_sets[split] = [self.generate(rng) for _ in range(self.fixed_sizes[split])]
         return self._fixed_sets[split]
+
+    def training_rows(self, batch_size: int, num_steps: int, epoch: int):
+        """`_training_rows`, drawn once per epoch even when several threads ask at once; the
+        latest ROWS_KEPT epochs are kept."""
+        key = (batch_size, num_steps, epoch)
+        with self._rows_lock:
+            entry = self._rows.get(key)
+            mine = entry is None
+            if mine:
+                entry = self._rows[key] = Future()
+                while len(self._rows) > ROWS_KEPT:
+                    self._rows.popitem(last=False)
+        if mine:
+            try:
+                entry.set_result(self._training_rows(batch_size, num_steps, epoch))
+            except BaseException as error:
+                entry.set_exception(error)
+        return entry.result()
 
     def _training_rows(self, batch_size: int, num_steps: int, epoch: int):
         """Epoch `epoch`'s B row streams of exactly epoch_windows * T + 1 tokens each."""
