@@ -298,15 +298,16 @@ def run(
     sum_static: dict[str, list] = {}
     group_pre: dict[str, list] = {}
     group_weights: dict[str, torch.Tensor] = {}
-    in_static_parts = {s for item in plan_.loop if isinstance(item, MatmulGroup)
-                       and item.static_part for s in item.fused_sums}
+    # sums whose static parts a StaticPart computes
+    covered = {s for item in plan_.loop if isinstance(item, MatmulGroup)
+               and item.static_part for s in item.fused_sums}
     for item in plan_.loop:
-        if isinstance(item, Sum) and item.static_terms and item.name not in in_static_parts:
+        if isinstance(item, Sum) and item.static_terms and item.name not in covered:
             part = _signed_sum([(s, static[t]) for s, t in item.static_terms], None)
             sum_static[item.name] = part
         if isinstance(item, MatmulGroup):
             group_weights[item.operand] = _transposed_cat(params, item.params)
-    fused: set[str] = set(in_static_parts)
+    fused: set[str] = set(covered)
     for item in plan_.loop:
         if isinstance(item, MatmulGroup) and item.static_part:
             group_pre[item.operand] = _static_part(item.static_part, params, static)

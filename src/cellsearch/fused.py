@@ -71,10 +71,12 @@ def fused_loop(plan_: Plan) -> tuple[MatmulGroup | Segment, ...]:
     fused_sums = {s for item in plan_.loop if isinstance(item, MatmulGroup)
                   for s in item.fused_sums if s is not None}
     chunk_of: dict[str, tuple[str, int]] = {}  # group member -> (product, chunk)
+    width: dict[str, int] = {}  # product -> chunks
     runs: list[MatmulGroup | list] = []
     for item in plan_.loop:
         if isinstance(item, MatmulGroup):
             runs.append(item)
+            width[product_name(item.operand)] = len(item.members)
             for index, member in enumerate(item.members):
                 chunk_of[member] = (product_name(item.operand), index)
         elif runs and isinstance(runs[-1], list):
@@ -105,10 +107,7 @@ def fused_loop(plan_: Plan) -> tuple[MatmulGroup | Segment, ...]:
                 source, chunk = chunk_of.get(name, (name, 0))
                 if source not in arguments:
                     arguments.append(source)
-                    group_size = next((len(g.members) for g in plan_.loop
-                                       if isinstance(g, MatmulGroup)
-                                       and product_name(g.operand) == source), 1)
-                    chunks.append(group_size)
+                    chunks.append(width.get(source, 1))
                 reads.append(Read(name, arguments.index(source), chunk))
         needed = later_reads(position)
         loop.append(Segment(
@@ -135,8 +134,7 @@ def _reads(item, fused_sums: set[str]) -> list[str]:
 # -- code generation ------------------------------------------------------------------------------
 
 _FORWARD = {
-    # exp-based, written out: Triton's own sigmoid is a jit function its CPU interpreter cannot
-    # call from a helper
+    # written with tl.exp: plain arithmetic, which Triton's CPU interpreter (the tests) runs too
     "tanh": "1.0 - 2.0 / (tl.exp(2.0 * {0}) + 1.0)",
     "sigmoid": "1.0 / (1.0 + tl.exp(-{0}))",
     "relu": "tl.maximum({0}, 0.0)",
@@ -273,7 +271,7 @@ def kernel_directory() -> Path:
 
 
 @functools.cache
-def _module(source: str, interpret: bool):
+def _module(source: str, interpret: bool):  # interpret: only a cache key (see `kernels`)
     digest = hashlib.sha256(source.encode()).hexdigest()[:20]
     directory = kernel_directory()
     directory.mkdir(parents=True, exist_ok=True)
@@ -298,20 +296,21 @@ def kernels(segment: Segment):
         return _module(_source(segment), os.environ.get("TRITON_INTERPRET") == "1")
 
 
-def _strided(tensor: torch.Tensor, shape) -> list:
-    view = tensor.expand(shape)  # constants (K, 1, n) or (1, 1, 1) broadcast with stride 0
-    return [view, *view.stride()]
+def _strided(tensors, widths, K: int, B: int, n: int) -> list:
+    """Kernel arguments: each tensor as (K, B, width * n) with its three strides; constants,
+    (K, 1, n) or (1, 1, 1), broadcast with stride 0."""
+    views = [t.expand(K, B, w * n) for t, w in zip(tensors, widths, strict=True)]
+    return [v for view in views for v in (view, *view.stride())]
 
 
 class _FusedSegment(torch.autograd.Function):
     @staticmethod
     def forward(ctx, segment: Segment, shape: tuple[int, int, int], *arguments):
         K, B, n = shape
-        module = kernels(segment)
         outputs = [arguments[0].new_empty(K, B, n) for _ in segment.outputs]
-        flat = [v for i, a in enumerate(arguments) for v in _strided(a, (K, B, segment.chunks[i] * n))]
         total = K * B * n
-        module.forward_kernel[(triton_cdiv(total),)](*flat, *outputs, B, n, total, BLOCK=BLOCK)
+        kernels(segment).forward_kernel[(_blocks(total),)](
+            *_strided(arguments, segment.chunks, K, B, n), *outputs, B, n, total, BLOCK=BLOCK)
         ctx.segment, ctx.shape = segment, (K, B, n)
         ctx.save_for_backward(*arguments)
         return tuple(outputs)
@@ -320,9 +319,6 @@ class _FusedSegment(torch.autograd.Function):
     def backward(ctx, *grad_outputs):
         segment, (K, B, n) = ctx.segment, ctx.shape
         arguments = ctx.saved_tensors
-        module = kernels(segment)
-        flat = [v for i, a in enumerate(arguments) for v in _strided(a, (K, B, segment.chunks[i] * n))]
-        grads_out = [v for g in grad_outputs for v in _strided(g, (K, B, n))]
         # A product chunk that this segment does not read gets no store: start those at zero.
         read_chunks = [sum(1 for r in segment.reads if r.argument == i)
                        for i in range(len(arguments))]
@@ -332,13 +328,15 @@ class _FusedSegment(torch.autograd.Function):
             for i, a in enumerate(arguments)
         ]
         total = K * B * n
-        module.backward_kernel[(triton_cdiv(total),)](
-            *flat, *grads_out, *grads, B, n, total, BLOCK=BLOCK)
+        kernels(segment).backward_kernel[(_blocks(total),)](
+            *_strided(arguments, segment.chunks, K, B, n),
+            *_strided(grad_outputs, [1] * len(grad_outputs), K, B, n),
+            *grads, B, n, total, BLOCK=BLOCK)
         return (None, None, *(g.sum_to_size(a.shape) if g.shape != a.shape else g
                         for g, a in zip(grads, arguments)))
 
 
-def triton_cdiv(total: int) -> int:
+def _blocks(total: int) -> int:
     return -(-total // BLOCK)
 
 

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import itertools
 import threading
-from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Callable, Iterable, Iterator
 
 import numpy as np
@@ -29,9 +28,6 @@ from cellsearch.train.model import Dropout, PopulationModel
 WARMUP_CALLS = 2  # eager calls before capture (lazy initialisation of cuBLAS, autograd, ...)
 WINDOWS_PER_UPLOAD = 64
 _FIELDS = ("inputs", "targets", "mask", "reset")
-# Generates the next epoch's training data while the GPU trains on this one (numpy work that
-# would otherwise leave the GPU idle at every epoch start); one thread, shared by all trainings.
-_PREFETCH = ThreadPoolExecutor(max_workers=1, thread_name_prefix="cellsearch-prefetch")
 _CAPTURE_LOCK = threading.Lock()
 
 
@@ -100,7 +96,6 @@ class PopulationSteps:
         self.totals: dict[str, torch.Tensor] | None = None
         self.train_step = Captured(self._train, capture)
         self.eval_step = Captured(self._evaluate, capture)
-        self._next_epoch: tuple[int, Future] | None = None
 
     def load(self, batch: Batch | list[torch.Tensor]) -> None:
         """Copy one window (a Batch, or its fields as tensors from `uploaded`) into the step's
@@ -181,26 +176,13 @@ class PopulationSteps:
         """One pass over the training windows; per member, whether its loss stayed finite."""
         self.learning_rates.copy_(torch.tensor(learning_rates))
         self.finite.fill_(True)
-        batches = self._training_windows(epoch)
+        batches = self.task.batches("train", self.mask.shape[1], self.mask.shape[0], epoch=epoch)
         for window, batch in enumerate(self.uploaded(batches)):
             self.load(batch)
             self.train_step()
             if on_window is not None:
                 on_window(window + 1)
         return self.finite.tolist()
-
-    def _training_windows(self, epoch: int) -> list[Batch]:
-        """Epoch `epoch`'s windows, generated while the previous epoch trained; starts
-        generating the next epoch's (a wasted epoch of data when training stops there)."""
-        def generate(e: int) -> list[Batch]:
-            return list(self.task.batches("train", self.mask.shape[1], self.mask.shape[0], epoch=e))
-
-        if self._next_epoch is not None and self._next_epoch[0] == epoch:
-            windows = self._next_epoch[1].result()
-        else:
-            windows = generate(epoch)
-        self._next_epoch = (epoch + 1, _PREFETCH.submit(generate, epoch + 1))
-        return windows
 
     def evaluate(self, split: str) -> dict[str, list[float]]:
         """Metrics of every member over `split` (see `tasks.metrics.summarize`)."""
