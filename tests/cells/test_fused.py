@@ -5,11 +5,14 @@ import random
 
 import pytest
 import torch
+from hypothesis import given, settings
 
 from cellsearch import zoo
 from cellsearch.compile import MatmulGroup, plan, run, step_eagerly
 from cellsearch.fused import Segment, fused_loop, kernel_source, product_name, step_fused
 from cellsearch.mutate import mutate
+
+from .random_graphs import graphs as random_graphs
 
 pytest.importorskip("triton")
 # saturating tanh and sigmoid overflow exp on purpose (exp -> inf gives exactly ±1, 0 or 1)
@@ -55,6 +58,19 @@ def test_fused_step_matches_eager_values_and_gradients(name, graph):
     assert len(eager) == len(fused)
     for a, b in zip(eager, fused):
         torch.testing.assert_close(b, a, rtol=1e-9, atol=1e-9, msg=name)
+
+
+@settings(max_examples=25, deadline=None)
+@given(graph=random_graphs)
+def test_fused_step_matches_eager_on_random_graphs(graph):
+    eager = sequence_and_gradients(graph, step_eagerly)
+    fused = sequence_and_gradients(graph, step_fused)
+    assert len(eager) == len(fused)
+    for a, b in zip(eager, fused):
+        # products of products reach huge values: compare relative to each tensor's scale
+        finite = a[torch.isfinite(a)]
+        scale = finite.abs().max().item() if finite.numel() else 1.0
+        torch.testing.assert_close(b, a, rtol=1e-9, atol=1e-9 * max(scale, 1.0), equal_nan=True)
 
 
 def test_a_wrong_derivative_would_be_caught(monkeypatch):
