@@ -187,7 +187,7 @@ def throughput(task: str = "arith", cell: str = "lstm", device: str = "cuda",
         record(f"cellsearch {cell} ({engine})", graph, hidden, population, seconds, base)
         if torch_device.type == "cuda":
             torch.cuda.empty_cache()  # the next, larger population starts from a clean pool
-    for other in compare:
+    for other in compare if measured else ():
         for population in sorted({measured[0], measured[-1]}):
             seconds = population_step_seconds(graph, vocabulary, layers, hidden, population,
                                               torch_device, repeats, engine=other)

@@ -50,6 +50,7 @@ def run_bench(args: argparse.Namespace) -> int:
         raise UserError(f"--compare: unknown engine {unknown[0]!r}; known: {', '.join(ENGINES)}")
     rows = bench.throughput(args.task, args.cell, str(device), populations, args.repeats,
                             compare)
+
     def on_cost(task: str, cost: dict) -> None:  # partial results survive an interrupted run
         print(f"{task}: {cost['settings']} settings in {cost['wall_seconds']:.1f} s, "
               f"epochs {cost['epochs']}", file=sys.stderr, flush=True)

@@ -32,7 +32,7 @@ from cellsearch.tasks.windows import pad_rows, token_windows
 
 # Seed-sequence tags keeping the training stream apart from the two fixed sets.
 _TRAIN_TAG, _VALID_TAG, _TEST_TAG = 0, 1, 2
-# Epochs of training rows kept (an arith epoch at batch 20 is ~11 MB): enough that populations of
+# Epochs of training rows kept (an arith epoch at batch 20 is ~6 MB): enough that populations of
 # one evaluation, however far apart their paces, rarely draw an epoch twice.
 ROWS_KEPT = 32
 
