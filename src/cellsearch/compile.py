@@ -126,7 +126,11 @@ def plan(graph: CellGraph) -> Plan:
             )
 
     # Group recurrent matmuls by operand; fuse a sum's static part into a matmul that is the sum's
-    # first recurrent term, when that matmul is read only by the sum and is added (sign +1).
+    # first recurrent term, when that matmul is read only by the sum (not also a new state) and
+    # is added (sign +1).
+    def read_only_by_its_sum(name: str) -> bool:
+        return len(uses[name]) == 1 and name not in graph.outputs
+
     groups: dict[str, list[Node]] = {}
     for node in graph.nodes:
         if node.op == "matmul" and node.name not in static:
@@ -136,7 +140,7 @@ def plan(graph: CellGraph) -> Plan:
         if total.static_terms and total.recurrent_terms:
             sign, first = total.recurrent_terms[0]
             node = by_name.get(first)
-            if sign == 1 and node is not None and node.op == "matmul" and len(uses[first]) == 1:
+            if sign == 1 and node is not None and node.op == "matmul" and read_only_by_its_sum(first):
                 fused_into[first] = total.name
 
     def static_part(fused_sums: list[str | None]) -> StaticPart | None:
@@ -149,7 +153,7 @@ def plan(graph: CellGraph) -> Plan:
                        if t in by_name and by_name[t].op == "matmul"
                        and by_name[t].inputs[0] in timed]
             others = [(s, t) for s, t in sums[name].static_terms if (s, t) not in matmuls]
-            if (len(matmuls) != 1 or matmuls[0][0] != 1 or len(uses[matmuls[0][1]]) != 1
+            if (len(matmuls) != 1 or matmuls[0][0] != 1 or not read_only_by_its_sum(matmuls[0][1])
                     or any(t in timed for _, t in others)):
                 return None
             matmul = by_name[matmuls[0][1]]

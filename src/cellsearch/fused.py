@@ -65,7 +65,7 @@ def static_sum_name(name: str) -> str:
     return f"sum:{name}"
 
 
-@functools.cache
+@functools.lru_cache(maxsize=256)  # bounded: a long search meets thousands of graphs
 def fused_loop(plan_: Plan) -> tuple[MatmulGroup | Segment, ...]:
     """`plan_.loop` with every run of elementwise items between matmul groups made a Segment."""
     fused_sums = {s for item in plan_.loop if isinstance(item, MatmulGroup)
@@ -270,7 +270,7 @@ def kernel_directory() -> Path:
     return Path(root) / "cellsearch" / "kernels"
 
 
-@functools.cache
+@functools.lru_cache(maxsize=256)
 def _module(source: str, interpret: bool):  # interpret: only a cache key (see `kernels`)
     digest = hashlib.sha256(source.encode()).hexdigest()[:20]
     directory = kernel_directory()
@@ -286,7 +286,7 @@ def _module(source: str, interpret: bool):  # interpret: only a cache key (see `
     return module
 
 
-_source = functools.cache(kernel_source)
+_source = functools.lru_cache(maxsize=256)(kernel_source)
 
 
 def kernels(segment: Segment):
@@ -307,6 +307,7 @@ class _FusedSegment(torch.autograd.Function):
     @staticmethod
     def forward(ctx, segment: Segment, shape: tuple[int, int, int], *arguments):
         K, B, n = shape
+        _check_32bit_offsets(arguments, segment.chunks, K, B, n)
         outputs = [arguments[0].new_empty(K, B, n) for _ in segment.outputs]
         total = K * B * n
         kernels(segment).forward_kernel[(_blocks(total),)](
@@ -334,6 +335,15 @@ class _FusedSegment(torch.autograd.Function):
             *grads, B, n, total, BLOCK=BLOCK)
         return (None, None, *(g.sum_to_size(a.shape) if g.shape != a.shape else g
                         for g, a in zip(grads, arguments)))
+
+
+def _check_32bit_offsets(arguments, widths, K: int, B: int, n: int) -> None:
+    """The kernels index with 32-bit integers; far beyond what fits in GPU memory when training,
+    but say so rather than read the wrong memory."""
+    largest = max((a.shape[i] - 1) * a.stride(i) for a in arguments for i in range(a.dim()))
+    if max(largest, K * B * max(widths) * n) >= 2**31:
+        raise ValueError(f"tensors too large for the fused kernels' 32-bit indexing "
+                         f"(K={K}, B={B}, n={n}); use engine='eager'")
 
 
 def _blocks(total: int) -> int:

@@ -9,7 +9,9 @@ from cellsearch.graph import CellGraph, Node
 OPS = ("matmul", "bias", "one", "tanh", "sigmoid", "relu", "identity", "add", "sub", "mul")
 
 
-def random_graph(seed: int, size: int, two_states: bool) -> CellGraph:
+def random_graph(seed: int, size: int, two_states: bool, direct_outputs: bool = False) -> CellGraph:
+    """With `direct_outputs`, a new state is the node computing it (`h' = W x + ...`) rather than
+    an identity of it, so planner paths that treat outputs specially are exercised."""
     rng = random.Random(seed)
     states = ["h", "c"] if two_states else ["h"]
     available = ["x", *states]
@@ -41,9 +43,18 @@ def random_graph(seed: int, size: int, two_states: bool) -> CellGraph:
     if two_states:
         outputs["c"] = add("tanh", [total])
     for state, source in outputs.items():
-        nodes.append(Node(f"{state}'", "identity", (source,)))
+        shared = list(outputs.values()).count(source) > 1
+        if direct_outputs and not shared and source.startswith("_n"):
+            nodes = [_renamed(node, source, f"{state}'") for node in nodes]
+        else:
+            nodes.append(Node(f"{state}'", "identity", (source,)))
     # Drop anything not reachable (a node only feeding an earlier fold is still reachable).
     return CellGraph(_reachable(nodes))
+
+
+def _renamed(node: Node, old: str, new: str) -> Node:
+    inputs = tuple(new if i == old else i for i in node.inputs)
+    return Node(new if node.name == old else node.name, node.op, inputs, node.param, node.init)
 
 
 def _reachable(nodes):
@@ -63,4 +74,11 @@ graphs = st.builds(
     seed=st.integers(0, 2**32 - 1),
     size=st.integers(0, 12),
     two_states=st.booleans(),
+)
+direct_output_graphs = st.builds(
+    random_graph,
+    seed=st.integers(0, 2**32 - 1),
+    size=st.integers(0, 12),
+    two_states=st.booleans(),
+    direct_outputs=st.just(True),
 )

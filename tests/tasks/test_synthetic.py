@@ -119,3 +119,22 @@ def test_an_epoch_asked_for_by_several_threads_at_once_is_drawn_once(monkeypatch
     assert len(results) == 6 and all(r is results[0] for r in results)
     task.training_rows(2, 5, 8)
     assert draws == [(2, 5, 7), (2, 5, 8)]
+
+
+def test_a_failed_draw_is_not_kept(monkeypatch):
+    from cellsearch.tasks.arith import Arith
+
+    task = Arith(seed=3, epoch_windows=4)
+    original, calls = task._training_rows, []
+
+    def failing_once(*args):
+        calls.append(args)
+        if len(calls) == 1:
+            raise MemoryError("no room")
+        return original(*args)
+
+    monkeypatch.setattr(task, "_training_rows", failing_once)
+    with pytest.raises(MemoryError):
+        task.training_rows(2, 5, 0)
+    rows, _ = task.training_rows(2, 5, 0)
+    assert len(calls) == 2 and rows.shape[0] == 2

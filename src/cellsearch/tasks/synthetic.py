@@ -149,6 +149,9 @@ class SyntheticTask(Task):
             try:
                 entry.set_result(self._training_rows(batch_size, num_steps, epoch))
             except BaseException as error:
+                with self._rows_lock:  # a later request draws again rather than re-raise this
+                    if self._rows.get(key) is entry:
+                        del self._rows[key]
                 entry.set_exception(error)
         return entry.result()
 
