@@ -8,11 +8,12 @@ import torch
 from hypothesis import given, settings
 
 from cellsearch import zoo
-from cellsearch.compile import MatmulGroup, plan, run, step_eagerly
+from cellsearch.compile import MatmulGroup, plan, step_eagerly
 from cellsearch.fused import Segment, fused_loop, kernel_source, product_name, step_fused
 from cellsearch.mutate import mutate
 
 from .random_graphs import graphs as random_graphs
+from .sequences import assert_same, stepped, values_and_gradients
 
 pytest.importorskip("triton")
 # saturating tanh and sigmoid overflow exp on purpose (exp -> inf gives exactly ±1, 0 or 1)
@@ -22,25 +23,6 @@ pytestmark = pytest.mark.filterwarnings("ignore:overflow encountered in exp:Runt
 @pytest.fixture(autouse=True)
 def interpreted(monkeypatch):
     monkeypatch.setenv("TRITON_INTERPRET", "1")  # read when a kernel module is loaded
-
-
-def sequence_and_gradients(graph, step, seed=0, K=2, T=4, B=3, n=5):
-    generator = torch.Generator().manual_seed(seed)
-
-    def leaf(*shape):
-        return torch.randn(*shape, generator=generator, dtype=torch.float64).requires_grad_()
-
-    params = {node.param: leaf(K, n, n) if node.op == "matmul" else leaf(K, n)
-              for node in graph.parameters}
-    x = leaf(K, T, B, n)
-    state = tuple(leaf(K, B, n) for _ in graph.states)
-    outputs, final = run(plan(graph), params, x, state, step)
-    # weights on every output and every final state, so each gradient path is checked
-    loss = (outputs * torch.linspace(-1, 1, n, dtype=torch.float64)).sum()
-    loss = loss + sum((f * f).sum() for f in final)
-    leaves = [x, *state, *params.values()]
-    grads = torch.autograd.grad(loss, leaves, allow_unused=True)
-    return [outputs, *final, *(g for g in grads if g is not None)]
 
 
 def graphs():
@@ -53,24 +35,15 @@ def graphs():
 
 @pytest.mark.parametrize("name, graph", list(graphs()), ids=lambda v: v if isinstance(v, str) else "")
 def test_fused_step_matches_eager_values_and_gradients(name, graph):
-    eager = sequence_and_gradients(graph, step_eagerly)
-    fused = sequence_and_gradients(graph, step_fused)
-    assert len(eager) == len(fused)
-    for a, b in zip(eager, fused):
-        torch.testing.assert_close(b, a, rtol=1e-9, atol=1e-9, msg=name)
+    eager = values_and_gradients(graph, stepped(step_eagerly))
+    assert_same(eager, values_and_gradients(graph, stepped(step_fused)), name)
 
 
 @settings(max_examples=25, deadline=None)
 @given(graph=random_graphs)
 def test_fused_step_matches_eager_on_random_graphs(graph):
-    eager = sequence_and_gradients(graph, step_eagerly)
-    fused = sequence_and_gradients(graph, step_fused)
-    assert len(eager) == len(fused)
-    for a, b in zip(eager, fused):
-        # products of products reach huge values: compare relative to each tensor's scale
-        finite = a[torch.isfinite(a)]
-        scale = finite.abs().max().item() if finite.numel() else 1.0
-        torch.testing.assert_close(b, a, rtol=1e-9, atol=1e-9 * max(scale, 1.0), equal_nan=True)
+    eager = values_and_gradients(graph, stepped(step_eagerly))
+    assert_same(eager, values_and_gradients(graph, stepped(step_fused)))
 
 
 def test_a_wrong_derivative_would_be_caught(monkeypatch):
@@ -79,8 +52,8 @@ def test_a_wrong_derivative_would_be_caught(monkeypatch):
     wrong = dict(fused._ACTIVATION_GRADIENT, sigmoid="{g} * {y}")
     monkeypatch.setattr(fused, "_ACTIVATION_GRADIENT", wrong)
     monkeypatch.setattr(fused, "_source", fused.kernel_source)  # no cached sources
-    eager = sequence_and_gradients(zoo.get("gru"), step_eagerly)
-    fused_values = sequence_and_gradients(zoo.get("gru"), step_fused)
+    eager = values_and_gradients(zoo.get("gru"), stepped(step_eagerly))
+    fused_values = values_and_gradients(zoo.get("gru"), stepped(step_fused))
     assert not all(torch.allclose(a, b) for a, b in zip(eager, fused_values))
 
 

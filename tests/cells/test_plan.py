@@ -5,10 +5,11 @@ import pytest
 import torch
 from hypothesis import given, settings
 
-from cellsearch.compile import plan, run, step_eagerly
+from cellsearch.compile import step_eagerly
 from cellsearch.equations import parse
 
 from .random_graphs import direct_output_graphs, graphs
+from .sequences import assert_same, stepped, values_and_gradients
 
 _UNARY = {"tanh": torch.tanh, "sigmoid": torch.sigmoid, "relu": torch.relu,
           "identity": lambda v: v}
@@ -38,32 +39,9 @@ def node_by_node(graph, params, x, state):
     return torch.stack(outputs, dim=1), state
 
 
-def values_and_gradients(graph, runner, seed=0, K=2, T=3, B=2, n=4):
-    generator = torch.Generator().manual_seed(seed)
-
-    def leaf(*shape):
-        return torch.randn(*shape, generator=generator, dtype=torch.float64).requires_grad_()
-
-    params = {node.param: leaf(K, n, n) if node.op == "matmul" else leaf(K, n)
-              for node in graph.parameters}
-    x, state = leaf(K, T, B, n), tuple(leaf(K, B, n) for _ in graph.states)
-    outputs, final = runner(graph, params, x, state)
-    loss = (outputs * torch.linspace(-1, 1, n, dtype=torch.float64)).sum()
-    loss = loss + sum((f * f).sum() for f in final)
-    grads = torch.autograd.grad(loss, [x, *state, *params.values()], allow_unused=True)
-    return [outputs, *final, *(g if g is not None else torch.zeros(()) for g in grads)]
-
-
-def planned(graph, params, x, state):
-    return run(plan(graph), params, x, state, step_eagerly)
-
-
-def assert_same(graph):
-    for a, b in zip(values_and_gradients(graph, node_by_node),
-                    values_and_gradients(graph, planned), strict=True):
-        finite = a[torch.isfinite(a)]
-        scale = finite.abs().max().item() if finite.numel() else 1.0
-        torch.testing.assert_close(b, a, rtol=1e-9, atol=1e-9 * max(scale, 1.0), equal_nan=True)
+def assert_matches_reference(graph):
+    assert_same(values_and_gradients(graph, node_by_node, T=3, B=2, n=4),
+                values_and_gradients(graph, stepped(step_eagerly), T=3, B=2, n=4))
 
 
 @pytest.mark.parametrize("text", [
@@ -79,16 +57,16 @@ def assert_same(graph):
     "h' = W_1 (W_2 h + b_1) + W_3 1 + x",
 ])
 def test_planned_cells_match_the_node_by_node_reference(text):
-    assert_same(parse(text))
+    assert_matches_reference(parse(text))
 
 
 @settings(max_examples=40, deadline=None)
 @given(graph=graphs)
 def test_random_cells_match_the_node_by_node_reference(graph):
-    assert_same(graph)
+    assert_matches_reference(graph)
 
 
 @settings(max_examples=40, deadline=None)
 @given(graph=direct_output_graphs)
 def test_random_cells_with_direct_outputs_match_the_node_by_node_reference(graph):
-    assert_same(graph)
+    assert_matches_reference(graph)
