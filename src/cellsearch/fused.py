@@ -24,6 +24,7 @@ import importlib.util
 import os
 import tempfile
 import threading
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -376,10 +377,40 @@ step_fused.records_weight_gradients = True
 
 
 @functools.cache
-def available() -> bool:
-    """Whether generated kernels can run here (Triton importable)."""
+def usable(device: str) -> bool:
+    """Whether generated kernels work on `device`: Triton imports, and a short LSTM sequence
+    through them gives the eager step's values and gradients. Checked once per process; when not,
+    training falls back to the eager step with a warning rather than fail every run."""
     try:
         import triton  # noqa: F401
     except ImportError:
         return False
-    return True
+    from cellsearch import zoo
+    from cellsearch.compile import plan, run, step_eagerly
+
+    graph = zoo.get("lstm")
+
+    def sequence(step):
+        params = {node.param: torch.randn(2, 8, 8) if node.op == "matmul" else torch.randn(2, 8)
+                  for node in graph.parameters}
+        leaves = [torch.randn(2, 3, 4, 8), *params.values()]
+        leaves = [t.to(device).requires_grad_() for t in leaves]
+        x, params = leaves[0], dict(zip(params, leaves[1:]))
+        state = tuple(torch.zeros(2, 4, 8, device=device) for _ in graph.states)
+        outputs, _ = run(plan(graph), params, x, state, step)
+        return [outputs, *torch.autograd.grad(outputs.square().sum(), leaves)]
+
+    try:
+        with torch.random.fork_rng(devices=[]):  # the same draws for both, nobody else's changed
+            torch.manual_seed(0)
+            eager = sequence(step_eagerly)
+            torch.manual_seed(0)
+            fused = sequence(step_fused)
+        if all(torch.allclose(a, b, rtol=1e-3, atol=1e-4) for a, b in zip(eager, fused)):
+            return True
+        problem = "they disagree with the eager step"
+    except Exception as error:  # noqa: BLE001 - any failure means: do not use them
+        problem = f"{type(error).__name__}: {error}"
+    warnings.warn(f"generated Triton kernels are not usable on {device} ({problem}); "
+                  "training uses the eager step", RuntimeWarning, stacklevel=2)
+    return False

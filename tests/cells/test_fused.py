@@ -96,3 +96,19 @@ def test_lstm_input_side_is_one_baddbmm_in_the_recurrent_layout():
         [f"b_{p[-1]}"] for p in group.params]
     # so no x-side matmul is left to run on its own
     assert not [node for node in plan(lstm).static if node.op == "matmul"]
+
+
+def test_kernels_that_work_are_used_and_broken_ones_fall_back_with_a_warning(monkeypatch):
+    from cellsearch import fused
+
+    fused.usable.cache_clear()
+    assert fused.usable("cpu")  # the interpreter runs them on the CPU
+    fused.usable.cache_clear()
+
+    def broken(segment):
+        raise RuntimeError("no compiler")
+
+    monkeypatch.setattr(fused, "kernels", broken)
+    with pytest.warns(RuntimeWarning, match="not usable on cpu.*no compiler.*eager step"):
+        assert not fused.usable("cpu")
+    fused.usable.cache_clear()

@@ -25,8 +25,8 @@ ENGINES = ("eager", "fused", "compiled")
 
 
 def default_engine(device: torch.device) -> str:
-    """Generated fused kernels on CUDA when Triton is there; the eager step otherwise (CPU)."""
-    return "fused" if device.type == "cuda" and fused.available() else "eager"
+    """Generated fused kernels on CUDA when they work there; the eager step otherwise (CPU)."""
+    return "fused" if device.type == "cuda" and fused.usable(str(device)) else "eager"
 
 
 def _step(engine: str):
