@@ -341,7 +341,8 @@ class _FusedSegment(torch.autograd.Function):
 def _check_32bit_offsets(arguments, widths, K: int, B: int, n: int) -> None:
     """The kernels index with 32-bit integers; far beyond what fits in GPU memory when training,
     but say so rather than read the wrong memory."""
-    largest = max((a.shape[i] - 1) * a.stride(i) for a in arguments for i in range(a.dim()))
+    largest = max(sum((size - 1) * stride for size, stride in zip(a.shape, a.stride()))
+                  for a in arguments)
     if max(largest, K * B * max(widths) * n) >= 2**31:
         raise ValueError(f"tensors too large for the fused kernels' 32-bit indexing "
                          f"(K={K}, B={B}, n={n}); use engine='eager'")

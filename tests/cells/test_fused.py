@@ -112,3 +112,18 @@ def test_kernels_that_work_are_used_and_broken_ones_fall_back_with_a_warning(mon
     with pytest.warns(RuntimeWarning, match="not usable on cpu.*no compiler.*eager step"):
         assert not fused.usable("cpu")
     fused.usable.cache_clear()
+
+
+def test_sizes_beyond_32_bit_indexing_are_refused_not_wrapped():
+    from cellsearch.fused import _check_32bit_offsets
+
+    _check_32bit_offsets([torch.zeros(2, 3, 4)], [1], 2, 3, 4)
+    # one step of a (K=512, T=4096, B=32, n=64) sequence: offsets reach K * T * B * n = 2^32
+    # (a meta tensor: shape and strides without memory)
+    step = torch.empty_strided((2**9, 2**5, 2**6), (2**23, 2**6, 1), device="meta")
+    with pytest.raises(ValueError, match="32-bit indexing"):
+        _check_32bit_offsets([step], [1], 2**9, 2**5, 2**6)
+    # the offset of the last element sums over dimensions, none of which alone overflows
+    spread = torch.empty_strided((2, 2, 2), (2**30, 2**30, 1), device="meta")
+    with pytest.raises(ValueError, match="32-bit indexing"):
+        _check_32bit_offsets([spread], [1], 2, 2, 2)
