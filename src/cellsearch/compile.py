@@ -76,7 +76,7 @@ class Sum:
     recurrent_terms: tuple[tuple[int, str], ...]
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)  # hashed by identity: a cheap cache key for `fused.fused_loop`
 class Plan:
     graph: CellGraph
     static: tuple[Node, ...]  # static nodes in topological order (matmuls included)
@@ -97,6 +97,10 @@ def plan(graph: CellGraph) -> Plan:
             if any(i in timed for i in node.inputs):
                 timed.add(node.name)
 
+    def read_only_by_its_sum(name: str) -> bool:
+        """Read by one node only, and not also a new state."""
+        return len(uses[name]) == 1 and name not in graph.outputs
+
     # Flatten recurrent +/- chains through anonymous, single-use +/- nodes.
     absorbed: set[str] = set()
     sums: dict[str, Sum] = {}
@@ -111,7 +115,7 @@ def plan(graph: CellGraph) -> Plan:
     def expand(name: str, sign: int) -> list[tuple[int, str]]:
         node = by_name.get(name)
         if (node is not None and node.op in ("add", "sub") and is_anonymous(name)
-                and len(uses[name]) == 1 and name not in graph.outputs):
+                and read_only_by_its_sum(name)):
             absorbed.add(name)
             return terms(name, sign)
         return [(sign, name)]
@@ -128,8 +132,6 @@ def plan(graph: CellGraph) -> Plan:
     # Group recurrent matmuls by operand; fuse a sum's static part into a matmul that is the sum's
     # first recurrent term, when that matmul is read only by the sum (not also a new state) and
     # is added (sign +1).
-    def read_only_by_its_sum(name: str) -> bool:
-        return len(uses[name]) == 1 and name not in graph.outputs
 
     groups: dict[str, list[Node]] = {}
     for node in graph.nodes:
@@ -218,6 +220,16 @@ def plan(graph: CellGraph) -> Plan:
 
 
 # -- execution ------------------------------------------------------------------------------------
+
+
+def static_sum_name(name: str) -> str:
+    """The step input holding sum `name`'s static part (when no matmul group adds it)."""
+    return f"sum:{name}"
+
+
+def pre_name(operand: str) -> str:
+    """The step input holding the static addends of the matmul group on `operand`."""
+    return f"pre:{operand}"
 
 
 def _transposed_cat(params: dict[str, torch.Tensor], names: tuple[str, ...]) -> torch.Tensor:
@@ -341,8 +353,8 @@ def run(
     outputs = []
     for t in range(T):
         inputs = {name: steps[t] for name, steps in step_static.items()}
-        inputs.update({f"pre:{operand}": pre[t] for operand, pre in group_pre.items()})
-        inputs.update({f"sum:{name}": part[t] for name, part in sum_steps.items()})
+        inputs.update({pre_name(operand): pre[t] for operand, pre in group_pre.items()})
+        inputs.update({static_sum_name(name): part[t] for name, part in sum_steps.items()})
         state = step(plan_, group_weights, inputs, state)
         outputs.append(state[0])
     return torch.stack(outputs, dim=1), state
@@ -382,7 +394,7 @@ def step_eagerly(
         elif isinstance(item, Sum):
             values[item.name] = _signed_sum(
                 [(s, values[term]) for s, term in item.recurrent_terms],
-                inputs.get(f"sum:{item.name}"),
+                inputs.get(static_sum_name(item.name)),
             )
         else:  # an activation or a product; never a bias, constant or matmul
             values[item.name] = _apply(item, None, values, K)
@@ -397,7 +409,7 @@ step_eagerly.records_weight_gradients = True
 def group_product(item: MatmulGroup, values, inputs, weights) -> torch.Tensor:
     """One step's (K, B, m*n) product of a matmul group, its fused static addends included."""
     operand = values[item.operand]
-    pre = inputs.get(f"pre:{item.operand}")
+    pre = inputs.get(pre_name(item.operand))
     weight = weights[item.operand]
     if isinstance(weight, _Recorded):
         return _RecordedMatmul.apply(pre, operand, weight.weight, weight.record)

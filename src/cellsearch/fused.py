@@ -30,7 +30,7 @@ from pathlib import Path
 
 import torch
 
-from cellsearch.compile import MatmulGroup, Plan, Sum, group_product
+from cellsearch.compile import MatmulGroup, Plan, Sum, group_product, static_sum_name
 from cellsearch.graph import Node
 
 BLOCK = 512
@@ -59,11 +59,6 @@ class Segment:
 
 def product_name(operand: str) -> str:
     return f"@{operand}"
-
-
-def static_sum_name(name: str) -> str:
-    """The name under which `step_eagerly` receives a sum's static part."""
-    return f"sum:{name}"
 
 
 @functools.lru_cache(maxsize=256)  # bounded: a long search meets thousands of graphs

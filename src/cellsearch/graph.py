@@ -214,10 +214,11 @@ def _digest(value: object) -> str:
 def _index(nodes: tuple[Node, ...]) -> dict[str, Node]:
     by_name: dict[str, Node] = {}
     params: dict[str, str] = {}
+    names = {node.name for node in nodes}
     for node in nodes:
         if node.name in by_name:
             raise GraphError(f"node {node.name!r} is defined twice")
-        if node.name == INPUT or any(n.name == output_name(node.name) for n in nodes):
+        if node.name == INPUT or output_name(node.name) in names:
             raise GraphError(f"node {node.name!r} has the name of an input of the cell")
         if node.op not in ARITY:
             raise GraphError(f"node {node.name!r} has unknown operation {node.op!r}")
