@@ -208,16 +208,18 @@ def search_costs(device: str = "cuda", settings_count: int = 20, seed: int = 0,
     """Wall seconds of the memorization filter (one random setting of the LSTM, search schedule)
     and of `settings_count` random settings of the LSTM on arith under the search schedule;
     `on_cost(task, cost)` hears each as soon as it is measured."""
+    from cellsearch.search.config import SearchConfig
     from cellsearch.train.evaluate import evaluate
     from cellsearch.train.hyperparameters import SearchSpace
 
+    search = SearchConfig()  # the paper's filter task and threshold
     rng = random.Random(seed)
     costs = {}
-    for task, count in (("memorize", 1), ("arith", settings_count)):
+    for task, count in ((search.filter_task, 1), ("arith", settings_count)):
         settings = SearchSpace.for_search(task).sample_distinct(rng, count)
         start = time.perf_counter()
-        # The filter only asks whether the cell reaches 95% (§3.1), as the search does.
-        stop_at = 0.95 if task == "memorize" else None
+        # The filter only asks whether the cell reaches its threshold (§3.1), as the search does.
+        stop_at = search.filter_threshold if task == search.filter_task else None
         results = evaluate(zoo.get("lstm"), task, settings, device=device, stop_at=stop_at)
         wall = time.perf_counter() - start
         costs[task] = {

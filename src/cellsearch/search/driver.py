@@ -20,7 +20,7 @@ from typing import Any, Callable, Iterable, Sequence
 
 from cellsearch.errors import UserError
 from cellsearch.executors.base import EvaluationJob, Executor, check_options, resolve_function
-from cellsearch.search.config import RESUMABLE_KEYS, SearchConfig, load_config
+from cellsearch.search.config import RESERVED_OPTIONS, RESUMABLE_KEYS, SearchConfig, load_config
 from cellsearch.search.history import History
 from cellsearch.search.procedure import (
     CompleteStep,
@@ -195,7 +195,7 @@ def check_evaluator(config: SearchConfig) -> None:
     it: found here, a mistake stops the start instead of becoming one recorded failure per
     setting."""
     # run_job passes device and data_dir; the filter stage adds stop_at (see procedure).
-    options = ["device", "data_dir", "stop_at", *config.evaluation_options]
+    options = [*RESERVED_OPTIONS, *config.evaluation_options]
     check_options(resolve_function(config.evaluator), options)
 
 

@@ -25,7 +25,7 @@ from cellsearch.graph import CellGraph
 from cellsearch.tasks import Task
 from cellsearch.train.hyperparameters import Settings
 from cellsearch.train.model import Dropout, PopulationModel, default_engine, input_kind
-from cellsearch.train.result import DIVERGED, OK, Result
+from cellsearch.train.result import DIVERGED, LOWER_IS_BETTER, OK, Result
 from cellsearch.train.schedules import schedule_for
 from cellsearch.train.steps import PopulationSteps
 
@@ -118,7 +118,7 @@ def train_population(
                 continue
             schedules[k].end_epoch(loss)
             reached = stop_at is not None and (
-                valid[task.metric][k] <= stop_at if task.metric == "nll"
+                valid[task.metric][k] <= stop_at if task.metric in LOWER_IS_BETTER
                 else valid[task.metric][k] >= stop_at)
             # The epoch that reaches `stop_at` is the one reported, even if an earlier epoch had
             # a lower validation loss: the filter asks whether the cell got there.
