@@ -84,13 +84,24 @@ def test_parameter_count_matches_the_model(tiny_task):
     assert sum(p.numel() for p in model.parameters()) == count
 
 
-def test_schedule_stops_members_independently(tiny_task):
-    # max_epochs caps everyone; the search schedule of a member stuck at a high loss ends early.
+def test_max_epochs_caps_every_member(tiny_task):
     results = evaluate(zoo.get("lstm"), tiny_task, [setting(seed=1), setting(seed=2)], max_epochs=2)
     assert [r.epochs for r in results] == [2, 2]
 
 
-def test_softmax_metrics_on_arith_and_music_shapes():
+def test_schedule_stops_members_independently(tiny_task, monkeypatch):
+    # Member seed=1's schedule ends after one epoch; its population-mate trains on to the cap.
+    import cellsearch.train.trainer as trainer
+
+    original = trainer.schedule_for
+    monkeypatch.setattr(trainer, "schedule_for", lambda kind, s: original(
+        kind, s, **({"max_epochs": 1} if s.seed == 1 else {})))
+    results = evaluate(zoo.get("lstm"), tiny_task, [setting(seed=1), setting(seed=2)], max_epochs=3)
+    assert [r.epochs for r in results] == [1, 3]
+    assert all(r.status == OK for r in results)
+
+
+def test_softmax_metrics_on_arith():
     task = Arith(seed=0, epoch_windows=2, valid_samples=10, test_samples=10)
     (result,) = evaluate(zoo.get("gru"), task, [setting(num_parameters=4000)], max_epochs=1)
     assert 0 <= result.valid["accuracy"] <= 1
