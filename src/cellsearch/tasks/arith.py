@@ -22,14 +22,9 @@ import string
 
 import numpy as np
 
-from cellsearch.tasks.synthetic import Sample, SyntheticTask
+from cellsearch.tasks.synthetic import LETTERS, Sample, SyntheticTask
 
 MAX_DIGITS = 8  # "The numbers can have up to 8 digits" (§3.5)
-EPOCH_WINDOWS = 1000  # training windows per epoch
-VALID_SAMPLES = 2000
-TEST_SAMPLES = 2000
-
-_LETTERS = np.array(list(string.ascii_lowercase))
 
 
 def draw_operand(rng: np.random.Generator) -> int:
@@ -45,9 +40,9 @@ class Arith(SyntheticTask):
     vocabulary = string.ascii_lowercase + string.digits + "+-=."
     boundary = "."
     fixed_seed = 351  # any fixed value; kept constant so the valid/test sets never change
-    default_epoch_windows = EPOCH_WINDOWS
-    default_valid_samples = VALID_SAMPLES
-    default_test_samples = TEST_SAMPLES
+    default_epoch_windows = 1000  # training windows per epoch
+    default_valid_samples = 2000
+    default_test_samples = 2000
 
     def generate(self, rng: np.random.Generator) -> Sample:
         a, b = draw_operand(rng), draw_operand(rng)
@@ -57,7 +52,7 @@ class Arith(SyntheticTask):
         # One gap after each expression character: the last one sits before the `=`.
         counts = rng.geometric(0.5, size=len(expression)) - 1
         # One string of all the distractors, sliced per gap (cheaper than joining per gap).
-        letters = "".join(_LETTERS[rng.integers(0, 26, size=int(counts.sum()))].tolist())
+        letters = "".join(LETTERS[rng.integers(0, 26, size=int(counts.sum()))].tolist())
         ends = np.cumsum(counts).tolist()
         parts = []
         for char, start, stop in zip(expression, [0, *ends[:-1]], ends, strict=True):

@@ -18,14 +18,9 @@ import string
 
 import numpy as np
 
-from cellsearch.tasks.synthetic import Sample, SyntheticTask
+from cellsearch.tasks.synthetic import LETTERS, Sample, SyntheticTask
 
 SYMBOLS = 5  # letters to memorize (§3.1)
-# Training windows per epoch: long enough that the search schedule's 3-epoch patience does not
-# end a run during the plateau before an LSTM starts to memorize (seen with 150).
-EPOCH_WINDOWS = 500
-VALID_SAMPLES = 1000
-TEST_SAMPLES = 1000
 
 
 class Memorize(SyntheticTask):
@@ -33,11 +28,13 @@ class Memorize(SyntheticTask):
     vocabulary = string.ascii_lowercase + "=."
     boundary = "."
     fixed_seed = 31  # any fixed value; kept constant so the valid/test sets never change
-    default_epoch_windows = EPOCH_WINDOWS
-    default_valid_samples = VALID_SAMPLES
-    default_test_samples = TEST_SAMPLES
+    # Training windows per epoch: long enough that the search schedule's 3-epoch patience does not
+    # end a run during the plateau before an LSTM starts to memorize (seen with 150).
+    default_epoch_windows = 500
+    default_valid_samples = 1000
+    default_test_samples = 1000
 
     def generate(self, rng: np.random.Generator) -> Sample:
-        word = "".join(string.ascii_lowercase[i] for i in rng.integers(0, 26, size=SYMBOLS))
+        word = "".join(LETTERS[rng.integers(0, 26, size=SYMBOLS)])
         text = f"{word}={word}."
         return Sample(text, scored_start=SYMBOLS + 1, scored_stop=2 * SYMBOLS + 1)

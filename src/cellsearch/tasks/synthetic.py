@@ -18,6 +18,7 @@ the batch size or unrolled length.
 from __future__ import annotations
 
 import abc
+import string
 import threading
 from collections import OrderedDict
 from collections.abc import Iterator
@@ -32,6 +33,7 @@ from cellsearch.tasks.windows import pad_rows, token_windows
 
 # Seed-sequence tags keeping the training stream apart from the two fixed sets.
 _TRAIN_TAG, _VALID_TAG, _TEST_TAG = 0, 1, 2
+LETTERS = np.array(list(string.ascii_lowercase))  # for drawing random letters in one call
 # Epochs of training rows kept (an arith epoch at batch 20 is ~6 MB): enough that populations of
 # one evaluation, however far apart their paces, rarely draw an epoch twice.
 ROWS_KEPT = 32

@@ -24,16 +24,11 @@ import string
 
 import numpy as np
 
-from cellsearch.tasks.synthetic import Sample, SyntheticTask
+from cellsearch.tasks.synthetic import LETTERS, Sample, SyntheticTask
 
 MIN_NAME_LENGTH, MAX_NAME_LENGTH = 2, 10
 CLOSE_PROBABILITY = 0.5
 MAX_ITERATIONS = 50  # after this many iterations, only closes
-EPOCH_WINDOWS = 1000  # training windows per epoch
-VALID_SAMPLES = 500
-TEST_SAMPLES = 500
-
-_LETTERS = np.array(list(string.ascii_lowercase))
 
 
 class Xml(SyntheticTask):
@@ -41,15 +36,15 @@ class Xml(SyntheticTask):
     vocabulary = string.ascii_lowercase + "</>\n"
     boundary = "\n"
     fixed_seed = 352  # any fixed value; kept constant so the valid/test sets never change
-    default_epoch_windows = EPOCH_WINDOWS
-    default_valid_samples = VALID_SAMPLES
-    default_test_samples = TEST_SAMPLES
+    default_epoch_windows = 1000  # training windows per epoch
+    default_valid_samples = 500
+    default_test_samples = 500
 
     def generate(self, rng: np.random.Generator) -> Sample:
         # Drawn up front for all iterations (one numpy call each instead of one per iteration).
         closes = rng.random(MAX_ITERATIONS) < CLOSE_PROBABILITY
         lengths = rng.integers(MIN_NAME_LENGTH, MAX_NAME_LENGTH + 1, size=MAX_ITERATIONS)
-        letters = _LETTERS[rng.integers(0, 26, size=(MAX_ITERATIONS, MAX_NAME_LENGTH))]
+        letters = LETTERS[rng.integers(0, 26, size=(MAX_ITERATIONS, MAX_NAME_LENGTH))]
         parts, stack = [], []
         iteration = 0
         while True:
