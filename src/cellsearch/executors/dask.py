@@ -198,9 +198,8 @@ class DaskExecutor(Executor):
             return checked_or_failed(job, inner.result(), self.device)
         if inner.status == "error":
             error = inner.exception()
-            if isinstance(error, KilledWorker):
-                return failed_results(job, _killed_reason(error), self.device)
-            return failed_results(job, describe(error), self.device)
+            reason = _killed_reason(error) if isinstance(error, KilledWorker) else describe(error)
+            return failed_results(job, reason, self.device)
         if session.closing:
             return failed_results(job, "cancelled", self.device)
         raise self._lost(f"job {inner.key} was {inner.status}")

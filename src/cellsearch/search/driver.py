@@ -293,7 +293,7 @@ class _StepDriver:
         """Answer each job from storage where it holds the result, run the rest, commit each job
         as it completes, and return the results per job in settings order."""
         answers: list[dict[str, Result]] = []
-        pending: dict[Any, int] = {}
+        pending: dict[Any, tuple[int, EvaluationJob]] = {}  # future -> (index, job)
         missing_jobs: list[tuple[int, EvaluationJob]] = []
         replayed = 0
         for index, job in enumerate(request.jobs):
@@ -316,11 +316,9 @@ class _StepDriver:
             )
         )
         for index, job in missing_jobs:
-            pending[self.executor.submit(job)] = index
-        jobs_by_index = dict(missing_jobs)
+            pending[self.executor.submit(job)] = (index, job)
         for future in self.executor.as_completed(list(pending)):
-            index = pending[future]
-            job = jobs_by_index[index]
+            index, job = pending[future]
             results: Sequence[Result] = future.result()
             self.storage.add_evaluations(self.run_id, job.architecture_hash, request.step, results)
             self.total += len(results)
