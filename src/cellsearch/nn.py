@@ -38,12 +38,16 @@ def initial_values(
     bound = init_scale / math.sqrt(hidden_size)
     values = {}
     for node in graph.parameters:
-        shape = (hidden_size, hidden_size) if node.op == "matmul" else (hidden_size,)
-        value = uniform(shape, bound, generator)
+        value = uniform(parameter_shape(node, hidden_size), bound, generator)
         if node.init:
             value += torch.eye(hidden_size) * node.init if node.op == "matmul" else node.init
         values[node.param] = value
     return values
+
+
+def parameter_shape(node, hidden_size: int) -> tuple[int, ...]:
+    """A matrix node's (n, n) weight or a bias node's (n,) vector."""
+    return (hidden_size, hidden_size) if node.op == "matmul" else (hidden_size,)
 
 
 def _generator(seed: int | None) -> torch.Generator | None:
@@ -59,7 +63,7 @@ class Cell(nn.Module):
         self.hidden_size = hidden_size
         self.plan = plan(graph)
         for node in graph.parameters:
-            shape = (hidden_size, hidden_size) if node.op == "matmul" else (hidden_size,)
+            shape = parameter_shape(node, hidden_size)
             self.register_parameter(node.param, nn.Parameter(torch.empty(shape)))
         self.reset_parameters()
 
@@ -153,7 +157,7 @@ class PopulationCell(nn.Module):
         self.hidden_size = hidden_size
         self.plan = plan(graph)
         for node in graph.parameters:
-            shape = (hidden_size, hidden_size) if node.op == "matmul" else (hidden_size,)
+            shape = parameter_shape(node, hidden_size)
             self.register_parameter(
                 node.param, nn.Parameter(torch.empty(population_size, *shape))
             )
