@@ -41,6 +41,13 @@ def task_names() -> tuple[str, ...]:
     return tuple(_TASKS)
 
 
+def task_options(name: str) -> list[str]:
+    """The constructor options task `name` takes (e.g. `epoch_windows`, `valid_samples`)."""
+    if name not in _TASKS:
+        raise UserError(f"unknown task {name!r}; the tasks are {', '.join(task_names())}")
+    return sorted(set(inspect.signature(_TASKS[name][0]).parameters) - {"name", "data_dir", "seed"})
+
+
 def get_task(
     name: str, data_dir: str | os.PathLike | None = None, seed: int = 0, **options
 ) -> Task:
@@ -52,11 +59,9 @@ def get_task(
     or `valid_samples` (synthetic tasks). Data files are checked, and downloaded when missing,
     here, so a task that is returned has its data.
     """
-    if name not in _TASKS:
-        raise UserError(f"unknown task {name!r}; the tasks are {', '.join(task_names())}")
+    accepted = task_options(name)
     cls, fixed = _TASKS[name]
     parameters = inspect.signature(cls).parameters
-    accepted = sorted(set(parameters) - {"name", "data_dir", "seed"})
     unknown = sorted(set(options) - set(accepted))
     if unknown:
         raise UserError(

@@ -17,15 +17,13 @@ import torch
 
 from cellsearch.errors import UserError
 from cellsearch.graph import CellGraph
-from cellsearch.tasks import Task, get_task
+from cellsearch.tasks import Task, get_task, task_options
 from cellsearch.train.budget import hidden_size_for_budget, parameter_count
 from cellsearch.train.hyperparameters import Settings
 from cellsearch.train.model import input_kind
 from cellsearch.train.packing import population_limit
 from cellsearch.train.result import FAILED, Result
 from cellsearch.train.trainer import Progress, train_population
-
-SYNTHETIC_TASKS = ("memorize", "arith", "xml")
 
 
 def resolve_device(device: str) -> torch.device:
@@ -94,9 +92,9 @@ def evaluate(
     if isinstance(task, str):
         sizes = dict(epoch_windows=epoch_windows, valid_samples=valid_samples,
                      test_samples=test_samples)
-        if task not in SYNTHETIC_TASKS:  # the others have fixed, published splits
-            sizes.pop("valid_samples"), sizes.pop("test_samples")
-        options = {name: value for name, value in sizes.items() if value}
+        # ptb and music have fixed, published splits: no valid_samples or test_samples
+        options = {name: value for name, value in sizes.items()
+                   if value and name in task_options(task)}
         task = get_task(task, data_dir=data_dir, seed=data_seed, **options)
     groups: dict[tuple[int, int], list[int]] = {}
     for index, setting in enumerate(settings):
