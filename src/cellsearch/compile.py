@@ -289,6 +289,47 @@ def _signed_sum(terms: list[tuple[int, torch.Tensor]], start: torch.Tensor | Non
     return total
 
 
+def window_inputs(
+    plan_: Plan, params: dict[str, torch.Tensor], x: torch.Tensor
+) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+    """What the time loop reads, computed for the whole window before it.
+
+    Returns the step inputs by name, each (K, T, B, w) when it depends on x and broadcastable
+    to that with a time dimension of 1 otherwise: the static values the loop reads, `pre:<operand>`
+    the static addends of a fused matmul group (w = m*n) and `sum:<name>` the static part of a
+    sum; and per recurrent operand its group's matrices side by side, (K, n, m*n).
+    """
+    K, T, B, n = x.shape
+    static = _static_values(plan_, params, x)
+    inputs = {name: static[name] for name in plan_.loop_reads}
+    sum_static: dict[str, torch.Tensor] = {}
+    weights: dict[str, torch.Tensor] = {}
+    # sums whose static parts a StaticPart computes
+    covered = {s for item in plan_.loop if isinstance(item, MatmulGroup)
+               and item.static_part for s in item.fused_sums}
+    for item in plan_.loop:
+        if isinstance(item, Sum) and item.static_terms and item.name not in covered:
+            sum_static[item.name] = _signed_sum([(s, static[t]) for s, t in item.static_terms], None)
+        if isinstance(item, MatmulGroup):
+            weights[item.operand] = _transposed_cat(params, item.params)
+    fused: set[str] = set(covered)
+    for item in plan_.loop:
+        if isinstance(item, MatmulGroup) and item.static_part:
+            inputs[pre_name(item.operand)] = _static_part(item.static_part, params, static)
+        elif isinstance(item, MatmulGroup) and any(item.fused_sums):
+            chunks = [
+                sum_static[s].expand(K, T, B, n) if s is not None
+                else x.new_zeros(()).expand(K, T, B, n)
+                for s in item.fused_sums
+            ]
+            inputs[pre_name(item.operand)] = torch.cat(chunks, dim=-1)
+            fused.update(s for s in item.fused_sums if s is not None)
+    for name, part in sum_static.items():
+        if name not in fused:
+            inputs[static_sum_name(name)] = part
+    return inputs, weights
+
+
 def run(
     plan_: Plan,
     params: dict[str, torch.Tensor],
@@ -302,45 +343,11 @@ def run(
     Returns the exposed output h for every step, (K, T, B, n), and the final state.
     """
     step = step or step_eagerly
-    K, T, B, n = x.shape
-    static = _static_values(plan_, params, x)
-
-    # Per-step views of the static values the loop needs: (K, B, n) each, or constants
-    # broadcastable to it.
-    def per_step(value: torch.Tensor, is_timed: bool):
-        return value.unbind(1) if is_timed else [value.squeeze(1)] * T
-
-    step_static = {name: per_step(static[name], name in plan_.timed) for name in plan_.loop_reads}
-    sum_static: dict[str, list] = {}
-    group_pre: dict[str, list] = {}
-    group_weights: dict[str, torch.Tensor] = {}
-    # sums whose static parts a StaticPart computes
-    covered = {s for item in plan_.loop if isinstance(item, MatmulGroup)
-               and item.static_part for s in item.fused_sums}
-    for item in plan_.loop:
-        if isinstance(item, Sum) and item.static_terms and item.name not in covered:
-            part = _signed_sum([(s, static[t]) for s, t in item.static_terms], None)
-            sum_static[item.name] = part
-        if isinstance(item, MatmulGroup):
-            group_weights[item.operand] = _transposed_cat(params, item.params)
-    fused: set[str] = set(covered)
-    for item in plan_.loop:
-        if isinstance(item, MatmulGroup) and item.static_part:
-            group_pre[item.operand] = _static_part(item.static_part, params, static)
-        elif isinstance(item, MatmulGroup) and any(item.fused_sums):
-            chunks = [
-                sum_static[s].expand(K, T, B, n) if s is not None
-                else x.new_zeros(()).expand(K, T, B, n)
-                for s in item.fused_sums
-            ]
-            group_pre[item.operand] = torch.cat(chunks, dim=-1).unbind(1)
-            fused.update(s for s in item.fused_sums if s is not None)
-    sum_steps = {
-        item.name: per_step(sum_static[item.name],
-                            any(t in plan_.timed for _, t in item.static_terms))
-        for item in plan_.loop
-        if isinstance(item, Sum) and item.static_terms and item.name not in fused
-    }
+    T = x.shape[1]
+    inputs, group_weights = window_inputs(plan_, params, x)
+    # Per step, (K, B, w): a timed input's slice, or a constant's only one.
+    step_inputs = {name: value.unbind(1) if value.shape[1] == T else [value.squeeze(1)] * T
+                   for name, value in inputs.items()}
 
     # The recurrent matmuls see detached weights; their weight gradient is formed once per
     # sequence by the sinks (see `_WeightSink`) instead of once per step.
@@ -352,16 +359,13 @@ def run(
         group_weights = {o: _Recorded(w.detach(), records[o]) for o, w in group_weights.items()}
     outputs = []
     for t in range(T):
-        inputs = {name: steps[t] for name, steps in step_static.items()}
-        inputs.update({pre_name(operand): pre[t] for operand, pre in group_pre.items()})
-        inputs.update({static_sum_name(name): part[t] for name, part in sum_steps.items()})
-        state = step(plan_, group_weights, inputs, state)
+        state = step(plan_, group_weights, {name: v[t] for name, v in step_inputs.items()}, state)
         outputs.append(state[0])
     return torch.stack(outputs, dim=1), state
 
 
 def _static_part(part: StaticPart, params, static: dict) -> list[torch.Tensor]:
-    """Per step, (K, B, m*n): every chunk's `W X + constants`, from one baddbmm over all steps."""
+    """(K, T, B, m*n): every chunk's `W X + constants`, from one baddbmm over all steps."""
     operand = static[part.operand]
     K, T, B, n = operand.shape
     constants = torch.cat([
@@ -371,7 +375,7 @@ def _static_part(part: StaticPart, params, static: dict) -> list[torch.Tensor]:
     ], dim=-1)
     product = torch.baddbmm(constants.view(K, 1, -1), operand.reshape(K, T * B, n),
                             _transposed_cat(params, part.matrices))
-    return product.view(K, T, B, -1).unbind(1)
+    return product.view(K, T, B, -1)
 
 
 def step_eagerly(

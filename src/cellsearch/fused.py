@@ -1,19 +1,25 @@
-"""Generated Triton kernels for a cell's elementwise work: one kernel per stretch of a timestep.
+"""Generated Triton kernels that run a layer of any cell over a window: few launches a step.
 
-Between its matmuls an eager timestep runs every activation, product and sum as its own kernel,
-forward and backward, each reading and writing whole (K, B, n) tensors: at the paper's sizes
-that is ~30 small, memory-bound kernels per step. Here each stretch of elementwise work between
-two matmul groups (an LSTM has one, a GRU two) becomes a `Segment`, and every segment becomes
-two kernels generated from the graph: a forward that reads the segment's inputs once and writes
-only what later steps read, and a backward that recomputes the forward values from the same
-inputs (cheaper than storing them) and writes every input's gradient, a matmul group's whole
-product in one buffer.
+Eagerly, a timestep runs each matmul and every activation, product and sum as its own kernel,
+forward and backward, each reading and writing whole (K, B, n) tensors: at the paper's sizes that
+is ~30 small kernels per step, and at a 20-row minibatch their launches, not their arithmetic,
+bound the time. Here each stretch of elementwise work between a cell's matmul groups (an LSTM has
+one, a GRU two) becomes a `Segment`, and every segment two kernels generated from the graph:
 
-`step_fused` is a drop-in for `compile.step_eagerly` on CUDA; the matmuls and the per-sequence
-weight gradients stay as they are. The derivatives are the ones torch uses (tanh: 1 - y²,
-sigmoid: y(1 - y), relu: 0 at 0), so fused and eager steps agree to float rounding. The kernels
-are written as Python source, keyed by their text, to a cache directory (Triton reads a kernel's
-source from its file); Triton's own cache then keeps their binaries across runs.
+- forward: forms the products of the matmul groups just before it (`tl.dot` over the operand,
+  plus the static addends `W_x x + b` computed for the whole window beforehand), stores them for
+  the backward, then does the elementwise work and writes only what later steps read;
+- backward: recomputes the forward values from the stored inputs (cheaper than storing them) and
+  writes every input's gradient, a matmul group's whole product in one buffer.
+
+`run_fused` replaces `compile.run` (a step at a time under autograd) with one autograd node per
+layer and window (`_FusedSequence`) that schedules the backward itself: per step, one kernel per
+segment and one `baddbmm_` per group adding the operand's gradient in place; the recurrent
+weights' gradients then come from one batched matmul over all steps. An LSTM step is one kernel
+forward and two backward. The derivatives are the ones torch uses (tanh: 1 - y², sigmoid:
+y(1 - y), relu: 0 at 0), so the fused and eager engines agree to float rounding (and to TF32's,
+where torch's matmuls use TF32). Kernel sources are written, keyed by their text, to a cache
+directory (Triton reads a kernel's source from its file); Triton's cache keeps their binaries.
 """
 
 from __future__ import annotations
@@ -30,10 +36,9 @@ from pathlib import Path
 
 import torch
 
-from cellsearch.compile import MatmulGroup, Plan, Sum, group_product, static_sum_name
+from cellsearch.compile import MatmulGroup, Plan, Sum, pre_name, static_sum_name, window_inputs
 from cellsearch.graph import Node
 
-BLOCK = 512
 
 
 @dataclass(frozen=True)
@@ -47,14 +52,23 @@ class Read:
 
 @dataclass(frozen=True)
 class Segment:
-    """Consecutive elementwise loop items. `arguments` are the tensors passed in: value names, or
-    `@operand` for the whole product of the matmul group on that operand (`chunks` wide)."""
+    """Consecutive elementwise loop items, run as one kernel per step forward and one backward.
+
+    `arguments` are the tensors it reads: value names, or `@operand` for the whole product of
+    the matmul group on that operand (`chunks` wide). Its forward kernel also forms the products
+    of the groups just before it (`computes`: argument index and group), storing them whole for
+    later reads and the backward. `outputs` are the values defined (or, for a new state that no
+    item defines, copied) here that later items or the new state read. `accumulate[i]`: the
+    backward adds argument i's gradient to what is there, rather than storing it.
+    """
 
     items: tuple[Sum | Node, ...]
     arguments: tuple[str, ...]
     chunks: tuple[int, ...]
     reads: tuple[Read, ...]
-    outputs: tuple[str, ...]  # values defined here that later steps or the new state read
+    outputs: tuple[str, ...]
+    computes: tuple[tuple[int, MatmulGroup], ...] = ()
+    accumulate: tuple[bool, ...] = ()
 
 
 def product_name(operand: str) -> str:
@@ -63,7 +77,9 @@ def product_name(operand: str) -> str:
 
 @functools.lru_cache(maxsize=256)  # bounded: a long search meets thousands of graphs
 def fused_loop(plan_: Plan) -> tuple[MatmulGroup | Segment, ...]:
-    """`plan_.loop` with every run of elementwise items between matmul groups made a Segment."""
+    """`plan_.loop` with every run of elementwise items between matmul groups made a Segment,
+    and a last segment wherever a new state is a matmul's product or a static value (so every
+    new state comes out of a kernel)."""
     fused_sums = {s for item in plan_.loop if isinstance(item, MatmulGroup)
                   for s in item.fused_sums if s is not None}
     chunk_of: dict[str, tuple[str, int]] = {}  # group member -> (product, chunk)
@@ -79,6 +95,10 @@ def fused_loop(plan_: Plan) -> tuple[MatmulGroup | Segment, ...]:
             runs[-1].append(item)
         else:
             runs.append([item])
+    defined = {item.name for run in runs if isinstance(run, list) for item in run}
+    copied = [name for name in plan_.graph.outputs if name not in defined]
+    if copied and not (runs and isinstance(runs[-1], list)):
+        runs.append([])
 
     def later_reads(position: int) -> set[str]:
         names = set(plan_.graph.outputs)
@@ -87,33 +107,64 @@ def fused_loop(plan_: Plan) -> tuple[MatmulGroup | Segment, ...]:
                 names.update(_reads(item, fused_sums))
         return names
 
-    loop: list[MatmulGroup | Segment] = []
+    segments: list[tuple[list, list[str], list[int], list[Read], list[str], list]] = []
+    loop: list = []
+    pending: list[MatmulGroup] = []  # groups whose product the next segment forms
     for position, run in enumerate(runs):
         if isinstance(run, MatmulGroup):
             loop.append(run)
+            pending.append(run)
             continue
-        defined = {item.name for item in run}
         arguments: list[str] = []
         chunks: list[int] = []
+
+        def argument(source: str) -> int:
+            if source not in arguments:
+                arguments.append(source)
+                chunks.append(width.get(source, 1))
+            return arguments.index(source)
+
+        computes = [(argument(product_name(g.operand)), g) for g in pending]
+        pending = []
+        here = {item.name for item in run}
+        extra = copied if position == len(runs) - 1 else []
         reads: list[Read] = []
-        for item in run:
-            for name in _reads(item, fused_sums):
-                if name in defined or any(r.name == name for r in reads):
-                    continue
-                source, chunk = chunk_of.get(name, (name, 0))
-                if source not in arguments:
-                    arguments.append(source)
-                    chunks.append(width.get(source, 1))
-                reads.append(Read(name, arguments.index(source), chunk))
+        for name in [n for item in run for n in _reads(item, fused_sums)] + extra:
+            if name in here or any(r.name == name for r in reads):
+                continue
+            source, chunk = chunk_of.get(name, (name, 0))
+            reads.append(Read(name, argument(source), chunk))
         needed = later_reads(position)
-        loop.append(Segment(
-            items=tuple(run),
-            arguments=tuple(arguments),
-            chunks=tuple(chunks),
-            reads=tuple(reads),
-            outputs=tuple(item.name for item in run if item.name in needed),
-        ))
-    return tuple(loop)
+        outputs = [item.name for item in run if item.name in needed] + extra
+        loop.append(len(segments))
+        segments.append((run, arguments, chunks, reads, outputs, computes))
+
+    # A product's gradient is stored plainly by the one segment reading all its chunks, and
+    # accumulated (into zeros) when several segments share it.
+    readers: dict[str, list[tuple[int, int]]] = {}  # product -> (segment, chunk) reads
+    for index, (_, arguments, _, reads, _, _) in enumerate(segments):
+        for read in reads:
+            readers.setdefault(arguments[read.argument], []).append((index, read.chunk))
+
+    operands = {chunk_of[g.operand][0] for g in plan_.loop
+                if isinstance(g, MatmulGroup) and g.operand in chunk_of}
+
+    def accumulates(index: int, source: str) -> bool:
+        if source not in width or source in operands:  # (a later matmul adds to an operand's)
+            return True
+        reads = readers.get(source, [])
+        return ({i for i, _ in reads} != {index}
+                or sorted(c for _, c in reads) != list(range(width[source])))
+
+    built = [
+        Segment(
+            items=tuple(run), arguments=tuple(arguments), chunks=tuple(chunks),
+            reads=tuple(reads), outputs=tuple(outputs), computes=tuple(computes),
+            accumulate=tuple(accumulates(index, a) for a in arguments),
+        )
+        for index, (run, arguments, chunks, reads, outputs, computes) in enumerate(segments)
+    ]
+    return tuple(built[item] if isinstance(item, int) else item for item in loop)
 
 
 def _reads(item, fused_sums: set[str]) -> list[str]:
@@ -160,22 +211,60 @@ def _signed_terms(item: Sum | Node, reads: dict) -> list[tuple[int, str]]:
     return []
 
 
-def kernel_source(segment: Segment) -> str:
-    """Python source of a module with `forward_kernel` and `backward_kernel` for `segment`."""
+def kernel_source(segment: Segment, dot: bool = True) -> str:
+    """Python source of a module with `forward_kernel` and `backward_kernel` for `segment`.
+
+    Both run on a grid of (member, block of BJ units, block of BB rows); every tensor is passed
+    as a pointer and its (member, row, column) strides, one timestep of a window's buffer. With
+    `dot`, the forward forms the products of `segment.computes` itself; without, it reads them.
+    """
     var: dict[str, str] = {}
     for index, read in enumerate(segment.reads):
         var[read.name] = f"v{index}"
     for index, item in enumerate(segment.items):
         var[item.name] = f"y{index}"
+    computes = segment.computes if dot else ()
+    computed = {argument for argument, _ in computes}
 
-    def load(pointer: str, offset: str) -> str:
-        return f"tl.load({pointer} + {offset}, mask=mask, other=0.0)"
+    def at(pointer: str, column: str = "j") -> str:
+        return f"{pointer} + k * {pointer}_sk + b * {pointer}_sb + ({column}) * {pointer}_sn"
 
-    def strided(argument: int, chunk: int) -> str:
-        a = f"a{argument}"
-        return f"k * {a}_sk + b * {a}_sb + (j + {chunk} * n) * {a}_sn"
+    def load(pointer: str, column: str = "j") -> str:
+        return f"tl.load({at(pointer, column)}, mask=mask, other=0.0)"
 
-    loads = [f"    {var[r.name]} = {load(f'a{r.argument}', strided(r.argument, r.chunk))}"
+    def strided(name: str) -> str:
+        return f"{name}, {name}_sk, {name}_sb, {name}_sn"
+
+    def column(chunk: int) -> str:
+        return f"j + {chunk} * n" if chunk else "j"
+
+    # Forward: each product the segment forms, one accumulator per chunk, reduced over the
+    # operand's n columns BR at a time; then the static addends and a store of the whole product.
+    products = []
+    for g, (argument, group) in enumerate(computes):
+        chunks = range(len(group.members))
+        products += [f"    p{argument}_{c} = tl.full([BB, BJ], 0.0, x{g}.dtype.element_ty)"
+                     for c in chunks]
+        products += [
+            "    for r0 in range(0, n, BR):",
+            "        r = r0 + tl.arange(0, BR)",
+            f"        u = tl.load(x{g} + k * x{g}_sk + b * x{g}_sb + r[None, :] * x{g}_sn, "
+            "mask=(b < B) & (r[None, :] < n), other=0.0)",
+        ]
+        products += [
+            f"        p{argument}_{c} += tl.dot(u, tl.load(w{g} + k * w{g}_sk + r[:, None] * w{g}_sr"
+            f" + ({column(c)}) * w{g}_sc, mask=(r[:, None] < n) & (j < n), other=0.0), "
+            "input_precision=PRECISION)"
+            for c in chunks
+        ]
+        for c in chunks:
+            if group.fused_sums[c] is not None:  # the chunk's static addends
+                products.append(f"    p{argument}_{c} += {load(f's{g}', column(c))}")
+            products.append(f"    tl.store({at(f'a{argument}', column(c))}, p{argument}_{c}, mask=mask)")
+
+    loads = [f"    {var[r.name]} = "
+             + (f"p{r.argument}_{r.chunk}" if r.argument in computed
+                else load(f"a{r.argument}", column(r.chunk)))
              for r in segment.reads]
     body = []
     for item in segment.items:
@@ -190,23 +279,24 @@ def kernel_source(segment: Segment) -> str:
             expression = _FORWARD[item.op].format(*(var[i] for i in item.inputs))
         body.append(f"    {var[item.name]} = {expression}")
 
-    argument_parameters = ", ".join(
-        f"a{i}, a{i}_sk, a{i}_sb, a{i}_sn" for i in range(len(segment.arguments)))
+    arguments = ", ".join(strided(f"a{i}") for i in range(len(segment.arguments)))
     index_lines = [
-        "    idx = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)",
-        "    mask = idx < total",
-        "    j = idx % n",
-        "    r = idx // n",
-        "    b = r % B",
-        "    k = r // B",
+        "    k = tl.program_id(0).to(tl.int64)",
+        "    j = tl.program_id(1) * BJ + tl.arange(0, BJ)[None, :]",
+        "    b = tl.program_id(2) * BB + tl.arange(0, BB)[:, None]",
+        "    mask = (b < B) & (j < n)",
     ]
-
-    outputs = ", ".join(f"o{i}" for i in range(len(segment.outputs)))
+    sizes = "B, n, BB: tl.constexpr, BJ: tl.constexpr"
+    outputs = ", ".join(strided(f"o{i}") for i in range(len(segment.outputs)))
+    operands = ", ".join(
+        f"{strided(f'x{g}')}, w{g}, w{g}_sk, w{g}_sr, w{g}_sc, {strided(f's{g}')}"
+        for g in range(len(computes)))
     forward = [
         "@triton.jit",
-        f"def forward_kernel({argument_parameters}, {outputs}, B, n, total, BLOCK: tl.constexpr):",
-        *index_lines, *loads, *body,
-        *(f"    tl.store(o{i} + idx, {var[name]}, mask=mask)"
+        f"def forward_kernel({', '.join(filter(None, [arguments, outputs, operands]))}, {sizes}, "
+        "BR: tl.constexpr, PRECISION: tl.constexpr):",
+        *index_lines, *products, *loads, *body,
+        *(f"    tl.store({at(f'o{i}')}, {var[name]}, mask=mask)"
           for i, name in enumerate(segment.outputs)),
     ]
 
@@ -214,8 +304,7 @@ def kernel_source(segment: Segment) -> str:
     terms: dict[str, list[str]] = {name: [] for name in var}
     gradient_loads = []
     for i, name in enumerate(segment.outputs):
-        offset = f"k * go{i}_sk + b * go{i}_sb + j * go{i}_sn"
-        gradient_loads.append(f"    d{i} = {load(f'go{i}', offset)}")
+        gradient_loads.append(f"    d{i} = {load(f'go{i}')}")
         terms[name].append(f"d{i}")
     gradient_body = []
     for item in reversed(segment.items):
@@ -233,20 +322,27 @@ def kernel_source(segment: Segment) -> str:
             terms[b_].append(f"{g} * {var[a]}")
         else:
             terms[item.inputs[0]].append(_ACTIVATION_GRADIENT[item.op].format(g=g, y=y))
-    width = {i: f"{c} * n" for i, c in enumerate(segment.chunks)}
-    gradient_stores = [
-        f"    tl.store(ga{r.argument} + r * ({width[r.argument]}) + {r.chunk} * n + j, "
-        f"{' + '.join(terms[r.name]) or 'tl.zeros([BLOCK], tl.float32)'}, mask=mask)"
-        for r in segment.reads
-    ]
-    gradient_outputs = ", ".join(f"go{i}, go{i}_sk, go{i}_sb, go{i}_sn"
-                                 for i in range(len(segment.outputs)))
-    gradient_arguments = ", ".join(f"ga{i}" for i in range(len(segment.arguments)))
+    gradient_stores = []
+    for r in segment.reads:
+        target = at(f"ga{r.argument}", column(r.chunk))
+        gradient = " + ".join(terms[r.name])
+        if segment.accumulate[r.argument]:
+            if gradient:  # a read nothing depends on adds nothing
+                gradient_stores.append(
+                    f"    tl.store({target}, tl.load({target}, mask=mask, other=0.0) + "
+                    f"{gradient}, mask=mask)")
+        else:
+            gradient_stores.append(
+                f"    tl.store({target}, {gradient or 'tl.full([BB, BJ], 0.0, tl.float32)'}, mask=mask)")
+    gradient_outputs = ", ".join(strided(f"go{i}") for i in range(len(segment.outputs)))
+    gradient_arguments = ", ".join(strided(f"ga{i}") for i in range(len(segment.arguments)))
+    backward_loads = [f"    {var[r.name]} = {load(f'a{r.argument}', column(r.chunk))}"
+                      for r in segment.reads]
     backward = [
         "@triton.jit",
-        f"def backward_kernel({argument_parameters}, {gradient_outputs}, {gradient_arguments}, "
-        "B, n, total, BLOCK: tl.constexpr):",
-        *index_lines, *loads, *body, *gradient_loads, *gradient_body, *gradient_stores,
+        f"def backward_kernel({', '.join(filter(None, [arguments, gradient_outputs, gradient_arguments]))}, "
+        f"{sizes}):",
+        *index_lines, *backward_loads, *body, *gradient_loads, *gradient_body, *gradient_stores,
     ]
     header = [
         "# Generated by cellsearch.fused from a cell graph; do not edit.",
@@ -267,16 +363,16 @@ def kernel_directory() -> Path:
 
 
 @functools.lru_cache(maxsize=256)
-def _module(source: str, interpret: bool):  # interpret: only a cache key (see `kernels`)
+def _module(source: str, kind: str, interpret: bool):  # interpret: only a cache key
     digest = hashlib.sha256(source.encode()).hexdigest()[:20]
     directory = kernel_directory()
     directory.mkdir(parents=True, exist_ok=True)
-    path = directory / f"segment_{digest}.py"
+    path = directory / f"{kind}_{digest}.py"
     if not path.exists():  # written whole, then renamed: another process may read it at once
         with tempfile.NamedTemporaryFile("w", dir=directory, suffix=".tmp", delete=False) as f:
             f.write(source)
         os.replace(f.name, path)
-    spec = importlib.util.spec_from_file_location(f"cellsearch_segment_{digest}", path)
+    spec = importlib.util.spec_from_file_location(f"cellsearch_{kind}_{digest}", path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
@@ -285,91 +381,240 @@ def _module(source: str, interpret: bool):  # interpret: only a cache key (see `
 _source = functools.lru_cache(maxsize=256)(kernel_source)
 
 
-def kernels(segment: Segment):
-    """The module holding the segment's two kernels (generated and loaded once per process;
+def load_module(source: str, kind: str):
+    """The module of generated kernels with this source (written and loaded once per process;
     TRITON_INTERPRET=1, Triton's CPU interpreter, gets modules of its own)."""
     with _LOCK:
-        return _module(_source(segment), os.environ.get("TRITON_INTERPRET") == "1")
+        return _module(source, kind, os.environ.get("TRITON_INTERPRET") == "1")
 
 
-def _strided(tensors, widths, K: int, B: int, n: int) -> list:
-    """Kernel arguments: each tensor as (K, B, width * n) with its three strides; constants,
-    (K, 1, n) or (1, 1, 1), broadcast with stride 0."""
-    views = [t.expand(K, B, w * n) for t, w in zip(tensors, widths, strict=True)]
-    return [v for view in views for v in (view, *view.stride())]
+def kernels(segment: Segment, dot: bool = True):
+    """The module holding the segment's two kernels."""
+    return load_module(_source(segment, dot), "segment")
 
 
-class _FusedSegment(torch.autograd.Function):
+def _strided(view: torch.Tensor) -> list:
+    return [view, *view.stride()]
+
+
+def _blocks(B: int, n: int) -> dict[str, int]:
+    """Tile sizes: all rows of a minibatch in one block (tl.dot wants 16 or more), BJ units."""
+    return {"BB": min(64, max(16, 1 << max(B - 1, 0).bit_length())), "BJ": 32}
+
+
+# Forming a step's products inside the segment's kernel saves launches, which bound small
+# populations; cuBLAS streams large populations' weights faster (H100, arith's LSTM: 180 µs a step
+# at K=512 against 241 µs for the best tl.dot tiling, equal at K=128).
+IN_KERNEL_PRODUCTS_BYTES = 96 * 2**20
+
+
+def in_kernel_products(weights) -> bool:
+    """Whether the segments' kernels form the products (see IN_KERNEL_PRODUCTS_BYTES)."""
+    return sum(w.numel() * w.element_size() for w in weights) <= IN_KERNEL_PRODUCTS_BYTES
+
+
+@dataclass(eq=False)
+class _Window:
+    """Where each value of a window lives, by name and timestep: states in (K, T+1, B, n)
+    histories (step t reads index t and writes t+1), products (K, T, B, m*n), other stored values
+    and the step inputs (K, T, B, w). `grad` is the same map for their gradients."""
+
+    plan: Plan
+    states: dict[str, torch.Tensor]  # state name -> history
+    products: dict[str, torch.Tensor]
+    values: dict[str, torch.Tensor]
+    inputs: dict[str, torch.Tensor]
+
+    @functools.cached_property
+    def members(self) -> dict[str, tuple[str, int]]:  # matmul node -> (its group's operand, chunk)
+        return {m: (g.operand, c) for g in self.plan.loop if isinstance(g, MatmulGroup)
+                for c, m in enumerate(g.members)}
+
+    @functools.cached_property
+    def widths(self) -> dict[str, int]:  # operand -> chunks of its group's product
+        return {g.operand: len(g.members) for g in self.plan.loop if isinstance(g, MatmulGroup)}
+
+    def at(self, name: str, t: int) -> torch.Tensor:
+        graph = self.plan.graph
+        if name in self.members:  # a chunk of a product (the operand of a later matmul)
+            operand, chunk = self.members[name]
+            n = self.products[operand].shape[-1] // self.widths[operand]
+            return self.products[operand][:, t, :, chunk * n:(chunk + 1) * n]
+        if name in self.states:
+            return self.states[name][:, t]
+        if name in graph.outputs:
+            return self.states[graph.states[graph.outputs.index(name)]][:, t + 1]
+        if name.startswith("@"):
+            return self.products[name[1:]][:, t]
+        if name in self.values:
+            return self.values[name][:, t]
+        return self.inputs[name][:, t]
+
+    def every_step(self, name: str) -> torch.Tensor:
+        """(K, T, B, n): the value at every step."""
+        graph = self.plan.graph
+        if name in self.members:
+            operand, chunk = self.members[name]
+            n = self.products[operand].shape[-1] // self.widths[operand]
+            return self.products[operand][..., chunk * n:(chunk + 1) * n]
+        if name in self.states:
+            return self.states[name][:, :-1]
+        if name in graph.outputs:
+            return self.states[graph.states[graph.outputs.index(name)]][:, 1:]
+        return self.values[name]
+
+
+class _FusedSequence(torch.autograd.Function):
+    """One layer over one window: the inputs of `compile.window_inputs`, the group weights and
+    the initial state in; every step's h and the final state out."""
+
     @staticmethod
-    def forward(ctx, segment: Segment, shape: tuple[int, int, int], *arguments):
-        K, B, n = shape
-        _check_32bit_offsets(arguments, segment.chunks, K, B, n)
-        outputs = [arguments[0].new_empty(K, B, n) for _ in segment.outputs]
-        total = K * B * n
-        kernels(segment).forward_kernel[(_blocks(total),)](
-            *_strided(arguments, segment.chunks, K, B, n), *outputs, B, n, total, BLOCK=BLOCK)
-        ctx.segment, ctx.shape = segment, (K, B, n)
-        ctx.save_for_backward(*arguments)
-        return tuple(outputs)
+    def forward(ctx, plan_: Plan, T: int, dot: bool, names: tuple[str, ...],
+                operands: tuple[str, ...], *tensors):
+        graph = plan_.graph
+        inputs = dict(zip(names, tensors))
+        weights = dict(zip(operands, tensors[len(names):]))
+        state = tensors[len(names) + len(operands):]
+        K, B, n = state[0].shape
+        loop = fused_loop(plan_)
+        empty = functools.partial(state[0].new_empty)
+        histories = {}
+        for name, value in zip(graph.states, state):
+            histories[name] = empty(K, T + 1, B, n)
+            histories[name][:, 0] = value
+        window = _Window(
+            plan_, histories,
+            products={g.operand: empty(K, T, B, len(g.members) * n)
+                      for g in loop if isinstance(g, MatmulGroup)},
+            values={name: empty(K, T, B, n) for s in loop if isinstance(s, Segment)
+                    for name in s.outputs if name not in graph.outputs},
+            inputs={name: v.expand(K, T, B, _width(name, plan_, n)) for name, v in inputs.items()},
+        )
+        precision = "tf32" if state[0].is_cuda and torch.backends.cuda.matmul.allow_tf32 else "ieee"
+        blocks = _blocks(B, n)
+        grid = (K, -(-n // blocks["BJ"]), -(-B // blocks["BB"]))
+        segments = [s for s in loop if isinstance(s, Segment)]
+        for t in range(T):
+            for segment in segments:
+                dots = []
+                for _, group in segment.computes:
+                    pre = pre_name(group.operand)
+                    operand, weight = window.at(group.operand, t), weights[group.operand]
+                    addends = window.at(pre if pre in inputs else f"@{group.operand}", t)
+                    if dot:
+                        dots += [*_strided(operand), *_strided(weight), *_strided(addends)]
+                    elif pre in inputs:
+                        torch.baddbmm(addends, operand, weight, out=window.at(f"@{group.operand}", t))
+                    else:
+                        torch.bmm(operand, weight, out=window.at(f"@{group.operand}", t))
+                kernels(segment, dot).forward_kernel[grid](
+                    *(v for a in segment.arguments for v in _strided(window.at(a, t))),
+                    *(v for o in segment.outputs for v in _strided(window.at(o, t))),
+                    *dots, B, n, **blocks, BR=32, PRECISION=precision)
+        ctx.plan, ctx.names, ctx.operands, ctx.window, ctx.dot = plan_, names, operands, window, dot
+        ctx.shapes = [v.shape for v in inputs.values()]
+        ctx.save_for_backward(*weights.values())
+        h = histories[graph.states[0]]
+        return (h[:, 1:], *(histories[name][:, T].clone() for name in graph.states))
 
     @staticmethod
-    def backward(ctx, *grad_outputs):
-        segment, (K, B, n) = ctx.segment, ctx.shape
-        arguments = ctx.saved_tensors
-        # A product chunk that this segment does not read gets no store: start those at zero.
-        read_chunks = [sum(1 for r in segment.reads if r.argument == i)
-                       for i in range(len(arguments))]
-        grads = [
-            (a.new_empty if read_chunks[i] == segment.chunks[i] else a.new_zeros)(
-                K, B, segment.chunks[i] * n)
-            for i, a in enumerate(arguments)
+    def backward(ctx, grad_outputs, *grad_final):
+        plan_, window = ctx.plan, ctx.window
+        graph = plan_.graph
+        weights = dict(zip(ctx.operands, ctx.saved_tensors))
+        loop = fused_loop(plan_)
+        h = window.states[graph.states[0]]
+        K, T, B, n = h.shape[0], h.shape[1] - 1, h.shape[2], h.shape[3]
+        zeros = functools.partial(h.new_zeros)
+        shared = {a for s in loop if isinstance(s, Segment)
+                  for a, added in zip(s.arguments, s.accumulate) if added}
+        grad = _Window(
+            plan_,
+            {name: zeros(K, T + 1, B, n) for name in graph.states},
+            {op: (zeros if f"@{op}" in shared else h.new_empty)(p.shape)
+             for op, p in window.products.items()},
+            {name: zeros(v.shape) for name, v in window.values.items()},
+            {name: zeros(v.shape) for name, v in window.inputs.items()
+             if not name.startswith("pre:")},
+        )
+        if grad_outputs is not None:
+            grad.states[graph.states[0]][:, 1:] += grad_outputs
+        for name, g in zip(graph.states, grad_final):
+            if g is not None:
+                grad.states[name][:, T] += g
+        blocks = _blocks(B, n)
+        grid = (K, -(-n // blocks["BJ"]), -(-B // blocks["BB"]))
+        for t in reversed(range(T)):
+            for item in reversed(loop):
+                if isinstance(item, MatmulGroup):  # the operand's share of the product's gradient
+                    grad.at(item.operand, t).baddbmm_(
+                        grad.products[item.operand][:, t], weights[item.operand].transpose(1, 2))
+                    continue
+                kernels(item, ctx.dot).backward_kernel[grid](
+                    *(v for a in item.arguments for v in _strided(window.at(a, t))),
+                    *(v for o in item.outputs for v in _strided(grad.at(o, t))),
+                    *(v for a in item.arguments for v in _strided(grad.at(a, t))),
+                    B, n, **blocks)
+        grad_inputs = [
+            (grad.products[name[4:]] if name.startswith("pre:") else grad.inputs[name])
+            .sum_to_size(shape)
+            for name, shape in zip(ctx.names, ctx.shapes)
         ]
-        total = K * B * n
-        kernels(segment).backward_kernel[(_blocks(total),)](
-            *_strided(arguments, segment.chunks, K, B, n),
-            *_strided(grad_outputs, [1] * len(grad_outputs), K, B, n),
-            *grads, B, n, total, BLOCK=BLOCK)
-        return (None, None, *(g.sum_to_size(a.shape) if g.shape != a.shape else g
-                        for g, a in zip(grads, arguments)))
+        grad_weights = [  # dW = sum_t v_t^T g_t, all steps in one batched matmul
+            torch.bmm(window.every_step(op).reshape(K, T * B, n).transpose(1, 2),
+                      grad.products[op].view(K, T * B, -1))
+            for op in ctx.operands
+        ]
+        grad_state = [grad.states[name][:, 0] for name in graph.states]
+        ctx.window = None  # the window's buffers are not needed any more
+        return (None, None, None, None, None, *grad_inputs, *grad_weights, *grad_state)
 
 
-def _check_32bit_offsets(arguments, widths, K: int, B: int, n: int) -> None:
-    """The kernels index with 32-bit integers; far beyond what fits in GPU memory when training,
-    but say so rather than read the wrong memory."""
-    largest = max(sum((size - 1) * stride for size, stride in zip(a.shape, a.stride()))
-                  for a in arguments)
-    if max(largest, K * B * max(widths) * n) >= 2**31:
-        raise ValueError(f"tensors too large for the fused kernels' 32-bit indexing "
-                         f"(K={K}, B={B}, n={n}); use engine='eager'")
+def _width(name: str, plan_: Plan, n: int) -> int:
+    """A step input's width: a group's m*n static addends, else n."""
+    for item in plan_.loop:
+        if isinstance(item, MatmulGroup) and name == pre_name(item.operand):
+            return len(item.members) * n
+    return n
 
 
-def _blocks(total: int) -> int:
-    return -(-total // BLOCK)
+MODES = ("persistent", "dot", "cublas")
 
 
-def step_fused(
+def mode_for(B: int, n: int, weights) -> str:
+    """How `run_fused` runs a layer: a persistent kernel per member when its state fits one
+    program (`persistent.fits`), else per-step kernels that form the products themselves for
+    small populations (`in_kernel_products`) or read cuBLAS's."""
+    from cellsearch import persistent  # (it builds on this module's code generation)
+
+    if persistent.fits(B, n):
+        return "persistent"
+    return "dot" if in_kernel_products(weights) else "cublas"
+
+
+def run_fused(
     plan_: Plan,
-    weights: dict[str, torch.Tensor],
-    inputs: dict[str, torch.Tensor],
+    params: dict[str, torch.Tensor],
+    x: torch.Tensor,
     state: tuple[torch.Tensor, ...],
-) -> tuple[torch.Tensor, ...]:
-    """`compile.step_eagerly` with each elementwise segment run as one generated kernel."""
-    graph = plan_.graph
-    K, B, n = state[0].shape
-    values: dict[str, torch.Tensor] = dict(zip(graph.states, state))
-    values.update(inputs)
-    for item in fused_loop(plan_):
-        if isinstance(item, MatmulGroup):
-            product = group_product(item, values, inputs, weights)
-            values[product_name(item.operand)] = product
-            values.update(zip(item.members, product.split(n, dim=-1)))
-        else:
-            results = _FusedSegment.apply(item, (K, B, n), *(values[a] for a in item.arguments))
-            values.update(zip(item.outputs, results))
-    return tuple(values[out].expand(K, B, n) for out in graph.outputs)
+    mode: str | None = None,
+) -> tuple[torch.Tensor, tuple[torch.Tensor, ...]]:
+    """`compile.run` with the layer's recurrence in generated kernels, run as `mode` (one of
+    MODES; default `mode_for`): per step one kernel per segment forward, and backward one per
+    segment plus one matmul per group; or, persistent, two kernels for the whole window."""
+    from cellsearch import persistent
 
-
-step_fused.records_weight_gradients = True
+    inputs, weights = window_inputs(plan_, params, x)
+    K, T, B, n = x.shape
+    mode = mode or mode_for(B, n, weights.values())
+    arguments = (tuple(inputs), tuple(weights), *inputs.values(), *weights.values(), *state)
+    if mode == "persistent":
+        outputs, *final = persistent.PersistentSequence.apply(plan_, T, *arguments)
+    elif mode in ("dot", "cublas"):
+        outputs, *final = _FusedSequence.apply(plan_, T, mode == "dot", *arguments)
+    else:
+        raise ValueError(f"unknown mode {mode!r}; known: {', '.join(MODES)}")
+    return outputs, tuple(final)
 
 
 @functools.cache
@@ -382,31 +627,40 @@ def usable(device: str) -> bool:
     except ImportError:
         return False
     from cellsearch import zoo
-    from cellsearch.compile import plan, run, step_eagerly
+    from cellsearch.compile import plan, run
 
     graph = zoo.get("lstm")
 
-    def sequence(step):
+    def sequence(runner):
         params = {node.param: torch.randn(2, 8, 8) if node.op == "matmul" else torch.randn(2, 8)
                   for node in graph.parameters}
         leaves = [torch.randn(2, 3, 4, 8), *params.values()]
         leaves = [t.to(device).requires_grad_() for t in leaves]
         x, params = leaves[0], dict(zip(params, leaves[1:]))
         state = tuple(torch.zeros(2, 4, 8, device=device) for _ in graph.states)
-        outputs, _ = run(plan(graph), params, x, state, step)
+        outputs, _ = runner(plan(graph), params, x, state)
         return [outputs, *torch.autograd.grad(outputs.square().sum(), leaves)]
 
+    tf32 = torch.backends.cuda.matmul.allow_tf32
     try:
-        with torch.random.fork_rng(devices=[]):  # the same draws for both, nobody else's changed
+        # the same draws for both, nobody else's changed; full float32 matmuls in both (TF32's
+        # rounding differs between cuBLAS and tl.dot far more than the tolerance)
+        with torch.random.fork_rng(devices=[]):
+            torch.backends.cuda.matmul.allow_tf32 = False
             torch.manual_seed(0)
-            eager = sequence(step_eagerly)
-            torch.manual_seed(0)
-            fused = sequence(step_fused)
-        if all(torch.allclose(a, b, rtol=1e-3, atol=1e-4) for a, b in zip(eager, fused)):
+            eager = sequence(run)
+            fused = []
+            for mode in MODES:
+                torch.manual_seed(0)
+                fused.append(sequence(functools.partial(run_fused, mode=mode)))
+        if all(torch.allclose(a, b, rtol=1e-3, atol=1e-4)
+               for values in fused for a, b in zip(eager, values)):
             return True
         problem = "they disagree with the eager step"
     except Exception as error:  # noqa: BLE001 - any failure means: do not use them
         problem = f"{type(error).__name__}: {error}"
+    finally:
+        torch.backends.cuda.matmul.allow_tf32 = tf32
     warnings.warn(f"generated Triton kernels are not usable on {device} ({problem}); "
                   "training uses the eager step", RuntimeWarning, stacklevel=2)
     return False

@@ -162,7 +162,8 @@ class PopulationCell(nn.Module):
                 node.param, nn.Parameter(torch.empty(population_size, *shape))
             )
         self.reset_parameters([1.0] * population_size, [None] * population_size)
-        self.step = None  # compile.step_eagerly, or compile.compiled_step() for fused kernels
+        # (plan, params, x, state) -> (outputs, state): `compile.run`, or an engine's replacement
+        self.runner = run
 
     def reset_parameters(self, init_scales: Sequence[float], seeds: Sequence[int | None]) -> None:
         """Member k starts as `initial_values(graph, hidden, init_scales[k], seeds[k])`."""
@@ -183,4 +184,4 @@ class PopulationCell(nn.Module):
         )
 
     def forward(self, x: torch.Tensor, state: State) -> tuple[torch.Tensor, State]:
-        return run(self.plan, self.population_parameters(), x, state, self.step)
+        return self.runner(self.plan, self.population_parameters(), x, state)

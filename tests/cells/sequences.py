@@ -6,7 +6,7 @@ from cellsearch.compile import plan, run
 
 
 def stepped(step):
-    """A runner: the planned engine with `step` (`step_eagerly`, `step_fused`)."""
+    """A runner: `compile.run` with `step` (`step_eagerly`, or the compiled one)."""
     return lambda graph, params, x, state: run(plan(graph), params, x, state, step)
 
 
@@ -37,3 +37,8 @@ def assert_same(expected: list, actual: list, message: str = "") -> None:
         scale = finite.abs().max().item() if finite.numel() else 1.0
         torch.testing.assert_close(b, a, rtol=1e-9, atol=1e-9 * max(scale, 1.0), equal_nan=True,
                                    msg=message)
+
+
+def planned(runner):
+    """A runner of a planned engine (`compile.run`, `fused.run_fused`)."""
+    return lambda graph, params, x, state: runner(plan(graph), params, x, state)

@@ -1,20 +1,24 @@
 """Generated kernels (`cellsearch.fused`) against the eager step, run through Triton's CPU
 interpreter: values and gradients of whole sequences, for the zoo and for mutated graphs."""
 
+import functools
 import random
 
 import pytest
 import torch
 from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from cellsearch import zoo
 from cellsearch.compile import MatmulGroup, plan, step_eagerly
 from cellsearch.equations import format_graph, parse
-from cellsearch.fused import Segment, fused_loop, kernel_source, product_name, step_fused
+from cellsearch.fused import (
+    MODES, Segment, fused_loop, kernel_source, mode_for, product_name, run_fused,
+)
 from cellsearch.mutate import mutate
 
 from .random_graphs import graphs as random_graphs
-from .sequences import assert_same, stepped, values_and_gradients
+from .sequences import assert_same, planned, stepped, values_and_gradients
 
 pytest.importorskip("triton")
 # saturating tanh and sigmoid overflow exp on purpose (exp -> inf gives exactly ±1, 0 or 1)
@@ -34,27 +38,53 @@ def graphs():
         yield f"mutated mut3 {seed}", mutate(zoo.get("mut3"), random.Random(seed)).graph
 
 
+def fused_in(mode):
+    return planned(functools.partial(run_fused, mode=mode))
+
+
+@pytest.mark.parametrize("mode", MODES)
 @pytest.mark.parametrize("name, graph", list(graphs()), ids=lambda v: v if isinstance(v, str) else "")
-def test_fused_step_matches_eager_values_and_gradients(name, graph):
+def test_fused_matches_eager_values_and_gradients(name, graph, mode):
     eager = values_and_gradients(graph, stepped(step_eagerly))
-    assert_same(eager, values_and_gradients(graph, stepped(step_fused)), name)
+    assert_same(eager, values_and_gradients(graph, fused_in(mode)), name)
+
+
+@pytest.mark.parametrize("mode, B, n", [("persistent", 40, 45), ("dot", 70, 45), ("cublas", 70, 45)])
+@pytest.mark.parametrize("name", ["lstm", "gru", "mut2"])
+def test_fused_matches_eager_across_padding_and_several_blocks(name, mode, B, n):
+    # persistent: one 64 x 64 block with padding; per step: two row blocks of 64, two unit
+    # blocks and two reduction steps of 32
+    eager = values_and_gradients(zoo.get(name), stepped(step_eagerly), K=2, T=3, B=B, n=n)
+    fused = values_and_gradients(zoo.get(name), fused_in(mode), K=2, T=3, B=B, n=n)
+    assert_same(eager, fused, name)
+
+
+def test_the_mode_follows_the_sizes():
+    lstm = torch.empty(1, 1, 4, device="meta")
+    assert mode_for(20, 52, [lstm]) == "persistent"  # memorization's 25K parameters
+    assert mode_for(20, 171, [torch.empty(32, 171, 684, device="meta")]) == "dot"
+    assert mode_for(20, 171, [torch.empty(512, 171, 684, device="meta")]) == "cublas"
+    assert mode_for(100, 52, [lstm]) == "dot"  # more rows than a program holds
 
 
 @settings(max_examples=25, deadline=None)
-@given(graph=random_graphs)
-def test_fused_step_matches_eager_on_random_graphs(graph):
+@given(graph=random_graphs, mode=st.sampled_from(MODES))
+def test_fused_matches_eager_on_random_graphs(graph, mode):
     eager = values_and_gradients(graph, stepped(step_eagerly))
-    assert_same(eager, values_and_gradients(graph, stepped(step_fused)))
+    assert_same(eager, values_and_gradients(graph, fused_in(mode)))
 
 
-def test_a_wrong_derivative_would_be_caught(monkeypatch):
-    from cellsearch import fused
+@pytest.mark.parametrize("mode", MODES)
+def test_a_wrong_derivative_would_be_caught(monkeypatch, mode):
+    from cellsearch import fused, persistent
 
     wrong = dict(fused._ACTIVATION_GRADIENT, sigmoid="{g} * {y}")
     monkeypatch.setattr(fused, "_ACTIVATION_GRADIENT", wrong)
-    monkeypatch.setattr(fused, "_source", fused.kernel_source)  # no cached sources
+    # no cached sources
+    monkeypatch.setattr(fused, "_source", fused.kernel_source)
+    monkeypatch.setattr(persistent, "_source", persistent.kernel_source)
     eager = values_and_gradients(zoo.get("gru"), stepped(step_eagerly))
-    fused_values = values_and_gradients(zoo.get("gru"), stepped(step_fused))
+    fused_values = values_and_gradients(zoo.get("gru"), fused_in(mode))
     assert not all(torch.allclose(a, b) for a, b in zip(eager, fused_values))
 
 
@@ -109,7 +139,7 @@ def test_kernels_that_work_are_used_and_broken_ones_fall_back_with_a_warning(mon
     assert fused.usable("cpu")  # the interpreter runs them on the CPU
     fused.usable.cache_clear()
 
-    def broken(segment):
+    def broken(segment, dot=True):
         raise RuntimeError("no compiler")
 
     monkeypatch.setattr(fused, "kernels", broken)
@@ -118,16 +148,42 @@ def test_kernels_that_work_are_used_and_broken_ones_fall_back_with_a_warning(mon
     fused.usable.cache_clear()
 
 
-def test_sizes_beyond_32_bit_indexing_are_refused_not_wrapped():
-    from cellsearch.fused import _check_32bit_offsets
+def test_member_offsets_are_64_bit():
+    # A population's buffers pass 2^31 elements at K=512 and a few hundred units (a window's
+    # products are K x T x B x 4n): the member index, which scales the largest stride, is int64,
+    # so every offset built on it is too. (Within a member, offsets stay far below 2^31.)
+    for segment in fused_loop(plan(zoo.get("gru"))):
+        if isinstance(segment, Segment):
+            source = kernel_source(segment)
+            assert source.count("k = tl.program_id(0).to(tl.int64)") == 2
+            assert all("+ k *" in line for line in source.splitlines() if "tl.load(" in line)
 
-    _check_32bit_offsets([torch.zeros(2, 3, 4)], [1], 2, 3, 4)
-    # one step of a (K=512, T=4096, B=32, n=64) sequence: offsets reach K * T * B * n = 2^32
-    # (a meta tensor: shape and strides without memory)
-    step = torch.empty_strided((2**9, 2**5, 2**6), (2**23, 2**6, 1), device="meta")
-    with pytest.raises(ValueError, match="32-bit indexing"):
-        _check_32bit_offsets([step], [1], 2**9, 2**5, 2**6)
-    # the offset of the last element sums over dimensions, none of which alone overflows
-    spread = torch.empty_strided((2, 2, 2), (2**30, 2**30, 1), device="meta")
-    with pytest.raises(ValueError, match="32-bit indexing"):
-        _check_32bit_offsets([spread], [1], 2, 2, 2)
+
+def test_persistent_kernels_too_large_to_hoist_load_their_matrices_each_step(monkeypatch):
+    from triton.runtime.errors import OutOfResources
+
+    from cellsearch import persistent
+
+    real_load = persistent.load_module
+
+    def load(source, kind):
+        if source.startswith("#hoisted"):
+            return FailingModule()
+        return real_load(source, kind)
+
+    class FailingModule:  # module.kernel[grid](...) fails as Triton's launch would
+        def __getattr__(self, kernel):
+            return self
+
+        def __getitem__(self, grid):
+            def launch(*args, **kwargs):
+                raise OutOfResources(300_000, 232_448, "shared memory")
+            return launch
+
+    monkeypatch.setattr(persistent, "load_module", load)
+    monkeypatch.setattr(persistent, "_source", lambda plan_, names, hoist: (
+        "#hoisted\n" * hoist + persistent.kernel_source(plan_, names, hoist)))
+    monkeypatch.setattr(persistent, "_UNHOISTED", set())
+    eager = values_and_gradients(zoo.get("gru"), stepped(step_eagerly))
+    assert_same(eager, values_and_gradients(zoo.get("gru"), fused_in("persistent")))
+    assert len(persistent._UNHOISTED) == 1  # and later launches go straight to the fallback

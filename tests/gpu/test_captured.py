@@ -1,5 +1,6 @@
 """The CUDA-graph engine gives the same losses as eager mode (run on the GPU machine)."""
 
+import functools
 import random
 
 import pytest
@@ -64,14 +65,20 @@ def test_captured_equals_eager_with_dropout():
         assert a.valid["nll"] == pytest.approx(b.valid["nll"], rel=1e-5)
 
 
+# the paper's minibatch; and, in each mode, padding or more rows than one block holds
+@pytest.mark.parametrize("mode, shape", [
+    ("persistent", (4, 6, 20, 32)), ("persistent", (3, 5, 40, 45)),
+    ("dot", (4, 6, 20, 32)), ("dot", (3, 5, 70, 45)),
+    ("cublas", (4, 6, 20, 32)), ("cublas", (3, 5, 70, 45)),
+], ids=str)
 @pytest.mark.parametrize("name, graph", list(graphs()), ids=lambda v: v if isinstance(v, str) else "")
-def test_fused_kernels_give_the_eager_values_and_gradients(name, graph):
-    from cellsearch.compile import plan, run, step_eagerly
-    from cellsearch.fused import step_fused
+def test_fused_kernels_give_the_eager_values_and_gradients(name, graph, mode, shape):
+    from cellsearch.compile import plan, run
+    from cellsearch.fused import run_fused
 
-    def outputs_and_gradients(step):
+    def outputs_and_gradients(runner):
         generator = torch.Generator(device="cuda").manual_seed(0)
-        K, T, B, n = 4, 6, 20, 32
+        K, T, B, n = shape
 
         def leaf(*shape):
             return torch.randn(*shape, generator=generator, device="cuda").requires_grad_()
@@ -80,14 +87,15 @@ def test_fused_kernels_give_the_eager_values_and_gradients(name, graph):
                   for node in graph.parameters}
         params = {k: v.detach().requires_grad_() for k, v in params.items()}
         x, state = leaf(K, T, B, n), tuple(leaf(K, B, n) for _ in graph.states)
-        out, final = run(plan(graph), params, x, state, step)
+        out, final = runner(plan(graph), params, x, state)
         loss = out.square().sum() + sum(f.sum() for f in final)
         grads = torch.autograd.grad(loss, [x, *state, *params.values()], allow_unused=True)
         return [out, *final, *(g for g in grads if g is not None)]
 
     torch.backends.cuda.matmul.allow_tf32 = False
     try:
-        for a, b in zip(outputs_and_gradients(step_eagerly), outputs_and_gradients(step_fused)):
+        for a, b in zip(outputs_and_gradients(run),
+                        outputs_and_gradients(functools.partial(run_fused, mode=mode))):
             # float32 rounding relative to the tensor's scale (mutants can reach 1e4)
             assert (a - b).abs().max() <= 1e-5 * a.abs().max() + 1e-6, name
     finally:

@@ -138,8 +138,14 @@ class SyntheticTask(Task):
 
     def training_rows(self, batch_size: int, num_steps: int, epoch: int):
         """`_training_rows`, drawn once per epoch even when several threads ask at once; the
-        latest ROWS_KEPT epochs are kept."""
-        key = (batch_size, num_steps, epoch)
+        next epoch's are drawn in the background meanwhile (drawing takes a fraction of a second
+        that training would otherwise wait for, every epoch). The latest ROWS_KEPT epochs are
+        kept."""
+        rows = self._rows_future((batch_size, num_steps, epoch)).result()
+        self._rows_future((batch_size, num_steps, epoch + 1), background=True)
+        return rows
+
+    def _rows_future(self, key: tuple, background: bool = False) -> Future:
         with self._rows_lock:
             entry = self._rows.get(key)
             mine = entry is None
@@ -147,15 +153,20 @@ class SyntheticTask(Task):
                 entry = self._rows[key] = Future()
                 while len(self._rows) > ROWS_KEPT:
                     self._rows.popitem(last=False)
-        if mine:
-            try:
-                entry.set_result(self._training_rows(batch_size, num_steps, epoch))
-            except BaseException as error:
-                with self._rows_lock:  # a later request draws again rather than re-raise this
-                    if self._rows.get(key) is entry:
-                        del self._rows[key]
-                entry.set_exception(error)
-        return entry.result()
+        if mine and background:
+            threading.Thread(target=self._draw_rows, args=(key, entry), daemon=True).start()
+        elif mine:
+            self._draw_rows(key, entry)
+        return entry
+
+    def _draw_rows(self, key: tuple, entry: Future) -> None:
+        try:
+            entry.set_result(self._training_rows(*key))
+        except BaseException as error:
+            with self._rows_lock:  # a later request draws again rather than re-raise this
+                if self._rows.get(key) is entry:
+                    del self._rows[key]
+            entry.set_exception(error)
 
     def _training_rows(self, batch_size: int, num_steps: int, epoch: int):
         """Epoch `epoch`'s B row streams of exactly epoch_windows * T + 1 tokens each."""

@@ -9,6 +9,7 @@ before the output layer).
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import Sequence
 
@@ -16,7 +17,7 @@ import torch
 from torch import nn
 
 from cellsearch import fused
-from cellsearch.compile import compiled_step
+from cellsearch.compile import compiled_step, run
 from cellsearch.graph import CellGraph
 from cellsearch.nn import PopulationCell, State, initial_values, uniform
 
@@ -29,14 +30,15 @@ def default_engine(device: torch.device) -> str:
     return "fused" if device.type == "cuda" and fused.usable(str(device)) else "eager"
 
 
-def _step(engine: str):
-    """The per-timestep function of an engine: eager ops, generated kernels, or torch.compile."""
+def _runner(engine: str):
+    """How an engine runs a layer over a window: eager ops, generated kernels, or torch.compile
+    (see `nn.PopulationCell.runner`)."""
     if engine == "eager":
-        return None
+        return run
     if engine == "fused":
-        return fused.step_fused
+        return fused.run_fused
     if engine == "compiled":
-        return compiled_step()
+        return functools.partial(run, step=compiled_step())
     raise ValueError(f"unknown engine {engine!r}; known: {', '.join(ENGINES)}")
 
 
@@ -67,7 +69,7 @@ class PopulationModel(nn.Module):
         self.input_bias = nn.Parameter(torch.empty(K, n)) if input_kind == "linear" else None
         self.layers = nn.ModuleList(PopulationCell(graph, K, n) for _ in range(num_layers))
         for layer in self.layers:
-            layer.step = _step(engine)
+            layer.runner = _runner(engine)
         self.output_weight = nn.Parameter(torch.empty(K, n, output_size))  # (K, n, V_out)
         self.output_bias = nn.Parameter(torch.empty(K, output_size))
 

@@ -67,6 +67,18 @@ class Captured:
         self.calls += 1
 
 
+def _flatten(parameters: list[torch.Tensor]) -> torch.Tensor:
+    """Moves the parameters, each (K, ...), into the columns of one (K, P) tensor, each parameter
+    becoming a view of its columns; returns that tensor."""
+    flat = torch.cat([p.detach().flatten(1) for p in parameters], dim=1)
+    offset = 0
+    for p in parameters:
+        size = p[0].numel()
+        p.data = flat[:, offset:offset + size].view_as(p)
+        offset += size
+    return flat
+
+
 class PopulationSteps:
     def __init__(
         self,
@@ -82,6 +94,7 @@ class PopulationSteps:
         K = model.population_size
         self.model, self.task = model, task
         self.parameters = list(model.parameters())
+        self.flat_parameters = _flatten(self.parameters)
         self.max_norms, self.dropout = max_norms, dropout
         self.learning_rates = torch.zeros(K, device=device)
         self.finite = torch.ones(K, dtype=torch.bool, device=device)
@@ -151,14 +164,16 @@ class PopulationSteps:
         """p[k] -= rate[k] * g[k] * min(1, max_norm[k] / |g[k]|), |g[k]| over all of member k's
         parameters. Non-finite gradients (a diverged member) become 0, so frozen members stay
         put and nothing non-finite reaches the norms of the others."""
-        # A parameter no output depends on (a state that never reaches h) gets no gradient.
-        grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in self.parameters]
-        for g in grads:
-            torch.nan_to_num_(g, nan=0.0, posinf=0.0, neginf=0.0)
-        squares = torch.stack([g.pow(2).flatten(1).sum(1) for g in grads]).sum(0)  # (K,)
-        scale = self.learning_rates * torch.clamp(self.max_norms / (squares.sqrt() + 1e-6), max=1.0)
-        for p, g in zip(self.parameters, grads):
-            p.sub_(g * scale.view(-1, *([1] * (g.dim() - 1))))
+        # All of a member's gradients in one row, in the order of `flat_parameters`' columns: a
+        # few kernels for the whole update instead of a few per parameter. A parameter no output
+        # depends on (a state that never reaches h) gets no gradient.
+        grads = torch.cat([(p.grad if p.grad is not None else torch.zeros_like(p)).flatten(1)
+                           for p in self.parameters], dim=1)
+        torch.nan_to_num_(grads, nan=0.0, posinf=0.0, neginf=0.0)
+        norms = torch.linalg.vector_norm(grads, dim=1)  # (K,)
+        scale = self.learning_rates * torch.clamp(self.max_norms / (norms + 1e-6), max=1.0)
+        self.flat_parameters.addcmul_(grads, scale.unsqueeze(1), value=-1.0)
+        for p in self.parameters:
             p.grad = None
 
     @torch.no_grad()

@@ -1,0 +1,318 @@
+"""Persistent kernels for small cells: one program per member runs a layer's whole window.
+
+At the memorization task's sizes (25K parameters: about 50 units, a 20-row minibatch) a
+timestep's work is a few microseconds of latency in any form, and a window of 35 steps is
+launch after launch. When a member's state fits one block of registers (n and B at most 64),
+one generated kernel runs every step of the window, the state carried in registers from step to
+step and each matmul a `tl.dot` of that state with the member's matrices, which stay in L1/L2;
+a second kernel runs the backward over the window in reverse, recomputing each step's forward
+values from the stored states and carrying the state gradient in registers. So a layer is two
+launches per window, whatever its cell. Per step the backward stores what the window-level
+matmuls need afterwards: each matmul group's product gradient (the gradient of its static
+addends too) and operand; each static input's gradient.
+
+The arithmetic is `fused`'s (the same expressions and derivatives, generated from the plan);
+`fused.run_fused` hands a layer here when `fits`.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import torch
+
+from cellsearch.compile import MatmulGroup, Plan, Sum, pre_name, static_sum_name
+from cellsearch import fused
+from cellsearch.fused import load_module
+
+MAX_SIZE = 64  # units and minibatch rows a program holds (a 64 x 64 float32 tile per value)
+NUM_WARPS = 8  # (H100: faster than 4 at every size measured)
+
+
+def fits(B: int, n: int) -> bool:
+    return B <= MAX_SIZE and n <= MAX_SIZE
+
+
+def _block(size: int) -> int:
+    return max(16, 1 << max(size - 1, 0).bit_length())  # tl.dot wants 16 or more
+
+
+def kernel_source(plan_: Plan, inputs: tuple[str, ...], hoist: bool = True) -> str:
+    """Python source of a module with `forward_kernel` and `backward_kernel` for the plan's loop;
+    `inputs` are the step inputs' names (`compile.window_inputs`), in argument order. `hoist`:
+    load the matrices into registers once, before the time loop, rather than every step."""
+    graph = plan_.graph
+    groups = [item for item in plan_.loop if isinstance(item, MatmulGroup)]
+    var: dict[str, str] = {name: f"s{i}" for i, name in enumerate(graph.states)}
+    var.update({name: f"q{i}" for i, name in enumerate(inputs)})  # (in<i>: their pointers)
+    for g, group in enumerate(groups):
+        var.update({member: f"m{g}_{c}" for c, member in enumerate(group.members)})
+    items = [item for item in plan_.loop if not isinstance(item, MatmulGroup)]
+    var.update({item.name: f"y{i}" for i, item in enumerate(items)})
+    pre = {g: inputs.index(pre_name(group.operand)) for g, group in enumerate(groups)
+           if pre_name(group.operand) in inputs}
+    reads = _step_reads(plan_, inputs)
+
+    def at(pointer: str, time: str, column: str = "j") -> str:
+        return (f"{pointer} + k * {pointer}_sk + ({time}) * {pointer}_st + b * {pointer}_sb"
+                f" + ({column}) * {pointer}_sn")
+
+    def load(pointer: str, time: str, column: str = "j") -> str:
+        return f"tl.load({at(pointer, time, column)}, mask=mask, other=0.0)"
+
+    def column(chunk: int) -> str:
+        return f"j + {chunk} * n" if chunk else "j"
+
+    # Tile W<g>_<c>[r, j] = W<g>[r, c*n + j]: chunk c of group g's matrices side by side.
+    weights = [f"{'    ' * (1 + (not hoist))}w{g}_{c} = tl.load(w{g} + k * w{g}_sk + r * w{g}_sr "
+               f"+ ({column(c)}) * w{g}_sc, mask=wmask, other=0.0)"
+               for g, group in enumerate(groups) for c in range(len(group.members))]
+
+    def step_loads(time: str, indent: str = "        ") -> list[str]:
+        """A step's inputs: what the loop reads (q*) and the groups' static addends (a*). Loaded
+        a step ahead: they do not depend on the state, so their latency hides behind a step."""
+        lines = [f"{indent}q{i} = {load(f'in{i}', time)}"
+                 for i, name in enumerate(inputs) if name in reads]
+        lines += [f"{indent}a{g}_{c} = {load(f'in{pre[g]}', time, column(c))}"
+                  for g, group in enumerate(groups) if g in pre
+                  for c in range(len(group.members)) if group.fused_sums[c] is not None]
+        return lines
+
+    def step_forward() -> list[str]:
+        """One step's values from the states s* and the loaded inputs."""
+        lines = []
+        for item in plan_.loop:
+            if isinstance(item, MatmulGroup):
+                g = groups.index(item)
+                operand = f"tl.where(mask, {var[item.operand]}, 0.0)"  # no padding in the dot
+                for c in range(len(item.members)):
+                    addend = f" + a{g}_{c}" if g in pre and item.fused_sums[c] is not None else ""
+                    lines.append(f"        m{g}_{c} = tl.dot({operand}, w{g}_{c}, "
+                                 f"input_precision=PRECISION){addend}")
+                continue
+            terms = fused._signed_terms(item, var)
+            if terms:
+                expression = " + ".join(
+                    var[name] if sign > 0 else f"(-{var[name]})" for sign, name in terms)
+            else:
+                expression = fused._FORWARD[item.op].format(*(var[i] for i in item.inputs))
+            lines.append(f"        {var[item.name]} = {expression}")
+        return lines
+
+    strided = ", ".join
+    input_arguments = strided(f"in{i}, in{i}_sk, in{i}_st, in{i}_sb, in{i}_sn"
+                              for i in range(len(inputs)))
+    weight_arguments = strided(f"w{g}, w{g}_sk, w{g}_sr, w{g}_sc" for g in range(len(groups)))
+    history_arguments = strided(f"h{i}, h{i}_sk, h{i}_st, h{i}_sb, h{i}_sn"
+                                for i in range(len(graph.states)))
+    header = [
+        "    k = tl.program_id(0).to(tl.int64)",
+        "    b = tl.arange(0, BB)[:, None]",
+        "    j = tl.arange(0, BN)[None, :]",
+        "    r = tl.arange(0, BN)[:, None]",
+        "    mask = (b < B) & (j < n)",
+        "    wmask = (r < n) & (j < n)",
+    ]
+    sizes = "T, B, n, BB: tl.constexpr, BN: tl.constexpr, PRECISION: tl.constexpr"
+    arguments = strided(filter(None, [input_arguments, weight_arguments, history_arguments]))
+    new_state = [f"        s{i} = {var[output]}" for i, output in enumerate(graph.outputs)]
+    forward = [
+        "@triton.jit",
+        f"def forward_kernel({arguments}, {sizes}):",
+        *header,
+        *(f"    s{i} = {load(f'h{i}', '0')}" for i in range(len(graph.states))),
+        *(weights if hoist else []),
+        *step_loads("0", "    "),
+        "    for t in range(T):",
+        *([] if hoist else weights),
+        *step_forward(),
+        *new_state,
+        *step_loads("tl.minimum(t + 1, T - 1)"),
+        *(f"        tl.store({at(f'h{i}', 't + 1')}, s{i}, mask=mask)"
+          for i in range(len(graph.states))),
+    ]
+
+    # Backward: d<i> carries the gradient of state i from step to step.
+    gradient_arguments = strided(filter(None, [
+        "go, go_sk, go_st, go_sb, go_sn",  # the outputs' gradient, (K, T, B, n)
+        strided(f"gf{i}, gf{i}_sk, gf{i}_sb, gf{i}_sn" for i in range(len(graph.states))),
+        strided(f"gp{g}, gp{g}_sk, gp{g}_st, gp{g}_sb, gp{g}_sn" for g in range(len(groups))),
+        strided(f"x{g}, x{g}_sk, x{g}_st, x{g}_sb, x{g}_sn" for g in range(len(groups))),
+        strided(f"gin{i}, gin{i}_sk, gin{i}_st, gin{i}_sb, gin{i}_sn"
+                for i, name in enumerate(inputs) if not name.startswith("pre:")),
+        strided(f"gs{i}, gs{i}_sk, gs{i}_sb, gs{i}_sn" for i in range(len(graph.states))),
+    ]))
+    terms: dict[str, list[str]] = {name: [] for name in var}
+    reverse = []
+    for i, output in enumerate(graph.outputs):
+        terms[output].append(f"d{i}" if i else f"(d{i} + gq)")
+    for item in reversed(plan_.loop):
+        if isinstance(item, MatmulGroup):
+            g = groups.index(item)
+            for c, member in enumerate(item.members):
+                gradient = " + ".join(terms[member]) or "tl.full([BB, BN], 0.0, tl.float32)"
+                reverse.append(f"        g{var[member]} = tl.where(mask, {gradient}, 0.0)")
+                reverse.append(f"        tl.store({at(f'gp{g}', 't', column(c))}, g{var[member]}, "
+                               "mask=mask)")
+                terms[item.operand].append(f"tl.dot(g{var[member]}, wt{g}_{c}, "
+                                           "input_precision=PRECISION)")
+            reverse.append(f"        tl.store({at(f'x{g}', 't')}, {var[item.operand]}, mask=mask)")
+            continue
+        if not terms[item.name]:
+            continue
+        g, y = f"g{var[item.name]}", var[item.name]
+        reverse.append(f"        {g} = {' + '.join(terms[item.name])}")
+        signed = fused._signed_terms(item, var)
+        if signed:
+            for sign, name in signed:
+                terms[name].append(g if sign > 0 else f"(-{g})")
+        elif item.op == "mul":
+            a, b_ = item.inputs
+            terms[a].append(f"{g} * {var[b_]}")
+            terms[b_].append(f"{g} * {var[a]}")
+        else:
+            terms[item.inputs[0]].append(fused._ACTIVATION_GRADIENT[item.op].format(g=g, y=y))
+    input_gradients = [
+        f"        tl.store({at(f'gin{i}', 't')}, "
+        f"{' + '.join(terms[name]) or 'tl.full([BB, BN], 0.0, tl.float32)'}, mask=mask)"
+        for i, name in enumerate(inputs) if not name.startswith("pre:")
+    ]
+    def backward_loads(time: str, indent: str = "        ") -> list[str]:
+        """The states before step `time`, its inputs and its outputs' gradient."""
+        return [*(f"{indent}s{i} = {load(f'h{i}', time)}" for i in range(len(graph.states))),
+                *step_loads(time, indent), f"{indent}gq = {load('go', time)}"]
+
+    transposed = [f"{'    ' * (1 + (not hoist))}wt{g}_{c} = tl.trans(w{g}_{c})"
+                  for g, group in enumerate(groups) for c in range(len(group.members))]
+    backward = [
+        "@triton.jit",
+        f"def backward_kernel({arguments}, {gradient_arguments}, {sizes}):",
+        *header,
+        *(f"    d{i} = tl.load(gf{i} + k * gf{i}_sk + b * gf{i}_sb + j * gf{i}_sn, mask=mask, "
+          "other=0.0)" for i in range(len(graph.states))),
+        *(weights + transposed if hoist else []),
+        *backward_loads("T - 1", "    "),
+        "    for u in range(T):",
+        "        t = T - 1 - u",
+        *([] if hoist else weights + transposed),
+        *step_forward(),
+        *reverse,
+        *input_gradients,
+        *(f"        d{i} = tl.where(mask, {' + '.join(terms[state]) or '0.0 * d' + str(i)}, 0.0)"
+          for i, state in enumerate(graph.states)),
+        *backward_loads("tl.maximum(t - 1, 0)"),
+        *(f"    tl.store(gs{i} + k * gs{i}_sk + b * gs{i}_sb + j * gs{i}_sn, d{i}, mask=mask)"
+          for i in range(len(graph.states))),
+    ]
+    return "\n".join([
+        "# Generated by cellsearch.persistent from a cell graph; do not edit.",
+        "import triton",
+        "import triton.language as tl",
+        "", "", *forward, "", "", *backward, "",
+    ])
+
+
+_source = functools.lru_cache(maxsize=256)(kernel_source)
+
+
+def _step_reads(plan_: Plan, inputs: tuple[str, ...]) -> set[str]:
+    """The step inputs the loop reads directly (a group's static addends are read with it)."""
+    fused = {s for item in plan_.loop if isinstance(item, MatmulGroup)
+             for s in item.fused_sums if s is not None}
+    names = set(plan_.graph.outputs)
+    for item in plan_.loop:
+        if isinstance(item, Sum):
+            names.update(t for _, t in item.recurrent_terms)
+            if item.static_terms and item.name not in fused:
+                names.add(static_sum_name(item.name))
+        elif not isinstance(item, MatmulGroup):
+            names.update(item.inputs)
+    return names & set(inputs)
+
+
+def _strided(tensor: torch.Tensor) -> list:
+    return [tensor, *tensor.stride()]
+
+
+class PersistentSequence(torch.autograd.Function):
+    """`fused._FusedSequence` for cells that `fit`: the same inputs and outputs."""
+
+    @staticmethod
+    def forward(ctx, plan_: Plan, T: int, names: tuple[str, ...], operands: tuple[str, ...],
+                *tensors):
+        graph = plan_.graph
+        inputs = tensors[:len(names)]
+        weights = tensors[len(names):len(names) + len(operands)]
+        state = tensors[len(names) + len(operands):]
+        K, B, n = state[0].shape
+        expanded = [v.expand(K, T, B, v.shape[-1] if name.startswith("pre:") else n)
+                    for name, v in zip(names, inputs)]
+        histories = []
+        for value in state:
+            history = value.new_empty(K, T + 1, B, n)
+            history[:, 0] = value
+            histories.append(history)
+        sizes = dict(BB=_block(B), BN=_block(n), PRECISION=_precision(state[0]))
+        _launch("forward_kernel", plan_, names, K, sizes,
+                *(v for x in [*expanded, *weights, *histories] for v in _strided(x)), T, B, n)
+        ctx.plan, ctx.names, ctx.sizes = plan_, names, sizes
+        ctx.shapes = [v.shape for v in inputs]
+        ctx.expanded, ctx.histories = expanded, histories
+        ctx.save_for_backward(*weights)
+        return (histories[0][:, 1:], *(h[:, T].clone() for h in histories))
+
+    @staticmethod
+    def backward(ctx, grad_outputs, *grad_final):
+        plan_, names, expanded, histories = ctx.plan, ctx.names, ctx.expanded, ctx.histories
+        weights = ctx.saved_tensors
+        K, T1, B, n = histories[0].shape
+        T = T1 - 1
+        new = histories[0].new_zeros
+        groups = [item for item in plan_.loop if isinstance(item, MatmulGroup)]
+        product_grads = [new(K, T, B, len(g.members) * n) for g in groups]
+        operand_values = [new(K, T, B, n) for _ in groups]
+        input_grads = {name: new(K, T, B, n) for name in names if not name.startswith("pre:")}
+        state_grads = [new(K, B, n) for _ in histories]
+        grad_outputs = grad_outputs if grad_outputs is not None else new(K, T, B, n)
+        final = [g if g is not None else new(K, B, n) for g in grad_final]
+        _launch("backward_kernel", plan_, names, K, ctx.sizes,
+                *(v for x in [*expanded, *weights, *histories, grad_outputs, *final, *product_grads,
+                              *operand_values, *input_grads.values(), *state_grads]
+                  for v in _strided(x)),
+                T, B, n)
+        product_of = {pre_name(g.operand): p for g, p in zip(groups, product_grads)}
+        grad_inputs = [(product_of[name] if name in product_of else input_grads[name])
+                       .sum_to_size(shape) for name, shape in zip(names, ctx.shapes)]
+        grad_weights = [  # dW = sum_t v_t^T g_t, all steps in one batched matmul
+            torch.bmm(x.view(K, T * B, n).transpose(1, 2), p.view(K, T * B, -1))
+            for x, p in zip(operand_values, product_grads)
+        ]
+        ctx.expanded = ctx.histories = None
+        return (None, None, None, None, *grad_inputs, *grad_weights, *state_grads)
+
+
+_UNHOISTED: set = set()  # (plan, inputs, sizes) whose hoisted matrices did not fit
+
+
+def _launch(kernel: str, plan_: Plan, names: tuple[str, ...], K: int, sizes: dict, *arguments):
+    """Runs one of the plan's kernels for K members. Matrices hoisted into registers are fastest,
+    but a cell with many of them may not fit a program's resources: then they are loaded each
+    step instead."""
+    from triton.runtime.errors import OutOfResources
+
+    key = (plan_, names, tuple(sizes.items()))
+    for hoist in (True, False):
+        if hoist and key in _UNHOISTED:
+            continue
+        module = load_module(_source(plan_, names, hoist), "persistent")
+        try:
+            getattr(module, kernel)[(K,)](*arguments, **sizes, num_warps=NUM_WARPS, num_stages=1)
+            return
+        except OutOfResources:
+            if not hoist:
+                raise
+            _UNHOISTED.add(key)
+
+
+def _precision(reference: torch.Tensor) -> str:
+    return "tf32" if reference.is_cuda and torch.backends.cuda.matmul.allow_tf32 else "ieee"

@@ -1,0 +1,40 @@
+"""The training step's clipped SGD update against the formula of §3.7, computed independently."""
+
+import torch
+
+from cellsearch import zoo
+from cellsearch.tasks.memorize import Memorize
+from cellsearch.train.model import PopulationModel
+from cellsearch.train.steps import PopulationSteps
+
+
+def test_each_member_takes_its_own_clipped_sgd_step():
+    torch.manual_seed(0)
+    task = Memorize(seed=0, epoch_windows=2, valid_samples=30, test_samples=30)
+    model = PopulationModel(zoo.get("gru"), 3, task.input_size, task.output_size, 8, 2,
+                            "embedding")
+    model.reset_parameters([1.0, 2.0, 0.5], [1, 2, 3])
+    max_norms = torch.tensor([1e-3, 1e6, 1.0])  # member 1 is never clipped
+    steps = PopulationSteps(model, task, 4, 20, max_norms, None, capture=False)
+    steps.learning_rates.copy_(torch.tensor([0.5, 0.2, 1.0]))
+    steps.load(next(iter(task.batches("train", 4, 20, epoch=1))))
+    assert steps.mask.sum() > 0
+
+    # The reference: autograd on a copy of the model, then p - lr * min(1, c / |g|) * g with
+    # |g| over all of a member's parameters.
+    before = {name: p.detach().clone() for name, p in model.named_parameters()}
+    names = list(before)
+    logits, _ = model(steps.inputs, model.initial_state(4))
+    nll = torch.nn.functional.cross_entropy(
+        logits.flatten(0, 2), steps.targets.unsqueeze(1).expand(-1, 3, -1).flatten(),
+        reduction="none").view(logits.shape[:3]) * steps.mask.unsqueeze(1)
+    grads = torch.autograd.grad(nll.sum() / 4, [dict(model.named_parameters())[n] for n in names])
+    norms = torch.stack([g.flatten(1).square().sum(1) for g in grads]).sum(0).sqrt()
+    scale = steps.learning_rates * torch.clamp(max_norms / (norms + 1e-6), max=1.0)
+    assert scale[0] < 0.5 and scale[1] == 0.2  # member 0 is clipped, member 1 is not
+
+    steps.train_step()
+    for name, g in zip(names, grads):
+        expected = before[name] - scale.view(-1, *[1] * (g.dim() - 1)) * g
+        torch.testing.assert_close(dict(model.named_parameters())[name].detach(), expected,
+                                   rtol=1e-5, atol=1e-6, msg=name)
