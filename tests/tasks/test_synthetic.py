@@ -102,10 +102,10 @@ def test_an_epoch_asked_for_by_several_threads_at_once_is_drawn_once(monkeypatch
     draws = []
     original = task._training_rows
 
-    def counting(*args):
+    def counting(*args, **options):
         draws.append(args)
         time.sleep(0.05)  # long enough for the other threads to ask while this one draws
-        return original(*args)
+        return original(*args, **options)
 
     monkeypatch.setattr(task, "_training_rows", counting)
     results = []
@@ -125,7 +125,7 @@ def test_the_next_epoch_is_drawn_in_the_background_once(monkeypatch):
     task = Arith(seed=3, epoch_windows=4)
     draws = []
     original = task._training_rows
-    monkeypatch.setattr(task, "_training_rows", lambda *args: draws.append(args) or original(*args))
+    monkeypatch.setattr(task, "_training_rows", lambda *args, **options: draws.append(args) or original(*args, **options))
     task.training_rows(2, 5, 7)
     prefetched = task._rows[(2, 5, 8)]  # started before epoch 7's rows were returned
     assert task.training_rows(2, 5, 8) is prefetched.result()
@@ -142,11 +142,11 @@ def test_a_failed_draw_is_not_kept(monkeypatch):
     task = Arith(seed=3, epoch_windows=4)
     original, calls = task._training_rows, []
 
-    def failing_once(*args):
+    def failing_once(*args, **options):
         calls.append(args)
         if len(calls) == 1:
             raise MemoryError("no room")
-        return original(*args)
+        return original(*args, **options)
 
     monkeypatch.setattr(task, "_training_rows", failing_once)
     with pytest.raises(MemoryError):

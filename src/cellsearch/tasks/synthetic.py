@@ -20,6 +20,7 @@ from __future__ import annotations
 import abc
 import string
 import threading
+import time
 from collections import OrderedDict
 from collections.abc import Iterator
 from concurrent.futures import Future
@@ -154,22 +155,25 @@ class SyntheticTask(Task):
                 while len(self._rows) > ROWS_KEPT:
                     self._rows.popitem(last=False)
         if mine and background:
-            threading.Thread(target=self._draw_rows, args=(key, entry), daemon=True).start()
+            threading.Thread(target=self._draw_rows, args=(key, entry, True), daemon=True).start()
         elif mine:
             self._draw_rows(key, entry)
         return entry
 
-    def _draw_rows(self, key: tuple, entry: Future) -> None:
+    def _draw_rows(self, key: tuple, entry: Future, background: bool = False) -> None:
         try:
-            entry.set_result(self._training_rows(*key))
+            entry.set_result(self._training_rows(*key, background=background))
         except BaseException as error:
             with self._rows_lock:  # a later request draws again rather than re-raise this
                 if self._rows.get(key) is entry:
                     del self._rows[key]
             entry.set_exception(error)
 
-    def _training_rows(self, batch_size: int, num_steps: int, epoch: int):
-        """Epoch `epoch`'s B row streams of exactly epoch_windows * T + 1 tokens each."""
+    def _training_rows(self, batch_size: int, num_steps: int, epoch: int, background=False):
+        """Epoch `epoch`'s B row streams of exactly epoch_windows * T + 1 tokens each. In the
+        `background`, the drawing lets other threads run every few samples: drawing is pure
+        Python, and the thread launching the GPU's work would otherwise wait for the interpreter
+        lock (milliseconds at a time) while the GPU idles."""
         rng = np.random.default_rng([self.seed, _TRAIN_TAG, epoch])
         length = self.epoch_windows * num_steps + 1
         streams, flags = [], []
@@ -178,6 +182,8 @@ class SyntheticTask(Task):
             while size < length:
                 samples.append(self.generate(rng))
                 size += len(samples[-1].text)
+                if background and len(samples) % 8 == 0:
+                    time.sleep(0)  # let a waiting thread take the interpreter lock
             stream, flag = self._stream(samples)
             streams.append(stream[:length])
             flags.append(flag[:length])
