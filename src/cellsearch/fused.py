@@ -649,12 +649,11 @@ def usable(device: str) -> bool:
             torch.backends.cuda.matmul.allow_tf32 = False
             torch.manual_seed(0)
             eager = sequence(run)
-            fused = []
-            for mode in MODES:
-                torch.manual_seed(0)
-                fused.append(sequence(functools.partial(run_fused, mode=mode)))
-        if all(torch.allclose(a, b, rtol=1e-3, atol=1e-4)
-               for values in fused for a, b in zip(eager, values)):
+            torch.manual_seed(0)
+            # The persistent kernels use everything the per-step ones do (loads, stores, tl.dot)
+            # and more; checking one mode keeps this check's compilations few.
+            fused = sequence(functools.partial(run_fused, mode="persistent"))
+        if all(torch.allclose(a, b, rtol=1e-3, atol=1e-4) for a, b in zip(eager, fused)):
             return True
         problem = "they disagree with the eager step"
     except Exception as error:  # noqa: BLE001 - any failure means: do not use them

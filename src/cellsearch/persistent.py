@@ -23,7 +23,6 @@ import torch
 
 from cellsearch.compile import MatmulGroup, Plan, Sum, pre_name, static_sum_name
 from cellsearch import fused
-from cellsearch.fused import load_module
 
 MAX_SIZE = 64  # units and minibatch rows a program holds (a 64 x 64 float32 tile per value)
 NUM_WARPS = 8  # (H100: faster than 4 at every size measured)
@@ -304,7 +303,7 @@ def _launch(kernel: str, plan_: Plan, names: tuple[str, ...], K: int, sizes: dic
     for hoist in (True, False):
         if hoist and key in _UNHOISTED:
             continue
-        module = load_module(_source(plan_, names, hoist), "persistent")
+        module = fused.load_module(_source(plan_, names, hoist), "persistent")
         try:
             getattr(module, kernel)[(K,)](*arguments, **sizes, num_warps=NUM_WARPS, num_stages=1)
             return

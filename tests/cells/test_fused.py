@@ -139,10 +139,10 @@ def test_kernels_that_work_are_used_and_broken_ones_fall_back_with_a_warning(mon
     assert fused.usable("cpu")  # the interpreter runs them on the CPU
     fused.usable.cache_clear()
 
-    def broken(segment, dot=True):
+    def broken(source, kind):
         raise RuntimeError("no compiler")
 
-    monkeypatch.setattr(fused, "kernels", broken)
+    monkeypatch.setattr(fused, "load_module", broken)
     with pytest.warns(RuntimeWarning, match="not usable on cpu.*no compiler.*eager step"):
         assert not fused.usable("cpu")
     fused.usable.cache_clear()
@@ -162,9 +162,9 @@ def test_member_offsets_are_64_bit():
 def test_persistent_kernels_too_large_to_hoist_load_their_matrices_each_step(monkeypatch):
     from triton.runtime.errors import OutOfResources
 
-    from cellsearch import persistent
+    from cellsearch import fused, persistent
 
-    real_load = persistent.load_module
+    real_load = fused.load_module
 
     def load(source, kind):
         if source.startswith("#hoisted"):
@@ -180,7 +180,7 @@ def test_persistent_kernels_too_large_to_hoist_load_their_matrices_each_step(mon
                 raise OutOfResources(300_000, 232_448, "shared memory")
             return launch
 
-    monkeypatch.setattr(persistent, "load_module", load)
+    monkeypatch.setattr(fused, "load_module", load)
     monkeypatch.setattr(persistent, "_source", lambda plan_, names, hoist: (
         "#hoisted\n" * hoist + persistent.kernel_source(plan_, names, hoist)))
     monkeypatch.setattr(persistent, "_UNHOISTED", set())
