@@ -38,6 +38,7 @@ import torch
 
 from cellsearch.compile import MatmulGroup, Plan, Sum, pre_name, static_sum_name, window_inputs
 from cellsearch.graph import Node
+from cellsearch.nn import parameter_shape
 
 
 
@@ -617,11 +618,19 @@ def run_fused(
     return outputs, tuple(final)
 
 
-@functools.cache
+_USABLE_LOCK = threading.Lock()
+
+
 def usable(device: str) -> bool:
     """Whether generated kernels work on `device`: Triton imports, and a short LSTM sequence
     through them gives the eager step's values and gradients. Checked once per process; when not,
     training falls back to the eager step with a warning rather than fail every run."""
+    with _USABLE_LOCK:  # populations start in threads: one check, not one each
+        return _usable(device)
+
+
+@functools.cache
+def _usable(device: str) -> bool:
     try:
         import triton  # noqa: F401
     except ImportError:
@@ -632,34 +641,28 @@ def usable(device: str) -> bool:
     graph = zoo.get("lstm")
 
     def sequence(runner):
-        params = {node.param: torch.randn(2, 8, 8) if node.op == "matmul" else torch.randn(2, 8)
-                  for node in graph.parameters}
-        leaves = [torch.randn(2, 3, 4, 8), *params.values()]
+        # Its own generator and no global switches: training threads may be running. Weights
+        # small enough that TF32's rounding (in cuBLAS and tl.dot alike) stays within the tolerance.
+        generator = torch.Generator().manual_seed(0)
+        params = {node.param: torch.randn(2, *parameter_shape(node, 8), generator=generator)
+                  * 0.3 for node in graph.parameters}
+        leaves = [torch.randn(2, 3, 4, 8, generator=generator), *params.values()]
         leaves = [t.to(device).requires_grad_() for t in leaves]
         x, params = leaves[0], dict(zip(params, leaves[1:]))
         state = tuple(torch.zeros(2, 4, 8, device=device) for _ in graph.states)
         outputs, _ = runner(plan(graph), params, x, state)
         return [outputs, *torch.autograd.grad(outputs.square().sum(), leaves)]
 
-    tf32 = torch.backends.cuda.matmul.allow_tf32
     try:
-        # the same draws for both, nobody else's changed; full float32 matmuls in both (TF32's
-        # rounding differs between cuBLAS and tl.dot far more than the tolerance)
-        with torch.random.fork_rng(devices=[]):
-            torch.backends.cuda.matmul.allow_tf32 = False
-            torch.manual_seed(0)
-            eager = sequence(run)
-            torch.manual_seed(0)
-            # The persistent kernels use everything the per-step ones do (loads, stores, tl.dot)
-            # and more; checking one mode keeps this check's compilations few.
-            fused = sequence(functools.partial(run_fused, mode="persistent"))
-        if all(torch.allclose(a, b, rtol=1e-3, atol=1e-4) for a, b in zip(eager, fused)):
+        # The persistent kernels use everything the per-step ones do (loads, stores, tl.dot)
+        # and more; checking one mode keeps this check's compilations few.
+        eager = sequence(run)
+        fused = sequence(functools.partial(run_fused, mode="persistent"))
+        if all(torch.allclose(a, b, rtol=2e-2, atol=2e-3) for a, b in zip(eager, fused)):
             return True
         problem = "they disagree with the eager step"
     except Exception as error:  # noqa: BLE001 - any failure means: do not use them
         problem = f"{type(error).__name__}: {error}"
-    finally:
-        torch.backends.cuda.matmul.allow_tf32 = tf32
     warnings.warn(f"generated Triton kernels are not usable on {device} ({problem}); "
-                  "training uses the eager step", RuntimeWarning, stacklevel=2)
+                  "training uses the eager step", RuntimeWarning, stacklevel=3)
     return False

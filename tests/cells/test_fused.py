@@ -135,9 +135,9 @@ def test_lstm_input_side_is_one_baddbmm_in_the_recurrent_layout():
 def test_kernels_that_work_are_used_and_broken_ones_fall_back_with_a_warning(monkeypatch):
     from cellsearch import fused
 
-    fused.usable.cache_clear()
+    fused._usable.cache_clear()
     assert fused.usable("cpu")  # the interpreter runs them on the CPU
-    fused.usable.cache_clear()
+    fused._usable.cache_clear()
 
     def broken(source, kind):
         raise RuntimeError("no compiler")
@@ -145,7 +145,7 @@ def test_kernels_that_work_are_used_and_broken_ones_fall_back_with_a_warning(mon
     monkeypatch.setattr(fused, "load_module", broken)
     with pytest.warns(RuntimeWarning, match="not usable on cpu.*no compiler.*eager step"):
         assert not fused.usable("cpu")
-    fused.usable.cache_clear()
+    fused._usable.cache_clear()
 
 
 def test_member_offsets_are_64_bit():
@@ -187,3 +187,23 @@ def test_persistent_kernels_too_large_to_hoist_load_their_matrices_each_step(mon
     eager = values_and_gradients(zoo.get("gru"), stepped(step_eagerly))
     assert_same(eager, values_and_gradients(zoo.get("gru"), fused_in("persistent")))
     assert len(persistent._UNHOISTED) == 1  # and later launches go straight to the fallback
+
+
+def test_the_check_runs_once_when_populations_ask_at_once(monkeypatch):
+    import threading
+
+    from cellsearch import fused
+
+    fused._usable.cache_clear()
+    checks = []
+    real = fused.run_fused
+    monkeypatch.setattr(fused, "run_fused", lambda *a, **k: checks.append(1) or real(*a, **k))
+    answers = []
+    threads = [threading.Thread(target=lambda: answers.append(fused.usable("cpu")))
+               for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert answers == [True] * 4 and len(checks) == 1
+    fused._usable.cache_clear()

@@ -20,7 +20,7 @@ from cellsearch.graph import CellGraph
 from cellsearch.tasks import Task, get_task, task_options
 from cellsearch.train.budget import hidden_size_for_budget, parameter_count
 from cellsearch.train.hyperparameters import Settings
-from cellsearch.train.model import input_kind
+from cellsearch.train.model import default_engine, input_kind
 from cellsearch.train.packing import population_limit
 from cellsearch.train.result import FAILED, Result
 from cellsearch.train.trainer import Progress, train_population
@@ -89,6 +89,8 @@ def evaluate(
     torch_device = resolve_device(device)
     if torch_device.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = True
+    # chosen once, before any population starts (its check runs kernels of its own)
+    engine = engine or default_engine(torch_device)
     if isinstance(task, str):
         sizes = dict(epoch_windows=epoch_windows, valid_samples=valid_samples,
                      test_samples=test_samples)
