@@ -212,6 +212,36 @@ def _signed_terms(item: Sum | Node, reads: dict) -> list[tuple[int, str]]:
     return []
 
 
+def forward_expression(item: Sum | Node, var: dict[str, str]) -> str:
+    """An item's value from the kernel variables `var` holding what it reads."""
+    terms = _signed_terms(item, var)
+    if not terms:
+        return _FORWARD[item.op].format(*(var[i] for i in item.inputs))
+    expression = " ".join(
+        f"{'+' if sign > 0 else '-'} {var[name]}" for sign, name in terms).removeprefix("+ ")
+    return "-" + expression[2:] if expression.startswith("- ") else expression
+
+
+def gradient_line(item: Sum | Node, var: dict[str, str], terms: dict[str, list[str]]) -> str | None:
+    """Reverse mode through one item: the statement forming its gradient `g<var>` from its
+    `terms`, which then adds each input's share to the input's terms. None when nothing after the
+    item depends on it."""
+    if not terms[item.name]:
+        return None
+    g, y = f"g{var[item.name]}", var[item.name]
+    signed = _signed_terms(item, var)
+    if signed:
+        for sign, name in signed:
+            terms[name].append(g if sign > 0 else f"(-{g})")
+    elif item.op == "mul":
+        a, b = item.inputs
+        terms[a].append(f"{g} * {var[b]}")
+        terms[b].append(f"{g} * {var[a]}")
+    else:
+        terms[item.inputs[0]].append(_ACTIVATION_GRADIENT[item.op].format(g=g, y=y))
+    return f"{g} = {' + '.join(terms[item.name])}"
+
+
 def kernel_source(segment: Segment, dot: bool = True) -> str:
     """Python source of a module with `forward_kernel` and `backward_kernel` for `segment`.
 
@@ -267,18 +297,7 @@ def kernel_source(segment: Segment, dot: bool = True) -> str:
              + (f"p{r.argument}_{r.chunk}" if r.argument in computed
                 else load(f"a{r.argument}", column(r.chunk)))
              for r in segment.reads]
-    body = []
-    for item in segment.items:
-        terms = _signed_terms(item, var)
-        if terms:
-            expression = " ".join(
-                f"{'+' if sign > 0 else '-'} {var[name]}" for sign, name in terms
-            ).removeprefix("+ ")
-            if expression.startswith("- "):
-                expression = "-" + expression[2:]
-        else:
-            expression = _FORWARD[item.op].format(*(var[i] for i in item.inputs))
-        body.append(f"    {var[item.name]} = {expression}")
+    body = [f"    {var[item.name]} = {forward_expression(item, var)}" for item in segment.items]
 
     arguments = ", ".join(strided(f"a{i}") for i in range(len(segment.arguments)))
     index_lines = [
@@ -307,22 +326,8 @@ def kernel_source(segment: Segment, dot: bool = True) -> str:
     for i, name in enumerate(segment.outputs):
         gradient_loads.append(f"    d{i} = {load(f'go{i}')}")
         terms[name].append(f"d{i}")
-    gradient_body = []
-    for item in reversed(segment.items):
-        if not terms[item.name]:
-            continue  # nothing after it depends on it
-        g, y = f"g{var[item.name]}", var[item.name]
-        gradient_body.append(f"    {g} = {' + '.join(terms[item.name])}")
-        signed = _signed_terms(item, var)
-        if signed:
-            for sign, name in signed:
-                terms[name].append(g if sign > 0 else f"(-{g})")
-        elif item.op == "mul":
-            a, b_ = item.inputs
-            terms[a].append(f"{g} * {var[b_]}")
-            terms[b_].append(f"{g} * {var[a]}")
-        else:
-            terms[item.inputs[0]].append(_ACTIVATION_GRADIENT[item.op].format(g=g, y=y))
+    gradient_body = [f"    {line}" for item in reversed(segment.items)
+                     if (line := gradient_line(item, var, terms))]
     gradient_stores = []
     for r in segment.reads:
         target = at(f"ga{r.argument}", column(r.chunk))

@@ -89,13 +89,7 @@ def kernel_source(plan_: Plan, inputs: tuple[str, ...], hoist: bool = True) -> s
                     lines.append(f"        m{g}_{c} = tl.dot({operand}, w{g}_{c}, "
                                  f"input_precision=PRECISION){addend}")
                 continue
-            terms = fused._signed_terms(item, var)
-            if terms:
-                expression = " + ".join(
-                    var[name] if sign > 0 else f"(-{var[name]})" for sign, name in terms)
-            else:
-                expression = fused._FORWARD[item.op].format(*(var[i] for i in item.inputs))
-            lines.append(f"        {var[item.name]} = {expression}")
+            lines.append(f"        {var[item.name]} = {fused.forward_expression(item, var)}")
         return lines
 
     strided = ", ".join
@@ -157,20 +151,8 @@ def kernel_source(plan_: Plan, inputs: tuple[str, ...], hoist: bool = True) -> s
                                            "input_precision=PRECISION)")
             reverse.append(f"        tl.store({at(f'x{g}', 't')}, {var[item.operand]}, mask=mask)")
             continue
-        if not terms[item.name]:
-            continue
-        g, y = f"g{var[item.name]}", var[item.name]
-        reverse.append(f"        {g} = {' + '.join(terms[item.name])}")
-        signed = fused._signed_terms(item, var)
-        if signed:
-            for sign, name in signed:
-                terms[name].append(g if sign > 0 else f"(-{g})")
-        elif item.op == "mul":
-            a, b_ = item.inputs
-            terms[a].append(f"{g} * {var[b_]}")
-            terms[b_].append(f"{g} * {var[a]}")
-        else:
-            terms[item.inputs[0]].append(fused._ACTIVATION_GRADIENT[item.op].format(g=g, y=y))
+        if line := fused.gradient_line(item, var, terms):
+            reverse.append(f"        {line}")
     input_gradients = [
         f"        tl.store({at(f'gin{i}', 't')}, "
         f"{' + '.join(terms[name]) or 'tl.full([BB, BN], 0.0, tl.float32)'}, mask=mask)"
