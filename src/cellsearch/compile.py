@@ -364,7 +364,7 @@ def run(
     return torch.stack(outputs, dim=1), state
 
 
-def _static_part(part: StaticPart, params, static: dict) -> list[torch.Tensor]:
+def _static_part(part: StaticPart, params, static: dict) -> torch.Tensor:
     """(K, T, B, m*n): every chunk's `W X + constants`, from one baddbmm over all steps."""
     operand = static[part.operand]
     K, T, B, n = operand.shape

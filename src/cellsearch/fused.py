@@ -35,11 +35,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from torch.autograd.function import once_differentiable
 
 from cellsearch.compile import MatmulGroup, Plan, Sum, pre_name, static_sum_name, window_inputs
 from cellsearch.graph import Node
 from cellsearch.nn import parameter_shape
-
 
 
 @dataclass(frozen=True)
@@ -68,8 +68,8 @@ class Segment:
     chunks: tuple[int, ...]
     reads: tuple[Read, ...]
     outputs: tuple[str, ...]
-    computes: tuple[tuple[int, MatmulGroup], ...] = ()
-    accumulate: tuple[bool, ...] = ()
+    computes: tuple[tuple[int, MatmulGroup], ...]
+    accumulate: tuple[bool, ...]
 
 
 def product_name(operand: str) -> str:
@@ -111,11 +111,9 @@ def fused_loop(plan_: Plan) -> tuple[MatmulGroup | Segment, ...]:
     segments: list[tuple[list, list[str], list[int], list[Read], list[str], list]] = []
     loop: list = []
     pending: list[MatmulGroup] = []  # groups whose product the next segment forms
-    for position, run in enumerate(runs):
-        if isinstance(run, MatmulGroup):
-            loop.append(run)
-            pending.append(run)
-            continue
+
+    def add_segment(run: list, extra: list[str], needed: set[str]) -> None:
+        nonlocal pending
         arguments: list[str] = []
         chunks: list[int] = []
 
@@ -128,17 +126,26 @@ def fused_loop(plan_: Plan) -> tuple[MatmulGroup | Segment, ...]:
         computes = [(argument(product_name(g.operand)), g) for g in pending]
         pending = []
         here = {item.name for item in run}
-        extra = copied if position == len(runs) - 1 else []
         reads: list[Read] = []
         for name in [n for item in run for n in _reads(item, fused_sums)] + extra:
             if name in here or any(r.name == name for r in reads):
                 continue
             source, chunk = chunk_of.get(name, (name, 0))
             reads.append(Read(name, argument(source), chunk))
-        needed = later_reads(position)
         outputs = [item.name for item in run if item.name in needed] + extra
         loop.append(len(segments))
         segments.append((run, arguments, chunks, reads, outputs, computes))
+
+    for position, run in enumerate(runs):
+        if isinstance(run, MatmulGroup):
+            if any(run.operand in g.members for g in pending):
+                # Its operand is another pending group's product, which one kernel cannot both
+                # store and read (other programs store the columns it needs): form those first.
+                add_segment([], [], set())
+            loop.append(run)
+            pending.append(run)
+            continue
+        add_segment(run, copied if position == len(runs) - 1 else [], later_reads(position))
 
     # A product's gradient is stored plainly by the one segment reading all its chunks, and
     # accumulated (into zeros) when several segments share it.
@@ -400,7 +407,13 @@ def kernels(segment: Segment, dot: bool = True):
 
 
 def _strided(view: torch.Tensor) -> list:
+    """A kernel's pointer argument followed by its strides."""
     return [view, *view.stride()]
+
+
+def matmul_precision(reference: torch.Tensor) -> str:
+    """tl.dot's precision: TF32 where torch's CUDA matmuls use it, so engines agree."""
+    return "tf32" if reference.is_cuda and torch.backends.cuda.matmul.allow_tf32 else "ieee"
 
 
 def _blocks(B: int, n: int) -> dict[str, int]:
@@ -441,20 +454,29 @@ class _Window:
         return {g.operand: len(g.members) for g in self.plan.loop if isinstance(g, MatmulGroup)}
 
     def at(self, name: str, t: int) -> torch.Tensor:
+        """Where step t reads value `name`. A new state that a matmul or the static part computes
+        is read where they put it (a segment copies it into the history, `output_at`)."""
         graph = self.plan.graph
         if name in self.members:  # a chunk of a product (the operand of a later matmul)
             operand, chunk = self.members[name]
             n = self.products[operand].shape[-1] // self.widths[operand]
             return self.products[operand][:, t, :, chunk * n:(chunk + 1) * n]
+        if name in self.inputs:
+            return self.inputs[name][:, t]
         if name in self.states:
             return self.states[name][:, t]
-        if name in graph.outputs:
-            return self.states[graph.states[graph.outputs.index(name)]][:, t + 1]
         if name.startswith("@"):
             return self.products[name[1:]][:, t]
-        if name in self.values:
-            return self.values[name][:, t]
-        return self.inputs[name][:, t]
+        if name in graph.outputs:
+            return self.states[graph.states[graph.outputs.index(name)]][:, t + 1]
+        return self.values[name][:, t]
+
+    def output_at(self, name: str, t: int) -> torch.Tensor:
+        """Where a segment writes value `name` of step t: a new state into its history."""
+        graph = self.plan.graph
+        if name in graph.outputs:
+            return self.states[graph.states[graph.outputs.index(name)]][:, t + 1]
+        return self.values[name][:, t]
 
     def every_step(self, name: str) -> torch.Tensor:
         """(K, T, B, n): the value at every step."""
@@ -483,7 +505,7 @@ class _FusedSequence(torch.autograd.Function):
         state = tensors[len(names) + len(operands):]
         K, B, n = state[0].shape
         loop = fused_loop(plan_)
-        empty = functools.partial(state[0].new_empty)
+        empty = state[0].new_empty
         histories = {}
         for name, value in zip(graph.states, state):
             histories[name] = empty(K, T + 1, B, n)
@@ -494,9 +516,9 @@ class _FusedSequence(torch.autograd.Function):
                       for g in loop if isinstance(g, MatmulGroup)},
             values={name: empty(K, T, B, n) for s in loop if isinstance(s, Segment)
                     for name in s.outputs if name not in graph.outputs},
-            inputs={name: v.expand(K, T, B, _width(name, plan_, n)) for name, v in inputs.items()},
+            inputs={name: v.expand(K, T, B, input_width(name, plan_, n)) for name, v in inputs.items()},
         )
-        precision = "tf32" if state[0].is_cuda and torch.backends.cuda.matmul.allow_tf32 else "ieee"
+        precision = matmul_precision(state[0])
         blocks = _blocks(B, n)
         grid = (K, -(-n // blocks["BJ"]), -(-B // blocks["BB"]))
         segments = [s for s in loop if isinstance(s, Segment)]
@@ -506,16 +528,17 @@ class _FusedSequence(torch.autograd.Function):
                 for _, group in segment.computes:
                     pre = pre_name(group.operand)
                     operand, weight = window.at(group.operand, t), weights[group.operand]
-                    addends = window.at(pre if pre in inputs else f"@{group.operand}", t)
+                    product = window.at(product_name(group.operand), t)
+                    addends = window.at(pre, t) if pre in inputs else product  # (unread then)
                     if dot:
                         dots += [*_strided(operand), *_strided(weight), *_strided(addends)]
                     elif pre in inputs:
-                        torch.baddbmm(addends, operand, weight, out=window.at(f"@{group.operand}", t))
+                        torch.baddbmm(addends, operand, weight, out=product)
                     else:
-                        torch.bmm(operand, weight, out=window.at(f"@{group.operand}", t))
+                        torch.bmm(operand, weight, out=product)
                 kernels(segment, dot).forward_kernel[grid](
                     *(v for a in segment.arguments for v in _strided(window.at(a, t))),
-                    *(v for o in segment.outputs for v in _strided(window.at(o, t))),
+                    *(v for o in segment.outputs for v in _strided(window.output_at(o, t))),
                     *dots, B, n, **blocks, BR=32, PRECISION=precision)
         ctx.plan, ctx.names, ctx.operands, ctx.window, ctx.dot = plan_, names, operands, window, dot
         ctx.shapes = [v.shape for v in inputs.values()]
@@ -524,24 +547,27 @@ class _FusedSequence(torch.autograd.Function):
         return (h[:, 1:], *(histories[name][:, T].clone() for name in graph.states))
 
     @staticmethod
+    @once_differentiable
     def backward(ctx, grad_outputs, *grad_final):
+        _check_first_backward(ctx.window)
         plan_, window = ctx.plan, ctx.window
         graph = plan_.graph
         weights = dict(zip(ctx.operands, ctx.saved_tensors))
         loop = fused_loop(plan_)
         h = window.states[graph.states[0]]
         K, T, B, n = h.shape[0], h.shape[1] - 1, h.shape[2], h.shape[3]
-        zeros = functools.partial(h.new_zeros)
+        zeros = h.new_zeros
+        # a group's static addends get the gradient of its product
+        addends = {pre_name(g.operand): g.operand for g in loop if isinstance(g, MatmulGroup)}
         shared = {a for s in loop if isinstance(s, Segment)
                   for a, added in zip(s.arguments, s.accumulate) if added}
         grad = _Window(
             plan_,
             {name: zeros(K, T + 1, B, n) for name in graph.states},
-            {op: (zeros if f"@{op}" in shared else h.new_empty)(p.shape)
+            {op: (zeros if product_name(op) in shared else h.new_empty)(p.shape)
              for op, p in window.products.items()},
             {name: zeros(v.shape) for name, v in window.values.items()},
-            {name: zeros(v.shape) for name, v in window.inputs.items()
-             if not name.startswith("pre:")},
+            {name: zeros(v.shape) for name, v in window.inputs.items() if name not in addends},
         )
         if grad_outputs is not None:
             grad.states[graph.states[0]][:, 1:] += grad_outputs
@@ -556,13 +582,15 @@ class _FusedSequence(torch.autograd.Function):
                     grad.at(item.operand, t).baddbmm_(
                         grad.products[item.operand][:, t], weights[item.operand].transpose(1, 2))
                     continue
+                if not item.reads:  # (a segment that only forms products)
+                    continue
                 kernels(item, ctx.dot).backward_kernel[grid](
                     *(v for a in item.arguments for v in _strided(window.at(a, t))),
-                    *(v for o in item.outputs for v in _strided(grad.at(o, t))),
+                    *(v for o in item.outputs for v in _strided(grad.output_at(o, t))),
                     *(v for a in item.arguments for v in _strided(grad.at(a, t))),
                     B, n, **blocks)
         grad_inputs = [
-            (grad.products[name[4:]] if name.startswith("pre:") else grad.inputs[name])
+            (grad.products[addends[name]] if name in addends else grad.inputs[name])
             .sum_to_size(shape)
             for name, shape in zip(ctx.names, ctx.shapes)
         ]
@@ -576,7 +604,13 @@ class _FusedSequence(torch.autograd.Function):
         return (None, None, None, None, None, *grad_inputs, *grad_weights, *grad_state)
 
 
-def _width(name: str, plan_: Plan, n: int) -> int:
+def _check_first_backward(buffers) -> None:
+    if buffers is None:  # released by the first backward
+        raise RuntimeError("a fused layer's backward runs once per forward (retain_graph is not "
+                           "supported); use engine='eager' to differentiate twice")
+
+
+def input_width(name: str, plan_: Plan, n: int) -> int:
     """A step input's width: a group's m*n static addends, else n."""
     for item in plan_.loop:
         if isinstance(item, MatmulGroup) and name == pre_name(item.operand):

@@ -20,6 +20,7 @@ from __future__ import annotations
 import functools
 
 import torch
+from torch.autograd.function import once_differentiable
 
 from cellsearch.compile import MatmulGroup, Plan, Sum, pre_name, static_sum_name
 from cellsearch import fused
@@ -50,6 +51,7 @@ def kernel_source(plan_: Plan, inputs: tuple[str, ...], hoist: bool = True) -> s
     var.update({item.name: f"y{i}" for i, item in enumerate(items)})
     pre = {g: inputs.index(pre_name(group.operand)) for g, group in enumerate(groups)
            if pre_name(group.operand) in inputs}
+    gradients = [i for i, name in enumerate(inputs) if i not in pre.values()]  # (pre: gp<g>)
     reads = _step_reads(plan_, inputs)
 
     def at(pointer: str, time: str, column: str = "j") -> str:
@@ -92,11 +94,11 @@ def kernel_source(plan_: Plan, inputs: tuple[str, ...], hoist: bool = True) -> s
             lines.append(f"        {var[item.name]} = {fused.forward_expression(item, var)}")
         return lines
 
-    strided = ", ".join
-    input_arguments = strided(f"in{i}, in{i}_sk, in{i}_st, in{i}_sb, in{i}_sn"
+    joined = ", ".join
+    input_arguments = joined(f"in{i}, in{i}_sk, in{i}_st, in{i}_sb, in{i}_sn"
                               for i in range(len(inputs)))
-    weight_arguments = strided(f"w{g}, w{g}_sk, w{g}_sr, w{g}_sc" for g in range(len(groups)))
-    history_arguments = strided(f"h{i}, h{i}_sk, h{i}_st, h{i}_sb, h{i}_sn"
+    weight_arguments = joined(f"w{g}, w{g}_sk, w{g}_sr, w{g}_sc" for g in range(len(groups)))
+    history_arguments = joined(f"h{i}, h{i}_sk, h{i}_st, h{i}_sb, h{i}_sn"
                                 for i in range(len(graph.states)))
     header = [
         "    k = tl.program_id(0).to(tl.int64)",
@@ -107,7 +109,7 @@ def kernel_source(plan_: Plan, inputs: tuple[str, ...], hoist: bool = True) -> s
         "    wmask = (r < n) & (j < n)",
     ]
     sizes = "T, B, n, BB: tl.constexpr, BN: tl.constexpr, PRECISION: tl.constexpr"
-    arguments = strided(filter(None, [input_arguments, weight_arguments, history_arguments]))
+    arguments = joined(filter(None, [input_arguments, weight_arguments, history_arguments]))
     new_state = [f"        s{i} = {var[output]}" for i, output in enumerate(graph.outputs)]
     forward = [
         "@triton.jit",
@@ -126,14 +128,13 @@ def kernel_source(plan_: Plan, inputs: tuple[str, ...], hoist: bool = True) -> s
     ]
 
     # Backward: d<i> carries the gradient of state i from step to step.
-    gradient_arguments = strided(filter(None, [
+    gradient_arguments = joined(filter(None, [
         "go, go_sk, go_st, go_sb, go_sn",  # the outputs' gradient, (K, T, B, n)
-        strided(f"gf{i}, gf{i}_sk, gf{i}_sb, gf{i}_sn" for i in range(len(graph.states))),
-        strided(f"gp{g}, gp{g}_sk, gp{g}_st, gp{g}_sb, gp{g}_sn" for g in range(len(groups))),
-        strided(f"x{g}, x{g}_sk, x{g}_st, x{g}_sb, x{g}_sn" for g in range(len(groups))),
-        strided(f"gin{i}, gin{i}_sk, gin{i}_st, gin{i}_sb, gin{i}_sn"
-                for i, name in enumerate(inputs) if not name.startswith("pre:")),
-        strided(f"gs{i}, gs{i}_sk, gs{i}_sb, gs{i}_sn" for i in range(len(graph.states))),
+        joined(f"gf{i}, gf{i}_sk, gf{i}_sb, gf{i}_sn" for i in range(len(graph.states))),
+        joined(f"gp{g}, gp{g}_sk, gp{g}_st, gp{g}_sb, gp{g}_sn" for g in range(len(groups))),
+        joined(f"x{g}, x{g}_sk, x{g}_st, x{g}_sb, x{g}_sn" for g in range(len(groups))),
+        joined(f"gin{i}, gin{i}_sk, gin{i}_st, gin{i}_sb, gin{i}_sn" for i in gradients),
+        joined(f"gs{i}, gs{i}_sk, gs{i}_sb, gs{i}_sn" for i in range(len(graph.states))),
     ]))
     terms: dict[str, list[str]] = {name: [] for name in var}
     reverse = []
@@ -156,7 +157,7 @@ def kernel_source(plan_: Plan, inputs: tuple[str, ...], hoist: bool = True) -> s
     input_gradients = [
         f"        tl.store({at(f'gin{i}', 't')}, "
         f"{' + '.join(terms[name]) or 'tl.full([BB, BN], 0.0, tl.float32)'}, mask=mask)"
-        for i, name in enumerate(inputs) if not name.startswith("pre:")
+        for i, name in enumerate(inputs) if i in gradients
     ]
     def backward_loads(time: str, indent: str = "        ") -> list[str]:
         """The states before step `time`, its inputs and its outputs' gradient."""
@@ -211,31 +212,26 @@ def _step_reads(plan_: Plan, inputs: tuple[str, ...]) -> set[str]:
     return names & set(inputs)
 
 
-def _strided(tensor: torch.Tensor) -> list:
-    return [tensor, *tensor.stride()]
-
-
 class PersistentSequence(torch.autograd.Function):
     """`fused._FusedSequence` for cells that `fit`: the same inputs and outputs."""
 
     @staticmethod
     def forward(ctx, plan_: Plan, T: int, names: tuple[str, ...], operands: tuple[str, ...],
                 *tensors):
-        graph = plan_.graph
         inputs = tensors[:len(names)]
         weights = tensors[len(names):len(names) + len(operands)]
         state = tensors[len(names) + len(operands):]
         K, B, n = state[0].shape
-        expanded = [v.expand(K, T, B, v.shape[-1] if name.startswith("pre:") else n)
+        expanded = [v.expand(K, T, B, fused.input_width(name, plan_, n))
                     for name, v in zip(names, inputs)]
         histories = []
         for value in state:
             history = value.new_empty(K, T + 1, B, n)
             history[:, 0] = value
             histories.append(history)
-        sizes = dict(BB=_block(B), BN=_block(n), PRECISION=_precision(state[0]))
+        sizes = dict(BB=_block(B), BN=_block(n), PRECISION=fused.matmul_precision(state[0]))
         _launch("forward_kernel", plan_, names, K, sizes,
-                *(v for x in [*expanded, *weights, *histories] for v in _strided(x)), T, B, n)
+                *(v for x in [*expanded, *weights, *histories] for v in fused._strided(x)), T, B, n)
         ctx.plan, ctx.names, ctx.sizes = plan_, names, sizes
         ctx.shapes = [v.shape for v in inputs]
         ctx.expanded, ctx.histories = expanded, histories
@@ -243,7 +239,9 @@ class PersistentSequence(torch.autograd.Function):
         return (histories[0][:, 1:], *(h[:, T].clone() for h in histories))
 
     @staticmethod
+    @once_differentiable
     def backward(ctx, grad_outputs, *grad_final):
+        fused._check_first_backward(ctx.histories)
         plan_, names, expanded, histories = ctx.plan, ctx.names, ctx.expanded, ctx.histories
         weights = ctx.saved_tensors
         K, T1, B, n = histories[0].shape
@@ -252,16 +250,16 @@ class PersistentSequence(torch.autograd.Function):
         groups = [item for item in plan_.loop if isinstance(item, MatmulGroup)]
         product_grads = [new(K, T, B, len(g.members) * n) for g in groups]
         operand_values = [new(K, T, B, n) for _ in groups]
-        input_grads = {name: new(K, T, B, n) for name in names if not name.startswith("pre:")}
+        product_of = {pre_name(g.operand): p for g, p in zip(groups, product_grads)}
+        input_grads = {name: new(K, T, B, n) for name in names if name not in product_of}
         state_grads = [new(K, B, n) for _ in histories]
         grad_outputs = grad_outputs if grad_outputs is not None else new(K, T, B, n)
         final = [g if g is not None else new(K, B, n) for g in grad_final]
         _launch("backward_kernel", plan_, names, K, ctx.sizes,
                 *(v for x in [*expanded, *weights, *histories, grad_outputs, *final, *product_grads,
                               *operand_values, *input_grads.values(), *state_grads]
-                  for v in _strided(x)),
+                  for v in fused._strided(x)),
                 T, B, n)
-        product_of = {pre_name(g.operand): p for g, p in zip(groups, product_grads)}
         grad_inputs = [(product_of[name] if name in product_of else input_grads[name])
                        .sum_to_size(shape) for name, shape in zip(names, ctx.shapes)]
         grad_weights = [  # dW = sum_t v_t^T g_t, all steps in one batched matmul
@@ -293,7 +291,3 @@ def _launch(kernel: str, plan_: Plan, names: tuple[str, ...], K: int, sizes: dic
             if not hoist:
                 raise
             _UNHOISTED.add(key)
-
-
-def _precision(reference: torch.Tensor) -> str:
-    return "tf32" if reference.is_cuda and torch.backends.cuda.matmul.allow_tf32 else "ieee"

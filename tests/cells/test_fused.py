@@ -17,6 +17,7 @@ from cellsearch.fused import (
 )
 from cellsearch.mutate import mutate
 
+from .random_graphs import direct_output_graphs
 from .random_graphs import graphs as random_graphs
 from .sequences import assert_same, planned, stepped, values_and_gradients
 
@@ -59,6 +60,32 @@ def test_fused_matches_eager_across_padding_and_several_blocks(name, mode, B, n)
     assert_same(eager, fused, name)
 
 
+# Shapes the zoo lacks but mutation makes: a new state that is a matmul's product or a static
+# value (no elementwise node defines it), and a matmul of a matmul's product.
+SHAPED = {
+    "state from a matmul": "h' = tanh(W_h h + c + W_x x)\nc' = W_c h",
+    "state from x alone": "h' = tanh(W_h h + c)\nc' = tanh(W_x x)",
+    "matmul of a matmul": "h' = tanh(W_2 W_1 h + W_x x)",
+    "chain beside its group": "h' = tanh(W_2 W_1 h + W_h h + W_x x)",
+}
+
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("text", SHAPED.values(), ids=SHAPED.keys())
+def test_fused_matches_eager_on_graphs_without_elementwise_outputs_or_with_chained_matmuls(
+        text, mode):
+    # n = 40: several unit blocks, so one program's stores are not another's loads
+    eager = values_and_gradients(parse(text), stepped(step_eagerly), n=40, B=4)
+    assert_same(eager, values_and_gradients(parse(text), fused_in(mode), n=40, B=4), text)
+
+
+def test_a_matmul_of_a_product_formed_in_the_same_step_gets_a_kernel_of_its_own():
+    loop = fused_loop(plan(parse(SHAPED["matmul of a matmul"])))
+    kinds = [type(item).__name__ for item in loop]
+    assert kinds == ["MatmulGroup", "Segment", "MatmulGroup", "Segment"]
+    assert not loop[1].items and loop[1].computes[0][1] is loop[0]  # only forms W_1 h
+
+
 def test_the_mode_follows_the_sizes():
     lstm = torch.empty(1, 1, 4, device="meta")
     assert mode_for(20, 52, [lstm]) == "persistent"  # memorization's 25K parameters
@@ -68,7 +95,7 @@ def test_the_mode_follows_the_sizes():
 
 
 @settings(max_examples=25, deadline=None)
-@given(graph=random_graphs, mode=st.sampled_from(MODES))
+@given(graph=st.one_of(random_graphs, direct_output_graphs), mode=st.sampled_from(MODES))
 def test_fused_matches_eager_on_random_graphs(graph, mode):
     eager = values_and_gradients(graph, stepped(step_eagerly))
     assert_same(eager, values_and_gradients(graph, fused_in(mode)))
@@ -207,3 +234,16 @@ def test_the_check_runs_once_when_populations_ask_at_once(monkeypatch):
         thread.join()
     assert answers == [True] * 4 and len(checks) == 1
     fused._usable.cache_clear()
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_a_second_backward_is_refused_clearly(mode):
+    graph = zoo.get("gru")
+    params = {node.param: torch.randn(1, 4, 4) if node.op == "matmul" else torch.randn(1, 4)
+              for node in graph.parameters}
+    params = {name: value.requires_grad_() for name, value in params.items()}
+    outputs, _ = run_fused(plan(graph), params, torch.randn(1, 3, 2, 4),
+                           (torch.zeros(1, 2, 4),), mode=mode)
+    outputs.sum().backward(retain_graph=True)
+    with pytest.raises(RuntimeError, match="once per forward"):
+        outputs.sum().backward()

@@ -80,7 +80,7 @@ def evaluate(
     `valid_samples`/`test_samples` a synthetic task's fixed sets (ignored for ptb and music; cheap configurations for tests
     and demos); `population_size` caps K (by default, on CUDA, as many as fit in half the free
     memory: `packing`); `data_seed` selects the training stream, shared by all members; `capture`
-    replays training steps from CUDA graphs on a GPU and `engine` picks how a timestep runs
+    replays training steps from CUDA graphs on a GPU and `engine` picks how each layer runs
     (`model.ENGINES`; by default generated kernels on CUDA, eager on CPU); `stop_at` ends a member once its validation
     metric reaches it. On CUDA, matmuls use TF32 (as the speed targets assume).
     """

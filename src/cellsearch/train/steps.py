@@ -69,7 +69,8 @@ class Captured:
 
 def _flatten(parameters: list[torch.Tensor]) -> torch.Tensor:
     """Moves the parameters, each (K, ...), into the columns of one (K, P) tensor, each parameter
-    becoming a view of its columns; returns that tensor."""
+    becoming a view of its columns; returns that tensor. (So the model must not move to another
+    device or get new parameter tensors afterwards: the update would no longer reach them.)"""
     flat = torch.cat([p.detach().flatten(1) for p in parameters], dim=1)
     offset = 0
     for p in parameters:

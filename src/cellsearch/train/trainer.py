@@ -61,7 +61,7 @@ def train_population(
     """Train every setting (all with the same num_layers) and return one Result each, in order.
 
     On CUDA, `capture` replays each window's step from a CUDA graph (see `steps`); `engine`
-    (`model.ENGINES`, default `model.default_engine`) picks how a timestep runs. `stop_at`
+    (`model.ENGINES`, default `model.default_engine`) picks how each layer runs. `stop_at`
     ends a member's training once its validation metric reaches that value (accuracy at least,
     or nll at most): the memorization filter only asks whether a cell gets to 95%."""
     started = time.perf_counter()
