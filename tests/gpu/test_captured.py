@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from cellsearch import zoo
+from cellsearch.equations import parse
 from cellsearch.mutate import mutate
 from cellsearch.tasks.arith import Arith
 from cellsearch.train.evaluate import evaluate
@@ -71,7 +72,12 @@ def test_captured_equals_eager_with_dropout():
     ("dot", (4, 6, 20, 32)), ("dot", (3, 5, 70, 45)),
     ("cublas", (4, 6, 20, 32)), ("cublas", (3, 5, 70, 45)),
 ], ids=str)
-@pytest.mark.parametrize("name, graph", list(graphs()), ids=lambda v: v if isinstance(v, str) else "")
+@pytest.mark.parametrize("name, graph", [
+    *graphs(),
+    # new states that no elementwise node defines, a matmul of a matmul (see tests/cells/test_fused)
+    ("state from a matmul", parse("h' = tanh(W_h h + c + W_x x)\nc' = W_c h")),
+    ("matmul of a matmul", parse("h' = tanh(W_2 W_1 h + W_h h + W_x x)")),
+], ids=lambda v: v if isinstance(v, str) else "")
 def test_fused_kernels_give_the_eager_values_and_gradients(name, graph, mode, shape):
     from cellsearch.compile import plan, run
     from cellsearch.fused import run_fused
