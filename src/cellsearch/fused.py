@@ -37,7 +37,14 @@ from pathlib import Path
 import torch
 from torch.autograd.function import once_differentiable
 
-from cellsearch.compile import MatmulGroup, Plan, Sum, pre_name, static_sum_name, window_inputs
+from cellsearch.compile import (
+    MatmulGroup,
+    Plan,
+    Sum,
+    pre_name,
+    static_sum_name,
+    window_inputs,
+)
 from cellsearch.graph import Node
 from cellsearch.nn import parameter_shape
 

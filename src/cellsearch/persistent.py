@@ -22,8 +22,8 @@ import functools
 import torch
 from torch.autograd.function import once_differentiable
 
-from cellsearch.compile import MatmulGroup, Plan, Sum, pre_name, static_sum_name
 from cellsearch import fused
+from cellsearch.compile import MatmulGroup, Plan, Sum, pre_name, static_sum_name
 
 MAX_SIZE = 64  # units and minibatch rows a program holds (a 64 x 64 float32 tile per value)
 NUM_WARPS = 8  # (H100: faster than 4 at every size measured)
@@ -199,13 +199,13 @@ _source = functools.lru_cache(maxsize=256)(kernel_source)
 
 def _step_reads(plan_: Plan, inputs: tuple[str, ...]) -> set[str]:
     """The step inputs the loop reads directly (a group's static addends are read with it)."""
-    fused = {s for item in plan_.loop if isinstance(item, MatmulGroup)
-             for s in item.fused_sums if s is not None}
+    fused_sums = {s for item in plan_.loop if isinstance(item, MatmulGroup)
+                  for s in item.fused_sums if s is not None}
     names = set(plan_.graph.outputs)
     for item in plan_.loop:
         if isinstance(item, Sum):
             names.update(t for _, t in item.recurrent_terms)
-            if item.static_terms and item.name not in fused:
+            if item.static_terms and item.name not in fused_sums:
                 names.add(static_sum_name(item.name))
         elif not isinstance(item, MatmulGroup):
             names.update(item.inputs)

@@ -13,7 +13,13 @@ from cellsearch import zoo
 from cellsearch.compile import MatmulGroup, plan, step_eagerly
 from cellsearch.equations import format_graph, parse
 from cellsearch.fused import (
-    MODES, Segment, fused_loop, kernel_source, mode_for, product_name, run_fused,
+    MODES,
+    Segment,
+    fused_loop,
+    kernel_source,
+    mode_for,
+    product_name,
+    run_fused,
 )
 from cellsearch.mutate import mutate
 
