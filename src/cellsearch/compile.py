@@ -352,7 +352,7 @@ def run(
     # The recurrent matmuls see detached weights; their weight gradient is formed once per
     # sequence by the sinks (see `_WeightSink`) instead of once per step.
     records = {operand: [] for operand in group_weights}
-    deferred = getattr(step, "records_weight_gradients", False)
+    deferred = step is step_eagerly  # (a compiled step differentiates as traced instead)
     if deferred and torch.is_grad_enabled() and any(w.requires_grad for w in group_weights.values()):
         for operand, weights in group_weights.items():
             state = _WeightSink.apply(weights, records[operand], *state)
@@ -393,7 +393,15 @@ def step_eagerly(
     values.update(inputs)
     for item in plan_.loop:
         if isinstance(item, MatmulGroup):
-            product = group_product(item, values, inputs, weights)
+            operand = values[item.operand]
+            pre = inputs.get(pre_name(item.operand))
+            weight = weights[item.operand]
+            if isinstance(weight, _Recorded):
+                product = _RecordedMatmul.apply(pre, operand, weight.weight, weight.record)
+            elif pre is not None:
+                product = torch.baddbmm(pre, operand, weight)
+            else:
+                product = torch.bmm(operand, weight)
             values.update(zip(item.members, product.split(n, dim=-1)))
         elif isinstance(item, Sum):
             values[item.name] = _signed_sum(
@@ -404,22 +412,6 @@ def step_eagerly(
             values[item.name] = _apply(item, None, values, K)
     # expand: an output computed from biases alone has no batch dimension of its own
     return tuple(values[out].expand(K, B, n) for out in graph.outputs)
-
-
-# A step that differentiates through `_RecordedMatmul` (not traced, as torch.compile does).
-step_eagerly.records_weight_gradients = True
-
-
-def group_product(item: MatmulGroup, values, inputs, weights) -> torch.Tensor:
-    """One step's (K, B, m*n) product of a matmul group, its fused static addends included."""
-    operand = values[item.operand]
-    pre = inputs.get(pre_name(item.operand))
-    weight = weights[item.operand]
-    if isinstance(weight, _Recorded):
-        return _RecordedMatmul.apply(pre, operand, weight.weight, weight.record)
-    if pre is not None:
-        return torch.baddbmm(pre, operand, weight)
-    return torch.bmm(operand, weight)
 
 
 # -- one weight gradient per sequence ------------------------------------------------------------
