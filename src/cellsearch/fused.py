@@ -41,7 +41,9 @@ from cellsearch.compile import (
     MatmulGroup,
     Plan,
     Sum,
+    plan,
     pre_name,
+    run,
     static_sum_name,
     window_inputs,
 )
@@ -423,9 +425,14 @@ def matmul_precision(reference: torch.Tensor) -> str:
     return "tf32" if reference.is_cuda and torch.backends.cuda.matmul.allow_tf32 else "ieee"
 
 
+def block_size(size: int) -> int:
+    """The power of two that covers `size`, at least 16 (tl.dot's smallest)."""
+    return max(16, 1 << max(size - 1, 0).bit_length())
+
+
 def _blocks(B: int, n: int) -> dict[str, int]:
-    """Tile sizes: all rows of a minibatch in one block (tl.dot wants 16 or more), BJ units."""
-    return {"BB": min(64, max(16, 1 << max(B - 1, 0).bit_length())), "BJ": 32}
+    """Tile sizes: up to 64 rows of a minibatch in one block, BJ units."""
+    return {"BB": min(64, block_size(B)), "BJ": 32}
 
 
 # Forming a step's products inside the segment's kernel saves launches, which bound small
@@ -682,7 +689,6 @@ def _usable(device: str) -> bool:
     except ImportError:
         return False
     from cellsearch import zoo
-    from cellsearch.compile import plan, run
 
     graph = zoo.get("lstm")
 

@@ -33,10 +33,6 @@ def fits(B: int, n: int) -> bool:
     return B <= MAX_SIZE and n <= MAX_SIZE
 
 
-def _block(size: int) -> int:
-    return max(16, 1 << max(size - 1, 0).bit_length())  # tl.dot wants 16 or more
-
-
 def kernel_source(plan_: Plan, inputs: tuple[str, ...], hoist: bool = True) -> str:
     """Python source of a module with `forward_kernel` and `backward_kernel` for the plan's loop;
     `inputs` are the step inputs' names (`compile.window_inputs`), in argument order. `hoist`:
@@ -159,6 +155,7 @@ def kernel_source(plan_: Plan, inputs: tuple[str, ...], hoist: bool = True) -> s
         f"{' + '.join(terms[name]) or 'tl.full([BB, BN], 0.0, tl.float32)'}, mask=mask)"
         for i, name in enumerate(inputs) if i in gradients
     ]
+
     def backward_loads(time: str, indent: str = "        ") -> list[str]:
         """The states before step `time`, its inputs and its outputs' gradient."""
         return [*(f"{indent}s{i} = {load(f'h{i}', time)}" for i in range(len(graph.states))),
@@ -229,7 +226,7 @@ class PersistentSequence(torch.autograd.Function):
             history = value.new_empty(K, T + 1, B, n)
             history[:, 0] = value
             histories.append(history)
-        sizes = dict(BB=_block(B), BN=_block(n), PRECISION=fused.matmul_precision(state[0]))
+        sizes = dict(BB=fused.block_size(B), BN=fused.block_size(n), PRECISION=fused.matmul_precision(state[0]))
         _launch("forward_kernel", plan_, names, K, sizes,
                 *(v for x in [*expanded, *weights, *histories] for v in fused._strided(x)), T, B, n)
         ctx.plan, ctx.names, ctx.sizes = plan_, names, sizes
