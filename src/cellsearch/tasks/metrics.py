@@ -23,19 +23,25 @@ import torch.nn.functional as F
 
 
 def softmax_stats(
-    logits: torch.Tensor, targets: torch.Tensor, mask: torch.Tensor
+    logits: torch.Tensor, targets: torch.Tensor, mask: torch.Tensor, kernels: bool = False
 ) -> dict[str, torch.Tensor]:
     """logits (T, K, B, V), targets (T, B) int64, mask (T, B) -> per-member sums.
 
     Returns loss_sum (K,): summed cross-entropy of the scored predictions; correct (K,): how many
     of them have the target as argmax; count (): the number of scored predictions (mask sum).
+    With `kernels` (CUDA, Triton), the cross-entropy and argmax run in `cellsearch.cross_entropy`.
     """
     T, K, B, V = logits.shape
-    targets = targets.unsqueeze(1).expand(T, K, B)  # (T, K, B)
     weights = mask.to(logits.dtype).unsqueeze(1)  # (T, 1, B)
-    nll = F.cross_entropy(logits.reshape(-1, V), targets.reshape(-1), reduction="none")
-    nll = nll.view(T, K, B)
-    hits = (logits.detach().argmax(dim=-1) == targets).to(logits.dtype)  # (T, K, B)
+    if kernels:
+        from cellsearch.cross_entropy import softmax_cross_entropy  # (imports Triton)
+
+        nll, hits = softmax_cross_entropy(logits, targets)
+    else:
+        targets = targets.unsqueeze(1).expand(T, K, B)  # (T, K, B)
+        nll = F.cross_entropy(logits.reshape(-1, V), targets.reshape(-1), reduction="none")
+        nll = nll.view(T, K, B)
+        hits = (logits.detach().argmax(dim=-1) == targets).to(logits.dtype)  # (T, K, B)
     return {
         "loss_sum": (nll * weights).sum(dim=(0, 2)),
         "correct": (hits * weights).sum(dim=(0, 2)),

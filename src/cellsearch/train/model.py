@@ -22,7 +22,9 @@ from cellsearch.graph import CellGraph
 from cellsearch.nn import PopulationCell, State, initial_values, uniform
 
 
-ENGINES = ("eager", "fused", "compiled")
+# fused-bf16: the fused engine with the large per-step recurrent products in bfloat16 (an option:
+# benchmarks/RESULTS.md has its speed and how far it moves results)
+ENGINES = ("eager", "fused", "fused-bf16", "compiled")
 
 
 def default_engine(device: torch.device) -> str:
@@ -37,6 +39,8 @@ def _runner(engine: str):
         return run
     if engine == "fused":
         return fused.run_fused
+    if engine == "fused-bf16":
+        return functools.partial(fused.run_fused, precision="bf16")
     if engine == "compiled":
         return functools.partial(run, step=compiled_step())
     raise ValueError(f"unknown engine {engine!r}; known: {', '.join(ENGINES)}")
@@ -64,7 +68,7 @@ class PopulationModel(nn.Module):
         K, n = population_size, hidden_size
         self.graph = graph
         self.population_size, self.hidden_size = K, n
-        self.input_kind = input_kind
+        self.input_kind, self.engine = input_kind, engine
         self.input_weight = nn.Parameter(torch.empty(K, input_size, n))  # (K, V_in, n)
         self.input_bias = nn.Parameter(torch.empty(K, n)) if input_kind == "linear" else None
         self.layers = nn.ModuleList(PopulationCell(graph, K, n) for _ in range(num_layers))

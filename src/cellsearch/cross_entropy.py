@@ -1,0 +1,100 @@
+"""Softmax cross-entropy over a population's logits in two Triton kernels (forward, backward).
+
+At PTB's sizes the logits dominate a training step's memory traffic: (T, K, B, 10000) floats, 1.8
+GB at K=64. Torch's path copies them into rows (the model's layout is (K, T, B, V) under a
+transposed view), writes the log-softmax, reads it for the loss and for the argmax, and backward
+fills a zero gradient, scatters into it and reads the log-softmax again. Here the forward reads
+each row once (an online max and sum of exponentials, keeping the first argmax as torch does) and
+keeps only the log-sum-exp per row; the backward reads the row once more and writes its gradient,
+softmax − one-hot, scaled by the row's incoming gradient. Same values as
+`F.cross_entropy(..., reduction="none")` and `argmax`, to float rounding.
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+from torch.autograd.function import once_differentiable
+
+
+@triton.jit
+def _forward_kernel(logits, s_t, s_k, s_b, targets, nll, lse, hits, K, B, V,
+                    BLOCK: tl.constexpr):
+    row = tl.program_id(0)  # t * B + b
+    k = tl.program_id(1).to(tl.int64)
+    t, b = row // B, row % B
+    base = logits + t.to(tl.int64) * s_t + k * s_k + b.to(tl.int64) * s_b
+    running_max = tl.full([], float("-inf"), tl.float32)
+    total = tl.full([], 0.0, tl.float32)
+    best = tl.full([], 0, tl.int32)
+    for v0 in range(0, V, BLOCK):
+        v = v0 + tl.arange(0, BLOCK)
+        x = tl.load(base + v, mask=v < V, other=float("-inf")).to(tl.float32)
+        block_max = tl.max(x, 0)
+        block_best = tl.argmax(x, 0, tie_break_left=True)
+        best = tl.where(block_max > running_max, v0 + block_best, best)  # keeps the first
+        new_max = tl.maximum(running_max, block_max)
+        total = total * tl.exp(running_max - new_max) + tl.sum(tl.exp(x - new_max), 0)
+        running_max = new_max
+    log_total = running_max + tl.log(total)
+    target = tl.load(targets + row)
+    out = t * K * B + k * B + b  # (T, K, B)
+    tl.store(nll + out, log_total - tl.load(base + target).to(tl.float32))
+    tl.store(lse + out, log_total)
+    tl.store(hits + out, (best == target).to(tl.float32))
+
+
+@triton.jit
+def _backward_kernel(logits, s_t, s_k, s_b, targets, lse, grad_nll, grad, K, B, V,
+                     BLOCK: tl.constexpr):
+    row = tl.program_id(0)
+    k = tl.program_id(1).to(tl.int64)
+    t, b = row // B, row % B
+    offset = t.to(tl.int64) * s_t + k * s_k + b.to(tl.int64) * s_b  # grad has logits' strides
+    out = t * K * B + k * B + b
+    log_total = tl.load(lse + out)
+    scale = tl.load(grad_nll + out)
+    target = tl.load(targets + row)
+    for v0 in range(0, V, BLOCK):
+        v = v0 + tl.arange(0, BLOCK)
+        x = tl.load(logits + offset + v, mask=v < V, other=0.0).to(tl.float32)
+        g = (tl.exp(x - log_total) - (v == target).to(tl.float32)) * scale
+        tl.store(grad + offset + v, g, mask=v < V)
+
+
+def _block(V: int) -> int:
+    return min(2048, triton.next_power_of_2(V))
+
+
+class _SoftmaxCrossEntropy(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, logits: torch.Tensor, targets: torch.Tensor):
+        T, K, B, V = logits.shape
+        if logits.stride(3) != 1:
+            logits = logits.contiguous()
+        targets = targets.contiguous()
+        nll, lse, hits = (logits.new_empty(T, K, B, dtype=torch.float32) for _ in range(3))
+        _forward_kernel[(T * B, K)](logits, *logits.stride()[:3], targets, nll, lse, hits,
+                                    K, B, V, BLOCK=_block(V))
+        ctx.save_for_backward(logits, targets, lse)
+        ctx.mark_non_differentiable(hits)
+        return nll, hits
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad_nll, _grad_hits):
+        logits, targets, lse = ctx.saved_tensors
+        T, K, B, V = logits.shape
+        grad = torch.empty_strided(logits.shape, logits.stride(), dtype=logits.dtype,
+                                   device=logits.device)
+        _backward_kernel[(T * B, K)](logits, *logits.stride()[:3], targets, lse,
+                                     grad_nll.contiguous(), grad, K, B, V, BLOCK=_block(V))
+        return grad, None
+
+
+def softmax_cross_entropy(logits: torch.Tensor, targets: torch.Tensor):
+    """logits (T, K, B, V), any strides with unit stride over V; targets (T, B) int64. Returns
+    (nll, hits), each (T, K, B): the cross-entropy of each prediction (differentiable) and
+    whether its argmax is the target (first maximum, as `torch.argmax`)."""
+    return _SoftmaxCrossEntropy.apply(logits, targets)

@@ -1,0 +1,70 @@
+"""Checks of `cellsearch.cross_entropy` against torch, run by test_cross_entropy.py in a process
+of their own: Triton's CPU interpreter runs its library reductions (tl.max, tl.sum, tl.argmax)
+only if `triton.language` was imported with TRITON_INTERPRET=1 set."""
+
+import torch
+import torch.nn.functional as F
+
+from cellsearch.cross_entropy import softmax_cross_entropy
+from cellsearch.tasks.metrics import softmax_stats
+
+
+def torch_reference(logits, targets):
+    T, K, B, V = logits.shape
+    expanded = targets.unsqueeze(1).expand(T, K, B)
+    nll = F.cross_entropy(logits.reshape(-1, V), expanded.reshape(-1), reduction="none")
+    hits = (logits.argmax(dim=-1) == expanded).float()
+    return nll.view(T, K, B), hits
+
+
+def check_against_torch_in_the_models_layout(V: int, device: str = "cpu") -> None:
+    T, K, B = 3, 2, 4
+    generator = torch.Generator().manual_seed(V)
+    # the model's logits: (K, T, B, V) memory seen as (T, K, B, V)
+    logits = (torch.randn(K, T, B, V, generator=generator) * 3).transpose(0, 1)
+    logits[1, 0, 2, :] = 0.5  # a row of ties: argmax is the first index
+    targets = torch.randint(0, V, (T, B), generator=generator)
+    targets[1, 2] = 0
+    targets[2, 1] = V - 1
+    weights = torch.rand(T, K, B, generator=generator)
+    logits, targets, weights = logits.to(device), targets.to(device), weights.to(device)
+
+    ours = logits.detach().clone().requires_grad_()  # (clone keeps the strides)
+    assert ours.stride() == logits.stride()
+    theirs = logits.detach().clone().requires_grad_()
+    nll, hits = softmax_cross_entropy(ours, targets)
+    expected_nll, expected_hits = torch_reference(theirs, targets)
+    torch.testing.assert_close(nll, expected_nll, rtol=1e-5, atol=1e-5)
+    assert torch.equal(hits, expected_hits) and hits[1, 0, 2] == 1, (hits, expected_hits)
+    (nll * weights).sum().backward()
+    (expected_nll * weights).sum().backward()
+    torch.testing.assert_close(ours.grad, theirs.grad, rtol=1e-5, atol=1e-6)
+
+
+def check_gradient_keeps_the_logits_layout() -> None:
+    logits = torch.randn(2, 3, 4, 5).transpose(0, 1).requires_grad_()  # (3, 2, 4, 5) view
+    captured = {}
+    logits.register_hook(lambda grad: captured.update(stride=grad.stride()))
+    nll, _ = softmax_cross_entropy(logits, torch.zeros(3, 4, dtype=torch.long))
+    nll.sum().backward()
+    assert captured["stride"] == logits.stride(), captured  # what the output layer's backward reads
+
+
+def check_softmax_stats_with_kernels() -> None:
+    T, K, B, V = 5, 3, 2, 11
+    generator = torch.Generator().manual_seed(0)
+    logits = torch.randn(T, K, B, V, generator=generator)
+    targets = torch.randint(0, V, (T, B), generator=generator)
+    mask = (torch.rand(T, B, generator=generator) > 0.3).float()
+    plain = softmax_stats(logits, targets, mask)
+    fused = softmax_stats(logits, targets, mask, kernels=True)
+    for key in plain:
+        torch.testing.assert_close(fused[key], plain[key])
+
+
+if __name__ == "__main__":
+    for V in (7, 40, 2100):  # one partial block; one block; several blocks
+        check_against_torch_in_the_models_layout(V)
+    check_gradient_keeps_the_logits_layout()
+    check_softmax_stats_with_kernels()
+    print("all checks passed")
