@@ -446,18 +446,6 @@ def in_kernel_products(weights) -> bool:
     return sum(w.numel() * w.element_size() for w in weights) <= IN_KERNEL_PRODUCTS_BYTES
 
 
-def low_precision_bmm(a: torch.Tensor, b: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
-    """out = a @ b from a and b rounded to bfloat16, summed in float32: cuBLAS's bf16 tensor cores
-    on CUDA (half the bytes of each weight to stream), elsewhere the same rounding in out's dtype."""
-    a, b = a.to(torch.bfloat16), b.to(torch.bfloat16)
-    if out.is_cuda:
-        try:
-            return torch.bmm(a, b, out_dtype=out.dtype, out=out)
-        except TypeError:  # torch < 2.8: no out_dtype
-            pass
-    return torch.bmm(a.to(out.dtype), b.to(out.dtype), out=out)
-
-
 @dataclass(eq=False)
 class _Window:
     """Where each value of a window lives, by name and timestep: states in (K, T+1, B, n)
@@ -523,7 +511,7 @@ class _FusedSequence(torch.autograd.Function):
     the initial state in; every step's h and the final state out."""
 
     @staticmethod
-    def forward(ctx, plan_: Plan, T: int, mode: str, names: tuple[str, ...],
+    def forward(ctx, plan_: Plan, T: int, dot: bool, names: tuple[str, ...],
                 operands: tuple[str, ...], *tensors):
         graph = plan_.graph
         inputs = dict(zip(names, tensors))
@@ -545,9 +533,6 @@ class _FusedSequence(torch.autograd.Function):
             inputs={name: v.expand(K, T, B, input_width(name, plan_, n)) for name, v in inputs.items()},
         )
         precision = matmul_precision(state[0])
-        dot = mode == "dot"
-        if mode == "bf16":  # each weight rounded once a window, not once a step
-            weights = {op: w.to(torch.bfloat16) for op, w in weights.items()}
         blocks = _blocks(B, n)
         grid = (K, -(-n // blocks["BJ"]), -(-B // blocks["BB"]))
         segments = [s for s in loop if isinstance(s, Segment)]
@@ -561,10 +546,6 @@ class _FusedSequence(torch.autograd.Function):
                     addends = window.at(pre, t) if pre in inputs else product  # (unread then)
                     if dot:
                         dots += [*_strided(operand), *_strided(weight), *_strided(addends)]
-                    elif mode == "bf16":
-                        low_precision_bmm(operand, weight, out=product)
-                        if pre in inputs:
-                            product += addends
                     elif pre in inputs:
                         torch.baddbmm(addends, operand, weight, out=product)
                     else:
@@ -573,9 +554,9 @@ class _FusedSequence(torch.autograd.Function):
                     *(v for a in segment.arguments for v in _strided(window.at(a, t))),
                     *(v for o in segment.outputs for v in _strided(window.output_at(o, t))),
                     *dots, B, n, **blocks, BR=32, PRECISION=precision)
-        ctx.plan, ctx.names, ctx.operands, ctx.window, ctx.mode = plan_, names, operands, window, mode
+        ctx.plan, ctx.names, ctx.operands, ctx.window, ctx.dot = plan_, names, operands, window, dot
         ctx.shapes = [v.shape for v in inputs.values()]
-        ctx.save_for_backward(*weights.values())  # (rounded in bf16 mode)
+        ctx.save_for_backward(*weights.values())
         h = histories[graph.states[0]]
         return (h[:, 1:], *(histories[name][:, T].clone() for name in graph.states))
 
@@ -612,17 +593,12 @@ class _FusedSequence(torch.autograd.Function):
         for t in reversed(range(T)):
             for item in reversed(loop):
                 if isinstance(item, MatmulGroup):  # the operand's share of the product's gradient
-                    target = grad.at(item.operand, t)
-                    product, weight = grad.products[item.operand][:, t], weights[item.operand]
-                    if ctx.mode == "bf16":
-                        target += low_precision_bmm(product, weight.transpose(1, 2),
-                                                    out=torch.empty_like(target))
-                    else:
-                        target.baddbmm_(product, weight.transpose(1, 2))
+                    grad.at(item.operand, t).baddbmm_(
+                        grad.products[item.operand][:, t], weights[item.operand].transpose(1, 2))
                     continue
                 if not item.reads:  # (a segment that only forms products)
                     continue
-                kernels(item, ctx.mode == "dot").backward_kernel[grid](
+                kernels(item, ctx.dot).backward_kernel[grid](
                     *(v for a in item.arguments for v in _strided(window.at(a, t))),
                     *(v for o in item.outputs for v in _strided(grad.output_at(o, t))),
                     *(v for a in item.arguments for v in _strided(grad.at(a, t))),
@@ -656,22 +632,17 @@ def input_width(name: str, plan_: Plan, n: int) -> int:
     return n
 
 
-MODES = ("persistent", "dot", "cublas", "bf16")
-PRECISIONS = ("tf32", "bf16")
+MODES = ("persistent", "dot", "cublas")
 
 
-def mode_for(B: int, n: int, weights, precision: str = "tf32") -> str:
+def mode_for(B: int, n: int, weights) -> str:
     """How `run_fused` runs a layer: a persistent kernel per member when its state fits one
     program (`persistent.fits`), else per-step kernels that form the products themselves for
-    small populations (`in_kernel_products`) or read cuBLAS's. With precision "bf16", the
-    per-step products come from cuBLAS in bfloat16 (summed in float32) wherever the state does not
-    fit one program; the persistent kernels, latency-bound, stay in TF32."""
+    small populations (`in_kernel_products`) or read cuBLAS's."""
     from cellsearch import persistent  # (it builds on this module's code generation)
 
     if persistent.fits(B, n):
         return "persistent"
-    if precision == "bf16":
-        return "bf16"
     return "dot" if in_kernel_products(weights) else "cublas"
 
 
@@ -681,24 +652,20 @@ def run_fused(
     x: torch.Tensor,
     state: tuple[torch.Tensor, ...],
     mode: str | None = None,
-    precision: str = "tf32",
 ) -> tuple[torch.Tensor, tuple[torch.Tensor, ...]]:
     """`compile.run` with the layer's recurrence in generated kernels, run as `mode` (one of
-    MODES; default `mode_for` at `precision`): per step one kernel per segment forward, and
-    backward one per segment plus one matmul per group; or, persistent, two kernels for the whole
-    window. bf16 rounds the per-step products' inputs (weights, operands, and backward the
-    products' gradients) to bfloat16; everything else, the weights' gradients included, stays
-    float32 (TF32 in matmuls)."""
+    MODES; default `mode_for`): per step one kernel per segment forward, and backward one per
+    segment plus one matmul per group; or, persistent, two kernels for the whole window."""
     from cellsearch import persistent
 
     inputs, weights = window_inputs(plan_, params, x)
     K, T, B, n = x.shape
-    mode = mode or mode_for(B, n, weights.values(), precision)
+    mode = mode or mode_for(B, n, weights.values())
     arguments = (tuple(inputs), tuple(weights), *inputs.values(), *weights.values(), *state)
     if mode == "persistent":
         outputs, *final = persistent.PersistentSequence.apply(plan_, T, *arguments)
-    elif mode in MODES:
-        outputs, *final = _FusedSequence.apply(plan_, T, mode, *arguments)
+    elif mode in ("dot", "cublas"):
+        outputs, *final = _FusedSequence.apply(plan_, T, mode == "dot", *arguments)
     else:
         raise ValueError(f"unknown mode {mode!r}; known: {', '.join(MODES)}")
     return outputs, tuple(final)

@@ -10,16 +10,15 @@ def stepped(step):
     return lambda graph, params, x, state: run(plan(graph), params, x, state, step)
 
 
-def values_and_gradients(graph, runner, seed=0, K=2, T=4, B=3, n=5, weight_scale=1.0):
+def values_and_gradients(graph, runner, seed=0, K=2, T=4, B=3, n=5):
     """Outputs, final states and the gradient of every leaf (x, initial states, parameters) of
     a loss that weighs each output and final state differently, in float64."""
     generator = torch.Generator().manual_seed(seed)
 
-    def leaf(*shape, scale=1.0):
-        value = torch.randn(*shape, generator=generator, dtype=torch.float64) * scale
-        return value.requires_grad_()
+    def leaf(*shape):
+        return torch.randn(*shape, generator=generator, dtype=torch.float64).requires_grad_()
 
-    params = {node.param: leaf(K, n, n, scale=weight_scale) if node.op == "matmul" else leaf(K, n)
+    params = {node.param: leaf(K, n, n) if node.op == "matmul" else leaf(K, n)
               for node in graph.parameters}
     x, state = leaf(K, T, B, n), tuple(leaf(K, B, n) for _ in graph.states)
     outputs, final = runner(graph, params, x, state)

@@ -71,7 +71,6 @@ def test_captured_equals_eager_with_dropout():
     ("persistent", (4, 6, 20, 32)), ("persistent", (3, 5, 40, 45)),
     ("dot", (4, 6, 20, 32)), ("dot", (3, 5, 70, 45)),
     ("cublas", (4, 6, 20, 32)), ("cublas", (3, 5, 70, 45)),
-    ("bf16", (4, 6, 20, 32)), ("bf16", (3, 5, 70, 45)),
 ], ids=str)
 @pytest.mark.parametrize("name, graph", [
     *graphs(),
@@ -90,7 +89,9 @@ def test_fused_kernels_give_the_eager_values_and_gradients(name, graph, mode, sh
         def leaf(*shape):
             return torch.randn(*shape, generator=generator, device="cuda").requires_grad_()
 
-        params = {node.param: leaf(K, n, n) * 0.3 if node.op == "matmul" else leaf(K, n)
+        # weights ~ 1/sqrt(n), as training initializes them (larger ones make a chaotic map that
+        # magnifies any rounding, a matmul of a matmul most)
+        params = {node.param: leaf(K, n, n) * n ** -0.5 if node.op == "matmul" else leaf(K, n)
                   for node in graph.parameters}
         params = {k: v.detach().requires_grad_() for k, v in params.items()}
         x, state = leaf(K, T, B, n), tuple(leaf(K, B, n) for _ in graph.states)
@@ -103,11 +104,8 @@ def test_fused_kernels_give_the_eager_values_and_gradients(name, graph, mode, sh
     try:
         for a, b in zip(outputs_and_gradients(run),
                         outputs_and_gradients(functools.partial(run_fused, mode=mode))):
-            # float32 rounding relative to the tensor's scale (mutants can reach 1e4; a chain
-            # of two matmuls rounds twice: 1.5e-5 measured)
-            # bf16 rounds the products' inputs to 8 bits (tests/cells/test_fused.py)
-            tolerance = 2e-2 if mode == "bf16" else 3e-5
-            assert (a - b).abs().max() <= tolerance * a.abs().max() + 1e-6, name
+            # float32 rounding relative to the tensor's scale (mutants can reach 1e4)
+            assert (a - b).abs().max() <= 1e-5 * a.abs().max() + 1e-6, name
     finally:
         torch.backends.cuda.matmul.allow_tf32 = True
 

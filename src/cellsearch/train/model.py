@@ -22,9 +22,7 @@ from cellsearch.graph import CellGraph
 from cellsearch.nn import PopulationCell, State, initial_values, uniform
 
 
-# fused-bf16: the fused engine with the large per-step recurrent products in bfloat16 (an option:
-# benchmarks/RESULTS.md has its speed and how far it moves results)
-ENGINES = ("eager", "fused", "fused-bf16", "compiled")
+ENGINES = ("eager", "fused", "compiled")
 
 
 def default_engine(device: torch.device) -> str:
@@ -39,8 +37,6 @@ def _runner(engine: str):
         return run
     if engine == "fused":
         return fused.run_fused
-    if engine == "fused-bf16":
-        return functools.partial(fused.run_fused, precision="bf16")
     if engine == "compiled":
         return functools.partial(run, step=compiled_step())
     raise ValueError(f"unknown engine {engine!r}; known: {', '.join(ENGINES)}")

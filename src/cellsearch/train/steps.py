@@ -145,7 +145,7 @@ class PopulationSteps:
                     buffer.copy_(value)  # carried into the next window (truncated BPTT)
         if self.task.output_kind == "softmax":
             stats = task_metrics.softmax_stats(logits, self.targets, self.mask,
-                                               kernels=self.model.engine.startswith("fused"))
+                                               kernels=self.model.engine == "fused")
             return stats, stats["loss_sum"]
         stats = task_metrics.sigmoid_stats(logits, self.targets, self.mask)
         return stats, stats["nll_sum"]
