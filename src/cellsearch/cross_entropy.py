@@ -6,7 +6,9 @@ transposed view), writes the log-softmax, reads it for the loss and for the argm
 fills a zero gradient, scatters into it and reads the log-softmax again. Here the forward reads
 each row once (an online max and sum of exponentials, keeping the first argmax as torch does) and
 keeps only the log-sum-exp per row; the backward reads the row once more and writes its gradient,
-softmax − one-hot, scaled by the row's incoming gradient. Same values as
+softmax − one-hot, scaled by the row's incoming gradient. The output layer's bias may be left to
+the kernels, which add it as they read: a batched matmul adding a broadcast bias first copies the
+bias into its whole output (PTB, K=64: 3.3 ms against 1.1 ms without it). Same values as
 `F.cross_entropy(..., reduction="none")` and `argmax`, to float rounding.
 """
 
@@ -19,8 +21,8 @@ from torch.autograd.function import once_differentiable
 
 
 @triton.jit
-def _forward_kernel(logits, s_t, s_k, s_b, targets, nll, lse, hits, K, B, V,
-                    BLOCK: tl.constexpr):
+def _forward_kernel(logits, s_t, s_k, s_b, bias, targets, nll, lse, hits, K, B, V,
+                    HAS_BIAS: tl.constexpr, BLOCK: tl.constexpr):
     row = tl.program_id(0)  # t * B + b
     k = tl.program_id(1).to(tl.int64)
     t, b = row // B, row % B
@@ -31,6 +33,8 @@ def _forward_kernel(logits, s_t, s_k, s_b, targets, nll, lse, hits, K, B, V,
     for v0 in range(0, V, BLOCK):
         v = v0 + tl.arange(0, BLOCK)
         x = tl.load(base + v, mask=v < V, other=float("-inf")).to(tl.float32)
+        if HAS_BIAS:
+            x += tl.load(bias + k * V + v, mask=v < V, other=0.0)
         block_max = tl.max(x, 0)
         block_best = tl.argmax(x, 0, tie_break_left=True)
         best = tl.where(block_max > running_max, v0 + block_best, best)  # keeps the first
@@ -39,15 +43,18 @@ def _forward_kernel(logits, s_t, s_k, s_b, targets, nll, lse, hits, K, B, V,
         running_max = new_max
     log_total = running_max + tl.log(total)
     target = tl.load(targets + row)
+    target_logit = tl.load(base + target).to(tl.float32)
+    if HAS_BIAS:
+        target_logit += tl.load(bias + k * V + target)
     out = t * K * B + k * B + b  # (T, K, B)
-    tl.store(nll + out, log_total - tl.load(base + target).to(tl.float32))
+    tl.store(nll + out, log_total - target_logit)
     tl.store(lse + out, log_total)
     tl.store(hits + out, (best == target).to(tl.float32))
 
 
 @triton.jit
-def _backward_kernel(logits, s_t, s_k, s_b, targets, lse, grad_nll, grad, K, B, V,
-                     BLOCK: tl.constexpr):
+def _backward_kernel(logits, s_t, s_k, s_b, bias, targets, lse, grad_nll, grad, K, B, V,
+                     HAS_BIAS: tl.constexpr, BLOCK: tl.constexpr):
     row = tl.program_id(0)
     k = tl.program_id(1).to(tl.int64)
     t, b = row // B, row % B
@@ -59,6 +66,8 @@ def _backward_kernel(logits, s_t, s_k, s_b, targets, lse, grad_nll, grad, K, B, 
     for v0 in range(0, V, BLOCK):
         v = v0 + tl.arange(0, BLOCK)
         x = tl.load(logits + offset + v, mask=v < V, other=0.0).to(tl.float32)
+        if HAS_BIAS:
+            x += tl.load(bias + k * V + v, mask=v < V, other=0.0)
         g = (tl.exp(x - log_total) - (v == target).to(tl.float32)) * scale
         tl.store(grad + offset + v, g, mask=v < V)
 
@@ -69,32 +78,38 @@ def _block(V: int) -> int:
 
 class _SoftmaxCrossEntropy(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, logits: torch.Tensor, targets: torch.Tensor):
+    def forward(ctx, logits: torch.Tensor, targets: torch.Tensor, bias: torch.Tensor | None):
         T, K, B, V = logits.shape
         if logits.stride(3) != 1:
             logits = logits.contiguous()
         targets = targets.contiguous()
+        bias_or_logits = bias.contiguous() if bias is not None else logits  # (unread without)
         nll, lse, hits = (logits.new_empty(T, K, B, dtype=torch.float32) for _ in range(3))
-        _forward_kernel[(T * B, K)](logits, *logits.stride()[:3], targets, nll, lse, hits,
-                                    K, B, V, BLOCK=_block(V))
-        ctx.save_for_backward(logits, targets, lse)
+        _forward_kernel[(T * B, K)](logits, *logits.stride()[:3], bias_or_logits, targets, nll,
+                                    lse, hits, K, B, V, HAS_BIAS=bias is not None,
+                                    BLOCK=_block(V))
+        ctx.save_for_backward(logits, targets, lse, bias_or_logits)
+        ctx.has_bias = bias is not None
         ctx.mark_non_differentiable(hits)
         return nll, hits
 
     @staticmethod
     @once_differentiable
     def backward(ctx, grad_nll, _grad_hits):
-        logits, targets, lse = ctx.saved_tensors
+        logits, targets, lse, bias_or_logits = ctx.saved_tensors
         T, K, B, V = logits.shape
         grad = torch.empty_strided(logits.shape, logits.stride(), dtype=logits.dtype,
                                    device=logits.device)
-        _backward_kernel[(T * B, K)](logits, *logits.stride()[:3], targets, lse,
-                                     grad_nll.contiguous(), grad, K, B, V, BLOCK=_block(V))
-        return grad, None
+        _backward_kernel[(T * B, K)](logits, *logits.stride()[:3], bias_or_logits, targets, lse,
+                                     grad_nll.contiguous(), grad, K, B, V,
+                                     HAS_BIAS=ctx.has_bias, BLOCK=_block(V))
+        return grad, None, (grad.sum(dim=(0, 2)) if ctx.has_bias else None)
 
 
-def softmax_cross_entropy(logits: torch.Tensor, targets: torch.Tensor):
-    """logits (T, K, B, V), any strides with unit stride over V; targets (T, B) int64. Returns
-    (nll, hits), each (T, K, B): the cross-entropy of each prediction (differentiable) and
-    whether its argmax is the target (first maximum, as `torch.argmax`)."""
-    return _SoftmaxCrossEntropy.apply(logits, targets)
+def softmax_cross_entropy(logits: torch.Tensor, targets: torch.Tensor,
+                          bias: torch.Tensor | None = None):
+    """logits (T, K, B, V), any strides with unit stride over V; targets (T, B) int64; bias (K, V)
+    to add to the logits, or None. Returns (nll, hits), each (T, K, B): the cross-entropy of each
+    prediction (differentiable) and whether its argmax is the target (first maximum, as
+    `torch.argmax`)."""
+    return _SoftmaxCrossEntropy.apply(logits, targets, bias)

@@ -524,13 +524,22 @@ class _FusedSequence(torch.autograd.Function):
         for name, value in zip(graph.states, state):
             histories[name] = empty(K, T + 1, B, n)
             histories[name][:, 0] = value
+        inputs = {name: v.expand(K, T, B, input_width(name, plan_, n)) for name, v in inputs.items()}
+
+        def products(group: MatmulGroup) -> torch.Tensor:
+            # cuBLAS adds each step's product to the static addends in place: one contiguous
+            # copy a window, where baddbmm's `out=` would copy them step by step, more slowly
+            pre = pre_name(group.operand)
+            if not dot and pre in inputs:
+                return inputs[pre].clone(memory_format=torch.contiguous_format)
+            return empty(K, T, B, len(group.members) * n)
+
         window = _Window(
             plan_, histories,
-            products={g.operand: empty(K, T, B, len(g.members) * n)
-                      for g in loop if isinstance(g, MatmulGroup)},
+            products={g.operand: products(g) for g in loop if isinstance(g, MatmulGroup)},
             values={name: empty(K, T, B, n) for s in loop if isinstance(s, Segment)
                     for name in s.outputs if name not in graph.outputs},
-            inputs={name: v.expand(K, T, B, input_width(name, plan_, n)) for name, v in inputs.items()},
+            inputs=inputs,
         )
         precision = matmul_precision(state[0])
         blocks = _blocks(B, n)
@@ -547,7 +556,7 @@ class _FusedSequence(torch.autograd.Function):
                     if dot:
                         dots += [*_strided(operand), *_strided(weight), *_strided(addends)]
                     elif pre in inputs:
-                        torch.baddbmm(addends, operand, weight, out=product)
+                        product.baddbmm_(operand, weight)
                     else:
                         torch.bmm(operand, weight, out=product)
                 kernels(segment, dot).forward_kernel[grid](
@@ -555,7 +564,7 @@ class _FusedSequence(torch.autograd.Function):
                     *(v for o in segment.outputs for v in _strided(window.output_at(o, t))),
                     *dots, B, n, **blocks, BR=32, PRECISION=precision)
         ctx.plan, ctx.names, ctx.operands, ctx.window, ctx.dot = plan_, names, operands, window, dot
-        ctx.shapes = [v.shape for v in inputs.values()]
+        ctx.shapes = [v.shape for v in tensors[:len(names)]]
         ctx.save_for_backward(*weights.values())
         h = histories[graph.states[0]]
         return (h[:, 1:], *(histories[name][:, T].clone() for name in graph.states))

@@ -126,8 +126,9 @@ def test_captured_fused_training_follows_eager_training(name, graph):
         assert a.valid["nll"] == pytest.approx(b.valid["nll"], rel=5e-3), name
 
 
+@pytest.mark.parametrize("with_bias", [False, True])
 @pytest.mark.parametrize("V", [40, 10_000])  # arith's and PTB's vocabularies
-def test_the_cross_entropy_kernels_match_torch(V):
+def test_the_cross_entropy_kernels_match_torch(V, with_bias):
     from tests.tasks.cross_entropy_checks import check_against_torch_in_the_models_layout
 
-    check_against_torch_in_the_models_layout(V, device="cuda")
+    check_against_torch_in_the_models_layout(V, device="cuda", with_bias=with_bias)

@@ -17,7 +17,7 @@ def torch_reference(logits, targets):
     return nll.view(T, K, B), hits
 
 
-def check_against_torch_in_the_models_layout(V: int, device: str = "cpu") -> None:
+def check_against_torch_in_the_models_layout(V: int, device: str = "cpu", with_bias: bool = False) -> None:
     T, K, B = 3, 2, 4
     generator = torch.Generator().manual_seed(V)
     # the model's logits: (K, T, B, V) memory seen as (T, K, B, V)
@@ -27,18 +27,22 @@ def check_against_torch_in_the_models_layout(V: int, device: str = "cpu") -> Non
     targets[1, 2] = 0
     targets[2, 1] = V - 1
     weights = torch.rand(T, K, B, generator=generator)
+    bias = torch.randn(K, V, generator=generator) if with_bias else torch.zeros(K, V)
+    bias[0] = 0.0  # (member 0 keeps the row of ties)
     logits, targets, weights = logits.to(device), targets.to(device), weights.to(device)
+    ours, theirs = (t.detach().clone().requires_grad_() for t in (logits, logits))
+    assert ours.stride() == logits.stride()  # (clone keeps the strides)
+    our_bias, their_bias = (bias.to(device).requires_grad_() for _ in range(2))
 
-    ours = logits.detach().clone().requires_grad_()  # (clone keeps the strides)
-    assert ours.stride() == logits.stride()
-    theirs = logits.detach().clone().requires_grad_()
-    nll, hits = softmax_cross_entropy(ours, targets)
-    expected_nll, expected_hits = torch_reference(theirs, targets)
+    nll, hits = softmax_cross_entropy(ours, targets, our_bias if with_bias else None)
+    expected_nll, expected_hits = torch_reference(theirs + their_bias.view(1, K, 1, V), targets)
     torch.testing.assert_close(nll, expected_nll, rtol=1e-5, atol=1e-5)
     assert torch.equal(hits, expected_hits) and hits[1, 0, 2] == 1, (hits, expected_hits)
     (nll * weights).sum().backward()
     (expected_nll * weights).sum().backward()
     torch.testing.assert_close(ours.grad, theirs.grad, rtol=1e-5, atol=1e-6)
+    if with_bias:
+        torch.testing.assert_close(our_bias.grad, their_bias.grad, rtol=1e-5, atol=1e-5)
 
 
 def check_gradient_keeps_the_logits_layout() -> None:
@@ -56,15 +60,17 @@ def check_softmax_stats_with_kernels() -> None:
     logits = torch.randn(T, K, B, V, generator=generator)
     targets = torch.randint(0, V, (T, B), generator=generator)
     mask = (torch.rand(T, B, generator=generator) > 0.3).float()
-    plain = softmax_stats(logits, targets, mask)
-    fused = softmax_stats(logits, targets, mask, kernels=True)
-    for key in plain:
-        torch.testing.assert_close(fused[key], plain[key])
+    bias = torch.randn(K, V, generator=generator)
+    plain = softmax_stats(logits + bias.view(1, K, 1, V), targets, mask)
+    for kernels in (False, True):
+        for key, value in softmax_stats(logits, targets, mask, bias, kernels).items():
+            torch.testing.assert_close(value, plain[key])
 
 
 if __name__ == "__main__":
     for V in (7, 40, 2100):  # one partial block; one block; several blocks
-        check_against_torch_in_the_models_layout(V)
+        for with_bias in (False, True):
+            check_against_torch_in_the_models_layout(V, with_bias=with_bias)
     check_gradient_keeps_the_logits_layout()
     check_softmax_stats_with_kernels()
     print("all checks passed")

@@ -23,9 +23,14 @@ import torch.nn.functional as F
 
 
 def softmax_stats(
-    logits: torch.Tensor, targets: torch.Tensor, mask: torch.Tensor, kernels: bool = False
+    logits: torch.Tensor,
+    targets: torch.Tensor,
+    mask: torch.Tensor,
+    bias: torch.Tensor | None = None,
+    kernels: bool = False,
 ) -> dict[str, torch.Tensor]:
-    """logits (T, K, B, V), targets (T, B) int64, mask (T, B) -> per-member sums.
+    """logits (T, K, B, V), targets (T, B) int64, mask (T, B) -> per-member sums; bias (K, V)
+    when the logits still lack the output layer's bias.
 
     Returns loss_sum (K,): summed cross-entropy of the scored predictions; correct (K,): how many
     of them have the target as argmax; count (): the number of scored predictions (mask sum).
@@ -36,8 +41,10 @@ def softmax_stats(
     if kernels:
         from cellsearch.cross_entropy import softmax_cross_entropy  # (imports Triton)
 
-        nll, hits = softmax_cross_entropy(logits, targets)
+        nll, hits = softmax_cross_entropy(logits, targets, bias)
     else:
+        if bias is not None:
+            logits = logits + bias.view(1, K, 1, V)
         targets = targets.unsqueeze(1).expand(T, K, B)  # (T, K, B)
         nll = F.cross_entropy(logits.reshape(-1, V), targets.reshape(-1), reduction="none")
         nll = nll.view(T, K, B)

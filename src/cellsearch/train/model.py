@@ -98,9 +98,12 @@ class PopulationModel(nn.Module):
         inputs: torch.Tensor,
         state: list[State],
         dropout: Dropout | None = None,
+        output_bias: bool = True,
     ) -> tuple[torch.Tensor, list[State]]:
         """inputs (T, B) token ids or (T, B, V_in) frames; state per layer; dropout or None.
-        Returns logits (T, K, B, V_out) and the final state per layer."""
+        Returns logits (T, K, B, V_out), without the output layer's bias unless `output_bias`
+        (a loss that adds it itself saves a pass over the logits), and the final state per
+        layer."""
         K, n = self.population_size, self.hidden_size
         T, B = inputs.shape[:2]
         if self.input_kind == "embedding":
@@ -116,9 +119,9 @@ class PopulationModel(nn.Module):
             x, final = layer(x, layer_state)  # (K, T, B, n)
             x = dropout(x, next(site)) if dropout is not None else x
             new_state.append(final)
-        logits = torch.baddbmm(
-            self.output_bias.unsqueeze(1), x.reshape(K, T * B, n), self.output_weight
-        )  # (K, T*B, V_out)
+        x = x.reshape(K, T * B, n)
+        logits = (torch.baddbmm(self.output_bias.unsqueeze(1), x, self.output_weight)
+                  if output_bias else torch.bmm(x, self.output_weight))  # (K, T*B, V_out)
         return logits.view(K, T, B, -1).transpose(0, 1), new_state
 
 

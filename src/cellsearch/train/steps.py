@@ -138,14 +138,16 @@ class PopulationSteps:
     def _forward(self, dropout):
         keep = (~self.reset).to(self.mask.dtype).view(1, -1, 1)  # zero rows starting anew
         state = [tuple(s * keep for s in layer) for layer in self.state]
-        logits, new_state = self.model(self.inputs, state, dropout)  # (T, K, B, V)
+        # the fused loss adds the output bias itself (see cellsearch.cross_entropy)
+        kernels = self.task.output_kind == "softmax" and self.model.engine == "fused"
+        logits, new_state = self.model(self.inputs, state, dropout, output_bias=not kernels)
         with torch.no_grad():
             for old, new in zip(self.state, new_state):
                 for buffer, value in zip(old, new):
                     buffer.copy_(value)  # carried into the next window (truncated BPTT)
         if self.task.output_kind == "softmax":
-            stats = task_metrics.softmax_stats(logits, self.targets, self.mask,
-                                               kernels=self.model.engine == "fused")
+            bias = self.model.output_bias if kernels else None
+            stats = task_metrics.softmax_stats(logits, self.targets, self.mask, bias, kernels)
             return stats, stats["loss_sum"]
         stats = task_metrics.sigmoid_stats(logits, self.targets, self.mask)
         return stats, stats["nll_sum"]
