@@ -146,7 +146,8 @@ def plan(graph: CellGraph) -> Plan:
                 fused_into[first] = total.name
 
     def static_part(fused_sums: list[str | None]) -> StaticPart | None:
-        """The group's static addends as one batched matmul, if each is `W X + constants` with one X."""
+        """The group's static addends as one batched matmul, if each is `W X + constants` with
+        one X."""
         matrices, constants, operands = [], [], set()
         for name in fused_sums:
             if name is None:

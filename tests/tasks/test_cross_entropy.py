@@ -1,5 +1,6 @@
 """`cellsearch.cross_entropy`'s kernels against torch's cross-entropy and argmax (values, hits,
-gradients and their layout), in Triton's CPU interpreter (see cross_entropy_checks.py)."""
+gradients and their layout, training with them), in Triton's CPU interpreter (see
+cross_entropy_checks.py)."""
 
 import os
 import subprocess
