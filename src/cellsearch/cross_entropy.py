@@ -21,7 +21,7 @@ from torch.autograd.function import once_differentiable
 
 
 @triton.jit
-def _forward_kernel(logits, s_t, s_k, s_b, bias, targets, nll, lse, hits, K, B, V,
+def _forward_kernel(logits, s_t, s_k, s_b, bias, s_bias, targets, nll, lse, hits, K, B, V,
                     HAS_BIAS: tl.constexpr, BLOCK: tl.constexpr):
     row = tl.program_id(0)  # t * B + b
     k = tl.program_id(1).to(tl.int64)
@@ -34,7 +34,7 @@ def _forward_kernel(logits, s_t, s_k, s_b, bias, targets, nll, lse, hits, K, B, 
         v = v0 + tl.arange(0, BLOCK)
         x = tl.load(base + v, mask=v < V, other=float("-inf")).to(tl.float32)
         if HAS_BIAS:
-            x += tl.load(bias + k * V + v, mask=v < V, other=0.0)
+            x += tl.load(bias + k * s_bias + v, mask=v < V, other=0.0)
         block_max = tl.max(x, 0)
         block_best = tl.argmax(x, 0, tie_break_left=True)
         best = tl.where(block_max > running_max, v0 + block_best, best)  # keeps the first
@@ -45,7 +45,7 @@ def _forward_kernel(logits, s_t, s_k, s_b, bias, targets, nll, lse, hits, K, B, 
     target = tl.load(targets + row)
     target_logit = tl.load(base + target).to(tl.float32)
     if HAS_BIAS:
-        target_logit += tl.load(bias + k * V + target)
+        target_logit += tl.load(bias + k * s_bias + target)
     out = t * K * B + k * B + b  # (T, K, B)
     tl.store(nll + out, log_total - target_logit)
     tl.store(lse + out, log_total)
@@ -53,7 +53,7 @@ def _forward_kernel(logits, s_t, s_k, s_b, bias, targets, nll, lse, hits, K, B, 
 
 
 @triton.jit
-def _backward_kernel(logits, s_t, s_k, s_b, bias, targets, lse, grad_nll, grad, K, B, V,
+def _backward_kernel(logits, s_t, s_k, s_b, bias, s_bias, targets, lse, grad_nll, grad, K, B, V,
                      HAS_BIAS: tl.constexpr, BLOCK: tl.constexpr):
     row = tl.program_id(0)
     k = tl.program_id(1).to(tl.int64)
@@ -67,7 +67,7 @@ def _backward_kernel(logits, s_t, s_k, s_b, bias, targets, lse, grad_nll, grad, 
         v = v0 + tl.arange(0, BLOCK)
         x = tl.load(logits + offset + v, mask=v < V, other=0.0).to(tl.float32)
         if HAS_BIAS:
-            x += tl.load(bias + k * V + v, mask=v < V, other=0.0)
+            x += tl.load(bias + k * s_bias + v, mask=v < V, other=0.0)
         g = (tl.exp(x - log_total) - (v == target).to(tl.float32)) * scale
         tl.store(grad + offset + v, g, mask=v < V)
 
@@ -83,9 +83,12 @@ class _SoftmaxCrossEntropy(torch.autograd.Function):
         if logits.stride(3) != 1:
             logits = logits.contiguous()
         targets = targets.contiguous()
-        bias_or_logits = bias.contiguous() if bias is not None else logits  # (unread without)
+        if bias is not None and bias.stride(1) != 1:
+            bias = bias.contiguous()
+        bias_or_logits = bias if bias is not None else logits  # (unread without)
         nll, lse, hits = (logits.new_empty(T, K, B, dtype=torch.float32) for _ in range(3))
-        _forward_kernel[(T * B, K)](logits, *logits.stride()[:3], bias_or_logits, targets, nll,
+        _forward_kernel[(T * B, K)](logits, *logits.stride()[:3], bias_or_logits,
+                                    bias_or_logits.stride(0), targets, nll,
                                     lse, hits, K, B, V, HAS_BIAS=bias is not None,
                                     BLOCK=_block(V))
         ctx.save_for_backward(logits, targets, lse, bias_or_logits)
@@ -100,7 +103,8 @@ class _SoftmaxCrossEntropy(torch.autograd.Function):
         T, K, B, V = logits.shape
         grad = torch.empty_strided(logits.shape, logits.stride(), dtype=logits.dtype,
                                    device=logits.device)
-        _backward_kernel[(T * B, K)](logits, *logits.stride()[:3], bias_or_logits, targets, lse,
+        _backward_kernel[(T * B, K)](logits, *logits.stride()[:3], bias_or_logits,
+                                     bias_or_logits.stride(0), targets, lse,
                                      grad_nll.contiguous(), grad, K, B, V,
                                      HAS_BIAS=ctx.has_bias, BLOCK=_block(V))
         return grad, None, (grad.sum(dim=(0, 2)) if ctx.has_bias else None)
@@ -108,8 +112,9 @@ class _SoftmaxCrossEntropy(torch.autograd.Function):
 
 def softmax_cross_entropy(logits: torch.Tensor, targets: torch.Tensor,
                           bias: torch.Tensor | None = None):
-    """logits (T, K, B, V), any strides with unit stride over V; targets (T, B) int64; bias (K, V)
-    to add to the logits, or None. Returns (nll, hits), each (T, K, B): the cross-entropy of each
-    prediction (differentiable) and whether its argmax is the target (first maximum, as
-    `torch.argmax`)."""
+    """logits (T, K, B, V), strides of a non-overlapping layout with unit stride over V; targets
+    (T, B) int64, each in [0, V) (not checked); bias (K, V) to add to the logits, or None. Returns
+    (nll, hits), each (T, K, B): the cross-entropy of each prediction (differentiable) and whether
+    its argmax is the target (the first maximum, as `torch.argmax`; unlike it, NaN is never the
+    maximum: a diverged member's rows count no hit there, and their loss is NaN either way)."""
     return _SoftmaxCrossEntropy.apply(logits, targets, bias)

@@ -33,7 +33,7 @@ def check_against_torch_in_the_models_layout(V: int, device: str = "cpu",
     logits, targets, weights = logits.to(device), targets.to(device), weights.to(device)
     ours, theirs = (t.detach().clone().requires_grad_() for t in (logits, logits))
     assert ours.stride() == logits.stride()  # (clone keeps the strides)
-    our_bias, their_bias = (bias.to(device).requires_grad_() for _ in range(2))
+    our_bias, their_bias = (bias.to(device).clone().requires_grad_() for _ in range(2))
 
     nll, hits = softmax_cross_entropy(ours, targets, our_bias if with_bias else None)
     expected_nll, expected_hits = torch_reference(theirs + their_bias.view(1, K, 1, V), targets)
