@@ -90,8 +90,7 @@ def fused_loop(plan_: Plan) -> tuple[MatmulGroup | Segment, ...]:
     """`plan_.loop` with every run of elementwise items between matmul groups made a Segment,
     and a last segment wherever a new state is a matmul's product or a static value (so every
     new state comes out of a kernel)."""
-    fused_sums = {s for item in plan_.loop if isinstance(item, MatmulGroup)
-                  for s in item.fused_sums if s is not None}
+    fused_sums = fused_sum_names(plan_)
     chunk_of: dict[str, tuple[str, int]] = {}  # group member -> (product, chunk)
     width: dict[str, int] = {}  # product -> chunks
     runs: list[MatmulGroup | list] = []
@@ -114,7 +113,7 @@ def fused_loop(plan_: Plan) -> tuple[MatmulGroup | Segment, ...]:
         names = set(plan_.graph.outputs)
         for later in runs[position + 1:]:
             for item in (later if isinstance(later, list) else [later]):
-                names.update(_reads(item, fused_sums))
+                names.update(item_reads(item, fused_sums))
         return names
 
     segments: list[tuple[list, list[str], list[int], list[Read], list[str], list]] = []
@@ -136,7 +135,7 @@ def fused_loop(plan_: Plan) -> tuple[MatmulGroup | Segment, ...]:
         pending = []
         here = {item.name for item in run}
         reads: list[Read] = []
-        for name in [n for item in run for n in _reads(item, fused_sums)] + extra:
+        for name in [n for item in run for n in item_reads(item, fused_sums)] + extra:
             if name in here or any(r.name == name for r in reads):
                 continue
             source, chunk = chunk_of.get(name, (name, 0))
@@ -184,7 +183,14 @@ def fused_loop(plan_: Plan) -> tuple[MatmulGroup | Segment, ...]:
     return tuple(built[item] if isinstance(item, int) else item for item in loop)
 
 
-def _reads(item, fused_sums: set[str]) -> list[str]:
+def fused_sum_names(plan_: Plan) -> set[str]:
+    """The sums whose static parts their matmul groups add (so the loop does not read them)."""
+    return {s for item in plan_.loop if isinstance(item, MatmulGroup)
+            for s in item.fused_sums if s is not None}
+
+
+def item_reads(item, fused_sums: set[str]) -> list[str]:
+    """The values a loop item reads (`fused_sums`: `fused_sum_names`)."""
     if isinstance(item, MatmulGroup):
         return [item.operand]
     if isinstance(item, Sum):

@@ -23,7 +23,7 @@ import torch
 from torch.autograd.function import once_differentiable
 
 from cellsearch import fused
-from cellsearch.compile import MatmulGroup, Plan, Sum, pre_name, static_sum_name
+from cellsearch.compile import MatmulGroup, Plan, pre_name
 
 MAX_SIZE = 64  # units and minibatch rows a program holds (a 64 x 64 float32 tile per value)
 NUM_WARPS = 8  # (H100: faster than 4 at every size measured)
@@ -196,16 +196,11 @@ _source = functools.lru_cache(maxsize=256)(kernel_source)
 
 def _step_reads(plan_: Plan, inputs: tuple[str, ...]) -> set[str]:
     """The step inputs the loop reads directly (a group's static addends are read with it)."""
-    fused_sums = {s for item in plan_.loop if isinstance(item, MatmulGroup)
-                  for s in item.fused_sums if s is not None}
+    fused_sums = fused.fused_sum_names(plan_)
     names = set(plan_.graph.outputs)
     for item in plan_.loop:
-        if isinstance(item, Sum):
-            names.update(t for _, t in item.recurrent_terms)
-            if item.static_terms and item.name not in fused_sums:
-                names.add(static_sum_name(item.name))
-        elif not isinstance(item, MatmulGroup):
-            names.update(item.inputs)
+        if not isinstance(item, MatmulGroup):
+            names.update(fused.item_reads(item, fused_sums))
     return names & set(inputs)
 
 
