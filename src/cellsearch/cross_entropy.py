@@ -76,6 +76,11 @@ def _block(V: int) -> int:
     return min(2048, triton.next_power_of_2(V))
 
 
+def _bias_arguments(bias: torch.Tensor | None, logits: torch.Tensor) -> tuple:
+    """The kernels' bias pointer and row stride (without a bias, any pointer: it is not read)."""
+    return (bias, bias.stride(0)) if bias is not None else (logits, 0)
+
+
 class _SoftmaxCrossEntropy(torch.autograd.Function):
     @staticmethod
     def forward(ctx, logits: torch.Tensor, targets: torch.Tensor, bias: torch.Tensor | None):
@@ -85,29 +90,25 @@ class _SoftmaxCrossEntropy(torch.autograd.Function):
         targets = targets.contiguous()
         if bias is not None and bias.stride(1) != 1:
             bias = bias.contiguous()
-        bias_or_logits = bias if bias is not None else logits  # (unread without)
         nll, lse, hits = (logits.new_empty(T, K, B, dtype=torch.float32) for _ in range(3))
-        _forward_kernel[(T * B, K)](logits, *logits.stride()[:3], bias_or_logits,
-                                    bias_or_logits.stride(0), targets, nll,
-                                    lse, hits, K, B, V, HAS_BIAS=bias is not None,
+        _forward_kernel[(T * B, K)](logits, *logits.stride()[:3], *_bias_arguments(bias, logits),
+                                    targets, nll, lse, hits, K, B, V, HAS_BIAS=bias is not None,
                                     BLOCK=_block(V))
-        ctx.save_for_backward(logits, targets, lse, bias_or_logits)
-        ctx.has_bias = bias is not None
+        ctx.save_for_backward(logits, targets, lse, bias)
         ctx.mark_non_differentiable(hits)
         return nll, hits
 
     @staticmethod
     @once_differentiable
     def backward(ctx, grad_nll, _grad_hits):
-        logits, targets, lse, bias_or_logits = ctx.saved_tensors
+        logits, targets, lse, bias = ctx.saved_tensors
         T, K, B, V = logits.shape
         grad = torch.empty_strided(logits.shape, logits.stride(), dtype=logits.dtype,
                                    device=logits.device)
-        _backward_kernel[(T * B, K)](logits, *logits.stride()[:3], bias_or_logits,
-                                     bias_or_logits.stride(0), targets, lse,
-                                     grad_nll.contiguous(), grad, K, B, V,
-                                     HAS_BIAS=ctx.has_bias, BLOCK=_block(V))
-        return grad, None, (grad.sum(dim=(0, 2)) if ctx.has_bias else None)
+        _backward_kernel[(T * B, K)](logits, *logits.stride()[:3], *_bias_arguments(bias, logits),
+                                     targets, lse, grad_nll.contiguous(), grad, K, B, V,
+                                     HAS_BIAS=bias is not None, BLOCK=_block(V))
+        return grad, None, (grad.sum(dim=(0, 2)) if bias is not None else None)
 
 
 def softmax_cross_entropy(logits: torch.Tensor, targets: torch.Tensor,

@@ -98,10 +98,10 @@ class PopulationModel(nn.Module):
         inputs: torch.Tensor,
         state: list[State],
         dropout: Dropout | None = None,
-        output_bias: bool = True,
+        add_output_bias: bool = True,
     ) -> tuple[torch.Tensor, list[State]]:
         """inputs (T, B) token ids or (T, B, V_in) frames; state per layer; dropout or None.
-        Returns logits (T, K, B, V_out), without the output layer's bias unless `output_bias`
+        Returns logits (T, K, B, V_out), without the output layer's bias unless `add_output_bias`
         (a loss that adds it itself saves a pass over the logits), and the final state per
         layer."""
         K, n = self.population_size, self.hidden_size
@@ -121,7 +121,7 @@ class PopulationModel(nn.Module):
             new_state.append(final)
         x = x.reshape(K, T * B, n)
         logits = (torch.baddbmm(self.output_bias.unsqueeze(1), x, self.output_weight)
-                  if output_bias else torch.bmm(x, self.output_weight))  # (K, T*B, V_out)
+                  if add_output_bias else torch.bmm(x, self.output_weight))  # (K, T*B, V_out)
         return logits.view(K, T, B, -1).transpose(0, 1), new_state
 
 

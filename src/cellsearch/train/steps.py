@@ -97,6 +97,8 @@ class PopulationSteps:
         self.parameters = list(model.parameters())
         self.flat_parameters = _flatten(self.parameters)
         self.max_norms, self.dropout = max_norms, dropout
+        # the fused engine's loss kernels, which add the output bias themselves
+        self.loss_kernels = task.output_kind == "softmax" and model.engine == "fused"
         self.learning_rates = torch.zeros(K, device=device)
         self.finite = torch.ones(K, dtype=torch.bool, device=device)
         T, B = num_steps, batch_size
@@ -138,16 +140,16 @@ class PopulationSteps:
     def _forward(self, dropout):
         keep = (~self.reset).to(self.mask.dtype).view(1, -1, 1)  # zero rows starting anew
         state = [tuple(s * keep for s in layer) for layer in self.state]
-        # the fused loss adds the output bias itself (see cellsearch.cross_entropy)
-        kernels = self.task.output_kind == "softmax" and self.model.engine == "fused"
-        logits, new_state = self.model(self.inputs, state, dropout, output_bias=not kernels)
+        logits, new_state = self.model(self.inputs, state, dropout,
+                                       add_output_bias=not self.loss_kernels)
         with torch.no_grad():
             for old, new in zip(self.state, new_state):
                 for buffer, value in zip(old, new):
                     buffer.copy_(value)  # carried into the next window (truncated BPTT)
         if self.task.output_kind == "softmax":
-            bias = self.model.output_bias if kernels else None
-            stats = task_metrics.softmax_stats(logits, self.targets, self.mask, bias, kernels)
+            bias = self.model.output_bias if self.loss_kernels else None
+            stats = task_metrics.softmax_stats(logits, self.targets, self.mask, bias,
+                                               self.loss_kernels)
             return stats, stats["loss_sum"]
         stats = task_metrics.sigmoid_stats(logits, self.targets, self.mask)
         return stats, stats["nll_sum"]
