@@ -5,11 +5,14 @@ timestep's work is a few microseconds of latency in any form, and a window of 35
 launch after launch. When a member's state fits one block of registers (n and B at most 64),
 one generated kernel runs every step of the window, the state carried in registers from step to
 step and each matmul a `tl.dot` of that state with the member's matrices, which stay in L1/L2;
-a second kernel runs the backward over the window in reverse, recomputing each step's forward
-values from the stored states and carrying the state gradient in registers. So a layer is two
-launches per window, whatever its cell. Per step the backward stores what the window-level
-matmuls need afterwards: each matmul group's product gradient (the gradient of its static
-addends too) and operand; each static input's gradient.
+a second kernel runs the backward over the window in reverse, carrying the state gradient in
+registers. So a layer is two launches per window, whatever its cell. The forward also stores each
+step's values that the backward's derivatives read (an LSTM's gates and tanh(c)), which the
+backward loads a step ahead: recomputing them there, as the per-step kernels do, would put a
+second chain of matmuls and activations on every step's path, and at these sizes a step's time
+is that path's latency. Per step the backward stores what the window-level matmuls need
+afterwards: each matmul group's product gradient (the gradient of its static addends too) and
+operand; each static input's gradient.
 
 The arithmetic is `fused`'s (the same expressions and derivatives, generated from the plan);
 `fused.run_fused` hands a layer here when `fits`.
@@ -18,6 +21,7 @@ The arithmetic is `fused`'s (the same expressions and derivatives, generated fro
 from __future__ import annotations
 
 import functools
+import re
 
 import torch
 from torch.autograd.function import once_differentiable
@@ -26,54 +30,44 @@ from cellsearch import fused
 from cellsearch.compile import MatmulGroup, Plan, pre_name
 
 MAX_SIZE = 64  # units and minibatch rows a program holds (a 64 x 64 float32 tile per value)
-NUM_WARPS = 8  # (H100: faster than 4 at every size measured)
 
 
 def fits(B: int, n: int) -> bool:
     return B <= MAX_SIZE and n <= MAX_SIZE
 
 
+def num_warps(kernel: str, BN: int) -> int:
+    """Warps per program. Measured on an H100 and an H200 (`benchmarks/RESULTS.md`): 8 for every
+    backward and for forwards of 64-unit tiles; 4 for forwards of 32-unit tiles, whose short
+    dependent chain pays more for synchronising 8 warps than it gains from them."""
+    return 4 if kernel == "forward_kernel" and BN <= 32 else 8
+
+
 def kernel_source(plan_: Plan, inputs: tuple[str, ...], hoist: bool = True) -> str:
     """Python source of a module with `forward_kernel` and `backward_kernel` for the plan's loop;
     `inputs` are the step inputs' names (`compile.window_inputs`), in argument order. `hoist`:
     load the matrices into registers once, before the time loop, rather than every step."""
-    graph = plan_.graph
-    groups = [item for item in plan_.loop if isinstance(item, MatmulGroup)]
-    var: dict[str, str] = {name: f"s{i}" for i, name in enumerate(graph.states)}
-    var.update({name: f"q{i}" for i, name in enumerate(inputs)})  # (in<i>: their pointers)
-    for g, group in enumerate(groups):
-        var.update({member: f"m{g}_{c}" for c, member in enumerate(group.members)})
-    items = [item for item in plan_.loop if not isinstance(item, MatmulGroup)]
-    var.update({item.name: f"y{i}" for i, item in enumerate(items)})
-    pre = {g: inputs.index(pre_name(group.operand)) for g, group in enumerate(groups)
-           if pre_name(group.operand) in inputs}
-    gradients = [i for i, name in enumerate(inputs) if i not in pre.values()]  # (pre: gp<g>)
-    reads = _step_reads(plan_, inputs)
-
-    def at(pointer: str, time: str, column: str = "j") -> str:
-        return (f"{pointer} + k * {pointer}_sk + ({time}) * {pointer}_st + b * {pointer}_sb"
-                f" + ({column}) * {pointer}_sn")
+    code = _Code(plan_, inputs)
+    graph, groups, var, pre, saved = plan_.graph, code.groups, code.var, code.pre, code.saved
 
     def load(pointer: str, time: str, column: str = "j") -> str:
-        return f"tl.load({at(pointer, time, column)}, mask=mask, other=0.0)"
-
-    def column(chunk: int) -> str:
-        return f"j + {chunk} * n" if chunk else "j"
+        return f"tl.load({_at(pointer, time, column)}, mask=mask, other=0.0)"
 
     # Tile W<g>_<c>[r, j] = W<g>[r, c*n + j]: chunk c of group g's matrices side by side.
     weights = [f"{'    ' * (1 + (not hoist))}w{g}_{c} = tl.load(w{g} + k * w{g}_sk + r * w{g}_sr "
-               f"+ ({column(c)}) * w{g}_sc, mask=wmask, other=0.0)"
+               f"+ ({_column(c)}) * w{g}_sc, mask=wmask, other=0.0)"
                for g, group in enumerate(groups) for c in range(len(group.members))]
 
-    def step_loads(time: str, indent: str = "        ") -> list[str]:
-        """A step's inputs: what the loop reads (q*) and the groups' static addends (a*). Loaded
-        a step ahead: they do not depend on the state, so their latency hides behind a step."""
-        lines = [f"{indent}q{i} = {load(f'in{i}', time)}"
-                 for i, name in enumerate(inputs) if name in reads]
-        lines += [f"{indent}a{g}_{c} = {load(f'in{pre[g]}', time, column(c))}"
+    def step_loads(time: str, indent: str = "        ", wanted=None) -> list[str]:
+        """A step's inputs: what the loop reads (q*) and the groups' static addends (a*), those
+        in `wanted` if given. Loaded a step ahead: they do not depend on the state, so their
+        latency hides behind a step."""
+        lines = [(f"q{i}", f"{indent}q{i} = {load(f'in{i}', time)}")
+                 for i, name in enumerate(inputs) if name in code.reads]
+        lines += [(f"a{g}_{c}", f"{indent}a{g}_{c} = {load(f'in{pre[g]}', time, _column(c))}")
                   for g, group in enumerate(groups) if g in pre
                   for c in range(len(group.members)) if group.fused_sums[c] is not None]
-        return lines
+        return [line for name, line in lines if wanted is None or name in wanted]
 
     def step_forward() -> list[str]:
         """One step's values from the states s* and the loaded inputs."""
@@ -96,6 +90,7 @@ def kernel_source(plan_: Plan, inputs: tuple[str, ...], hoist: bool = True) -> s
     weight_arguments = joined(f"w{g}, w{g}_sk, w{g}_sr, w{g}_sc" for g in range(len(groups)))
     history_arguments = joined(f"h{i}, h{i}_sk, h{i}_st, h{i}_sb, h{i}_sn"
                                 for i in range(len(graph.states)))
+    saved_arguments = joined(f"v{i}, v{i}_sk, v{i}_st, v{i}_sb, v{i}_sn" for i in range(len(saved)))
     header = [
         "    k = tl.program_id(0).to(tl.int64)",
         "    b = tl.arange(0, BB)[:, None]",
@@ -105,7 +100,8 @@ def kernel_source(plan_: Plan, inputs: tuple[str, ...], hoist: bool = True) -> s
         "    wmask = (r < n) & (j < n)",
     ]
     sizes = "T, B, n, BB: tl.constexpr, BN: tl.constexpr, PRECISION: tl.constexpr"
-    arguments = joined(filter(None, [input_arguments, weight_arguments, history_arguments]))
+    arguments = joined(filter(None, [input_arguments, weight_arguments, history_arguments,
+                                     saved_arguments]))
     new_state = [f"        s{i} = {var[output]}" for i, output in enumerate(graph.outputs)]
     forward = [
         "@triton.jit",
@@ -117,9 +113,11 @@ def kernel_source(plan_: Plan, inputs: tuple[str, ...], hoist: bool = True) -> s
         "    for t in range(T):",
         *([] if hoist else weights),
         *step_forward(),
+        *(f"        tl.store({_at(f'v{i}', 't')}, {value}, mask=mask)"
+          for i, value in enumerate(saved)),
         *new_state,
         *step_loads("tl.minimum(t + 1, T - 1)"),
-        *(f"        tl.store({at(f'h{i}', 't + 1')}, s{i}, mask=mask)"
+        *(f"        tl.store({_at(f'h{i}', 't + 1')}, s{i}, mask=mask)"
           for i in range(len(graph.states))),
     ]
 
@@ -129,37 +127,17 @@ def kernel_source(plan_: Plan, inputs: tuple[str, ...], hoist: bool = True) -> s
         joined(f"gf{i}, gf{i}_sk, gf{i}_sb, gf{i}_sn" for i in range(len(graph.states))),
         joined(f"gp{g}, gp{g}_sk, gp{g}_st, gp{g}_sb, gp{g}_sn" for g in range(len(groups))),
         joined(f"x{g}, x{g}_sk, x{g}_st, x{g}_sb, x{g}_sn" for g in range(len(groups))),
-        joined(f"gin{i}, gin{i}_sk, gin{i}_st, gin{i}_sb, gin{i}_sn" for i in gradients),
+        joined(f"gin{i}, gin{i}_sk, gin{i}_st, gin{i}_sb, gin{i}_sn" for i in code.gradients),
         joined(f"gs{i}, gs{i}_sk, gs{i}_sb, gs{i}_sn" for i in range(len(graph.states))),
     ]))
-    terms: dict[str, list[str]] = {name: [] for name in var}
-    reverse = []
-    for i, output in enumerate(graph.outputs):
-        terms[output].append(f"d{i}" if i else f"(d{i} + gq)")
-    for item in reversed(plan_.loop):
-        if isinstance(item, MatmulGroup):
-            g = groups.index(item)
-            for c, member in enumerate(item.members):
-                gradient = " + ".join(terms[member]) or "tl.full([BB, BN], 0.0, tl.float32)"
-                reverse.append(f"        g{var[member]} = tl.where(mask, {gradient}, 0.0)")
-                reverse.append(f"        tl.store({at(f'gp{g}', 't', column(c))}, g{var[member]}, "
-                               "mask=mask)")
-                terms[item.operand].append(f"tl.dot(g{var[member]}, wt{g}_{c}, "
-                                           "input_precision=PRECISION)")
-            reverse.append(f"        tl.store({at(f'x{g}', 't')}, {var[item.operand]}, mask=mask)")
-            continue
-        if line := fused.gradient_line(item, var, terms):
-            reverse.append(f"        {line}")
-    input_gradients = [
-        f"        tl.store({at(f'gin{i}', 't')}, "
-        f"{' + '.join(terms[name]) or 'tl.full([BB, BN], 0.0, tl.float32)'}, mask=mask)"
-        for i, name in enumerate(inputs) if i in gradients
-    ]
 
     def backward_loads(time: str, indent: str = "        ") -> list[str]:
-        """The states before step `time`, its inputs and its outputs' gradient."""
+        """The states before step `time`, the inputs and saved values its derivatives read, and
+        its outputs' gradient."""
         return [*(f"{indent}s{i} = {load(f'h{i}', time)}" for i in range(len(graph.states))),
-                *step_loads(time, indent), f"{indent}gq = {load('go', time)}"]
+                *step_loads(time, indent, code.referenced),
+                *(f"{indent}{value} = {load(f'v{i}', time)}" for i, value in enumerate(saved)),
+                f"{indent}gq = {load('go', time)}"]
 
     transposed = [f"{'    ' * (1 + (not hoist))}wt{g}_{c} = tl.trans(w{g}_{c})"
                   for g, group in enumerate(groups) for c in range(len(group.members))]
@@ -174,11 +152,7 @@ def kernel_source(plan_: Plan, inputs: tuple[str, ...], hoist: bool = True) -> s
         "    for u in range(T):",
         "        t = T - 1 - u",
         *([] if hoist else weights + transposed),
-        *step_forward(),
-        *reverse,
-        *input_gradients,
-        *(f"        d{i} = tl.where(mask, {' + '.join(terms[state]) or '0.0 * d' + str(i)}, 0.0)"
-          for i, state in enumerate(graph.states)),
+        *code.reverse,
         *backward_loads("tl.maximum(t - 1, 0)"),
         *(f"    tl.store(gs{i} + k * gs{i}_sk + b * gs{i}_sb + j * gs{i}_sn, d{i}, mask=mask)"
           for i in range(len(graph.states))),
@@ -191,7 +165,83 @@ def kernel_source(plan_: Plan, inputs: tuple[str, ...], hoist: bool = True) -> s
     ])
 
 
+class _Code:
+    """What both kernels are generated from: the kernel variable of every value (states s<i>,
+    step inputs q<i>, products m<g>_<c>, loop items y<i>), the backward's loop body (`reverse`)
+    and the forward values it reads (`saved`, which the forward stores for it)."""
+
+    def __init__(self, plan_: Plan, inputs: tuple[str, ...]):
+        graph = plan_.graph
+        self.groups = groups = [item for item in plan_.loop if isinstance(item, MatmulGroup)]
+        var: dict[str, str] = {name: f"s{i}" for i, name in enumerate(graph.states)}
+        var.update({name: f"q{i}" for i, name in enumerate(inputs)})  # (in<i>: their pointers)
+        for g, group in enumerate(groups):
+            var.update({member: f"m{g}_{c}" for c, member in enumerate(group.members)})
+        items = [item for item in plan_.loop if not isinstance(item, MatmulGroup)]
+        var.update({item.name: f"y{i}" for i, item in enumerate(items)})
+        self.var = var
+        self.pre = {g: inputs.index(pre_name(group.operand)) for g, group in enumerate(groups)
+                    if pre_name(group.operand) in inputs}
+        # step inputs whose gradient the backward stores (a group's static addends: gp<g>)
+        self.gradients = [i for i in range(len(inputs)) if i not in self.pre.values()]
+        self.reads = _step_reads(plan_, inputs)
+        self.reverse = self._reverse_lines(plan_, inputs)
+        self.referenced = set(re.findall(r"\b[a-z]+\d+(?:_\d+)?\b", "\n".join(self.reverse)))
+        computed = [var[m] for group in groups for m in group.members]
+        computed += [var[item.name] for item in items]
+        self.saved = sorted(set(computed) & self.referenced, key=computed.index)
+
+    def _reverse_lines(self, plan_: Plan, inputs: tuple[str, ...]) -> list[str]:
+        """One backward step: the gradients of step t's values from d<i> (the new states') and gq
+        (the outputs'); stores what the window-level matmuls need; leaves d<i> for step t - 1."""
+        graph, var, groups = plan_.graph, self.var, self.groups
+        terms: dict[str, list[str]] = {name: [] for name in var}
+        lines = []
+        for i, output in enumerate(graph.outputs):
+            terms[output].append(f"d{i}" if i else f"(d{i} + gq)")
+        for item in reversed(plan_.loop):
+            if isinstance(item, MatmulGroup):
+                g = groups.index(item)
+                for c, member in enumerate(item.members):
+                    gradient = " + ".join(terms[member]) or "tl.full([BB, BN], 0.0, tl.float32)"
+                    lines.append(f"        g{var[member]} = tl.where(mask, {gradient}, 0.0)")
+                    lines.append(f"        tl.store({_at(f'gp{g}', 't', _column(c))}, "
+                                 f"g{var[member]}, mask=mask)")
+                    terms[item.operand].append(f"tl.dot(g{var[member]}, wt{g}_{c}, "
+                                               "input_precision=PRECISION)")
+                lines.append(f"        tl.store({_at(f'x{g}', 't')}, {var[item.operand]}, mask=mask)")
+                continue
+            if line := fused.gradient_line(item, var, terms):
+                lines.append(f"        {line}")
+        lines += [
+            f"        tl.store({_at(f'gin{i}', 't')}, "
+            f"{' + '.join(terms[name]) or 'tl.full([BB, BN], 0.0, tl.float32)'}, mask=mask)"
+            for i, name in enumerate(inputs) if i in self.gradients
+        ]
+        lines += [
+            f"        d{i} = tl.where(mask, {' + '.join(terms[state]) or '0.0 * d' + str(i)}, 0.0)"
+            for i, state in enumerate(graph.states)
+        ]
+        return lines
+
+
+def _at(pointer: str, time: str, column: str = "j") -> str:
+    """The address of a tile at step `time` of a (K, T, B, width) argument."""
+    return (f"{pointer} + k * {pointer}_sk + ({time}) * {pointer}_st + b * {pointer}_sb"
+            f" + ({column}) * {pointer}_sn")
+
+
+def _column(chunk: int) -> str:
+    return f"j + {chunk} * n" if chunk else "j"
+
+
 _source = functools.lru_cache(maxsize=256)(kernel_source)
+
+
+@functools.lru_cache(maxsize=256)
+def saved_count(plan_: Plan, inputs: tuple[str, ...]) -> int:
+    """How many values per step the forward kernel stores for the backward."""
+    return len(_Code(plan_, inputs).saved)
 
 
 def _step_reads(plan_: Plan, inputs: tuple[str, ...]) -> set[str]:
@@ -221,12 +271,15 @@ class PersistentSequence(torch.autograd.Function):
             history = value.new_empty(K, T + 1, B, n)
             history[:, 0] = value
             histories.append(history)
-        sizes = dict(BB=fused.block_size(B), BN=fused.block_size(n), PRECISION=fused.matmul_precision(state[0]))
+        saved = [state[0].new_empty(K, T, B, n) for _ in range(saved_count(plan_, names))]
+        sizes = {"BB": fused.block_size(B), "BN": fused.block_size(n),
+                 "PRECISION": fused.matmul_precision(state[0])}
         _launch("forward_kernel", plan_, names, K, sizes,
-                *(v for x in [*expanded, *weights, *histories] for v in fused._strided(x)), T, B, n)
+                *(v for x in [*expanded, *weights, *histories, *saved] for v in fused._strided(x)),
+                T, B, n)
         ctx.plan, ctx.names, ctx.sizes = plan_, names, sizes
         ctx.shapes = [v.shape for v in inputs]
-        ctx.expanded, ctx.histories = expanded, histories
+        ctx.expanded, ctx.histories, ctx.saved = expanded, histories, saved
         ctx.save_for_backward(*weights)
         return (histories[0][:, 1:], *(h[:, T].clone() for h in histories))
 
@@ -234,21 +287,26 @@ class PersistentSequence(torch.autograd.Function):
     @once_differentiable
     def backward(ctx, grad_outputs, *grad_final):
         fused._check_first_backward(ctx.histories)
-        plan_, names, expanded, histories = ctx.plan, ctx.names, ctx.expanded, ctx.histories
+        plan_, names, expanded, histories, saved = (ctx.plan, ctx.names, ctx.expanded,
+                                                     ctx.histories, ctx.saved)
         weights = ctx.saved_tensors
         K, T1, B, n = histories[0].shape
         T = T1 - 1
-        new = histories[0].new_zeros
+        # The kernel writes every element of these (no zero fill needed)...
+        new = histories[0].new_empty
         groups = [item for item in plan_.loop if isinstance(item, MatmulGroup)]
         product_grads = [new(K, T, B, len(g.members) * n) for g in groups]
         operand_values = [new(K, T, B, n) for _ in groups]
         product_of = {pre_name(g.operand): p for g, p in zip(groups, product_grads)}
         input_grads = {name: new(K, T, B, n) for name in names if name not in product_of}
         state_grads = [new(K, B, n) for _ in histories]
-        grad_outputs = grad_outputs if grad_outputs is not None else new(K, T, B, n)
-        final = [g if g is not None else new(K, B, n) for g in grad_final]
+        # ...and reads these: a gradient autograd did not give is zero.
+        zeros = histories[0].new_zeros
+        grad_outputs = grad_outputs if grad_outputs is not None else zeros(K, T, B, n)
+        final = [g if g is not None else zeros(K, B, n) for g in grad_final]
         _launch("backward_kernel", plan_, names, K, ctx.sizes,
-                *(v for x in [*expanded, *weights, *histories, grad_outputs, *final, *product_grads,
+                *(v for x in [*expanded, *weights, *histories, *saved, grad_outputs, *final,
+                              *product_grads,
                               *operand_values, *input_grads.values(), *state_grads]
                   for v in fused._strided(x)),
                 T, B, n)
@@ -258,7 +316,7 @@ class PersistentSequence(torch.autograd.Function):
             torch.bmm(x.view(K, T * B, n).transpose(1, 2), p.view(K, T * B, -1))
             for x, p in zip(operand_values, product_grads)
         ]
-        ctx.expanded = ctx.histories = None
+        ctx.expanded = ctx.histories = ctx.saved = None
         return (None, None, None, None, *grad_inputs, *grad_weights, *state_grads)
 
 
@@ -277,7 +335,8 @@ def _launch(kernel: str, plan_: Plan, names: tuple[str, ...], K: int, sizes: dic
             continue
         module = fused.load_module(_source(plan_, names, hoist), "persistent")
         try:
-            getattr(module, kernel)[(K,)](*arguments, **sizes, num_warps=NUM_WARPS, num_stages=1)
+            warps = num_warps(kernel, sizes["BN"])
+            getattr(module, kernel)[(K,)](*arguments, **sizes, num_warps=warps, num_stages=1)
             return
         except OutOfResources:
             if not hoist:

@@ -197,6 +197,24 @@ def test_member_offsets_are_64_bit():
             assert all("+ k *" in line for line in source.splitlines() if "tl.load(" in line)
 
 
+def test_the_persistent_backward_loads_the_forward_values_it_needs_rather_than_recomputing():
+    from cellsearch import persistent
+    from cellsearch.compile import window_inputs
+
+    lstm = zoo.get("lstm")
+    plan_ = plan(lstm)
+    params = {node.param: torch.zeros(1, 8, 8) if node.op == "matmul" else torch.zeros(1, 8)
+              for node in lstm.parameters}
+    names = tuple(window_inputs(plan_, params, torch.zeros(1, 3, 2, 8))[0])
+    source = persistent.kernel_source(plan_, names)
+    forward, backward = source.split("def backward_kernel")
+    # the forward stores the four gates and tanh(c) a step; the backward's only matmuls are the
+    # four of the state's gradient with the transposed matrices
+    assert persistent.saved_count(plan_, names) == 5
+    assert forward.count("tl.store(v") == 5 and backward.count("= tl.load(v") == 2 * 5
+    assert backward.count("tl.dot(") == 4 and backward.count("tl.dot(") == backward.count(", wt0_")
+
+
 def test_persistent_kernels_too_large_to_hoist_load_their_matrices_each_step(monkeypatch):
     from triton.runtime.errors import OutOfResources
 
