@@ -82,6 +82,22 @@ def test_get_task_passes_the_seed_and_options_and_names_unknown_tasks():
         get_task("xml", windows=3)
 
 
+def test_evaluations_share_a_synthetic_task_and_build_file_tasks_anew(monkeypatch):
+    from cellsearch import tasks
+
+    assert tasks.shared_task("memorize", seed=3) is tasks.shared_task("memorize", seed=3)
+    assert tasks.shared_task("memorize", seed=3) is not tasks.shared_task("memorize", seed=4)
+    assert (tasks.shared_task("memorize", seed=3, epoch_windows=2)
+            is not tasks.shared_task("memorize", seed=3))
+    assert tasks.shared_task("memorize", seed=3, epoch_windows=2).epoch_windows == 2
+    with pytest.raises(UserError, match="unknown task"):
+        tasks.shared_task("nope")
+    built = []
+    monkeypatch.setattr(tasks, "get_task", lambda name, *a, **k: built.append(name) or object())
+    assert tasks.shared_task("ptb", "/data") is not tasks.shared_task("ptb", "/data")
+    assert built == ["ptb", "ptb"]
+
+
 def test_bad_arguments_are_user_errors():
     task = Memorize(**SMALL)
     with pytest.raises(UserError, match="unknown split 'validation'"):

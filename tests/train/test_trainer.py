@@ -147,11 +147,11 @@ def test_size_options_of_synthetic_sets_are_ignored_for_fixed_splits(monkeypatch
 
     seen = {}
 
-    def fake_get_task(name, data_dir=None, seed=0, **options):
+    def fake_task(name, data_dir=None, seed=0, **options):
         seen.update(options)
         raise RuntimeError("stop here")
 
-    monkeypatch.setattr(evaluate_module, "get_task", fake_get_task)
+    monkeypatch.setattr(evaluate_module, "shared_task", fake_task)
     with pytest.raises(RuntimeError):
         evaluate_module.evaluate(zoo.get("gru"), "ptb", [setting()], epoch_windows=3,
                                  valid_samples=10, test_samples=10)

@@ -13,6 +13,7 @@ in `cellsearch.tasks.files`. Nothing here knows about models or the search.
 
 from __future__ import annotations
 
+import functools
 import inspect
 import os
 
@@ -25,7 +26,7 @@ from cellsearch.tasks.music import Music
 from cellsearch.tasks.ptb import PennTreebank
 from cellsearch.tasks.xml import Xml
 
-__all__ = ["SPLITS", "Batch", "Task", "get_task", "task_names"]
+__all__ = ["SPLITS", "Batch", "Task", "get_task", "shared_task", "task_names"]
 
 # name -> (class, fixed constructor arguments); the order is the order `task_names` reports.
 _TASKS: dict[str, tuple[type[Task], dict]] = {
@@ -70,3 +71,21 @@ def get_task(
     if "data_dir" in parameters:  # the synthetic tasks read no files
         fixed = {**fixed, "data_dir": data_dir}
     return cls(**fixed, seed=seed, **options)
+
+
+def shared_task(name: str, data_dir: str | os.PathLike | None = None, seed: int = 0,
+                **options) -> Task:
+    """`get_task`, but a synthetic task is built once per process for the same arguments and
+    then shared: a search evaluates every candidate on the same few tasks, and a synthetic task
+    keeps the training rows it drew for its latest epochs (drawing an epoch's rows takes a
+    fraction of a second that the first epoch of every evaluation would otherwise wait for).
+    Synthetic tasks are safe to share between threads: their rows are drawn under a lock. Tasks
+    that read files are built anew each time, so they follow the data directory of the call."""
+    if name not in _TASKS or "data_dir" in inspect.signature(_TASKS[name][0]).parameters:
+        return get_task(name, data_dir, seed, **options)  # (for an unknown name, its error)
+    return _shared_synthetic_task(name, seed, tuple(sorted(options.items())))
+
+
+@functools.lru_cache(maxsize=8)
+def _shared_synthetic_task(name: str, seed: int, options: tuple) -> Task:
+    return get_task(name, seed=seed, **dict(options))

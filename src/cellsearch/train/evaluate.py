@@ -17,7 +17,7 @@ import torch
 
 from cellsearch.errors import UserError
 from cellsearch.graph import CellGraph
-from cellsearch.tasks import Task, get_task, task_options
+from cellsearch.tasks import Task, shared_task, task_options
 from cellsearch.train.budget import hidden_size_for_budget, parameter_count
 from cellsearch.train.hyperparameters import Settings
 from cellsearch.train.model import default_engine, input_kind
@@ -97,7 +97,7 @@ def evaluate(
         # ptb and music have fixed, published splits: no valid_samples or test_samples
         options = {name: value for name, value in sizes.items()
                    if value and name in task_options(task)}
-        task = get_task(task, data_dir=data_dir, seed=data_seed, **options)
+        task = shared_task(task, data_dir=data_dir, seed=data_seed, **options)
     groups: dict[tuple[int, int], list[int]] = {}
     for index, setting in enumerate(settings):
         groups.setdefault((setting.num_layers, setting.num_parameters), []).append(index)
