@@ -215,6 +215,18 @@ def test_the_persistent_backward_loads_the_forward_values_it_needs_rather_than_r
     assert backward.count("tl.dot(") == 4 and backward.count("tl.dot(") == backward.count(", wt0_")
 
 
+@pytest.mark.parametrize("name", ["lstm", "gru", "mut3"])
+def test_the_persistent_kernels_write_every_element_of_the_buffers_they_do_not_zero(
+        monkeypatch, name):
+    # fresh allocations are often zeros already: poison them, so an element a kernel leaves
+    # unwritten shows
+    empty = torch.Tensor.new_empty
+    monkeypatch.setattr(torch.Tensor, "new_empty",
+                        lambda self, *a, **k: empty(self, *a, **k).fill_(float("nan")))
+    eager = values_and_gradients(zoo.get(name), stepped(step_eagerly))
+    assert_same(eager, values_and_gradients(zoo.get(name), fused_in("persistent")))
+
+
 def test_persistent_kernels_too_large_to_hoist_load_their_matrices_each_step(monkeypatch):
     from triton.runtime.errors import OutOfResources
 
