@@ -62,13 +62,12 @@ def get_task(
     """
     accepted = task_options(name)
     cls, fixed = _TASKS[name]
-    parameters = inspect.signature(cls).parameters
     unknown = sorted(set(options) - set(accepted))
     if unknown:
         raise UserError(
             f"task {name} has no option {', '.join(unknown)}; its options are {', '.join(accepted)}"
         )
-    if "data_dir" in parameters:  # the synthetic tasks read no files
+    if _reads_files(name):
         fixed = {**fixed, "data_dir": data_dir}
     return cls(**fixed, seed=seed, **options)
 
@@ -81,9 +80,14 @@ def shared_task(name: str, data_dir: str | os.PathLike | None = None, seed: int 
     fraction of a second that the first epoch of every evaluation would otherwise wait for).
     Synthetic tasks are safe to share between threads: their rows are drawn under a lock. Tasks
     that read files are built anew each time, so they follow the data directory of the call."""
-    if name not in _TASKS or "data_dir" in inspect.signature(_TASKS[name][0]).parameters:
+    if name not in _TASKS or _reads_files(name):
         return get_task(name, data_dir, seed, **options)  # (for an unknown name, its error)
     return _shared_synthetic_task(name, seed, tuple(sorted(options.items())))
+
+
+def _reads_files(name: str) -> bool:
+    """Whether task `name` reads data files (the synthetic tasks generate theirs)."""
+    return "data_dir" in inspect.signature(_TASKS[name][0]).parameters
 
 
 @functools.lru_cache(maxsize=8)
