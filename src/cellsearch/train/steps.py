@@ -99,6 +99,7 @@ class PopulationSteps:
         self.max_norms, self.dropout = max_norms, dropout
         # the fused engine's loss kernels, which add the output bias themselves
         self.loss_kernels = task.output_kind == "softmax" and model.engine == "fused"
+        self.sizes = [p[0].numel() for p in self.parameters]
         self.learning_rates = torch.zeros(K, device=device)
         self.finite = torch.ones(K, dtype=torch.bool, device=device)
         T, B = num_steps, batch_size
@@ -169,18 +170,25 @@ class PopulationSteps:
     def _clipped_sgd_step(self) -> None:
         """p[k] -= rate[k] * g[k] * min(1, max_norm[k] / |g[k]|), |g[k]| over all of member k's
         parameters. Non-finite gradients (a diverged member) become 0, so frozen members stay
-        put and nothing non-finite reaches the norms of the others."""
-        # All of a member's gradients in one row, in the order of `flat_parameters`' columns: a
-        # few kernels for the whole update instead of a few per parameter. A parameter no output
-        # depends on (a state that never reaches h) gets no gradient.
-        grads = torch.cat([(p.grad if p.grad is not None else torch.zeros_like(p)).flatten(1)
-                           for p in self.parameters], dim=1)
-        torch.nan_to_num_(grads, nan=0.0, posinf=0.0, neginf=0.0)
-        norms = torch.linalg.vector_norm(grads, dim=1)  # (K,)
-        scale = self.learning_rates * torch.clamp(self.max_norms / (norms + 1e-6), max=1.0)
-        self.flat_parameters.addcmul_(grads, scale.unsqueeze(1), value=-1.0)
+        put and nothing non-finite reaches the norms of the others. A parameter no output
+        depends on (a state that never reaches h) gets no gradient."""
+        grads = [p.grad for p in self.parameters]
         for p in self.parameters:
             p.grad = None
+        if self.model.engine == "fused":  # the same update in Triton kernels, without the copies
+            from cellsearch.sgd import clipped_sgd_  # (imports Triton)
+
+            clipped_sgd_(self.flat_parameters, self.sizes, grads, self.learning_rates,
+                         self.max_norms)
+            return
+        # All of a member's gradients in one row, in the order of `flat_parameters`' columns: a
+        # few kernels for the whole update instead of a few per parameter.
+        rows = torch.cat([(g if g is not None else p.new_zeros(p.shape)).flatten(1)
+                          for g, p in zip(grads, self.parameters)], dim=1)
+        torch.nan_to_num_(rows, nan=0.0, posinf=0.0, neginf=0.0)
+        norms = torch.linalg.vector_norm(rows, dim=1)  # (K,)
+        scale = self.learning_rates * torch.clamp(self.max_norms / (norms + 1e-6), max=1.0)
+        self.flat_parameters.addcmul_(rows, scale.unsqueeze(1), value=-1.0)
 
     @torch.no_grad()
     def _evaluate(self) -> None:
