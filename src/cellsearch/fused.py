@@ -14,12 +14,14 @@ one, a GRU two) becomes a `Segment`, and every segment two kernels generated fro
 
 `run_fused` replaces `compile.run` (a step at a time under autograd) with one autograd node per
 layer and window (`_FusedSequence`) that schedules the backward itself: per step, one kernel per
-segment and one `baddbmm_` per group adding the operand's gradient in place; the recurrent
-weights' gradients then come from one batched matmul over all steps. An LSTM step is one kernel
-forward and two backward. The derivatives are the ones torch uses (tanh: 1 - y², sigmoid:
-y(1 - y), relu: 0 at 0), so the fused and eager engines agree to float rounding (and to TF32's,
-where torch's matmuls use TF32). Kernel sources are written, keyed by their text, to a cache
-directory (Triton reads a kernel's source from its file); Triton's cache keeps their binaries.
+segment and one `baddbmm_` per group adding the operand's gradient in place (for the narrow
+groups of small populations, the backward kernel of the segment defining the operand adds it);
+the recurrent weights' gradients then come from one batched matmul over all steps. An LSTM step
+is one kernel forward and two backward. The derivatives are the ones torch uses (tanh: 1 - y²,
+sigmoid: y(1 - y), relu: 0 at 0), so the fused and eager engines agree to float rounding (and to
+TF32's, where torch's matmuls use TF32). Kernel sources are written, keyed by their text, to a
+cache directory (Triton reads a kernel's source from its file); Triton's cache keeps their
+binaries.
 """
 
 from __future__ import annotations
@@ -183,6 +185,56 @@ def fused_loop(plan_: Plan) -> tuple[MatmulGroup | Segment, ...]:
     return tuple(built[item] if isinstance(item, int) else item for item in loop)
 
 
+@dataclass(frozen=True)
+class OperandGradient:
+    """A matmul group whose operand's gradient, g_product @ W^T, the backward kernel of the
+    segment that defines the operand adds as it loads that output's gradient (in place of a
+    `baddbmm_` a step: at small populations, launches bound the time). `output` indexes the
+    segment's outputs; the group reads the value at the next step (a new state, `next_step`) or
+    at the same step (a value defined earlier in it)."""
+
+    output: int
+    operand: str
+    chunks: int
+    next_step: bool
+
+
+# Where adding the operands' gradients in the backward kernels measured faster than cuBLAS (H100,
+# one layer's window, forward and backward). A program reduces over all of a group's chunks one
+# after another: for wide groups cuBLAS's split reduction wins (an LSTM's 4-chunk group, K=1,
+# n=171: 950 µs against 820 µs; a GRU's groups of 2 and 1, n=215: 1073 against 1219). And weights
+# that no longer stay in the L2 cache stream faster through cuBLAS (the GRU at K=32, 18 MB:
+# 2209 against 2524 µs; at K=128, 71 MB: 7880 against 7391 µs).
+OPERAND_GRADIENT_CHUNKS = 2
+OPERAND_GRADIENT_BYTES = 32 * 2**20
+
+
+@functools.lru_cache(maxsize=256)
+def operand_gradients(plan_: Plan) -> dict[int, tuple[OperandGradient, ...]]:
+    """Per position of a Segment in `fused_loop(plan_)`, the OperandGradients its backward
+    kernel adds. A group whose operand no segment defines (a window input, another group's
+    product, the initial state at step 0), or wider than OPERAND_GRADIENT_CHUNKS, keeps its
+    `baddbmm_`."""
+    graph = plan_.graph
+    loop = fused_loop(plan_)
+    definer = {name: (position, index) for position, item in enumerate(loop)
+               if isinstance(item, Segment) for index, name in enumerate(item.outputs)}
+    found: dict[int, list[OperandGradient]] = {}
+    for group in loop:
+        if not isinstance(group, MatmulGroup) or len(group.members) > OPERAND_GRADIENT_CHUNKS:
+            continue
+        operand, next_step = group.operand, group.operand in graph.states
+        if next_step:
+            operand = graph.outputs[graph.states.index(group.operand)]
+            if graph.outputs.count(operand) > 1:  # (one history holds it: keep it simple)
+                continue
+        if operand in definer:
+            position, index = definer[operand]
+            found.setdefault(position, []).append(
+                OperandGradient(index, group.operand, len(group.members), next_step))
+    return {position: tuple(gradients) for position, gradients in found.items()}
+
+
 def fused_sum_names(plan_: Plan) -> set[str]:
     """The sums whose static parts their matmul groups add (so the loop does not read them)."""
     return {s for item in plan_.loop if isinstance(item, MatmulGroup)
@@ -264,12 +316,14 @@ def gradient_line(item: Sum | Node, var: dict[str, str], terms: dict[str, list[s
     return f"{g} = {' + '.join(terms[item.name])}"
 
 
-def kernel_source(segment: Segment, dot: bool = True) -> str:
+def kernel_source(segment: Segment, dot: bool = True,
+                  gradients: tuple[OperandGradient, ...] = ()) -> str:
     """Python source of a module with `forward_kernel` and `backward_kernel` for `segment`.
 
     Both run on a grid of (member, block of BJ units, block of BB rows); every tensor is passed
     as a pointer and its (member, row, column) strides, one timestep of a window's buffer. With
     `dot`, the forward forms the products of `segment.computes` itself; without, it reads them.
+    The backward adds `gradients` (`operand_gradients`) to its outputs' gradients.
     """
     var: dict[str, str] = {}
     for index, read in enumerate(segment.reads):
@@ -348,6 +402,18 @@ def kernel_source(segment: Segment, dot: bool = True) -> str:
     for i, name in enumerate(segment.outputs):
         gradient_loads.append(f"    d{i} = {load(f'go{i}')}")
         terms[name].append(f"d{i}")
+    for q, gradient in enumerate(gradients):  # + g_product @ W^T, R (n, or 0: none) at a time
+        gradient_loads += [
+            f"    for r0 in range(0, R{q}, BR):",
+            "        r = r0 + tl.arange(0, BR)",
+        ]
+        gradient_loads += [
+            f"        d{gradient.output} += tl.dot(tl.load(gp{q} + k * gp{q}_sk + b * gp{q}_sb + "
+            f"(r[None, :] + {c} * n) * gp{q}_sn, mask=(b < B) & (r[None, :] < n), other=0.0), "
+            f"tl.load(w{q} + k * w{q}_sk + j * w{q}_sr + (r[:, None] + {c} * n) * w{q}_sc, "
+            "mask=(r[:, None] < n) & (j < n), other=0.0), input_precision=PRECISION)"
+            for c in range(gradient.chunks)
+        ]
     gradient_body = [f"    {line}" for item in reversed(segment.items)
                      if (line := gradient_line(item, var, terms))]
     gradient_stores = []
@@ -364,12 +430,16 @@ def kernel_source(segment: Segment, dot: bool = True) -> str:
                 f"    tl.store({target}, {gradient or 'tl.full([BB, BJ], 0.0, tl.float32)'}, mask=mask)")
     gradient_outputs = ", ".join(strided(f"go{i}") for i in range(len(segment.outputs)))
     gradient_arguments = ", ".join(strided(f"ga{i}") for i in range(len(segment.arguments)))
+    gradient_operands = ", ".join(f"{strided(f'gp{q}')}, w{q}, w{q}_sk, w{q}_sr, w{q}_sc, R{q}"
+                                  for q in range(len(gradients)))
+    backward_arguments = ", ".join(
+        filter(None, [arguments, gradient_outputs, gradient_arguments, gradient_operands]))
     backward_loads = [f"    {var[r.name]} = {load(f'a{r.argument}', column(r.chunk))}"
                       for r in segment.reads]
     backward = [
         "@triton.jit",
-        f"def backward_kernel({', '.join(filter(None, [arguments, gradient_outputs, gradient_arguments]))}, "
-        f"{sizes}):",
+        f"def backward_kernel({backward_arguments}, {sizes}"
+        + (", BR: tl.constexpr, PRECISION: tl.constexpr):" if gradients else "):"),
         *index_lines, *backward_loads, *body, *gradient_loads, *gradient_body, *gradient_stores,
     ]
     header = [
@@ -416,9 +486,9 @@ def load_module(source: str, kind: str):
         return _module(source, kind, os.environ.get("TRITON_INTERPRET") == "1")
 
 
-def kernels(segment: Segment, dot: bool = True):
+def kernels(segment: Segment, dot: bool = True, gradients: tuple[OperandGradient, ...] = ()):
     """The module holding the segment's two kernels."""
-    return load_module(_source(segment, dot), "segment")
+    return load_module(_source(segment, dot, gradients), "segment")
 
 
 def _strided(view: torch.Tensor) -> list:
@@ -605,19 +675,29 @@ class _FusedSequence(torch.autograd.Function):
                 grad.states[name][:, T] += g
         blocks = _blocks(B, n)
         grid = (K, -(-n // blocks["BJ"]), -(-B // blocks["BB"]))
+        # With `dot`, the kernel defining a matmul's operand adds the operand's share of the
+        # product's gradient; a state's value at step 0 has no such kernel.
+        size = sum(w.numel() * w.element_size() for w in weights.values())
+        added = operand_gradients(plan_) if ctx.dot and size <= OPERAND_GRADIENT_BYTES else {}
+        by_kernel = {g.operand: g for gradients in added.values() for g in gradients}
+        extras = {"BR": 32, "PRECISION": matmul_precision(h)} if added else {}
         for t in reversed(range(T)):
-            for item in reversed(loop):
+            for position, item in reversed(list(enumerate(loop))):
                 if isinstance(item, MatmulGroup):  # the operand's share of the product's gradient
-                    grad.at(item.operand, t).baddbmm_(
-                        grad.products[item.operand][:, t], weights[item.operand].transpose(1, 2))
+                    fused = by_kernel.get(item.operand)
+                    if fused is None or (fused.next_step and t == 0):
+                        grad.at(item.operand, t).baddbmm_(grad.products[item.operand][:, t],
+                                                          weights[item.operand].transpose(1, 2))
                     continue
                 if not item.reads:  # (a segment that only forms products)
                     continue
-                kernels(item, ctx.dot).backward_kernel[grid](
+                gradients = added.get(position, ())
+                kernels(item, ctx.dot, gradients).backward_kernel[grid](
                     *(v for a in item.arguments for v in _strided(window.at(a, t))),
                     *(v for o in item.outputs for v in _strided(grad.output_at(o, t))),
                     *(v for a in item.arguments for v in _strided(grad.at(a, t))),
-                    B, n, **blocks)
+                    *(v for g in gradients for v in _operand_gradient(g, grad, weights, t, T, n)),
+                    B, n, **blocks, **(extras if gradients else {}))
         grad_inputs = [
             (grad.products[addends[name]] if name in addends else grad.inputs[name])
             .sum_to_size(shape)
@@ -631,6 +711,16 @@ class _FusedSequence(torch.autograd.Function):
         grad_state = [grad.states[name][:, 0] for name in graph.states]
         ctx.window = None  # the window's buffers are not needed any more
         return (None, None, None, None, None, *grad_inputs, *grad_weights, *grad_state)
+
+
+def _operand_gradient(gradient: OperandGradient, grad: _Window, weights, t: int, T: int,
+                      n: int) -> list:
+    """A backward kernel's arguments for `gradient` at step t: the product's gradient at the
+    step that reads the operand, the weight and R, the reduction's length (0 past the window)."""
+    step = t + gradient.next_step
+    weight = weights[gradient.operand]
+    return [*_strided(grad.products[gradient.operand][:, min(step, T - 1)]), *_strided(weight),
+            n if step < T else 0]
 
 
 def _check_first_backward(buffers) -> None:

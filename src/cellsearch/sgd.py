@@ -1,4 +1,5 @@
-"""The population's clipped SGD update in Triton kernels, reading each gradient where autograd left it.
+"""The population's clipped SGD update in Triton kernels, reading each gradient where autograd
+left it.
 
 Per member k: p[k] -= rate[k] * g[k] * min(1, max_norm[k] / (|g[k]| + 1e-6)), |g[k]| over all of
 member k's parameters, with non-finite gradient elements counted and applied as 0 (a diverged

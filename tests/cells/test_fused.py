@@ -18,6 +18,7 @@ from cellsearch.fused import (
     fused_loop,
     kernel_source,
     mode_for,
+    operand_gradients,
     product_name,
     run_fused,
 )
@@ -133,6 +134,17 @@ def test_lstm_is_one_matmul_and_one_kernel_per_step():
     assert segment.arguments == (product_name("h"), "c")
     assert segment.chunks == (4, 1)
     assert sorted(segment.outputs) == ["c'", "h'"]
+
+
+def test_the_kernels_defining_narrow_operands_add_their_gradients():
+    gru = plan(zoo.get("gru"))
+    loop, added = fused_loop(gru), operand_gradients(gru)
+    # the second segment defines h' (read by the next step's 2-chunk group on h); the first
+    # defines r * h (read by this step's group): each adds its operand's share, no baddbmm_
+    assert {position: [(loop[position].outputs[g.output], g.operand, g.next_step) for g in found]
+            for position, found in added.items()} == {
+        3: [("h'", "h", True)], 1: [(loop[2].operand, loop[2].operand, False)]}
+    assert operand_gradients(plan(zoo.get("lstm"))) == {}  # its 4-chunk group: cuBLAS's
 
 
 def test_gru_segments_pass_on_what_later_steps_read():
