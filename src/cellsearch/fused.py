@@ -513,13 +513,27 @@ def _blocks(B: int, n: int) -> dict[str, int]:
 
 # Forming a step's products inside the segment's kernel saves launches, which bound small
 # populations; cuBLAS streams large populations' weights faster (H100, arith's LSTM: 180 µs a step
-# at K=512 against 241 µs for the best tl.dot tiling, equal at K=128).
+# at K=512 against 241 µs for the best tl.dot tiling, equal at K=128). And each program reduces
+# over its group's chunks, 32 units at a time, one after another: a chain longer than
+# IN_KERNEL_CHAIN, with fewer programs than IN_KERNEL_PROGRAMS to run beside it, is slower than
+# cuBLAS's reduction (H100, an LSTM layer's window, 4 chunks, at K=1: n=122, 776 µs against 730;
+# n=171, 820 against 737; n=247, 909 against 788; n=171 at K=4 (24 programs): 1110 against 1023,
+# K=8: 1222 against 1191, K=16 (96 programs): 1412 against 1490, K=32: 2035 against 2150; a GRU's
+# chain of 2 chunks, n=215, K=1: 1073 against 1310).
 IN_KERNEL_PRODUCTS_BYTES = 96 * 2**20
+IN_KERNEL_CHAIN = 15
+IN_KERNEL_PROGRAMS = 64
 
 
-def in_kernel_products(weights) -> bool:
-    """Whether the segments' kernels form the products (see IN_KERNEL_PRODUCTS_BYTES)."""
-    return sum(w.numel() * w.element_size() for w in weights) <= IN_KERNEL_PRODUCTS_BYTES
+def in_kernel_products(weights, n: int) -> bool:
+    """Whether the segments' kernels form the products of `weights`, each (K, n, chunks * n)
+    (see IN_KERNEL_PRODUCTS_BYTES)."""
+    weights = list(weights)
+    if sum(w.numel() * w.element_size() for w in weights) > IN_KERNEL_PRODUCTS_BYTES:
+        return False
+    blocks = -(-n // 32)
+    chain = max((w.shape[-1] // n for w in weights), default=0) * blocks
+    return chain <= IN_KERNEL_CHAIN or weights[0].shape[0] * blocks >= IN_KERNEL_PROGRAMS
 
 
 @dataclass(eq=False)
@@ -748,7 +762,7 @@ def mode_for(B: int, n: int, weights) -> str:
 
     if persistent.fits(B, n):
         return "persistent"
-    return "dot" if in_kernel_products(weights) else "cublas"
+    return "dot" if in_kernel_products(weights, n) else "cublas"
 
 
 def run_fused(

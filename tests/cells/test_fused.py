@@ -103,6 +103,10 @@ def test_the_mode_follows_the_sizes():
     assert mode_for(20, 52, [lstm]) == "persistent"  # memorization's 25K parameters
     assert mode_for(20, 171, [torch.empty(32, 171, 684, device="meta")]) == "dot"
     assert mode_for(20, 171, [torch.empty(512, 171, 684, device="meta")]) == "cublas"
+    # one LSTM: 6 programs, each reducing over 4 chunks of 6 blocks; a GRU's widest chain is 14
+    assert mode_for(20, 171, [torch.empty(1, 171, 684, device="meta")]) == "cublas"
+    gru = [torch.empty(1, 215, 430, device="meta"), torch.empty(1, 215, 215, device="meta")]
+    assert mode_for(20, 215, gru) == "dot"
     assert mode_for(100, 52, [lstm]) == "dot"  # more rows than a program holds
 
 

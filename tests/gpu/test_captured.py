@@ -132,3 +132,25 @@ def test_the_cross_entropy_kernels_match_torch(V, with_bias):
     from tests.tasks.cross_entropy_checks import check_against_torch_in_the_models_layout
 
     check_against_torch_in_the_models_layout(V, device="cuda", with_bias=with_bias)
+
+
+def test_the_sgd_kernels_match_torch():
+    from tests.train.sgd_checks import check_update
+
+    check_update(device="cuda")
+
+
+@pytest.mark.parametrize("name", ["lstm", "gru"])
+def test_training_with_the_sgd_kernels_follows_torchs_update(name, monkeypatch):
+    from cellsearch.train import steps
+
+    task = Arith(seed=0, epoch_windows=12, valid_samples=100, test_samples=100)
+    settings = [Settings(init_scale=1.0, learning_rate=lr, max_grad_norm=norm, num_layers=1,
+                         num_parameters=20_000, seed=i)
+                for i, (lr, norm) in enumerate([(0.5, 5.0), (1.0, 0.5)])]  # the second clips
+    torchs = evaluate(zoo.get(name), task, settings, device="cuda", max_epochs=3, engine="fused")
+    monkeypatch.setattr(steps, "SGD_KERNEL_PARAMETERS", 0)  # the kernels for any size
+    kernels = evaluate(zoo.get(name), task, settings, device="cuda", max_epochs=3, engine="fused")
+    for a, b in zip(torchs, kernels):
+        assert a.status == b.status
+        assert a.valid["nll"] == pytest.approx(b.valid["nll"], rel=1e-3), name

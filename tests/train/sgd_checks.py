@@ -18,16 +18,12 @@ def reference(parameters, grads, rates, max_norms):
             for p, g in zip(parameters, clean)]
 
 
-def check_update() -> None:
+def check_update(device: str = "cpu") -> None:
     K = 3
     generator = torch.Generator().manual_seed(0)
     shapes = [(K, 7, 5), (K, BLOCK + 904), (K, 4), (K, 6, 9)]  # the second spans two blocks
     sizes = [torch.Size(s[1:]).numel() for s in shapes]
     flat = torch.randn(K, sum(sizes), generator=generator)
-    parameters, offset = [], 0
-    for shape, size in zip(shapes, sizes):
-        parameters.append(flat[:, offset:offset + size].view(shape))
-        offset += size
     grads = [torch.randn(s, generator=generator) * 3 for s in shapes]
     grads[2] = None  # a parameter no output depends on
     grads[3] = torch.randn(K, 9, 6, generator=generator).transpose(1, 2)  # not contiguous
@@ -36,6 +32,12 @@ def check_update() -> None:
     grads[1][2, 4999] = float("-inf")
     rates = torch.tensor([0.5, 2.0, 1.0])
     max_norms = torch.tensor([1e3, 1.0, 5.0])  # member 0 unclipped, members 1 and 2 clipped
+    flat, rates, max_norms = flat.to(device), rates.to(device), max_norms.to(device)
+    grads = [None if g is None else g.to(device) for g in grads]  # (keeping their strides)
+    parameters, offset = [], 0
+    for shape, size in zip(shapes, sizes):
+        parameters.append(flat[:, offset:offset + size].view(shape))
+        offset += size
     expected = reference([p.clone() for p in parameters], grads, rates, max_norms)
     untouched = parameters[2].clone()
     clipped_sgd_(flat, sizes, grads, rates, max_norms)

@@ -26,6 +26,12 @@ from cellsearch.tasks import metrics as task_metrics
 from cellsearch.train.model import Dropout, PopulationModel
 
 WARMUP_CALLS = 2  # eager calls before capture (lazy initialisation of cuBLAS, autograd, ...)
+# `cellsearch.sgd`'s kernels read and write less memory than torch's update but launch two kernels
+# per parameter: below this many parameters (all members), launches bound the update and torch's
+# fewer kernels win (H100, µs a training step, theirs against torch's: memorize K=1 516 / 473, the
+# filter's 3 x 30 units 1218 / 1093, ptb K=1 (5M) 2193 / 2060, arith K=32 (8M) 2504 / 2408; above
+# it they win: arith K=512 (128M) 14.27M against 14.05M tokens/s, ptb K=64 (300M) +8%).
+SGD_KERNEL_PARAMETERS = 32 * 2**20
 WINDOWS_PER_UPLOAD = 64
 _FIELDS = ("inputs", "targets", "mask", "reset")
 _CAPTURE_LOCK = threading.Lock()
@@ -100,6 +106,8 @@ class PopulationSteps:
         # the fused engine's loss kernels, which add the output bias themselves
         self.loss_kernels = task.output_kind == "softmax" and model.engine == "fused"
         self.sizes = [p[0].numel() for p in self.parameters]
+        self.sgd_kernels = (model.engine == "fused"
+                            and self.flat_parameters.numel() >= SGD_KERNEL_PARAMETERS)
         self.learning_rates = torch.zeros(K, device=device)
         self.finite = torch.ones(K, dtype=torch.bool, device=device)
         T, B = num_steps, batch_size
@@ -175,7 +183,7 @@ class PopulationSteps:
         grads = [p.grad for p in self.parameters]
         for p in self.parameters:
             p.grad = None
-        if self.model.engine == "fused":  # the same update in Triton kernels, without the copies
+        if self.sgd_kernels:  # the same update in Triton kernels, without the copies
             from cellsearch.sgd import clipped_sgd_  # (imports Triton)
 
             clipped_sgd_(self.flat_parameters, self.sizes, grads, self.learning_rates,
