@@ -1,0 +1,18 @@
+"""Runs a module of checks in a process of its own under Triton's CPU interpreter: the interpreter
+runs its library reductions (tl.sum, tl.max, ...) only if `triton.language` was imported with
+TRITON_INTERPRET=1 set, which a test process that imported Triton already cannot arrange."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+
+def assert_checks_pass(module: str) -> None:
+    """Runs `python -m module` (which prints "all checks passed" at its end) and fails with its
+    error output if it does not get there."""
+    result = subprocess.run(
+        [sys.executable, "-m", module], cwd=Path(__file__).parents[1],
+        env={**os.environ, "TRITON_INTERPRET": "1"}, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-4000:]
+    assert "all checks passed" in result.stdout
