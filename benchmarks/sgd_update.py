@@ -26,8 +26,8 @@ def main() -> None:
     args = parser.parse_args()
     torch.backends.cuda.matmul.allow_tf32 = True
     lstm, device = zoo.get("lstm"), torch.device(args.device)
-    name = torch.cuda.get_device_name() if device.type == "cuda" else "cpu"
-    print(f"# {name}, torch {torch.__version__}; µs per training step")
+    machine = torch.cuda.get_device_name() if device.type == "cuda" else "cpu"
+    print(f"# {machine}, torch {torch.__version__}; µs per training step")
     for name, vocabulary, layers, hidden, K in CASES[:args.cases]:
         if hidden is None:
             hidden = hidden_size_for_budget(

@@ -529,11 +529,15 @@ def in_kernel_products(weights, n: int) -> bool:
     """Whether the segments' kernels form the products of `weights`, each (K, n, chunks * n)
     (see IN_KERNEL_PRODUCTS_BYTES)."""
     weights = list(weights)
-    if sum(w.numel() * w.element_size() for w in weights) > IN_KERNEL_PRODUCTS_BYTES:
+    if _bytes(weights) > IN_KERNEL_PRODUCTS_BYTES:
         return False
     blocks = -(-n // 32)
     chain = max((w.shape[-1] // n for w in weights), default=0) * blocks
     return chain <= IN_KERNEL_CHAIN or weights[0].shape[0] * blocks >= IN_KERNEL_PROGRAMS
+
+
+def _bytes(tensors) -> int:
+    return sum(t.numel() * t.element_size() for t in tensors)
 
 
 @dataclass(eq=False)
@@ -691,10 +695,10 @@ class _FusedSequence(torch.autograd.Function):
         grid = (K, -(-n // blocks["BJ"]), -(-B // blocks["BB"]))
         # With `dot`, the kernel defining a matmul's operand adds the operand's share of the
         # product's gradient; a state's value at step 0 has no such kernel.
-        size = sum(w.numel() * w.element_size() for w in weights.values())
-        added = operand_gradients(plan_) if ctx.dot and size <= OPERAND_GRADIENT_BYTES else {}
+        small = _bytes(weights.values()) <= OPERAND_GRADIENT_BYTES
+        added = operand_gradients(plan_) if ctx.dot and small else {}
         by_kernel = {g.operand: g for gradients in added.values() for g in gradients}
-        extras = {"BR": 32, "PRECISION": matmul_precision(h)} if added else {}
+        extras = {"BR": 32, "PRECISION": matmul_precision(h)}  # (kernels that add gradients)
         for t in reversed(range(T)):
             for position, item in reversed(list(enumerate(loop))):
                 if isinstance(item, MatmulGroup):  # the operand's share of the product's gradient
