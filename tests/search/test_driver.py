@@ -198,12 +198,32 @@ def test_extending_the_budget_continues_the_same_run(reference):
 
 def test_max_evaluations_stops_before_the_next_step():
     storage = InMemoryStorage()
-    summary = search(storage, [*SMALL_RUN, "max_steps=none", "max_evaluations=30"])
+    summary = search(
+        storage, [*SMALL_RUN, "max_steps=none", "max_evaluations=30", "steps_in_flight=1"]
+    )
     assert summary.total_evaluations >= 30
     without_last = summary.total_evaluations - sum(
         1 for e in storage.get_evaluations(1) if e.step == summary.last_step
     )
     assert without_last < 30
+
+
+@pytest.mark.parametrize("in_flight", [3, 16])
+def test_max_evaluations_with_steps_in_flight_counts_what_each_step_sees(in_flight):
+    """Step n sees the steps up to n - B: each step ran while those held fewer than 30, and the
+    step after the last would have seen 30 or more."""
+    storage = InMemoryStorage()
+    summary = search(
+        storage,
+        [*SMALL_RUN, "max_steps=none", "max_evaluations=30", f"steps_in_flight={in_flight}"],
+    )
+    steps = [e.step for e in storage.get_evaluations(1)]
+
+    def seen(step):
+        return sum(1 for recorded in steps if recorded <= max(0, step - in_flight))
+
+    assert all(seen(step) < 30 for step in range(1, summary.last_step + 1))
+    assert seen(summary.last_step + 1) >= 30
 
 
 def test_a_resumed_run_refuses_another_configuration():

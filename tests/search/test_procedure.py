@@ -50,6 +50,7 @@ def config(**changes) -> SearchConfig:
         top_size=3,
         job_size=5,
         reevaluate_probability=0.0,
+        steps_in_flight=1,  # the sequential procedure; tests/search/test_in_flight.py has the rest
         space_overrides={"arith": SMALL, "xml": SMALL, "memorize": {"num_parameters": [5000]}},
     )
     settings.update(changes)

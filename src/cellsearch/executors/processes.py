@@ -4,6 +4,7 @@ Workers are started with the 'spawn' method (fork would copy the driver's state,
 with CUDA and threads), import cellsearch and the evaluator, run `run_job` and send back plain
 dicts; they never see the storage. Workers ignore SIGINT, so Ctrl-C reaches only the driver,
 which then stops them; an interrupted evaluation is therefore never mistaken for a failed one.
+A worker whose driver died (SIGKILL leaves it no chance to stop them) exits within a second.
 
 Each worker is a pool of one process (a `ProcessPoolExecutor` with `max_workers=1`), fed one job
 at a time from a queue kept here. That is what makes a dying worker harmless to other jobs: a
@@ -18,8 +19,10 @@ with Dask's setting of the same name (see `executors.dask`).
 from __future__ import annotations
 
 import multiprocessing
+import os
 import signal
 import threading
+import time
 from collections import deque
 from concurrent import futures as concurrent_futures
 from concurrent.futures import Future
@@ -37,13 +40,25 @@ from cellsearch.executors.base import (
     run_job_as_dicts,
 )
 
+DRIVER_CHECK_SECONDS = 0.5  # how often a worker checks that its driver still lives
+
 # Dask's default for distributed.scheduler.allowed-failures: a job may kill its worker this many
 # times and still be run again.
 DEFAULT_ALLOWED_FAILURES = 3
 
 
-def _ignore_interrupts() -> None:
+def _start_worker(driver_pid: int) -> None:
+    """A worker's initializer: ignore Ctrl-C (the driver stops its workers), and exit when the
+    driver is gone. A driver killed by SIGKILL cannot stop its workers, and a worker in the
+    middle of a training run would otherwise go on for minutes, holding a GPU."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+    def watch() -> None:
+        while os.getppid() == driver_pid:
+            time.sleep(DRIVER_CHECK_SECONDS)
+        os._exit(1)
+
+    threading.Thread(target=watch, name="cellsearch-driver-watch", daemon=True).start()
 
 
 @dataclass
@@ -167,7 +182,8 @@ class ProcessExecutor(Executor):
                 worker.pool = concurrent_futures.ProcessPoolExecutor(
                     max_workers=1,
                     mp_context=multiprocessing.get_context("spawn"),
-                    initializer=_ignore_interrupts,
+                    initializer=_start_worker,
+                    initargs=(os.getpid(),),
                 )
             try:
                 return worker.pool.submit(run_job_as_dicts, job, self.device, self.data_dir)

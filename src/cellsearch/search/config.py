@@ -16,6 +16,11 @@ Our choices where the paper is silent (each a key, so it can be changed):
 - `job_size` = 20: the most settings one evaluation job trains as a population. The search's
   20-per-task stages are one job each; the initial grid is split so that a crash loses at most
   one job and a process pool can spread the grid.
+- `steps_in_flight` = 16: how many steps run at once. Step n plans from the search as it stood
+  after step n - 16 (see `procedure.Search`), so that sixteen candidates' jobs keep workers and
+  GPUs busy; 1 is the strictly sequential procedure. The paper, which evaluated 230,000 settings,
+  does not say how its steps overlapped. It changes which steps see which results, so a resumed
+  run keeps it.
 - `max_steps`, `max_evaluations` = None: the budget. None means no limit (the search runs until
   interrupted, and resumes later); step 0 (the initial grid) always completes.
 
@@ -69,6 +74,7 @@ class SearchConfig:
     evaluator: str = DEFAULT_EVALUATOR
     mutator: str = DEFAULT_MUTATOR
     job_size: int = 20
+    steps_in_flight: int = 16
     seed: int = 0
     max_steps: int | None = None
     max_evaluations: int | None = None
@@ -93,7 +99,9 @@ class SearchConfig:
         _fraction("filter_threshold", self.filter_threshold)
         _number("task_threshold", self.task_threshold, minimum=0.0)
         _fraction("reevaluate_probability", self.reevaluate_probability)
-        for name in ("settings_per_task", "best_settings", "top_size", "job_size"):
+        for name in (
+            "settings_per_task", "best_settings", "top_size", "job_size", "steps_in_flight"
+        ):
             _integer(name, getattr(self, name), minimum=1)
         _integer("experienced_parent", self.experienced_parent, minimum=0)
         _integer("seed", self.seed, minimum=0)

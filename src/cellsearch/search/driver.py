@@ -1,22 +1,29 @@
-"""The search driver: starts or resumes a run in a storage and carries out each step's requests
-with an executor. It is the only writer of the storage.
+"""The search driver: starts or resumes a run in a storage and carries out its steps' requests
+with an executor, up to `steps_in_flight` steps at once. It is the only writer of the storage.
 
-Resume, in full. The storage tells which step completed last (n - 1). Evaluations of steps before
-n, the architectures first proposed before n and the top list after step n - 1 rebuild the
-`Search` exactly as an uninterrupted run had it when step n began. Evaluations already stored
-for step n (it was in flight when the search was killed) are held apart, and step n is planned
-again from its start: the plan is deterministic, so it asks for the same jobs, and every setting
-whose result is stored is answered from storage instead of being trained again. Only the rest
-goes to the executor. Each job's results are committed in one transaction before the search sees
-them, and a step closes with one transaction holding its record and the new top list. Killing the
-process at any moment therefore loses at most the jobs that were running, and repeats nothing
-that completed.
+Steps in flight. Step n starts once step n - B has concluded (B = `steps_in_flight`) and every
+earlier step evaluating the same architecture has finished; its jobs go to the executor beside
+those of the other steps in flight, each job's results are committed as it completes, and a
+step whose stage is answered moves on to its next stage at once. Steps conclude (record and top
+list, one transaction) in step order. What each step asks for depends only on the configuration
+and the steps before n - B (see `procedure.Search`), so the stored run is the same whatever order
+the executor finishes jobs in, however many workers it has.
+
+Resume, in full. The storage tells which step concluded last (m). Evaluations of steps up to m,
+the architectures first proposed up to m and the top lists after the steps the next ones plan
+from rebuild the `Search` exactly as an uninterrupted run had it when step m concluded.
+Evaluations already stored for later steps (in flight when the search was killed) are held
+apart, and those steps are planned again from their start: the plans are deterministic, so they
+ask for the same jobs, and every setting whose result is stored is answered from storage instead
+of being trained again. Only the rest goes to the executor. Killing the process at any moment
+therefore loses at most the jobs that were running, and repeats nothing that completed.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
-from typing import Any, Callable, Iterable, Sequence
+from concurrent.futures import Future
+from dataclasses import dataclass, field, replace
+from typing import Any, Callable, Generator, Iterable, Sequence
 
 from cellsearch.errors import UserError
 from cellsearch.executors.base import EvaluationJob, Executor, check_options, resolve_function
@@ -30,6 +37,7 @@ from cellsearch.search.procedure import (
     RecordFilterOutcome,
     Request,
     Search,
+    StepEnding,
 )
 from cellsearch.storage.base import Storage
 from cellsearch.storage.records import StepRecord, TopEntry
@@ -65,6 +73,8 @@ class JobCompleted:
     job: EvaluationJob
     results: tuple[Result, ...]
     total_evaluations: int
+    steps_in_flight: int = 1  # steps still evaluating
+    settings_running: int = 0  # settings submitted and not yet answered
 
 
 @dataclass(frozen=True)
@@ -165,14 +175,14 @@ def load_state(
     storage: Storage, run_id: int, config: SearchConfig, mutate: MutateFunction
 ) -> tuple[Search, int, dict[Triple, Result]]:
     """(the Search as it stood after the last completed step, the next step, the stored results
-    of that next step, by triple, to answer its replayed requests)."""
+    of the steps after it, by triple, to answer their replayed requests)."""
     last = storage.last_completed_step(run_id)
     step = 0 if last is None else last + 1
     history = History()
     replay: dict[Triple, Result] = {}
     for record in storage.get_evaluations(run_id):
         if record.step < step:
-            history.add(record.architecture_hash, record.result)
+            history.add(record.architecture_hash, record.result, record.step)
         else:
             replay[record.architecture_hash, record.task, record.settings_key] = record.result
     architectures = {
@@ -180,12 +190,17 @@ def load_state(
         for record in storage.get_architectures(run_id)
         if record.created_step < step
     }
+    # The steps to come plan from the top lists after the last `steps_in_flight` steps.
+    top_lists = (
+        {}
+        if last is None
+        else {
+            seen: storage.get_top_list(run_id, seen)
+            for seen in range(max(0, last - config.steps_in_flight + 1), last + 1)
+        }
+    )
     search = Search(
-        config,
-        mutate,
-        architectures=architectures,
-        history=history,
-        top_list=storage.get_top_list(run_id) if last is not None else (),
+        config, mutate, architectures=architectures, history=history, top_lists=top_lists
     )
     return search, step, replay
 
@@ -199,14 +214,15 @@ def check_evaluator(config: SearchConfig) -> None:
     check_options(resolve_function(config.evaluator), options)
 
 
-def budget_left(config: SearchConfig, step: int, total_evaluations: int) -> bool:
-    """Whether step `step` may start. Step 0 always may; a later step needs `step <= max_steps`
-    and fewer than `max_evaluations` stored evaluations."""
+def budget_left(config: SearchConfig, step: int, seen_evaluations: int) -> bool:
+    """Whether step `step` may start, its plan seeing `seen_evaluations` stored evaluations.
+    Step 0 always may; a later step needs `step <= max_steps` and fewer than `max_evaluations`
+    seen evaluations (so the steps in flight may take a run somewhat past it)."""
     if step == 0:
         return True
     if config.max_steps is not None and step > config.max_steps:
         return False
-    return config.max_evaluations is None or total_evaluations < config.max_evaluations
+    return config.max_evaluations is None or seen_evaluations < config.max_evaluations
 
 
 # -- running ------------------------------------------------------------------------------------
@@ -231,7 +247,7 @@ def run_search(
         check_evaluator(config)
     emit = on_event or (lambda event: None)
     search, step, replay = load_state(storage, run_id, config, mutate)
-    driver = _StepDriver(storage, run_id, executor, emit, storage.count_evaluations(run_id))
+    driver = _Driver(storage, run_id, executor, emit, search, replay)
     emit(
         SearchStarted(
             run_id,
@@ -241,19 +257,27 @@ def run_search(
             config=config,
         )
     )
-    steps_run = 0
-    while budget_left(config, step, search.history.total):
-        driver.run(search.step(step), replay)
-        replay = {}
-        steps_run += 1
-        step += 1
+    steps_run = driver.run(step)
     return SearchSummary(
         run_id, steps_run, storage.last_completed_step(run_id), driver.total, search.top_list
     )
 
 
-class _StepDriver:
-    """Carries out the requests of step plans against one storage and executor."""
+@dataclass
+class _Flight:
+    """A step in flight: its plan, what it evaluates, and the stage it waits for."""
+
+    step: int
+    plan: Generator[Request, Any, StepEnding]
+    targets: frozenset[str]
+    stage: Evaluate | None = None
+    answers: list[dict[str, Result]] = field(default_factory=list)
+    outstanding: int = 0  # jobs of the stage not yet answered
+    ending: StepEnding | None = None
+
+
+class _Driver:
+    """Carries out the requests of the steps in flight against one storage and executor."""
 
     def __init__(
         self,
@@ -261,70 +285,142 @@ class _StepDriver:
         run_id: int,
         executor: Executor,
         emit: Callable[[Event], None],
-        total: int,
+        search: Search,
+        replay: dict[Triple, Result],
     ):
         self.storage, self.run_id, self.executor, self.emit = storage, run_id, executor, emit
-        self.total = total
+        self.search, self.replay = search, replay
+        self.total = storage.count_evaluations(run_id)
+        self.flights: dict[int, _Flight] = {}
+        self.pending: dict[Future, tuple[_Flight, int, EvaluationJob]] = {}
 
-    def run(self, plan: Any, replay: dict[Triple, Result]) -> None:
-        reply: Any = None
+    def run(self, first_step: int) -> int:
+        """Run steps from `first_step` until the budget is spent; the number concluded."""
+        next_step, concluded = first_step, 0
+        while True:
+            concluded += self._conclude_finished()
+            if self._may_start(next_step):
+                self._start(next_step)
+                next_step += 1
+                continue
+            if not self.pending:
+                if self.flights:  # every flight has ended, so one of them concludes next
+                    raise RuntimeError(f"steps {sorted(self.flights)} cannot conclude")
+                return concluded
+            self._answer(next(iter(self.executor.as_completed(list(self.pending)))))
+
+    # -- steps ------------------------------------------------------------------------------------
+
+    def _may_start(self, step: int) -> bool:
+        search = self.search
+        if step == 0:
+            return search.completed is None and not self.flights
+        if search.completed is None or search.seen_step(step) > search.completed:
+            return False
+        if not budget_left(search.config, step, search.seen_evaluations(step)):
+            return False
+        targets = set(search.targets(step))
+        return not any(
+            flight.ending is None and flight.targets & targets
+            for flight in self.flights.values()
+        )
+
+    def _start(self, step: int) -> None:
+        flight = _Flight(step, self.search.plan(step), frozenset(self.search.targets(step)))
+        self.flights[step] = flight
+        self._advance(flight, None)
+
+    def _advance(self, flight: _Flight, reply: Any) -> None:
+        """Carry out `flight`'s requests until it waits for jobs or its plan ends."""
         while True:
             try:
-                request: Request = plan.send(reply)
-            except StopIteration:
+                request = flight.plan.send(reply)
+            except StopIteration as stop:
+                flight.ending = stop.value
                 return
-            reply = self.perform(request, replay)
+            if isinstance(request, Evaluate):
+                if self._submit(flight, request):
+                    return
+                reply = self._stage_answers(flight)
+            elif isinstance(request, RecordArchitecture):
+                self.storage.add_architecture(self.run_id, request.record)
+                reply = None
+            elif isinstance(request, RecordFilterOutcome):
+                self.storage.set_filter_outcome(
+                    self.run_id, request.architecture_hash, request.outcome
+                )
+                reply = None
+            else:
+                raise TypeError(f"unknown search request {request!r}")
 
-    def perform(self, request: Request, replay: dict[Triple, Result]) -> Any:
-        if isinstance(request, RecordArchitecture):
-            self.storage.add_architecture(self.run_id, request.record)
-        elif isinstance(request, RecordFilterOutcome):
-            self.storage.set_filter_outcome(self.run_id, request.architecture_hash, request.outcome)
-        elif isinstance(request, Evaluate):
-            return self.evaluate(request, replay)
-        elif isinstance(request, CompleteStep):
+    def _conclude_finished(self) -> int:
+        """Conclude, in step order, the steps whose plans have ended; how many."""
+        count = 0
+        while True:
+            following = 0 if self.search.completed is None else self.search.completed + 1
+            flight = self.flights.get(following)
+            if flight is None or flight.ending is None:
+                return count
+            conclusion = self.search.conclude(flight.step, flight.ending)
+            request = next(conclusion)
+            assert isinstance(request, CompleteStep)
             self.storage.complete_step(self.run_id, request.record, request.top_list)
+            for _ in conclusion:  # the search takes the committed top list
+                pass
+            del self.flights[flight.step]
+            count += 1
             self.emit(StepCompleted(request.record, request.top_list, self.total))
-        else:
-            raise TypeError(f"unknown search request {request!r}")
-        return None
 
-    def evaluate(self, request: Evaluate, replay: dict[Triple, Result]) -> list[list[Result]]:
-        """Answer each job from storage where it holds the result, run the rest, commit each job
-        as it completes, and return the results per job in settings order."""
-        answers: list[dict[str, Result]] = []
-        pending: dict[Any, tuple[int, EvaluationJob]] = {}  # future -> (index, job)
-        missing_jobs: list[tuple[int, EvaluationJob]] = []
-        replayed = 0
+    # -- evaluations ------------------------------------------------------------------------------
+
+    def _submit(self, flight: _Flight, request: Evaluate) -> int:
+        """Answer each of the stage's settings from storage where it holds the result, submit the
+        rest; how many jobs were submitted."""
+        flight.stage, flight.answers, flight.outstanding = request, [], 0
+        replayed = submitted = 0
         for index, job in enumerate(request.jobs):
             known = {
-                settings.key(): replay[job.architecture_hash, job.task, settings.key()]
+                settings.key(): self.replay.pop((job.architecture_hash, job.task, settings.key()))
                 for settings in job.settings
-                if (job.architecture_hash, job.task, settings.key()) in replay
+                if (job.architecture_hash, job.task, settings.key()) in self.replay
             }
             replayed += len(known)
-            answers.append(known)
+            flight.answers.append(known)
             missing = tuple(settings for settings in job.settings if settings.key() not in known)
             if missing:
-                missing_jobs.append((index, replace(job, settings=missing)))
+                remaining = replace(job, settings=missing)
+                self.pending[self.executor.submit(remaining)] = (flight, index, remaining)
+                flight.outstanding += 1
+                submitted += len(missing)
+        self.emit(StageStarted(request.step, request.stage, submitted, replayed))
+        return flight.outstanding
+
+    def _answer(self, future: Future) -> None:
+        """Commit a finished job's results; resume its step when its stage is complete."""
+        flight, index, job = self.pending.pop(future)
+        results: Sequence[Result] = future.result()
+        self.storage.add_evaluations(self.run_id, job.architecture_hash, flight.step, results)
+        self.total += len(results)
+        flight.answers[index].update((result.settings.key(), result) for result in results)
+        flight.outstanding -= 1
         self.emit(
-            StageStarted(
-                request.step,
-                request.stage,
-                sum(len(job.settings) for _, job in missing_jobs),
-                replayed,
+            JobCompleted(
+                flight.step,
+                flight.stage.stage,
+                job,
+                tuple(results),
+                self.total,
+                steps_in_flight=sum(item.ending is None for item in self.flights.values()),
+                settings_running=sum(len(item[2].settings) for item in self.pending.values()),
             )
         )
-        for index, job in missing_jobs:
-            pending[self.executor.submit(job)] = (index, job)
-        for future in self.executor.as_completed(list(pending)):
-            index, job = pending[future]
-            results: Sequence[Result] = future.result()
-            self.storage.add_evaluations(self.run_id, job.architecture_hash, request.step, results)
-            self.total += len(results)
-            answers[index].update((result.settings.key(), result) for result in results)
-            self.emit(JobCompleted(request.step, request.stage, job, tuple(results), self.total))
+        if flight.outstanding == 0:
+            self._advance(flight, self._stage_answers(flight))
+
+    @staticmethod
+    def _stage_answers(flight: _Flight) -> list[list[Result]]:
+        """The stage's results per job, in settings order."""
         return [
-            [answers[index][settings.key()] for settings in job.settings]
-            for index, job in enumerate(request.jobs)
+            [flight.answers[index][settings.key()] for settings in job.settings]
+            for index, job in enumerate(flight.stage.jobs)
         ]

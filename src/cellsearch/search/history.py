@@ -30,42 +30,28 @@ from cellsearch.train.hyperparameters import Settings
 from cellsearch.train.result import LOWER_IS_BETTER, Result
 
 
-class History:
-    """Results by (architecture hash, task), each (architecture, task, settings key) once."""
+class _Queries:
+    """The questions the search asks of evaluations; subclasses say which results are visible
+    (`_bucket`)."""
 
-    def __init__(self) -> None:
-        self._results: dict[tuple[str, str], dict[str, Result]] = defaultdict(dict)
-        # The best scored result per (architecture, task), kept as results arrive: the fitness of
-        # every top-list member is recomputed after each step.
-        self._best: dict[tuple[str, str], Result] = {}
-        self._metrics: dict[str, str] = {}  # task -> the metric its results report
-        self.total = 0
+    _metrics: dict[str, str]
 
-    def add(self, architecture_hash: str, result: Result) -> None:
-        bucket = self._results[architecture_hash, result.task]
-        key = result.settings.key()
-        if key in bucket:
-            raise ValueError(f"{architecture_hash} on {result.task} already has settings {key}")
-        bucket[key] = result
-        self.total += 1
-        self._metrics.setdefault(result.task, result.metric)
-        best = self._best.get((architecture_hash, result.task))
-        if scored(result) and (best is None or _merit(result) < _merit(best)):
-            self._best[architecture_hash, result.task] = result
+    def _bucket(self, architecture_hash: str, task: str) -> dict[str, Result]:
+        raise NotImplementedError
 
     def results(self, architecture_hash: str, task: str) -> list[Result]:
-        return list(self._results.get((architecture_hash, task), {}).values())
+        return list(self._bucket(architecture_hash, task).values())
 
     def tried_keys(self, architecture_hash: str, task: str) -> set[str]:
         """The settings keys already evaluated (a fresh set the caller may extend)."""
-        return set(self._results.get((architecture_hash, task), ()))
+        return set(self._bucket(architecture_hash, task))
 
     def count(self, architecture_hash: str, task: str) -> int:
-        return len(self._results.get((architecture_hash, task), ()))
+        return len(self._bucket(architecture_hash, task))
 
     def tried_settings(self, architecture_hash: str, task: str) -> list[Settings]:
         """Every setting tried, in key order (so that what is drawn from it is reproducible)."""
-        bucket = self._results.get((architecture_hash, task), {})
+        bucket = self._bucket(architecture_hash, task)
         return [bucket[key].settings for key in sorted(bucket)]
 
     def best_settings(self, architecture_hash: str, task: str, limit: int) -> list[Settings]:
@@ -79,7 +65,11 @@ class History:
 
     def best_value(self, architecture_hash: str, task: str) -> float:
         """The best validation metric over the architecture's settings on `task` (NaN if none)."""
-        best = self._best.get((architecture_hash, task))
+        best = min(
+            (result for result in self.results(architecture_hash, task) if scored(result)),
+            key=_merit,
+            default=None,
+        )
         return math.nan if best is None else best.value
 
     def passed(self, architecture_hash: str, task: str, threshold: float) -> bool:
@@ -104,6 +94,88 @@ class History:
         """Eq. 1 of §3.1: the smallest ratio over `tasks` (NaN if any ratio is NaN)."""
         ratios = [self.ratio(architecture_hash, reference_hash, task) for task in tasks]
         return math.nan if any(math.isnan(ratio) for ratio in ratios) else min(ratios)
+
+
+class History(_Queries):
+    """Results by (architecture hash, task), each (architecture, task, settings key) once, with
+    the search step that recorded it, so that `as_of` can show the search as it stood after an
+    earlier step (the search's steps in flight plan from such views)."""
+
+    def __init__(self) -> None:
+        self._results: dict[tuple[str, str], dict[str, Result]] = defaultdict(dict)
+        self._steps: dict[tuple[str, str, str], int] = {}  # (architecture, task, key) -> step
+        # The best scored result per (architecture, task), kept as results arrive: the fitness of
+        # every top-list member is recomputed after each step.
+        self._best: dict[tuple[str, str], Result] = {}
+        self._metrics: dict[str, str] = {}  # task -> the metric its results report
+        self._per_step: dict[int, int] = defaultdict(int)  # step -> results recorded
+        self.total = 0
+
+    def add(self, architecture_hash: str, result: Result, step: int = 0) -> None:
+        bucket = self._results[architecture_hash, result.task]
+        key = result.settings.key()
+        if key in bucket:
+            raise ValueError(f"{architecture_hash} on {result.task} already has settings {key}")
+        bucket[key] = result
+        self._steps[architecture_hash, result.task, key] = step
+        self._per_step[step] += 1
+        self.total += 1
+        self._metrics.setdefault(result.task, result.metric)
+        best = self._best.get((architecture_hash, result.task))
+        if scored(result) and (best is None or _merit(result) < _merit(best)):
+            self._best[architecture_hash, result.task] = result
+
+    def _bucket(self, architecture_hash: str, task: str) -> dict[str, Result]:
+        return self._results.get((architecture_hash, task), {})
+
+    def best_value(self, architecture_hash: str, task: str) -> float:
+        best = self._best.get((architecture_hash, task))
+        return math.nan if best is None else best.value
+
+    def step_of(self, architecture_hash: str, task: str, key: str) -> int:
+        return self._steps[architecture_hash, task, key]
+
+    def count_through(self, step: int) -> int:
+        """How many results steps up to `step` recorded."""
+        return sum(count for recorded, count in self._per_step.items() if recorded <= step)
+
+    def as_of(self, step: int, own: Iterable[str] = (), own_step: int | None = None) -> HistoryView:
+        """The results of steps up to `step`, and those of architectures `own` up to `own_step`:
+        what a step in flight sees (see `HistoryView`)."""
+        return HistoryView(self, step, frozenset(own), step if own_step is None else own_step)
+
+
+class HistoryView(_Queries):
+    """A History as it stood after step `through`, plus the results that steps up to `own_step`
+    recorded for the architectures in `own`. Adding through a view records in the History with
+    step `own_step`. Queries filter the History as it is when asked, so a view stays valid while
+    other steps add to the History. The driver starts a step only when every step its view shows
+    has finished, so only the view's own `add` changes what it shows (which its cache relies on).
+    """
+
+    def __init__(self, history: History, through: int, own: frozenset[str], own_step: int):
+        self.history, self.through, self.own, self.own_step = history, through, own, own_step
+        self._metrics = history._metrics
+        self._best: dict[tuple[str, str], float] = {}
+
+    def add(self, architecture_hash: str, result: Result) -> None:
+        self.history.add(architecture_hash, result, self.own_step)
+        self._best.pop((architecture_hash, result.task), None)
+
+    def best_value(self, architecture_hash: str, task: str) -> float:
+        if (architecture_hash, task) not in self._best:
+            self._best[architecture_hash, task] = super().best_value(architecture_hash, task)
+        return self._best[architecture_hash, task]
+
+    def _bucket(self, architecture_hash: str, task: str) -> dict[str, Result]:
+        bucket = self.history._bucket(architecture_hash, task)
+        limit = self.own_step if architecture_hash in self.own else self.through
+        step_of = self.history.step_of
+        return {
+            key: result
+            for key, result in bucket.items()
+            if step_of(architecture_hash, task, key) <= limit
+        }
 
 
 def fitness_order(fitness: float) -> float:

@@ -42,7 +42,7 @@ from cellsearch.equations import format_graph
 from cellsearch.executors.base import EvaluationJob, describe
 from cellsearch.graph import CellGraph
 from cellsearch.search.config import SearchConfig
-from cellsearch.search.history import History, fitness_order
+from cellsearch.search.history import History, HistoryView, fitness_order
 from cellsearch.search.selection import choose_settings, reseeded, sources_for
 from cellsearch.storage.records import (
     FILTER_EXEMPT,
@@ -124,12 +124,52 @@ def initial_hashes() -> tuple[tuple[str, ...], str]:
     return tuple(hashes.values()), hashes[REFERENCE_ARCHITECTURE]
 
 
-class Search:
-    """The search state after some completed step, and the plans of the steps that follow.
+@dataclass(frozen=True)
+class StepChoice:
+    """What step n does, drawn from the top list its plan sees: re-evaluate `member`, or mutate
+    it into `child` (None when the mutation failed, `mutation` then saying why)."""
 
-    Build it from stored state (`cellsearch.search.driver.load_state` does), then for n = next
-    step, n + 1, ...: drive `step(n)` to its end. The generator updates this object only after
-    the driver has carried out (committed) the request it yielded.
+    kind: str
+    member: str | None = None
+    child: CellGraph | None = None
+    mutation: str = ""
+
+    def targets(self, initial: Sequence[str]) -> tuple[str, ...]:
+        """The architectures the step evaluates."""
+        if self.kind == INITIALIZE:
+            return tuple(initial)
+        if self.kind == REEVALUATE:
+            return (self.member,)
+        return () if self.child is None else (self.child.canonical_hash(),)
+
+
+@dataclass(frozen=True)
+class StepEnding:
+    """How a step's plan ended; `conclude` turns it into the step's record and top list. When
+    `candidate` is set, it passed every task and the top-list rule, applied at conclusion, gives
+    the outcome; `record.description` then says where it came from."""
+
+    record: StepRecord
+    candidate: str | None = None
+
+
+class Search:
+    """The search state, and the plans of its steps.
+
+    Build it from stored state (`cellsearch.search.driver.load_state` does). Step n is `plan(n)`,
+    driven to its end, then `conclude(n, ending)`; `step(n)` is both in one generator. The state
+    changes only after the driver has carried out (committed) the request that says so.
+
+    Steps in flight. Step n plans from the search as it stood after step n - B, B being
+    `config.steps_in_flight` (step 0 for the first B steps): its top list, and the evaluations
+    of steps up to n - B; of the architecture it evaluates it also sees the evaluations of every
+    earlier step. So up to B steps can run at once, and each step's requests are a function of
+    the configuration and of the steps n - B and before, whatever order the evaluations finish
+    in. The driver keeps to two rules that make this so: step n starts only once step n - B has
+    concluded, and only once every earlier step evaluating the same architecture has finished
+    (so no setting of an architecture is ever trained twice). Steps conclude in step order, and
+    conclusion applies the top-list rule (§3.1) to the search as it stands after all earlier
+    steps. With B = 1 this is the sequential procedure of the paper, step after step.
     """
 
     def __init__(
@@ -139,33 +179,104 @@ class Search:
         *,
         architectures: Mapping[str, ArchitectureRecord] | None = None,
         history: History | None = None,
-        top_list: Sequence[TopEntry] = (),
+        top_lists: Mapping[int, Sequence[TopEntry]] | None = None,
     ):
+        """`top_lists`: the top list after each of the last `steps_in_flight` completed steps,
+        by step (none before step 0 completes)."""
         self.config = config
         self.architectures: dict[str, ArchitectureRecord] = dict(architectures or {})
         self.history = history if history is not None else History()
-        self.top_list: tuple[TopEntry, ...] = tuple(top_list)
+        self._top_lists = {step: tuple(top) for step, top in (top_lists or {}).items()}
+        self.completed: int | None = max(self._top_lists, default=None)
         self._mutate = mutate
         self._spaces = {task: config.space(task) for task in (*config.tasks, config.filter_task)}
+        self._choices: dict[int, StepChoice] = {}
         self.initial_hashes, self.reference_hash = initial_hashes()
+
+    @property
+    def top_list(self) -> tuple[TopEntry, ...]:
+        """The top list after the last concluded step."""
+        return () if self.completed is None else self._top_lists[self.completed]
+
+    def seen_step(self, step: int) -> int:
+        """The last step whose outcome step `step` plans from (-1: none, for step 0)."""
+        return -1 if step == 0 else max(0, step - self.config.steps_in_flight)
+
+    def seen_evaluations(self, step: int) -> int:
+        """How many evaluations step `step`'s plan sees (for the evaluation budget)."""
+        return self.history.count_through(self.seen_step(step))
 
     # -- the steps --------------------------------------------------------------------------------
 
     def step(self, step: int) -> StepPlan:
-        """The plan of step `step`; see the module docstring."""
-        if step == 0:
-            yield from self._initialize()
-            return
-        if not self.top_list:
-            raise RuntimeError(f"step {step} before step 0 completed")
-        choose = self._rng(step, "choose")
-        member = choose.choice(sorted(entry.architecture_hash for entry in self.top_list))
-        if choose.random() < self.config.reevaluate_probability:
-            yield from self._reevaluate(step, member)
-        else:
-            yield from self._mutate_member(step, member)
+        """Step `step` from start to conclusion (the sequential procedure's step)."""
+        ending = yield from self.plan(step)
+        yield from self.conclude(step, ending)
 
-    def _initialize(self) -> StepPlan:
+    def choice(self, step: int) -> StepChoice:
+        """What step `step` does; the top list after `seen_step(step)` must be known."""
+        if step not in self._choices:
+            self._choices[step] = self._choose(step)
+        return self._choices[step]
+
+    def targets(self, step: int) -> tuple[str, ...]:
+        """The architectures step `step` evaluates."""
+        return self.choice(step).targets(self.initial_hashes)
+
+    def plan(self, step: int) -> Generator[Request, Any, StepEnding]:
+        """Step `step` up to its conclusion; see the class docstring."""
+        choice = self.choice(step)
+        history = self.history.as_of(self.seen_step(step), self.targets(step), step)
+        if choice.kind == INITIALIZE:
+            return (yield from self._initialize(history))
+        if choice.kind == REEVALUATE:
+            return (yield from self._reevaluate(step, choice.member, history))
+        return (yield from self._mutate_member(step, choice, history))
+
+    def conclude(self, step: int, ending: StepEnding) -> StepPlan:
+        """Close step `step`, every earlier step concluded and every evaluation of `step` added:
+        the top-list rule for a candidate, the members re-ranked by fitness from all evaluations
+        of steps up to `step` (a re-evaluation, of the GRU too, changes estimates)."""
+        history = self.history.as_of(step)
+        record = ending.record
+        if step == 0:
+            top = self._ranked(history, self.initial_hashes)
+        elif ending.candidate is not None:
+            outcome, top, displaced = self._admit(history, ending.candidate)
+            fitness = history.fitness(ending.candidate, self.reference_hash, self.config.tasks)
+            description = f"{record.description}: fitness {fitness:.4f}, {outcome}" + (
+                f", displacing {displaced[:12]}" if displaced else ""
+            )
+            record = replace(record, outcome=outcome, description=description)
+        else:
+            top = self._ranked(history)
+        yield CompleteStep(record, tuple(top))
+        self._top_lists[step] = tuple(top)
+        self.completed = step
+        self._choices.pop(step, None)
+        for old in [seen for seen in self._top_lists if seen <= step - self.config.steps_in_flight]:
+            del self._top_lists[old]
+
+    def _choose(self, step: int) -> StepChoice:
+        if step == 0:
+            return StepChoice(INITIALIZE)
+        seen = self.seen_step(step)
+        if seen not in self._top_lists:
+            raise RuntimeError(f"step {step} before step {seen} completed")
+        choose = self._rng(step, "choose")
+        member = choose.choice(sorted(entry.architecture_hash for entry in self._top_lists[seen]))
+        if choose.random() < self.config.reevaluate_probability:
+            return StepChoice(REEVALUATE, member)
+        parent_graph = CellGraph.from_json(self.architectures[member].graph_json)
+        try:
+            mutation = self._mutate(parent_graph, self._rng(step, "mutate"))
+            child: CellGraph = mutation.graph
+            child.canonical_hash()
+        except Exception as error:  # noqa: BLE001 - one bad mutation must not stop a long search
+            return StepChoice(MUTATE, member, None, f"mutating {member[:12]} failed: {describe(error)}")
+        return StepChoice(MUTATE, member, child, str(getattr(mutation, "description", "")))
+
+    def _initialize(self, history: HistoryView) -> Generator[Request, Any, StepEnding]:
         rng = self._rng(0, "initialize")
         for name, graph in initial_architectures().items():
             record = _record(
@@ -176,56 +287,51 @@ class Search:
         for architecture_hash in self.initial_hashes:
             for task in self.config.tasks:
                 jobs += self._jobs(architecture_hash, task, self._initial_settings(rng, task))
-        yield from self._evaluate(0, INITIALIZE, jobs)
-        top = self._ranked(self.initial_hashes)
+        yield from self._evaluate(history, 0, INITIALIZE, jobs)
         count = (
             "every setting"
             if self.config.initial_settings is None
             else f"{self.config.initial_settings} settings"
         )
-        record = StepRecord(
-            0, INITIALIZE, None, INITIALIZED, f"LSTM and GRU evaluated on {count} per task"
+        return StepEnding(
+            StepRecord(
+                0, INITIALIZE, None, INITIALIZED, f"LSTM and GRU evaluated on {count} per task"
+            )
         )
-        yield from self._complete(record, top)
 
-    def _reevaluate(self, step: int, member: str) -> StepPlan:
+    def _reevaluate(
+        self, step: int, member: str, history: HistoryView
+    ) -> Generator[Request, Any, StepEnding]:
         parent = self.architectures[member].parent_hash
-        before = self.history.fitness(member, self.reference_hash, self.config.tasks)
+        before = history.fitness(member, self.reference_hash, self.config.tasks)
         jobs: list[EvaluationJob] = []
         for task in self.config.tasks:
-            jobs += self._jobs(member, task, self._task_settings(step, member, parent, task))
-        yield from self._evaluate(step, REEVALUATE, jobs)
-        after = self.history.fitness(member, self.reference_hash, self.config.tasks)
+            settings = self._task_settings(history, step, member, parent, task)
+            jobs += self._jobs(member, task, settings)
+        yield from self._evaluate(history, step, REEVALUATE, jobs)
+        after = history.fitness(member, self.reference_hash, self.config.tasks)
         count = sum(len(job.settings) for job in jobs)
         description = f"re-evaluated on {count} new settings; fitness {before:.4f} -> {after:.4f}"
-        yield from self._complete(
-            StepRecord(step, REEVALUATE, member, REEVALUATED, description), self._ranked()
-        )
+        return StepEnding(StepRecord(step, REEVALUATE, member, REEVALUATED, description))
 
-    def _mutate_member(self, step: int, parent: str) -> StepPlan:
-        parent_graph = CellGraph.from_json(self.architectures[parent].graph_json)
-        try:
-            mutation = self._mutate(parent_graph, self._rng(step, "mutate"))
-            child_graph: CellGraph = mutation.graph
-            description = str(getattr(mutation, "description", ""))
-        except Exception as error:  # noqa: BLE001 - one bad mutation must not stop a long search
-            reason = f"mutating {parent[:12]} failed: {describe(error)}"
-            yield from self._complete(
-                StepRecord(step, MUTATE, parent, MUTATION_FAILED, reason), self._ranked()
-            )
-            return
-        child = child_graph.canonical_hash()
+    def _mutate_member(
+        self, step: int, choice: StepChoice, history: HistoryView
+    ) -> Generator[Request, Any, StepEnding]:
+        parent = choice.member
+        if choice.child is None:
+            return StepEnding(StepRecord(step, MUTATE, parent, MUTATION_FAILED, choice.mutation))
+        child = choice.child.canonical_hash()
         known = child in self.architectures
         if not known:
             yield from self._record_architecture(
-                _record(child_graph, parent, description, step, outcome=None)
+                _record(choice.child, parent, choice.mutation, step, outcome=None)
             )
         origin = f"{'known' if known else 'new'} child {child[:12]} of {parent[:12]}"
 
-        if self._needs_filter(child):
+        if self._needs_filter(history, child):
             filter_task = self.config.filter_task
             settings = self._spaces[filter_task].sample(
-                self._rng(step, filter_task), exclude=self.history.tried_keys(child, filter_task)
+                self._rng(step, filter_task), exclude=history.tried_keys(child, filter_task)
             )
             results: list[Result] = []
             if settings is not None:
@@ -233,39 +339,27 @@ class Search:
                 jobs = self._jobs(
                     child, filter_task, [settings], stop_at=self.config.filter_threshold
                 )
-                results = yield from self._evaluate(step, filter_task, jobs)
+                results = yield from self._evaluate(history, step, filter_task, jobs)
             # _needs_filter: no earlier run passed, so this asks about the run just made.
-            passed = self.history.passed(child, filter_task, self.config.filter_threshold)
+            passed = history.passed(child, filter_task, self.config.filter_threshold)
             outcome = FILTER_PASSED if passed else FILTER_FAILED
             yield RecordFilterOutcome(child, outcome)
             self.architectures[child] = replace(self.architectures[child], filter_outcome=outcome)
             if not passed:
                 value = f"{results[0].value:.4f}" if results else "no untried setting"
                 description = f"{origin} discarded by the {filter_task} filter ({value})"
-                yield from self._complete(
-                    StepRecord(step, MUTATE, child, FILTERED_OUT, description), self._ranked()
-                )
-                return
+                return StepEnding(StepRecord(step, MUTATE, child, FILTERED_OUT, description))
 
         for task in self.config.tasks:
-            settings = self._task_settings(step, child, parent, task)
-            yield from self._evaluate(step, task, self._jobs(child, task, settings))
-            ratio = self.history.ratio(child, self.reference_hash, task)
+            settings = self._task_settings(history, step, child, parent, task)
+            yield from self._evaluate(history, step, task, self._jobs(child, task, settings))
+            ratio = history.ratio(child, self.reference_hash, task)
             if not ratio > self.config.task_threshold:
                 description = (
                     f"{origin}: {task} ratio {ratio:.4f} <= {self.config.task_threshold:g}"
                 )
-                yield from self._complete(
-                    StepRecord(step, MUTATE, child, BELOW_THRESHOLD, description), self._ranked()
-                )
-                return
-
-        outcome, top, displaced = self._admit(child)
-        fitness = self.history.fitness(child, self.reference_hash, self.config.tasks)
-        description = f"{origin}: fitness {fitness:.4f}, {outcome}" + (
-            f", displacing {displaced[:12]}" if displaced else ""
-        )
-        yield from self._complete(StepRecord(step, MUTATE, child, outcome, description), top)
+                return StepEnding(StepRecord(step, MUTATE, child, BELOW_THRESHOLD, description))
+        return StepEnding(StepRecord(step, MUTATE, child, ADDED, origin), candidate=child)
 
     # -- requests ---------------------------------------------------------------------------------
 
@@ -274,7 +368,7 @@ class Search:
         self.architectures.setdefault(record.hash, record)
 
     def _evaluate(
-        self, step: int, stage: str, jobs: Sequence[EvaluationJob]
+        self, history: HistoryView, step: int, stage: str, jobs: Sequence[EvaluationJob]
     ) -> Generator[Request, Any, list[Result]]:
         """Yield one Evaluate request; absorb and return the (committed) results, flattened."""
         if not jobs:
@@ -283,21 +377,17 @@ class Search:
         flat: list[Result] = []
         for job, results in zip(jobs, answers, strict=True):
             for result in results:
-                self.history.add(job.architecture_hash, result)
+                history.add(job.architecture_hash, result)
             flat.extend(results)
         return flat
 
-    def _complete(self, record: StepRecord, top: Sequence[TopEntry]) -> StepPlan:
-        yield CompleteStep(record, tuple(top))
-        self.top_list = tuple(top)
-
     # -- rules ------------------------------------------------------------------------------------
 
-    def _needs_filter(self, architecture_hash: str) -> bool:
+    def _needs_filter(self, history: HistoryView, architecture_hash: str) -> bool:
         """§3.1: a re-chosen architecture that passed the filter once does not take it again."""
         if self.architectures[architecture_hash].filter_outcome == FILTER_EXEMPT:
             return False
-        return not self.history.passed(
+        return not history.passed(
             architecture_hash, self.config.filter_task, self.config.filter_threshold
         )
 
@@ -308,10 +398,10 @@ class Search:
         return space.sample_distinct(rng, self.config.initial_settings)
 
     def _task_settings(
-        self, step: int, architecture: str, parent: str | None, task: str
+        self, history: HistoryView, step: int, architecture: str, parent: str | None, task: str
     ) -> list[Settings]:
         sources = sources_for(
-            self.history,
+            history,
             task,
             parent,
             self.initial_hashes,
@@ -323,31 +413,33 @@ class Search:
             self._rng(step, f"settings:{task}"),
             self._spaces[task],
             self.config.settings_per_task,
-            self.history.tried_keys(architecture, task),
+            history.tried_keys(architecture, task),
             sources,
         )
 
-    def _admit(self, child: str) -> tuple[str, list[TopEntry], str | None]:
+    def _admit(self, history: HistoryView, child: str) -> tuple[str, list[TopEntry], str | None]:
         """The top-list rule: (outcome, new ranked list, displaced member or None)."""
         members = [entry.architecture_hash for entry in self.top_list]
         if child in members:
-            return KEPT, self._ranked(members), None
+            return KEPT, self._ranked(history, members), None
         if len(members) < self.config.top_size:
-            return ADDED, self._ranked([*members, child]), None
-        ranked = self._ranked(members)
+            return ADDED, self._ranked(history, [*members, child]), None
+        ranked = self._ranked(history, members)
         worst = ranked[-1]
-        fitness = self.history.fitness(child, self.reference_hash, self.config.tasks)
+        fitness = history.fitness(child, self.reference_hash, self.config.tasks)
         if not math.isnan(fitness) and (math.isnan(worst.fitness) or fitness > worst.fitness):
             members.remove(worst.architecture_hash)
-            return ADDED, self._ranked([*members, child]), worst.architecture_hash
+            return ADDED, self._ranked(history, [*members, child]), worst.architecture_hash
         return NOT_ADDED, ranked, None
 
-    def _ranked(self, members: Sequence[str] | None = None) -> list[TopEntry]:
+    def _ranked(
+        self, history: HistoryView, members: Sequence[str] | None = None
+    ) -> list[TopEntry]:
         """`members` (default: the current top list) with fresh fitness, best first."""
         if members is None:
             members = [entry.architecture_hash for entry in self.top_list]
         entries = [
-            TopEntry(member, self.history.fitness(member, self.reference_hash, self.config.tasks))
+            TopEntry(member, history.fitness(member, self.reference_hash, self.config.tasks))
             for member in members
         ]
         return sorted(
