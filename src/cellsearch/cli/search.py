@@ -118,15 +118,15 @@ def run_search_command(args: argparse.Namespace) -> int:
             checked = load_config(
                 preset=args.preset, path=args.config, assignments=args.assignments
             )
+            executor.start()  # worker processes start up while the driver checks
             mutate = _check_start(checked, args)
-            executor.start()
         with open_storage(path) as storage, _sole_driver(path):
             plan = plan_run(
                 storage, preset=args.preset, config_path=args.config, assignments=args.assignments
             )
+            executor.start()
             if plan.config != checked:
                 mutate = _check_start(plan.config, args)
-            executor.start()
             run_id = start_run(storage, plan)
             with _Display(quiet=args.quiet) as display:
                 summary = run_search(

@@ -47,11 +47,19 @@ DRIVER_CHECK_SECONDS = 0.5  # how often a worker checks that its driver still li
 DEFAULT_ALLOWED_FAILURES = 3
 
 
-def _start_worker(driver_pid: int) -> None:
-    """A worker's initializer: ignore Ctrl-C (the driver stops its workers), and exit when the
-    driver is gone. A driver killed by SIGKILL cannot stop its workers, and a worker in the
-    middle of a training run would otherwise go on for minutes, holding a GPU."""
+def _start_worker(driver_pid: int, threads: int) -> None:
+    """A worker's initializer: ignore Ctrl-C (the driver stops its workers); use `threads` CPU
+    threads, its share of the cores (torch would take them all in every worker, and workers
+    fighting over cores run slower together than one alone); import the trainer now, while the
+    driver is still starting; and exit when the driver is gone. A driver killed by SIGKILL cannot
+    stop its workers, and a worker in the middle of a training run would otherwise go on for
+    minutes, holding a GPU."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    import torch
+
+    import cellsearch.train.evaluate  # noqa: F401 - the default evaluator, imported once
+
+    torch.set_num_threads(threads)
 
     def watch() -> None:
         while os.getppid() == driver_pid:
@@ -100,8 +108,19 @@ class ProcessExecutor(Executor):
         self._lock = threading.Lock()
         self._queue: deque[_Pending] = deque()
         self._workers = [_Worker() for _ in range(workers)]
+        self._threads = max(1, (os.cpu_count() or 1) // workers)
         self._unfinished: set[Future] = set()
         self._closing = False
+
+    def start(self) -> None:
+        """Start every worker process now: they import torch and the trainer (seconds each)
+        while the driver prepares the search, instead of when the first jobs wait for them."""
+        with self._lock:
+            self._closing = False
+            for worker in self._workers:
+                if worker.pool is None:
+                    worker.pool = self._new_pool()
+                    worker.pool.submit(os.getpid)  # a pool starts its process on first use
 
     def submit(self, job: EvaluationJob) -> Future:
         outer: Future = Future()
@@ -179,17 +198,20 @@ class ProcessExecutor(Executor):
         """Submit `job` to `worker`'s process, starting one when it has none (the lock held)."""
         for _ in range(2):
             if worker.pool is None:
-                worker.pool = concurrent_futures.ProcessPoolExecutor(
-                    max_workers=1,
-                    mp_context=multiprocessing.get_context("spawn"),
-                    initializer=_start_worker,
-                    initargs=(os.getpid(),),
-                )
+                worker.pool = self._new_pool()
             try:
                 return worker.pool.submit(run_job_as_dicts, job, self.device, self.data_dir)
             except BrokenProcessPool:  # its process died while idle: start a fresh one
                 worker.pool = None
         raise BrokenProcessPool("could not start a worker process")
+
+    def _new_pool(self) -> concurrent_futures.ProcessPoolExecutor:
+        return concurrent_futures.ProcessPoolExecutor(
+            max_workers=1,
+            mp_context=multiprocessing.get_context("spawn"),
+            initializer=_start_worker,
+            initargs=(os.getpid(), self._threads),
+        )
 
     def _done(self, worker: _Worker, pending: _Pending, inner: Future) -> None:
         """Runs in the worker pool's thread once `inner` is finished, failed or cancelled."""

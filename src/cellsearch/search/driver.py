@@ -297,33 +297,47 @@ class _Driver:
     def run(self, first_step: int) -> int:
         """Run steps from `first_step` until the budget is spent; the number concluded."""
         next_step, concluded = first_step, 0
+        unstarted: list[int] = []  # steps the window and budget admit, not started yet
         while True:
             concluded += self._conclude_finished()
-            if self._may_start(next_step):
-                self._start(next_step)
+            while self._admissible(next_step):
+                unstarted.append(next_step)
                 next_step += 1
+            if self._start_ready(unstarted):
                 continue
             if not self.pending:
-                if self.flights:  # every flight has ended, so one of them concludes next
+                if self.flights or unstarted:  # every flight ended, so one of them concludes
                     raise RuntimeError(f"steps {sorted(self.flights)} cannot conclude")
                 return concluded
             self._answer(next(iter(self.executor.as_completed(list(self.pending)))))
 
     # -- steps ------------------------------------------------------------------------------------
 
-    def _may_start(self, step: int) -> bool:
+    def _admissible(self, step: int) -> bool:
+        """Whether the window (step - B has concluded) and the budget let `step` start."""
         search = self.search
         if step == 0:
             return search.completed is None and not self.flights
         if search.completed is None or search.seen_step(step) > search.completed:
             return False
-        if not budget_left(search.config, step, search.seen_evaluations(step)):
-            return False
-        targets = set(search.targets(step))
-        return not any(
-            flight.ending is None and flight.targets & targets
-            for flight in self.flights.values()
-        )
+        return budget_left(search.config, step, search.seen_evaluations(step))
+
+    def _start_ready(self, unstarted: list[int]) -> bool:
+        """Start, in step order, each step of `unstarted` that no earlier unfinished step shares
+        an architecture with; whether any started."""
+        busy = set().union(*(f.targets for f in self.flights.values() if f.ending is None))
+        started = False
+        for step in list(unstarted):
+            targets = set(self.search.targets(step))
+            if targets & busy:
+                busy |= targets  # later steps on these wait for this one
+                continue
+            unstarted.remove(step)
+            self._start(step)
+            started = True
+            if self.flights[step].ending is None:
+                busy |= targets
+        return started
 
     def _start(self, step: int) -> None:
         flight = _Flight(step, self.search.plan(step), frozenset(self.search.targets(step)))

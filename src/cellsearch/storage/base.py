@@ -187,5 +187,6 @@ def duplicate_evaluation(architecture_hash: str) -> DuplicateEvaluationError:
 
 
 def utc_now() -> str:
-    """The current time as the storages record it: ISO 8601, UTC, whole seconds."""
-    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+    """The current time as the storages record it: ISO 8601, UTC, milliseconds (throughput is
+    measured from these stamps)."""
+    return datetime.now(timezone.utc).isoformat(timespec="milliseconds")
