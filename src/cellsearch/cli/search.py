@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import time
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
@@ -194,6 +195,8 @@ class _Display:
         self.quiet = quiet
         self.progress = None
         self.task = None
+        self.started = time.monotonic()
+        self.trained = 0  # settings trained by this process (not answered from storage)
 
     def __enter__(self) -> _Display:
         if not self.quiet:
@@ -238,16 +241,17 @@ class _Display:
                 total=None if max_steps is None else max_steps + 1,
                 completed=event.step,
             )
-        elif isinstance(event, StageStarted):
-            replayed = f", {event.replayed} from storage" if event.replayed else ""
-            progress.update(
-                self.task,
-                description=f"step {event.step} {event.stage}: {event.settings} settings{replayed}",
+        elif isinstance(event, StageStarted) and event.replayed:
+            progress.console.print(
+                f"step {event.step} {event.stage}: {event.replayed} settings from storage"
             )
         elif isinstance(event, JobCompleted):
+            self.trained += len(event.results)
+            hours = (time.monotonic() - self.started) / 3600
             progress.update(
                 self.task,
-                description=f"step {event.step} {event.stage}: {event.total_evaluations} stored",
+                description=f"{event.steps_in_flight} steps running,"
+                f" {self.trained / hours:,.0f} settings/h",
             )
         elif isinstance(event, StepCompleted):
             record = event.record
