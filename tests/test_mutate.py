@@ -242,7 +242,7 @@ def test_replace_with_ancestor(anchor, ancestor, new_output):
     lstm = zoo.get("lstm")
     mutation = transform_until(lstm, "replace_with_ancestor", anchor, f"its ancestor {ancestor}")
     assert mutation.graph == parse(
-        zoo.source("lstm").replace("o  = tanh(W_xo x + W_ho h + b_o)\n", "")
+        zoo.source("lstm").replace("o  = sigm(W_xo x + W_ho h + b_o)\n", "")
         .replace("h' = tanh(c') * o", new_output)
     )
 

@@ -1,11 +1,11 @@
 """The equation language: cells written in the paper's own notation, parsed to a `CellGraph` and
 printed back.
 
-    # The LSTM of §2 (tanh for i and o)
+    # The LSTM of §2, with the sigmoid output gate its authors trained (docs/fidelity.md)
     i  = tanh(W_xi x + W_hi h + b_i)
     j  = sigm(W_xj x + W_hj h + b_j)
     f  = sigm(W_xf x + W_hf h + b_f)
-    o  = tanh(W_xo x + W_ho h + b_o)
+    o  = sigm(W_xo x + W_ho h + b_o)
     c' = c * f + i * j
     h' = tanh(c') * o
     init b_f = 1            # only in LSTM-b: the forget-gate bias starts at 1 (§2.2)

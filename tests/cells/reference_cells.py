@@ -17,18 +17,18 @@ def tanh_rnn(p, x, h):
     return (tanh(lin(p, "W_xh", x) + lin(p, "W_hh", h) + p["b_h"]),)
 
 
-def lstm(p, x, h, c, gates="ijfo"):
-    """§2; `gates` lists the parts kept (LSTM-f drops f, LSTM-i drops i, LSTM-o drops o)."""
+def lstm(p, x, h, c, gates="jfo", output=sig):
+    """§2 with a sigmoid output gate (`output=tanh`: as printed); `gates` lists the gates kept:
+    j the input gate scaling the candidate i, f the forget gate, o the output gate (LSTM-i drops
+    j, LSTM-f f, LSTM-o o)."""
     def gate(act, name):
         return act(lin(p, f"W_x{name}", x) + lin(p, f"W_h{name}", h) + p[f"b_{name}"])
 
-    i = gate(tanh, "i") if "i" in gates else None
-    j = gate(sig, "j")
-    f = gate(sig, "f") if "f" in gates else None
-    o = gate(tanh, "o") if "o" in gates else None
-    kept = c * f if f is not None else c
-    new_c = kept + (i * j if i is not None else j)
-    new_h = tanh(new_c) * o if o is not None else tanh(new_c)
+    candidate = gate(tanh, "i")
+    written = candidate * gate(sig, "j") if "j" in gates else candidate
+    kept = c * gate(sig, "f") if "f" in gates else c
+    new_c = kept + written
+    new_h = tanh(new_c) * gate(output, "o") if "o" in gates else tanh(new_c)
     return new_h, new_c
 
 
@@ -60,12 +60,13 @@ def mut3(p, x, h):
 REFERENCES = {
     "tanh": tanh_rnn,
     "lstm": lstm,
-    "lstm-f": lambda p, x, h, c: lstm(p, x, h, c, gates="ijo"),
-    "lstm-i": lambda p, x, h, c: lstm(p, x, h, c, gates="jfo"),
-    "lstm-o": lambda p, x, h, c: lstm(p, x, h, c, gates="ijf"),
+    "lstm-f": lambda p, x, h, c: lstm(p, x, h, c, gates="jo"),
+    "lstm-i": lambda p, x, h, c: lstm(p, x, h, c, gates="fo"),
+    "lstm-o": lambda p, x, h, c: lstm(p, x, h, c, gates="jf"),
     "lstm-b": lstm,
     "gru": gru,
     "mut1": mut1,
     "mut2": mut2,
     "mut3": mut3,
+    "lstm-as-printed": lambda p, x, h, c: lstm(p, x, h, c, output=tanh),
 }

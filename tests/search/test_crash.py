@@ -20,6 +20,9 @@ from cellsearch.storage import InMemoryStorage, SQLiteStorage
 from tests.search.test_driver import contents, search
 
 ROOT = Path(__file__).resolve().parents[2]
+# At most; every life of the process is killed a random moment after its first write. The suite
+# kills 10 times; CELLSEARCH_CRASH_KILLS=60 is the long loop (benchmarks/RESULTS.md).
+KILLS = int(os.environ.get("CELLSEARCH_CRASH_KILLS", "10"))
 RUN = [
     "evaluator=tests.search.fake:evaluate",
     "mutator=tests.search.fake:mutate",
@@ -29,9 +32,6 @@ RUN = [
     "job_size=1",  # a commit per setting: many moments to be killed between and during writes
     f"max_steps={max(30, KILLS * 2)}",
 ]
-# At most; every life of the process is killed a random moment after its first write. The suite
-# kills 10 times; CELLSEARCH_CRASH_KILLS=60 is the long loop (benchmarks/RESULTS.md).
-KILLS = int(os.environ.get("CELLSEARCH_CRASH_KILLS", "10"))
 ORPHAN_SECONDS = 5.0  # a worker notices its driver is gone within a second (executors.processes)
 
 

@@ -281,3 +281,20 @@ def test_failed_evaluations_are_recorded_and_the_search_goes_on():
         3,
         4,
     ]
+
+
+def test_a_run_begun_from_other_initial_cells_is_not_resumed():
+    """A database made when the zoo's LSTM had §2's printed tanh output gate."""
+    from cellsearch import zoo
+    from cellsearch.search.procedure import initial_architectures
+    from cellsearch.storage import ArchitectureRecord
+
+    storage = InMemoryStorage()
+    run_id = storage.create_run({})
+    for name, graph in {**initial_architectures(), "lstm": zoo.get("lstm-as-printed")}.items():
+        storage.add_architecture(
+            run_id,
+            ArchitectureRecord(graph.canonical_hash(), graph.to_json(), "", None, f"zoo cell {name}"),
+        )
+    with pytest.raises(UserError, match="other initial cells.*cannot be resumed"):
+        plan_run(storage, assignments=FAKES)

@@ -8,14 +8,19 @@ from cellsearch.train.model import PopulationModel
 from cellsearch.train.steps import PopulationSteps
 
 
-def test_each_member_takes_its_own_clipped_sgd_step():
+import pytest
+
+
+@pytest.mark.parametrize("normalization", ["minibatch", "targets"])
+def test_each_member_takes_its_own_clipped_sgd_step(normalization):
     torch.manual_seed(0)
     task = Memorize(seed=0, epoch_windows=2, valid_samples=30, test_samples=30)
     model = PopulationModel(zoo.get("gru"), 3, task.input_size, task.output_size, 8, 2,
                             "embedding")
     model.reset_parameters([1.0, 2.0, 0.5], [1, 2, 3])
     max_norms = torch.tensor([1e-3, 1e6, 1.0])  # member 1 is never clipped
-    steps = PopulationSteps(model, task, 4, 20, max_norms, None, capture=False)
+    steps = PopulationSteps(model, task, 4, 20, max_norms, None, capture=False,
+                            loss_normalization=normalization)
     steps.learning_rates.copy_(torch.tensor([0.5, 0.2, 1.0]))
     steps.load(next(iter(task.batches("train", 4, 20, epoch=1))))
     assert steps.mask.sum() > 0
@@ -28,10 +33,13 @@ def test_each_member_takes_its_own_clipped_sgd_step():
     nll = torch.nn.functional.cross_entropy(
         logits.flatten(0, 2), steps.targets.unsqueeze(1).expand(-1, 3, -1).flatten(),
         reduction="none").view(logits.shape[:3]) * steps.mask.unsqueeze(1)
-    grads = torch.autograd.grad(nll.sum() / 4, [dict(model.named_parameters())[n] for n in names])
+    divisor = 4 if normalization == "minibatch" else steps.mask.sum()  # minibatch of 4 rows
+    grads = torch.autograd.grad(nll.sum() / divisor,
+                                [dict(model.named_parameters())[n] for n in names])
     norms = torch.stack([g.flatten(1).square().sum(1) for g in grads]).sum(0).sqrt()
     scale = steps.learning_rates * torch.clamp(max_norms / (norms + 1e-6), max=1.0)
     assert scale[0] < 0.5 and scale[1] == 0.2  # member 0 is clipped, member 1 is not
+    assert steps.mask.sum() != 4  # the two normalizations differ on this window
 
     steps.train_step()
     for name, g in zip(names, grads):

@@ -12,7 +12,12 @@ from rich.table import Table
 
 from cellsearch import zoo
 from cellsearch.errors import UserError
-from cellsearch.train.hyperparameters import MUSIC_TASKS, SearchSpace, parse_assignments
+from cellsearch.train.hyperparameters import (
+    LOSS_NORMALIZATIONS,
+    MUSIC_TASKS,
+    SearchSpace,
+    parse_assignments,
+)
 from cellsearch.train.result import Result
 
 
@@ -32,6 +37,9 @@ def register(subparsers) -> None:
     parser.add_argument("--max-epochs", type=int, help="cap every schedule at this many epochs")
     parser.add_argument("--epoch-windows", type=int,
                         help="training windows per epoch of a synthetic task")
+    parser.add_argument("--loss-normalization", choices=LOSS_NORMALIZATIONS, default="minibatch",
+                        help="divide a window's summed loss by the minibatch size (§3.7, the "
+                             "default) or by its scored targets (docs/fidelity.md)")
     parser.add_argument("--data-dir", help="where ptb/ and music/ live (default $CELLSEARCH_DATA)")
     parser.add_argument("--json", action="store_true", help="one JSON object per trial")
     parser.set_defaults(run=run_evaluate)
@@ -71,7 +79,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
         results = evaluate(graph, args.task, settings, device=args.device, data_dir=args.data_dir,
                            schedule=schedule, max_epochs=args.max_epochs,
                            epoch_windows=args.epoch_windows, data_seed=args.seed,
-                           on_progress=on_progress)
+                           loss_normalization=args.loss_normalization, on_progress=on_progress)
     if args.json:
         for result in results:
             print(json.dumps(result_record(args.cell, result)))

@@ -38,6 +38,7 @@ from cellsearch.search.procedure import (
     Request,
     Search,
     StepEnding,
+    initial_hashes,
 )
 from cellsearch.storage.base import Storage
 from cellsearch.storage.records import StepRecord, TopEntry
@@ -129,6 +130,7 @@ def plan_run(
         return RunPlan(
             None, load_config(preset=preset, path=config_path, assignments=assignments), None
         )
+    check_initial_cells(storage, run.run_id)
     stored = SearchConfig.from_dict(run.config)
     config = load_config(base=run.config, preset=preset, path=config_path, assignments=assignments)
     if (
@@ -148,6 +150,25 @@ def plan_run(
             " use a new --db for a new search"
         )
     return RunPlan(run.run_id, config, stored)
+
+
+def check_initial_cells(storage: Storage, run_id: int) -> None:
+    """UserError when the run began from other LSTM and GRU graphs than the zoo's (a database of
+    a cellsearch whose LSTM had the output gate as §2 prints it): resuming would rank every
+    candidate against a reference the run never evaluated."""
+    stored = {
+        record.hash: record.mutation
+        for record in storage.get_architectures(run_id)
+        if record.created_step == 0 and record.parent_hash is None
+    }
+    expected, _ = initial_hashes()
+    if set(stored) - set(expected):  # (a crash during step 0 may have stored only some)
+        names = ", ".join(sorted(str(mutation) for mutation in stored.values()))
+        raise UserError(
+            f"this database's search began from other initial cells ({names}) than this"
+            " cellsearch's LSTM and GRU (the LSTM's output gate is now the sigmoid the paper's"
+            " authors trained: docs/fidelity.md); it cannot be resumed, use a new --db"
+        )
 
 
 def start_run(storage: Storage, plan: RunPlan) -> int:

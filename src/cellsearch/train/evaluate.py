@@ -19,7 +19,7 @@ from cellsearch.errors import UserError
 from cellsearch.graph import CellGraph
 from cellsearch.tasks import Task, shared_task, task_options
 from cellsearch.train.budget import hidden_size_for_budget, parameter_count
-from cellsearch.train.hyperparameters import Settings
+from cellsearch.train.hyperparameters import LOSS_NORMALIZATIONS, Settings
 from cellsearch.train.model import default_engine, input_kind
 from cellsearch.train.packing import population_limit
 from cellsearch.train.result import FAILED, Result
@@ -72,6 +72,7 @@ def evaluate(
     capture: bool = True,
     engine: str | None = None,
     stop_at: float | None = None,
+    loss_normalization: str = "minibatch",
     on_progress: Callable[[Progress], None] | None = None,
 ) -> list[Result]:
     """Train each setting of `graph` on `task`; one Result per setting, in the given order.
@@ -82,8 +83,14 @@ def evaluate(
     memory: `packing`); `data_seed` selects the training stream, shared by all members; `capture`
     replays training steps from CUDA graphs on a GPU and `engine` picks how each layer runs
     (`model.ENGINES`; by default generated kernels on CUDA, eager on CPU); `stop_at` ends a member once its validation
-    metric reaches it. On CUDA, matmuls use TF32 (as the speed targets assume).
+    metric reaches it; `loss_normalization` divides a window's summed loss by the minibatch size
+    ("minibatch", §3.7) or by its scored targets ("targets"; docs/fidelity.md). On CUDA, matmuls use TF32 (as the speed targets assume).
     """
+    if loss_normalization not in LOSS_NORMALIZATIONS:
+        raise UserError(
+            f"loss_normalization must be one of {', '.join(LOSS_NORMALIZATIONS)},"
+            f" got {loss_normalization!r}"
+        )
     if not settings:
         return []
     torch_device = resolve_device(device)
@@ -121,7 +128,7 @@ def evaluate(
             return train_population(
                 graph, task, members, hidden, count, device=torch_device,
                 schedule=schedule, max_epochs=max_epochs, capture=capture, engine=engine,
-                stop_at=stop_at, on_progress=on_progress,
+                stop_at=stop_at, loss_normalization=loss_normalization, on_progress=on_progress,
             )
         except Exception as error:  # noqa: BLE001 - a broken run is a recorded result (ARCHITECTURE)
             reason = f"{type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}"

@@ -63,6 +63,9 @@ MAX_EPOCHS = (4, 7, 11)
 DECAYS = (0.5, 0.65, 0.8)
 
 MUSIC_TASKS = ("nottingham", "piano-midi", "jsb", "musedata")
+# What a training window's summed loss is divided by (docs/fidelity.md, "The loss"): the minibatch
+# size, as §3.7 and the code the paper builds on do, or the number of targets the window scores.
+LOSS_NORMALIZATIONS = ("minibatch", "targets")
 PARAMETER_BUDGETS: Mapping[str, tuple[int, ...]] = {
     "memorize": (25_000,),
     "arith": (250_000, 1_000_000),

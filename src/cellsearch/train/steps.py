@@ -23,6 +23,7 @@ import torch
 
 from cellsearch.tasks import Batch, Task
 from cellsearch.tasks import metrics as task_metrics
+from cellsearch.train.hyperparameters import LOSS_NORMALIZATIONS
 from cellsearch.train.model import Dropout, PopulationModel
 
 WARMUP_CALLS = 2  # eager calls before capture (lazy initialisation of cuBLAS, autograd, ...)
@@ -96,7 +97,14 @@ class PopulationSteps:
         max_norms: torch.Tensor,  # (K,)
         dropout: Dropout | None,
         capture: bool,
+        loss_normalization: str = "minibatch",
     ):
+        if loss_normalization not in LOSS_NORMALIZATIONS:
+            raise ValueError(
+                f"loss_normalization must be one of {', '.join(LOSS_NORMALIZATIONS)},"
+                f" got {loss_normalization!r}"
+            )
+        self.per_target = loss_normalization == "targets"
         device = max_norms.device
         K = model.population_size
         self.model, self.task = model, task
@@ -170,8 +178,10 @@ class PopulationSteps:
             self.dropout.window.add_(1)  # fresh masks for the next window
         self.finite &= torch.isfinite(loss_sums.detach())
         # Each member's loss depends on its own parameters only, so one backward of the sum gives
-        # every member its own gradient; dividing by the minibatch size as §3.7 says.
-        (loss_sums.sum() / self.mask.shape[1]).backward()
+        # every member its own gradient; divided by the minibatch size as §3.7 says, or by the
+        # window's scored targets (a tensor: no host synchronisation in a captured step).
+        divisor = self.mask.sum().clamp(min=1.0) if self.per_target else self.mask.shape[1]
+        (loss_sums.sum() / divisor).backward()
         self._clipped_sgd_step()
 
     @torch.no_grad()

@@ -56,6 +56,7 @@ def train_population(
     capture: bool = True,
     engine: str | None = None,
     stop_at: float | None = None,
+    loss_normalization: str = "minibatch",
     on_progress: Callable[[Progress], None] | None = None,
 ) -> list[Result]:
     """Train every setting (all with the same num_layers) and return one Result each, in order.
@@ -63,7 +64,9 @@ def train_population(
     On CUDA, `capture` replays each window's step from a CUDA graph (see `steps`); `engine`
     (`model.ENGINES`, default `model.default_engine`) picks how each layer runs. `stop_at`
     ends a member's training once its validation metric reaches that value (accuracy at least,
-    or nll at most): the memorization filter only asks whether a cell gets to 95%."""
+    or nll at most): the memorization filter only asks whether a cell gets to 95%.
+    `loss_normalization` (`steps.LOSS_NORMALIZATIONS`) says what a window's summed loss is divided
+    by: the minibatch size (the paper's words) or its scored targets."""
     started = time.perf_counter()
     device = torch.device(device)
     K = len(settings)
@@ -86,7 +89,8 @@ def train_population(
         seeds = torch.tensor([s.seed for s in settings], device=device)
         dropout = Dropout(per_member([s.dropout for s in settings]), seeds)
     steps = PopulationSteps(model, task, batch_size, num_steps, max_norms, dropout,
-                            capture=capture and device.type == "cuda")
+                            capture=capture and device.type == "cuda",
+                            loss_normalization=loss_normalization)
     schedules = [schedule_for(schedule, s) for s in settings]
     active = [True] * K
     status = [OK] * K

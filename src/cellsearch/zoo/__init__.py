@@ -1,6 +1,8 @@
-"""The paper's cells, one equation file each (`<name>.cell`), exactly as the paper writes them.
+"""The paper's cells, one equation file each (`<name>.cell`), as the paper's authors trained them.
 
-tanh, lstm, lstm-f, lstm-i, lstm-o, lstm-b (§2, §4), gru (§2.3), mut1, mut2, mut3 (§4).
+tanh, lstm, lstm-f, lstm-i, lstm-o, lstm-b (§2, §4), gru (§2.3), mut1, mut2, mut3 (§4): the cells of
+the paper's tables (`PAPER_CELLS`). The LSTMs have a sigmoid output gate where §2 prints a tanh;
+`lstm-as-printed` is §2's text to the letter (docs/fidelity.md).
 """
 
 from __future__ import annotations
@@ -14,9 +16,13 @@ from cellsearch.errors import UserError
 from cellsearch.graph import CellGraph
 
 
+# The rows of the paper's Tables 1-3, in their order.
+PAPER_CELLS = ("tanh", "lstm", "lstm-f", "lstm-i", "lstm-o", "lstm-b", "gru", "mut1", "mut2", "mut3")
+
+
 def names() -> tuple[str, ...]:
-    """The zoo's cell names, in the order of the paper's tables."""
-    return ("tanh", "lstm", "lstm-f", "lstm-i", "lstm-o", "lstm-b", "gru", "mut1", "mut2", "mut3")
+    """The zoo's cell names: the paper's tables' cells in their order, then `lstm-as-printed`."""
+    return (*PAPER_CELLS, "lstm-as-printed")
 
 
 def source(name: str) -> str:
