@@ -13,7 +13,7 @@ import sys
 from cellsearch.errors import UserError
 
 # Command modules, in the order `cellsearch --help` lists them.
-_COMMAND_MODULES = ("cells", "data", "evaluate", "search", "bench")
+_COMMAND_MODULES = ("cells", "data", "evaluate", "search", "report", "bench")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -227,10 +227,13 @@ def read_config_file(path: str | Path) -> dict[str, Any]:
     return data
 
 
-def apply_assignment(data: dict[str, Any], assignment: str) -> None:
+def apply_assignment(
+    data: dict[str, Any], assignment: str, known: Iterable[str] | None = None
+) -> None:
     """Apply one `--set key=value`: the value is read as JSON when it parses (numbers, lists,
     `null`), else as a string; `none` is None. A dotted key reaches into a table:
-    `space_overrides.arith.num_parameters=[5000]`, `evaluation_options.max_epochs=2`."""
+    `space_overrides.arith.num_parameters=[5000]`, `evaluation_options.max_epochs=2`. The first
+    part of the key must be in `known` (default: the search's settings)."""
     name, separator, text = assignment.partition("=")
     name, text = name.strip(), text.strip()
     if not separator or not name:
@@ -243,10 +246,11 @@ def apply_assignment(data: dict[str, Any], assignment: str) -> None:
         except json.JSONDecodeError:
             value = text
     *path, last = name.split(".")
-    known = [item.name for item in dataclasses.fields(SearchConfig)]
+    kind = "setting" if known is not None else "search setting"
+    known = list(known or (item.name for item in dataclasses.fields(SearchConfig)))
     if (path[0] if path else last) not in known:
         raise UserError(
-            f"unknown search setting {name.split('.')[0]!r} in --set; known: {', '.join(known)}"
+            f"unknown {kind} {name.split('.')[0]!r} in --set; known: {', '.join(known)}"
         )
     target = data
     for part in path:

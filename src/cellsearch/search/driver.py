@@ -130,6 +130,11 @@ def plan_run(
         return RunPlan(
             None, load_config(preset=preset, path=config_path, assignments=assignments), None
         )
+    if run.kind != "search":
+        raise UserError(
+            f"this database holds a {run.kind} (cellsearch reproduce), not a search;"
+            " use a new --db for `cellsearch search`"
+        )
     check_initial_cells(storage, run.run_id)
     stored = SearchConfig.from_dict(run.config)
     config = load_config(base=run.config, preset=preset, path=config_path, assignments=assignments)

@@ -76,6 +76,10 @@ def select_run(storage: Storage) -> RunRecord:
     run = storage.latest_run()
     if run is None:
         raise UserError("the database holds no search run yet; start one with `cellsearch search`")
+    if run.kind != "search":
+        raise UserError(
+            f"this database holds a {run.kind}, not a search: see it with `cellsearch report`"
+        )
     return run
 
 

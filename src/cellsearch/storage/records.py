@@ -19,13 +19,18 @@ FILTER_OUTCOMES = (FILTER_PASSED, FILTER_FAILED, FILTER_EXEMPT)
 
 @dataclass(frozen=True)
 class RunRecord:
-    """One search run: its resolved configuration (a JSON object) and when it was made and last
-    changed (ISO 8601 UTC)."""
+    """One run: its resolved configuration (a JSON object) and when it was made and last changed
+    (ISO 8601 UTC). A search's configuration is a `SearchConfig`'s; a reproduction of the paper's
+    tables (`cellsearch reproduce`) says `"kind": "reproduction"`."""
 
     run_id: int
     config: Mapping[str, Any]
     created_at: str
     updated_at: str
+
+    @property
+    def kind(self) -> str:
+        return str(self.config.get("kind", "search"))
 
 
 @dataclass(frozen=True)
