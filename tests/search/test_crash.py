@@ -153,6 +153,7 @@ def test_sigkill_at_random_moments_loses_and_repeats_nothing(tmp_path, executor)
         process.wait(timeout=120)
         assert process.returncode == 0, log.read_text()
         break
+    print(f"{kills} SIGKILLs ({' '.join(executor) or 'in process'})")  # shown with pytest -s
     assert kills >= KILLS // 2  # a fast machine may finish the run in fewer lives
     assert integrity(path) == "ok"
     final = stored_rows(path)

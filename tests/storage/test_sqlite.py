@@ -33,12 +33,16 @@ def test_a_database_survives_reopening(tmp_path):
         assert storage.get_top_list(run) == [TopEntry("a", 1.0)]
 
 
-def test_the_file_is_marked_and_in_wal_mode(tmp_path):
+def test_the_file_is_marked_in_wal_mode_while_open_and_stands_alone_after(tmp_path):
     path = tmp_path / "search.db"
-    SQLiteStorage(path).close()
+    storage = SQLiteStorage(path)
+    storage.create_run({})
+    assert storage._connection.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    storage.close()
+    assert [item.name for item in tmp_path.iterdir()] == ["search.db"]
     connection = sqlite3.connect(path)
     assert connection.execute("PRAGMA application_id").fetchone()[0] == APPLICATION_ID
-    assert connection.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    assert connection.execute("PRAGMA journal_mode").fetchone()[0] == "delete"
     assert connection.execute("SELECT version FROM cellsearch_schema").fetchall() == [
         (SCHEMA_VERSION,)
     ]

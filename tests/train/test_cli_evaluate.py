@@ -8,11 +8,19 @@ TINY = ["--task", "memorize", "--max-epochs", "1", "--epoch-windows", "2",
         "--set", "num_parameters=2000", "--device", "cpu"]
 
 
+def strict_json(text: str):
+    """json.loads refusing NaN and Infinity, which are not JSON."""
+    def refuse(constant):
+        raise ValueError(f"{constant} is not JSON")
+
+    return json.loads(text, parse_constant=refuse)
+
+
 def test_evaluate_json_one_object_per_trial(capsys):
     assert main(["evaluate", "--cell", "gru", "--trials", "2", "--json", *TINY]) == 0
     lines = capsys.readouterr().out.strip().splitlines()
     assert len(lines) == 2
-    records = [json.loads(line) for line in lines]
+    records = [strict_json(line) for line in lines]
     for record in records:
         assert record["cell"] == "gru" and record["task"] == "memorize"
         assert record["metric"] == "accuracy" and 0 <= record["value"] <= 1
@@ -21,6 +29,20 @@ def test_evaluate_json_one_object_per_trial(capsys):
         assert record["hyperparameters"]["num_parameters"] == 2000
         assert "perplexity" in record["test"]
     assert records[0]["hyperparameters"] != records[1]["hyperparameters"]
+
+
+def test_a_diverged_trial_is_strict_json_with_nulls():
+    from cellsearch.cli.evaluate import result_record
+    from cellsearch.train.hyperparameters import SearchSpace
+    from cellsearch.train.result import DIVERGED, Result
+
+    settings = next(iter(SearchSpace.for_task("memorize").grid()))
+    diverged = Result(task="memorize", settings=settings, hidden_size=8, num_parameters=2000,
+                      metric="accuracy", status=DIVERGED, reason="the training loss became NaN",
+                      valid={"accuracy": float("nan"), "nll": float("inf")}, test={})
+    record = strict_json(json.dumps(result_record("gru", diverged)))
+    assert record["value"] is None and record["valid"] == {"accuracy": None, "nll": None}
+    assert record["status"] == "diverged" and "NaN" in record["reason"]
 
 
 def test_evaluate_set_pins_a_setting_and_prints_a_table(capsys):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import random
 
 from rich.console import Console
@@ -89,7 +90,8 @@ def run_evaluate(args: argparse.Namespace) -> int:
 
 
 def result_record(cell: str, result: Result) -> dict:
-    """The JSON line of one trial."""
+    """The JSON line of one trial: strict JSON, a metric that is NaN or infinite (a diverged or
+    failed run; `status` and `reason` say which) written as null."""
     return {
         "cell": cell,
         "task": result.task,
@@ -97,15 +99,19 @@ def result_record(cell: str, result: Result) -> dict:
         "hidden_size": result.hidden_size,
         "parameter_count": result.num_parameters,
         "metric": result.metric,
-        "value": result.value,
-        "valid": dict(result.valid),
-        "test": dict(result.test),
+        "value": _finite(result.value),
+        "valid": {name: _finite(value) for name, value in result.valid.items()},
+        "test": {name: _finite(value) for name, value in result.test.items()},
         "epochs": result.epochs,
         "wall_seconds": round(result.wall_seconds, 3),
         "status": result.status,
         "reason": result.reason,
         "device": result.device,
     }
+
+
+def _finite(value: float) -> float | None:
+    return value if math.isfinite(value) else None
 
 
 def results_table(cell: str, results: list[Result]) -> Table:

@@ -46,8 +46,7 @@ __all__ = [
 
 
 def open_storage(path: str | Path, *, create: bool = True) -> Storage:
-    """The storage in file `path` (SQLite). With `create=False` a missing file is a UserError
-    instead of a new database (for commands that only read, like `cellsearch top`)."""
-    if not create and not Path(path).exists():
-        raise UserError(f"no database at {path}; run `cellsearch search --db {path}` first")
-    return SQLiteStorage(path)
+    """The storage in file `path` (SQLite). With `create=False` (commands that only read, like
+    `cellsearch top`) the file is opened read-only: a missing or empty file is a UserError, and
+    no file is created or changed."""
+    return SQLiteStorage(path) if create else SQLiteStorage(path, read_only=True)

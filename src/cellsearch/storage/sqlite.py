@@ -154,14 +154,24 @@ class SQLiteStorage(Storage):
     version this code reads, else UserError, and the file is left exactly as it was.
     """
 
-    def __init__(self, path: str | Path):
-        self.path = str(path)
+    def __init__(self, path: str | Path, *, read_only: bool = False):
+        """`read_only`: open an existing database through a read-only connection (`mode=ro`),
+        which never creates, changes or adds to any file; what is not a cellsearch database,
+        an empty file included, is a UserError."""
+        self.path, self.read_only = str(path), read_only
+        if read_only:
+            check_database(self.path, must_exist=True)
+            uri = f"file:{quote(str(Path(self.path).resolve()))}?mode=ro"
+            self._connection = sqlite3.connect(uri, uri=True, isolation_level=None, timeout=30.0)
+            self._wal = False
+            return
         if self.path != MEMORY:
             check_database(self.path)
         self._connection = sqlite3.connect(self.path, isolation_level=None, timeout=30.0)
         self._connection.execute("PRAGMA foreign_keys = ON")
-        if self.path != MEMORY:
-            self._connection.execute("PRAGMA journal_mode = WAL")
+        # WAL (readers never wait for the writer) from the first write on: opening alone changes
+        # nothing, so a start that fails its checks leaves the file as it was.
+        self._wal = False
         if not _has_schema(self._connection):
             # One script, one transaction: a crash leaves either no schema or all of it.
             self._connection.executescript(
@@ -364,6 +374,14 @@ class SQLiteStorage(Storage):
     # -- lifecycle --------------------------------------------------------------------------------
 
     def close(self) -> None:
+        if self._wal:
+            # Out of WAL mode when the writer is done: the file then stands alone, and a reader
+            # (`mode=ro`) needs no -wal and -shm files, which it would otherwise create. Fails
+            # harmlessly while another connection is open; the next close tries again.
+            try:
+                self._connection.execute("PRAGMA journal_mode = DELETE")
+            except sqlite3.Error:
+                pass
         self._connection.close()
 
     # -- helpers ----------------------------------------------------------------------------------
@@ -372,6 +390,9 @@ class SQLiteStorage(Storage):
     def _transaction(self) -> Iterator[sqlite3.Connection]:
         """One write transaction, taken with the write lock from its start (BEGIN IMMEDIATE)."""
         connection = self._connection
+        if not self._wal and self.path != MEMORY:
+            connection.execute("PRAGMA journal_mode = WAL")
+            self._wal = True
         connection.execute("BEGIN IMMEDIATE")
         try:
             yield connection
@@ -412,14 +433,19 @@ class SQLiteStorage(Storage):
         return row[0], [tuple(entry) for entry in rows]
 
 
-def check_database(path: str) -> None:
-    """Raise UserError unless `path` is absent, empty, or a cellsearch database this code reads.
+def check_database(path: str, must_exist: bool = False) -> None:
+    """Raise UserError unless `path` is a cellsearch database this code reads, or (unless
+    `must_exist`) absent or empty.
 
     Reads through a read-only connection, so a file that is refused is never modified.
     """
     file = Path(path)
     if file.is_dir():
         raise UserError(f"{path} is a directory, not a cellsearch database")
+    if must_exist and not file.exists():
+        raise UserError(f"no database at {path}; run `cellsearch search --db {path}` first")
+    if must_exist and file.stat().st_size == 0:
+        raise UserError(f"{path} is empty: not a cellsearch database")
     if not file.parent.is_dir():
         raise UserError(f"cannot create {path}: directory {file.parent} does not exist")
     if not file.exists() or file.stat().st_size == 0:
