@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Iterator
 
 from cellsearch.errors import UserError
-from cellsearch.executors import DEFAULT_EVALUATOR, EXECUTORS, make_executor, resolve_function
+from cellsearch.executors import DEFAULT_EVALUATOR, EXECUTORS, make_executor
 from cellsearch.search import (
     Event,
     JobCompleted,
@@ -35,6 +35,7 @@ from cellsearch.search import (
     StageStarted,
     StepCompleted,
     check_evaluator,
+    check_mutator,
     plan_run,
     run_search,
     select_run,
@@ -173,18 +174,30 @@ def _sole_driver(path: Path) -> Iterator[None]:
 
 
 def _check_start(config: SearchConfig, args: argparse.Namespace) -> MutateFunction:
-    """What would otherwise fail every evaluation: the evaluator and its options, the mutation
-    operator (returned, resolved), and, for the default trainer, the device and every task's data
-    (downloaded now when missing, once, rather than by each worker)."""
-    check_evaluator(config)
-    mutate = resolve_function(config.mutator)
+    """What would otherwise fail every evaluation or step, all reported at once: the evaluator
+    and its options, the mutation operator (returned, resolved), and, for the default trainer,
+    the device and every task's data (downloaded now when missing, once, rather than by each
+    worker)."""
+    problems: list[str] = []
+
+    def attempt(check):
+        try:
+            return check()
+        except UserError as error:
+            problems.append(str(error))
+            return None
+
+    attempt(lambda: check_evaluator(config))
+    mutate = attempt(lambda: check_mutator(config))
     if config.evaluator == DEFAULT_EVALUATOR:
         from cellsearch.tasks import get_task
         from cellsearch.train.evaluate import resolve_device
 
-        resolve_device(args.device)
+        attempt(lambda: resolve_device(args.device))
         for task in (*config.tasks, config.filter_task):
-            get_task(task, data_dir=args.data_dir)
+            attempt(lambda: get_task(task, data_dir=args.data_dir))
+    if problems:
+        raise UserError("\n".join(problems))
     return mutate
 
 

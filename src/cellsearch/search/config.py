@@ -42,7 +42,7 @@ import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
-from typing import Any, Iterable, Mapping
+from typing import Any, Callable, Iterable, Mapping
 
 from cellsearch.errors import UserError
 from cellsearch.executors.base import DEFAULT_EVALUATOR
@@ -80,48 +80,47 @@ class SearchConfig:
     max_evaluations: int | None = None
 
     def __post_init__(self) -> None:
-        tasks = self.tasks
-        if isinstance(tasks, str) or not isinstance(tasks, Iterable):
-            raise UserError(f"search setting tasks must be a list of task names, got {tasks!r}")
-        tasks = tuple(tasks)
-        if not tasks or len(set(tasks)) != len(tasks):
-            raise UserError(
-                f"search setting tasks must list one or more distinct tasks, got {list(tasks)}"
-            )
-        for task in (*tasks, self.filter_task):
-            if task not in TASKS:
-                raise UserError(
-                    f"unknown task {task!r} in the search settings; known: {', '.join(TASKS)}"
-                )
-        if self.filter_task in tasks:
-            raise UserError(f"the filter task {self.filter_task} cannot also be a search task")
-        object.__setattr__(self, "tasks", tasks)
-        _fraction("filter_threshold", self.filter_threshold)
-        _number("task_threshold", self.task_threshold, minimum=0.0)
-        _fraction("reevaluate_probability", self.reevaluate_probability)
+        """Check every setting; one UserError listing every problem, a line each."""
+        problems: list[str] = []
+
+        def check(function: Callable[..., Any], *args: Any) -> Any:
+            try:
+                return function(*args)
+            except UserError as error:
+                problems.append(str(error))
+                return None
+
+        tasks = check(_checked_tasks, self.tasks, self.filter_task)
+        if tasks is not None:
+            object.__setattr__(self, "tasks", tasks)
+        check(_fraction, "filter_threshold", self.filter_threshold)
+        check(_number, "task_threshold", self.task_threshold, 0.0)
+        check(_fraction, "reevaluate_probability", self.reevaluate_probability)
         for name in (
             "settings_per_task", "best_settings", "top_size", "job_size", "steps_in_flight"
         ):
-            _integer(name, getattr(self, name), minimum=1)
-        _integer("experienced_parent", self.experienced_parent, minimum=0)
-        _integer("seed", self.seed, minimum=0)
+            check(_integer, name, getattr(self, name), 1)
+        check(_integer, "experienced_parent", self.experienced_parent, 0)
+        check(_integer, "seed", self.seed, 0)
         for name, minimum in (("initial_settings", 1), ("max_steps", 0), ("max_evaluations", 0)):
             if getattr(self, name) is not None:
-                _integer(name, getattr(self, name), minimum=minimum)
+                check(_integer, name, getattr(self, name), minimum)
         for name in ("evaluator", "mutator"):
-            value = getattr(self, name)
-            if (
-                not isinstance(value, str)
-                or value.count(":") != 1
-                or value.startswith(":")
-                or value.endswith(":")
-            ):
-                raise UserError(
-                    f"search setting {name} must name a function as 'module:function',"
-                    f" got {value!r}"
-                )
-        object.__setattr__(self, "space_overrides", self._checked_overrides())
-        object.__setattr__(self, "evaluation_options", _checked_options(self.evaluation_options))
+            check(_function_name, name, getattr(self, name))
+        options = check(_checked_options, self.evaluation_options)
+        if options is not None:
+            object.__setattr__(self, "evaluation_options", options)
+            if self.evaluator == DEFAULT_EVALUATOR:
+                from cellsearch.train.options import option_problems
+
+                problems += option_problems(options)
+        if tasks is not None:
+            overrides = check(self._checked_overrides)
+            if overrides is not None:
+                object.__setattr__(self, "space_overrides", overrides)
+                problems += self._budget_problems()
+        if problems:
+            raise UserError("\n".join(problems))
 
     # -- reading and writing ----------------------------------------------------------------------
 
@@ -129,7 +128,7 @@ class SearchConfig:
     def from_dict(cls, data: Mapping[str, Any]) -> SearchConfig:
         """A config from plain values (JSON, TOML); UserError naming any unknown key."""
         if not isinstance(data, Mapping):
-            raise UserError(f"a search configuration must be a table of settings, got {data!r}")
+            raise UserError(f"a search configuration must be a table of settings, got {_short(data)}")
         known = [item.name for item in dataclasses.fields(cls)]
         unknown = sorted(set(data) - set(known))
         if unknown:
@@ -160,28 +159,58 @@ class SearchConfig:
         """The hyperparameter space the search draws from for `task` (no dropout, §3.5)."""
         return SearchSpace.for_search(task, self.space_overrides.get(task))
 
+    def _budget_problems(self) -> list[str]:
+        """The parameter budgets of the spaces that the initial LSTM or GRU cannot meet with
+        some number of layers of the space (a model needs at least one hidden unit)."""
+        from cellsearch import zoo
+        from cellsearch.tasks import model_sizes
+        from cellsearch.train.budget import hidden_size_for_budget
+
+        problems = []
+        for task in (*self.tasks, self.filter_task):
+            choices = self.space(task).choices
+            input_size, output_size, input_kind = model_sizes(task)
+            for budget in choices["num_parameters"]:
+                for layers in choices["num_layers"]:
+                    for name in ("lstm", "gru"):
+                        graph = zoo.get(name)
+                        try:
+                            hidden_size_for_budget(
+                                budget, matrices_per_layer=graph.num_matrices,
+                                biases_per_layer=graph.num_biases, num_layers=layers,
+                                input_size=input_size, output_size=output_size,
+                                input_kind=input_kind,
+                            )
+                        except UserError as error:
+                            problems.append(f"space_overrides.{task}.num_parameters: {error}")
+                            break
+        return list(dict.fromkeys(problems))
+
     def _checked_overrides(self) -> Mapping[str, Mapping[str, tuple[Any, ...]]]:
         overrides = self.space_overrides
         if not isinstance(overrides, Mapping):
-            raise UserError(f"space_overrides must map task names to overrides, got {overrides!r}")
+            raise UserError(f"space_overrides must map task names to overrides, got {_short(overrides)}")
         checked: dict[str, Mapping[str, tuple[Any, ...]]] = {}
         allowed = (*self.tasks, self.filter_task)
         for task, values in overrides.items():
             if task not in allowed:
                 raise UserError(
-                    f"space_overrides names task {task!r}, which this search does not use"
+                    f"space_overrides names task {_short(task)}, which this search does not use"
                     f" ({', '.join(allowed)})"
                 )
             if not isinstance(values, Mapping):
                 raise UserError(
                     f"space_overrides.{task} must map hyperparameters to value lists,"
-                    f" got {values!r}"
+                    f" got {_short(values)}"
                 )
             normalized = {
                 name: (tuple(choices) if isinstance(choices, (list, tuple)) else (choices,))
                 for name, choices in values.items()
             }
-            space = SearchSpace.for_search(task, normalized)  # UserError for a bad name or value
+            try:  # UserError for a bad name or value
+                space = SearchSpace.for_search(task, normalized)
+            except UserError as error:
+                raise UserError(f"space_overrides.{task}: {error}") from None
             checked[task] = MappingProxyType({name: space.choices[name] for name in normalized})
         return MappingProxyType(checked)
 
@@ -212,16 +241,17 @@ def read_config_file(path: str | Path) -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():
         raise UserError(f"no configuration file {path}")
-    text = path.read_text(encoding="utf-8")
+    if path.suffix not in (".json", ".toml"):
+        raise UserError(f"{path}: a configuration file must end in .json or .toml")
     try:
-        if path.suffix == ".toml":
-            data = tomllib.loads(text)
-        elif path.suffix == ".json":
-            data = json.loads(text)
-        else:
-            raise UserError(f"{path}: a configuration file must end in .json or .toml")
-    except (json.JSONDecodeError, tomllib.TOMLDecodeError) as error:
-        raise UserError(f"{path}: {error}") from None
+        text = path.read_text(encoding="utf-8")
+        data = tomllib.loads(text) if path.suffix == ".toml" else json.loads(text)
+    except UnicodeDecodeError as error:
+        raise UserError(f"{path} is not UTF-8 text: {error.reason} at byte {error.start}") from None
+    except RecursionError:
+        raise UserError(f"{path}: nested too deeply to be a search configuration") from None
+    except ValueError as error:  # JSON and TOML syntax errors, integers of over 4,300 digits
+        raise UserError(f"{path}: {_short(str(error), 200)}") from None
     if not isinstance(data, dict):
         raise UserError(f"{path}: expected a table of settings")
     return data
@@ -237,7 +267,7 @@ def apply_assignment(
     name, separator, text = assignment.partition("=")
     name, text = name.strip(), text.strip()
     if not separator or not name:
-        raise UserError(f"--set expects key=value (e.g. top_size=10), got {assignment!r}")
+        raise UserError(f"--set expects key=value (e.g. top_size=10), got {_short(assignment)}")
     if text.lower() == "none":
         value: Any = None
     else:
@@ -245,12 +275,16 @@ def apply_assignment(
             value = json.loads(text)
         except json.JSONDecodeError:
             value = text
+        except RecursionError:
+            raise UserError(f"--set {_short(name)}: the value is nested too deeply") from None
+        except ValueError as error:  # e.g. an integer of over 4,300 digits
+            raise UserError(f"--set {_short(name)}: {_short(str(error), 120)}") from None
     *path, last = name.split(".")
     kind = "setting" if known is not None else "search setting"
     known = list(known or (item.name for item in dataclasses.fields(SearchConfig)))
     if (path[0] if path else last) not in known:
         raise UserError(
-            f"unknown {kind} {name.split('.')[0]!r} in --set; known: {', '.join(known)}"
+            f"unknown {kind} {_short(name.split('.')[0])} in --set; known: {', '.join(known)}"
         )
     target = data
     for part in path:
@@ -263,9 +297,48 @@ def apply_assignment(
     target[last] = value
 
 
+def _checked_tasks(tasks: Any, filter_task: Any) -> tuple[str, ...]:
+    if isinstance(tasks, str) or not isinstance(tasks, Iterable):
+        raise UserError(f"search setting tasks must be a list of task names, got {_short(tasks)}")
+    tasks = tuple(tasks)
+    if not tasks or not all(isinstance(task, str) for task in tasks) or len(set(tasks)) != len(tasks):
+        raise UserError(
+            f"search setting tasks must list one or more distinct tasks, got {_short(list(tasks))}"
+        )
+    for task in (*tasks, filter_task):
+        if not isinstance(task, str) or task not in TASKS:
+            raise UserError(
+                f"unknown task {_short(task)} in the search settings; known: {', '.join(TASKS)}"
+            )
+    if filter_task in tasks:
+        raise UserError(f"the filter task {filter_task} cannot also be a search task")
+    return tasks
+
+
+def _function_name(name: str, value: Any) -> None:
+    if (
+        not isinstance(value, str)
+        or value.count(":") != 1
+        or value.startswith(":")
+        or value.endswith(":")
+    ):
+        raise UserError(
+            f"search setting {name} must name a function as 'module:function', got {_short(value)}"
+        )
+
+
+def _short(value: Any, limit: int = 80) -> str:
+    """`value`'s repr, cut to `limit` characters (an error message is one readable line)."""
+    try:
+        text = repr(value)
+    except (RecursionError, ValueError):  # deeply nested, or an int of too many digits
+        return f"a {type(value).__name__}"
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
 def _integer(name: str, value: Any, minimum: int) -> None:
     if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise UserError(f"search setting {name} must be an integer >= {minimum}, got {value!r}")
+        raise UserError(f"search setting {name} must be an integer >= {minimum}, got {_short(value)}")
 
 
 def _number(name: str, value: Any, minimum: float) -> None:
@@ -275,13 +348,13 @@ def _number(name: str, value: Any, minimum: float) -> None:
         or not math.isfinite(value)
         or value < minimum
     ):
-        raise UserError(f"search setting {name} must be a number >= {minimum:g}, got {value!r}")
+        raise UserError(f"search setting {name} must be a number >= {minimum:g}, got {_short(value)}")
 
 
 def _fraction(name: str, value: Any) -> None:
     _number(name, value, minimum=0.0)
     if value > 1:
-        raise UserError(f"search setting {name} must be a number in [0, 1], got {value!r}")
+        raise UserError(f"search setting {name} must be a number in [0, 1], got {_short(value)}")
 
 
 # Evaluator keywords the search sets itself; an evaluation option of the same name would reach the
@@ -295,7 +368,9 @@ RESERVED_OPTIONS = {
 
 def _checked_options(options: Any) -> Mapping[str, Any]:
     if not isinstance(options, Mapping) or not all(isinstance(key, str) for key in options):
-        raise UserError(f"evaluation_options must map option names to values, got {options!r}")
+        raise UserError(
+            f"evaluation_options must map option names to values, got {_short(options)}"
+        )
     reserved = [name for name in RESERVED_OPTIONS if name in options]
     if reserved:
         details = "; ".join(f"{name} is {RESERVED_OPTIONS[name]}" for name in reserved)
@@ -304,9 +379,10 @@ def _checked_options(options: Any) -> Mapping[str, Any]:
             " remove it from the configuration"
         )
     try:
-        plain = json.loads(json.dumps(dict(options)))
-    except (TypeError, ValueError):
+        plain = json.loads(json.dumps(dict(options), allow_nan=False))
+    except (TypeError, ValueError, RecursionError):
         raise UserError(
-            f"evaluation_options must hold plain values (numbers, strings, lists), got {options!r}"
+            "evaluation_options must hold plain values (finite numbers, strings, lists),"
+            f" got {_short(options)}"
         ) from None
     return MappingProxyType(plain)

@@ -21,12 +21,21 @@ therefore loses at most the jobs that were running, and repeats nothing that com
 
 from __future__ import annotations
 
+import inspect
+import random
 from concurrent.futures import Future
 from dataclasses import dataclass, field, replace
 from typing import Any, Callable, Generator, Iterable, Sequence
 
 from cellsearch.errors import UserError
-from cellsearch.executors.base import EvaluationJob, Executor, check_options, resolve_function
+from cellsearch.executors.base import (
+    EvaluationJob,
+    Executor,
+    check_options,
+    describe,
+    resolve_function,
+)
+from cellsearch.graph import CellGraph
 from cellsearch.search.config import RESERVED_OPTIONS, RESUMABLE_KEYS, SearchConfig, load_config
 from cellsearch.search.history import History
 from cellsearch.search.procedure import (
@@ -232,12 +241,42 @@ def load_state(
 
 
 def check_evaluator(config: SearchConfig) -> None:
-    """UserError unless `config.evaluator` imports and takes every option the search will pass
-    it: found here, a mistake stops the start instead of becoming one recorded failure per
-    setting."""
+    """UserError unless `config.evaluator` imports, can be called as `evaluate(graph, task,
+    settings, ...)` and takes every option the search will pass it: found here, a mistake stops
+    the start instead of becoming one recorded failure per setting."""
     # run_job passes device and data_dir; the filter stage adds stop_at (see procedure).
     options = [*RESERVED_OPTIONS, *config.evaluation_options]
-    check_options(resolve_function(config.evaluator), options)
+    function = resolve_function(config.evaluator)
+    check_options(function, options)
+    try:
+        inspect.signature(function).bind(None, None, None, **dict.fromkeys(options))
+    except (TypeError, ValueError) as error:
+        raise UserError(
+            f"search setting evaluator {config.evaluator} cannot be called as"
+            f" evaluate(graph, task, settings, {', '.join(f'{name}=...' for name in options)}):"
+            f" {error}"
+        ) from None
+
+
+def check_mutator(config: SearchConfig) -> MutateFunction:
+    """`config.mutator`, resolved and tried once on the GRU: UserError unless it returns an
+    object with a CellGraph `.graph`, as `cellsearch.mutate.mutate` does (else every mutation
+    step of the search would fail)."""
+    function = resolve_function(config.mutator)
+    from cellsearch.search.procedure import initial_architectures
+
+    try:
+        child = function(initial_architectures()["gru"], random.Random(0))
+    except Exception as error:  # noqa: BLE001 - any failure of the trial is the user's to see
+        raise UserError(
+            f"search setting mutator {config.mutator} failed on the GRU: {describe(error)}"
+        ) from None
+    if not isinstance(getattr(child, "graph", None), CellGraph):
+        raise UserError(
+            f"search setting mutator {config.mutator} must return an object with a CellGraph"
+            f" .graph (as cellsearch.mutate:mutate does), got {type(child).__name__}"
+        )
+    return function
 
 
 def budget_left(config: SearchConfig, step: int, seen_evaluations: int) -> bool:

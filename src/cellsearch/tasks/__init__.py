@@ -22,7 +22,7 @@ from cellsearch.tasks.arith import Arith
 from cellsearch.tasks.base import SPLITS, Batch, Task
 from cellsearch.tasks.files import MUSIC_FILES
 from cellsearch.tasks.memorize import Memorize
-from cellsearch.tasks.music import Music
+from cellsearch.tasks.music import NOTES, Music
 from cellsearch.tasks.ptb import PennTreebank
 from cellsearch.tasks.xml import Xml
 
@@ -38,8 +38,23 @@ _TASKS: dict[str, tuple[type[Task], dict]] = {
 }
 
 
+# The word types of Mikolov et al.'s PTB training file (what `PennTreebank` reads from it).
+PTB_VOCABULARY = 10_000
+
+
 def task_names() -> tuple[str, ...]:
     return tuple(_TASKS)
+
+
+def model_sizes(name: str) -> tuple[int, int, str]:
+    """(input size, output size, input kind) of a model for task `name`, known without reading
+    its data (for checking parameter budgets before anything runs)."""
+    cls = _TASKS[name][0]
+    if cls is Music:
+        return NOTES, NOTES, "linear"
+    if cls is PennTreebank:
+        return PTB_VOCABULARY, PTB_VOCABULARY, "embedding"
+    return len(cls.vocabulary), len(cls.vocabulary), "embedding"
 
 
 def task_options(name: str) -> list[str]:

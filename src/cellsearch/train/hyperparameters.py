@@ -66,6 +66,8 @@ MUSIC_TASKS = ("nottingham", "piano-midi", "jsb", "musedata")
 # What a training window's summed loss is divided by (docs/fidelity.md, "The loss"): the minibatch
 # size, as §3.7 and the code the paper builds on do, or the number of targets the window scores.
 LOSS_NORMALIZATIONS = ("minibatch", "targets")
+# The largest parameter budget accepted: 2**31 float32 weights are 8 GB, beyond one GPU's training.
+MAX_PARAMETERS = 2**31
 PARAMETER_BUDGETS: Mapping[str, tuple[int, ...]] = {
     "memorize": (25_000,),
     "arith": (250_000, 1_000_000),
@@ -343,7 +345,12 @@ def _normalize(name: str, value: Any) -> Any:
         return None
     # num_layers, num_parameters, max_epoch
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise UserError(f"{name} must be an integer >= 1, got {value!r}")
+        raise UserError(f"{name} must be an integer >= 1, got {_short(value)}")
+    if name == "num_parameters" and value > MAX_PARAMETERS:
+        raise UserError(
+            f"num_parameters must be at most {MAX_PARAMETERS:,} (a model of 8 GB), got"
+            f" {_short(value)}"
+        )
     return int(value)
 
 
@@ -386,3 +393,12 @@ def _below(rng: random.Random | Any, n: int) -> int:
     if hasattr(rng, "integers"):
         return int(rng.integers(n))
     raise TypeError(f"rng must be a random.Random or a numpy.random.Generator, got {type(rng).__name__}")
+
+
+def _short(value: Any, limit: int = 60) -> str:
+    """`value`'s repr, cut to `limit` characters (an error message is one readable line)."""
+    try:
+        text = repr(value)
+    except (RecursionError, ValueError):  # deeply nested, or an int of too many digits
+        return f"a {type(value).__name__}"
+    return text if len(text) <= limit else text[: limit - 3] + "..."

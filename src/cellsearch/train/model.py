@@ -20,9 +20,7 @@ from cellsearch import fused
 from cellsearch.compile import compiled_step, run
 from cellsearch.graph import CellGraph
 from cellsearch.nn import PopulationCell, State, initial_values, uniform
-
-
-ENGINES = ("eager", "fused", "compiled")
+from cellsearch.train.options import ENGINES  # the engines, listed where torch is not needed
 
 
 def default_engine(device: torch.device) -> str:
