@@ -33,6 +33,7 @@ from pathlib import Path
 from cellsearch.errors import UserError
 from cellsearch.graph import (
     INPUT,
+    MAX_DEPTH,
     CellGraph,
     GraphError,
     Node,
@@ -103,6 +104,7 @@ class _Parser:
         self.position = 0
         self.nodes = nodes
         self.counter = counter
+        self.depth = 0  # factors being parsed, one inside another
 
     @property
     def current(self) -> _Token:
@@ -140,6 +142,15 @@ class _Parser:
         return left
 
     def factor(self) -> str:
+        self.depth += 1
+        try:
+            if self.depth > MAX_DEPTH:
+                raise self.fail(f"nested more than {MAX_DEPTH} levels deep")
+            return self._factor()
+        finally:
+            self.depth -= 1
+
+    def _factor(self) -> str:
         token = self.current
         if token.text == "(":
             self.take()

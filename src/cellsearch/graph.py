@@ -35,6 +35,10 @@ ARITY = {
     **{op: 2 for op in ELEMENTWISE},
 }
 PARAMETRIC = ("matmul", "bias")
+# The most operations on any path through a cell. The paper's cells are at most 7 deep; the limit
+# keeps every graph printable, hashable and compilable without deep recursion, and a mutation
+# that would exceed it is rejected and tried again, like any invalid child (§3.2).
+MAX_DEPTH = 200
 
 
 class GraphError(UserError):
@@ -330,6 +334,14 @@ def _stable_topological_order(by_name: Mapping[str, Node]) -> list[str]:
 
 
 def _validate(graph: CellGraph) -> None:
+    depth: dict[str, int] = {}
+    for node in graph.nodes:  # operands first (canonical order)
+        depth[node.name] = 1 + max((depth.get(i, 0) for i in node.inputs), default=0)
+        if depth[node.name] > MAX_DEPTH:
+            raise GraphError(
+                f"the cell is more than {MAX_DEPTH} operations deep (at {node.name!r}); the"
+                f" deepest cell cellsearch takes has {MAX_DEPTH}"
+            )
     read = {operand for node in graph.nodes for operand in node.inputs}
     if INPUT not in read:
         raise GraphError("the cell never reads its input x")
