@@ -276,3 +276,27 @@ def test_one_search_at_a_time_per_database(database, capsys):
         code, _, err = run_cli(capsys, "search", "--db", str(database), "--quiet")
     assert code == 2 and "another `cellsearch search` is running on" in err
     assert snapshot(database) == before
+
+
+@pytest.mark.slow
+def test_two_starts_on_one_new_file_one_runs_the_other_is_told(tmp_path):
+    """Started at the same moment on a file that does not exist yet: one search runs; the other
+    says another is running (never "not a cellsearch database"), or resumes after it."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[2]
+    environment = {**os.environ, "PYTHONPATH": str(root)}
+    for attempt in range(3):
+        path = tmp_path / f"race{attempt}.db"
+        command = [sys.executable, "-m", "cellsearch", "search", "--db", str(path), "--quiet",
+                   "--preset", "tiny", "--set", "evaluation_options.sleep=0.05",
+                   *FAKES]
+        processes = [subprocess.Popen(command, env=environment, stderr=subprocess.PIPE, text=True)
+                     for _ in range(2)]
+        outcomes = [(process.wait(timeout=120), process.stderr.read()) for process in processes]
+        for code, err in outcomes:
+            assert code == 0 or (code == 2 and "another `cellsearch search` is running" in err), err
+        assert any(code == 0 for code, _ in outcomes)

@@ -122,7 +122,7 @@ def run_search_command(args: argparse.Namespace) -> int:
             )
             executor.start()  # worker processes start up while the driver checks
             mutate = _check_start(checked, args)
-        with open_storage(path) as storage, _sole_driver(path):
+        with _sole_driver(path), open_storage(path) as storage:
             plan = plan_run(
                 storage, preset=args.preset, config_path=args.config, assignments=args.assignments
             )
@@ -165,7 +165,18 @@ def _sole_driver(path: Path) -> Iterator[None]:
     except ImportError:  # not POSIX: no guard
         yield
         return
-    with open(path, "rb") as handle:
+    # The lock comes before SQLite opens the file: two starts on one new file would otherwise
+    # race, and the loser could find a half-made schema. Appending creates a missing file (the
+    # checks of a new search have passed by now) and changes no existing one.
+    try:
+        handle = open(path, "ab")
+    except IsADirectoryError:
+        raise UserError(f"{path} is a directory, not a cellsearch database") from None
+    except FileNotFoundError:
+        raise UserError(f"cannot create {path}: directory {path.parent} does not exist") from None
+    except PermissionError:
+        raise UserError(f"cannot write {path}: permission denied (a read-only location?)") from None
+    with handle:
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
