@@ -105,6 +105,7 @@ class _Parser:
         self.nodes = nodes
         self.counter = counter
         self.depth = 0  # factors being parsed, one inside another
+        self.references: list[_Token] = []  # the plain names read, to report undefined ones
 
     @property
     def current(self) -> _Token:
@@ -179,6 +180,7 @@ class _Parser:
             return self.emit(FUNCTIONS[name], (inner,))
         if name == "init":
             raise self.fail("'init' declarations stand on a line of their own")
+        self.references.append(token)
         return name
 
 
@@ -188,8 +190,10 @@ def parse(text: str) -> CellGraph:
     counter = [0]
     defined: dict[str, _Token] = {}
     inits: list[tuple[_Token, float]] = []
+    references: list[_Token] = []
     for tokens in _tokenize(text):
         parser = _Parser(tokens, nodes, counter)
+        references = parser.references = references
         if tokens[0].text == "init":
             parser.take()
             target = parser.take()
@@ -221,6 +225,18 @@ def parse(text: str) -> CellGraph:
             raise parser.fail(f"expected an operator or the end of the line, found "
                               f"{parser.current.text!r}")
         _name_root(nodes, root, target.text)
+    for token in references:  # in the user's words, before the graph names anonymous nodes
+        name = token.text
+        if name not in defined and name != INPUT and not (
+            not name.endswith("'") and f"{name}'" in defined
+        ):
+            hint = (
+                f"; a state {name} needs its new value {name}' defined"
+                if not name.endswith("'") else ""
+            )
+            raise EquationError(
+                f"line {token.line}, column {token.column}: {name} is not defined{hint}"
+            )
     nodes = _apply_inits(nodes, inits)
     try:
         return CellGraph(nodes)

@@ -72,7 +72,9 @@ def test_precedence_and_parentheses_are_kept():
         ("h' = x + h\ninit b_q = 1", "line 2, column 6: init names b_q, which no equation uses"),
         ("h' = x + h q", "line 1, column 12: expected an operator"),
         ("q = tanh(x)\nh' = x + h", "line 1, column 1: node(s) 'q' are never used"),
-        ("h' = x + c", "needs its output c' defined"),
+        ("h' = x + c", "line 1, column 10: c is not defined; a state c needs its new value c' defined"),
+        ("h' = tanh(W_xh x + W_hh foo)", "line 1, column 25: foo is not defined"),
+        ("z = sigm(x)\nh' = z * q' + h", "line 2, column 10: q' is not defined"),
         ("W_q = x + h", "expected the name of the node being defined"),
         ("x = h\nh' = x + h", "x is the input"),
     ],
@@ -81,4 +83,4 @@ def test_errors_name_line_and_column(text, message):
     with pytest.raises(EquationError) as error:
         parse(text)
     assert message in str(error.value)
-    assert "\n" not in str(error.value)
+    assert "\n" not in str(error.value) and "_#" not in str(error.value)  # the user's names

@@ -69,6 +69,10 @@ def test_top_lists_the_best_with_ratios_and_equations(database, capsys):
     assert "fitness" in headers[0] and "arith" in headers[0] and "xml" in headers[0]
     assert "h' =" in out
 
+    code, out, _ = run_cli(capsys, "top", "--db", str(database), "-n", "500")
+    count = sum(1 for line in out.splitlines() if line.startswith("#"))
+    assert f"(only {count} architectures are in the top list so far; -n 500 asked" in out
+
     code, out, _ = run_cli(capsys, "top", "--db", str(database), "--json")
     entries = json.loads(out)
     assert [entry["rank"] for entry in entries] == list(range(1, len(entries) + 1))

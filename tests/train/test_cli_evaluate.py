@@ -51,6 +51,11 @@ def test_evaluate_set_pins_a_setting_and_prints_a_table(capsys):
                  "num_layers=2"]) == 0
     out = capsys.readouterr().out
     assert "lstm-b on memorize" in out and "0.5" in out
+    # Captured output is not a terminal, as a log or a pipe: every column whole, nothing cut.
+    header, row = out.splitlines()[1:3]
+    assert "…" not in out and header.split()[:3] == ["lr", "init", "clip"]
+    assert "test perplexity" in header and row.split()[:4] == ["0.5", "0.7", "5", "2"]
+    assert row.split()[-1] == "ok"
 
 
 @pytest.mark.parametrize(

@@ -85,7 +85,11 @@ def run_evaluate(args: argparse.Namespace) -> int:
         for result in results:
             print(json.dumps(result_record(args.cell, result)))
     else:
-        Console().print(results_table(args.cell, results))
+        console = Console()
+        if console.is_terminal:
+            console.print(results_table(args.cell, results))
+        else:  # a log or a pipe: rich would cut every column to fit 80 characters
+            print(results_text(args.cell, results), end="")
     return 0
 
 
@@ -114,22 +118,41 @@ def _finite(value: float) -> float | None:
     return value if math.isfinite(value) else None
 
 
-def results_table(cell: str, results: list[Result]) -> Table:
-    table = Table(title=f"{cell} on {results[0].task}" if results else cell)
-    for column in ("lr", "init", "clip", "layers", "budget", "hidden", "dropout"):
-        table.add_column(column, justify="right")
+def results_rows(results: list[Result]) -> tuple[list[str], list[list[str]]]:
+    """(header, rows) of the results table: the hyperparameters, then the metrics."""
     metric = results[0].metric if results else "metric"
     # The second test column: perplexity for softmax tasks, frame accuracy for music.
     extra = "perplexity" if metric == "accuracy" else "frame_accuracy"
-    for column in (f"valid {metric}", f"test {metric}", f"test {extra}", "epochs", "status"):
-        table.add_column(column, justify="right")
+    header = ["lr", "init", "clip", "layers", "budget", "hidden", "dropout",
+              f"valid {metric}", f"test {metric}", f"test {extra}", "epochs", "status"]
+    rows = []
     for r in results:
         s = r.settings
-        table.add_row(
+        rows.append([
             f"{s.learning_rate:g}", f"{s.init_scale:g}", f"{s.max_grad_norm:g}",
             str(s.num_layers), str(s.num_parameters), str(r.hidden_size), f"{s.dropout:g}",
             f"{r.value:.4f}", f"{r.test.get(metric, float('nan')):.4f}",
             f"{r.test.get(extra, float('nan')):.3f}",
             str(r.epochs), r.status if r.ok else f"{r.status}: {r.reason}",
-        )
+        ])
+    return header, rows
+
+
+def results_table(cell: str, results: list[Result]) -> Table:
+    """The results for a terminal (rich)."""
+    table = Table(title=f"{cell} on {results[0].task}" if results else cell)
+    header, rows = results_rows(results)
+    for column in header:
+        table.add_column(column, justify="right")
+    for row in rows:
+        table.add_row(*row)
     return table
+
+
+def results_text(cell: str, results: list[Result]) -> str:
+    """The results for a pipe or a log file: aligned columns, nothing cut, however wide."""
+    from cellsearch.report.render import text_table
+
+    header, rows = results_rows(results)
+    title = f"{cell} on {results[0].task}" if results else cell
+    return f"{title}\n{text_table(header, rows)}"

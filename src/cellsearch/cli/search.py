@@ -300,6 +300,10 @@ def run_top_command(args: argparse.Namespace) -> int:
         print(json.dumps([entry.to_dict() for entry in ranked], indent=2))
     else:
         print(format_top(ranked), end="")
+        if ranked and len(ranked) < args.n:
+            many = "architecture is" if len(ranked) == 1 else "architectures are"
+            print(f"(only {len(ranked)} {many} in the top list so far; -n {args.n} asked for"
+                  " more)")
     return 0
 
 

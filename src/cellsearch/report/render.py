@@ -57,7 +57,7 @@ def _table(report: TableReport, markdown: bool) -> str:
     title = _heading(f"Table {table.number}: {table.title}", 2, markdown)
     note = ("Each entry: ours (the paper's), [settings evaluated]; ours is the best of those"
             " settings, chosen by validation.\n")
-    return title + note + "\n" + _grid(header, rows, markdown)
+    return title + note + "\n" + text_table(header, rows, markdown)
 
 
 def _entry(entry: Entry) -> str:
@@ -67,7 +67,8 @@ def _entry(entry: Entry) -> str:
     return f"{ours}{paper} [{entry.settings}]"
 
 
-def _grid(header: list[str], rows: list[list[str]], markdown: bool) -> str:
+def text_table(header: list[str], rows: list[list[str]], markdown: bool = False) -> str:
+    """Rows under a header, as aligned plain text (nothing cut, for logs) or Markdown."""
     if markdown:
         lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
         lines += ["| " + " | ".join(row) + " |" for row in rows]
@@ -81,7 +82,7 @@ def _grid(header: list[str], rows: list[list[str]], markdown: bool) -> str:
 def _pairs(rows: list[tuple[str, object]], markdown: bool) -> str:
     cells = [[label, str(value)] for label, value in rows]
     if markdown:
-        return _grid(["figure", "value"], cells, True)
+        return text_table(["figure", "value"], cells, True)
     width = max(len(label) for label, _ in cells)
     return "\n".join(f"{label:<{width}}  {value}" for label, value in cells) + "\n"
 
