@@ -304,3 +304,13 @@ def test_two_starts_on_one_new_file_one_runs_the_other_is_told(tmp_path):
         for code, err in outcomes:
             assert code == 0 or (code == 2 and "another `cellsearch search` is running" in err), err
         assert any(code == 0 for code, _ in outcomes)
+
+
+def test_list_settings_names_every_key_and_search_needs_a_db(capsys):
+    code, out, _ = run_cli(capsys, "search", "--list-settings")
+    assert code == 0
+    assert [line.split(" = ")[0] for line in out.splitlines() if not line.startswith(" ")] == list(
+        SearchConfig.__dataclass_fields__
+    )
+    code, out, err = run_cli(capsys, "search", "--preset", "tiny")
+    assert code == 2 and "search needs --db FILE" in err

@@ -127,3 +127,14 @@ def test_differing_keys():
     other = load_config(preset="tiny", assignments=["seed=1", "max_steps=99"])
     assert base.differing_keys(other) == ["seed", "max_steps"]
     assert base.differing_keys(load_config(preset="tiny")) == []
+
+
+def test_every_setting_is_listed_with_its_default():
+    import dataclasses
+
+    from cellsearch.search.config import SETTING_HELP, settings_listing
+
+    assert list(SETTING_HELP) == [field.name for field in dataclasses.fields(SearchConfig)]
+    listing = settings_listing()
+    assert "top_size = 100\n" in listing and "steps_in_flight = 16\n" in listing
+    assert "max_steps = null\n" in listing and "may change when resuming" in listing

@@ -43,7 +43,7 @@ from cellsearch.search import (
     statistics,
     top_architectures,
 )
-from cellsearch.search.config import SearchConfig, load_config
+from cellsearch.search.config import SearchConfig, load_config, settings_listing
 from cellsearch.search.presets import preset_names
 from cellsearch.search.procedure import MutateFunction
 from cellsearch.storage import open_storage
@@ -57,7 +57,11 @@ def register(subparsers) -> None:
         "resumed run keeps its stored settings; only max_steps, max_evaluations and job_size may "
         "change (e.g. --set max_steps=200 extends a finished run). Try: --preset tiny.",
     )
-    search.add_argument("--db", required=True, help="the search database (created if missing)")
+    search.add_argument("--db", help="the search database (created if missing)")
+    search.add_argument(
+        "--list-settings", action="store_true",
+        help="list every search setting (--set KEY=VALUE, or a --config file) and exit",
+    )
     search.add_argument(
         "--preset", choices=preset_names(), help="a built-in configuration (tiny: a CPU demo)"
     )
@@ -107,6 +111,11 @@ def register(subparsers) -> None:
 
 
 def run_search_command(args: argparse.Namespace) -> int:
+    if args.list_settings:
+        print(settings_listing(), end="")
+        return 0
+    if not args.db:
+        raise UserError("search needs --db FILE (or --list-settings)")
     path = Path(args.db)
     executor = make_executor(
         args.executor, workers=args.workers, device=args.device, data_dir=args.data_dir,

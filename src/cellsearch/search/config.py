@@ -54,6 +54,39 @@ DEFAULT_MUTATOR = "cellsearch.mutate:mutate"
 # grouped into jobs (the evaluator gives the same result for a setting whatever its population).
 RESUMABLE_KEYS = frozenset({"max_steps", "max_evaluations", "job_size"})
 
+# Each setting's meaning and where it comes from, for `cellsearch search --list-settings`
+# (a test keeps this in step with the fields of SearchConfig).
+SETTING_HELP = {
+    "tasks": ("the search tasks, in the order a candidate meets them", "§3.1, §3.5"),
+    "filter_task": ("the memorization filter's task", "§3.1"),
+    "filter_threshold": ("accuracy a candidate must reach on the filter task", "§3.1"),
+    "task_threshold": ("fraction of the GRU's best accuracy a candidate must exceed per task",
+                       "§3.1"),
+    "settings_per_task": ("fresh settings per task in each step", "§3.1"),
+    "best_settings": ("how many of a parent's (or LSTM's and GRU's) best settings are drawn from",
+                      "§3.3"),
+    "experienced_parent": ("a parent with more evaluated settings than this lends 80% of them",
+                           "§3.3"),
+    "initial_settings": ("settings per task for LSTM and GRU at step 0 (null: the whole grid)",
+                         "§3.1; a number is ours"),
+    "top_size": ("length of the top list", "§3.1"),
+    "reevaluate_probability": ("how often a step re-evaluates a member instead of mutating one",
+                               "ours (§3.1 gives no mix)"),
+    "space_overrides": ("per task, hyperparameter values replacing §3.7's, e.g."
+                        " {arith: {num_parameters: [50000]}}", "§3.7"),
+    "evaluation_options": ("keywords for the trainer: max_epochs, epoch_windows, valid_samples,"
+                           " test_samples, loss_normalization, engine, ...", "ours"),
+    "evaluator": ("the trainer, as module:function", "ours"),
+    "mutator": ("the mutation operator, as module:function", "§3.2"),
+    "job_size": ("most settings one job trains together as a population", "ours"),
+    "steps_in_flight": ("steps running at once; step n plans from the search after step n - B",
+                        "ours (the paper does not say)"),
+    "seed": ("the run's seed: every random choice of the search derives from it", "ours"),
+    "max_steps": ("last step to run (null: no limit)", "budget"),
+    "max_evaluations": ("stop starting steps once this many evaluations are seen (null: no"
+                        " limit)", "budget"),
+}
+
 
 @dataclass(frozen=True)
 class SearchConfig:
@@ -213,6 +246,18 @@ class SearchConfig:
                 raise UserError(f"space_overrides.{task}: {error}") from None
             checked[task] = MappingProxyType({name: space.choices[name] for name in normalized})
         return MappingProxyType(checked)
+
+
+def settings_listing() -> str:
+    """Every setting: its name, default, meaning and source, and whether a resumed run may change
+    it; the text of `cellsearch search --list-settings`."""
+    defaults = SearchConfig().to_dict()
+    lines = []
+    for name, (meaning, source) in SETTING_HELP.items():
+        default = json.dumps(defaults[name])
+        resumable = "; may change when resuming" if name in RESUMABLE_KEYS else ""
+        lines.append(f"{name} = {default}\n    {meaning} ({source}{resumable})")
+    return "\n".join(lines) + "\n"
 
 
 def load_config(
