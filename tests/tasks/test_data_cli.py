@@ -80,3 +80,16 @@ def test_missing_data_is_a_one_line_error(tmp_path, capsys):
     error = capsys.readouterr().err.splitlines()[-1]
     assert error.startswith("cellsearch: error: data file ")
     assert "music/nottingham.mat is missing" in error and "--data-dir" in error
+
+
+@pytest.mark.parametrize("task, scored", [
+    ("arith", r"=(-?\d+\.)$"),  # the answer and the final "."
+    ("memorize", r"=([a-z]{5})\.$"),  # the 5 reproduced letters
+    ("xml", r"^(.*)$"),  # every character
+])
+def test_sample_marked_shows_what_is_scored(capsys, task, scored):
+    assert main(["data", "sample", task, "-n", "4", "--marked"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    for line, marks in zip(lines[::2], lines[1::2]):
+        start, stop = re.search(scored, line).span(1)
+        assert marks == " " * start + "^" * (stop - start)

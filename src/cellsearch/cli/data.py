@@ -25,6 +25,9 @@ def register(subparsers) -> None:
     sample.add_argument("task", metavar="TASK", help=f"one of: {tasks}")
     sample.add_argument("-n", type=int, default=10, help="number of samples (default 10)")
     sample.add_argument("--seed", type=int, default=0, help="seed of the samples (default 0)")
+    sample.add_argument("--marked", action="store_true",
+                        help="under each sample, ^ under the characters that are scored (the "
+                             "model reads them all); on a terminal they are shown in colour")
     _add_data_dir(sample)
     sample.set_defaults(run=run_sample)
 
@@ -46,8 +49,25 @@ def run_sample(args: argparse.Namespace) -> int:
     if args.n < 0:
         raise UserError(f"-n must be at least 0, got {args.n}")
     task = get_task(args.task, args.data_dir, seed=args.seed)
-    for line in task.samples(args.n, seed=args.seed):
-        print(line)
+    scored = getattr(task, "scored_samples", None)  # the synthetic tasks score part of a sample
+    if scored is None:
+        for line in task.samples(args.n, seed=args.seed):
+            print(line)
+        return 0
+    from rich.console import Console
+    from rich.text import Text
+
+    console = Console(highlight=False, soft_wrap=True)
+    for line, start, stop in scored(args.n, seed=args.seed):
+        if console.is_terminal and not args.marked:
+            text = Text(line[:start])
+            text.append(line[start:stop], style="bold green")
+            text.append(line[stop:])
+            console.print(text)
+        else:
+            print(line)
+        if args.marked:
+            print(" " * start + "^" * (stop - start))
     return 0
 
 

@@ -209,8 +209,18 @@ class SyntheticTask(Task):
     # -- views ------------------------------------------------------------------------------
 
     def samples(self, count: int, seed: int = 0) -> list[str]:
+        return [line for line, _, _ in self.scored_samples(count, seed)]
+
+    def scored_samples(self, count: int, seed: int = 0) -> list[tuple[str, int, int]]:
+        """`samples`, each with the range [start, stop) of its line that is scored."""
         rng = np.random.default_rng(seed)
-        return [self.render(self.generate(rng)) for _ in range(count)]
+        lines = []
+        for _ in range(count):
+            sample = self.generate(rng)
+            line = self.render(sample)
+            lines.append((line, min(sample.scored_start, len(line)),
+                          min(sample.scored_stop, len(line))))
+        return lines
 
     def render(self, sample: Sample) -> str:
         """One line of text for `sample` (the raw characters, unless a task needs otherwise)."""
