@@ -136,6 +136,7 @@ def test_reproduce_and_report_end_to_end(tmp_path, capsys):
     text = capsys.readouterr().out
     assert "Table 1" in text and "(0.89228)" in text and "[2]" in text
     assert (tmp_path / "plots" / "table-1.png").stat().st_size > 1000
+    assert (tmp_path / "plots" / "curves-table-1.png").stat().st_size > 1000
     assert main(["report", "--db", db, "--format", "markdown"]) == 0
     assert "| lstm | " in capsys.readouterr().out
     assert main(["report", "--db", db, "--format", "json"]) == 0

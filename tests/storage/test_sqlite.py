@@ -4,6 +4,7 @@ and a file that is not ours is refused without being touched."""
 from __future__ import annotations
 
 import os
+import math
 import sqlite3
 
 import pytest
@@ -116,3 +117,40 @@ def test_a_reader_sees_what_a_writer_committed(tmp_path):
         writer.add_architecture(run, ArchitectureRecord("a", "{}", "h' = x\n"))
         writer.add_evaluations(run, "a", 0, [ok()])
         assert reader.count_evaluations(run) == 1
+
+
+def test_a_version_1_database_is_read_as_it_is_and_gains_history_at_its_first_write(tmp_path):
+    from cellsearch.storage import ArchitectureRecord
+    from cellsearch.train.hyperparameters import Settings
+    from cellsearch.train.result import Result
+
+    def result(learning_rate, history=()):
+        settings = Settings(init_scale=1.0, learning_rate=learning_rate, max_grad_norm=5.0,
+                            num_layers=1, num_parameters=5000)
+        return Result(task="arith", settings=settings, hidden_size=8, num_parameters=5000,
+                      metric="accuracy", valid={"accuracy": 0.5}, history=history)
+
+    path = tmp_path / "old.db"
+    with SQLiteStorage(path) as storage:
+        run = storage.create_run({})
+        storage.add_architecture(run, ArchitectureRecord("a", "{}", ""))
+        storage.add_evaluations(run, "a", 0, [result(0.5)])
+    connection = sqlite3.connect(path)  # as cellsearch's schema version 1 left it
+    connection.executescript("ALTER TABLE evaluations DROP COLUMN history;"
+                             "UPDATE cellsearch_schema SET version = 1;")
+    connection.close()
+    before = snapshot(path)
+    with SQLiteStorage(path, read_only=True) as storage:
+        (old,) = storage.get_evaluations(run)
+    assert old.result.history == () and snapshot(path) == before
+    assert [item.name for item in tmp_path.iterdir()] == ["old.db"]
+    curve = ({"epoch": 1, "learning_rate": 0.2, "accuracy": 0.4, "nll": float("nan")},)
+    with SQLiteStorage(path) as storage:
+        storage.add_evaluations(run, "a", 1, [result(0.2, curve)])
+        records = storage.get_evaluations(run)
+    assert [record.result.history for record in records][0] == ()
+    stored = records[1].result.history[0]
+    assert stored["accuracy"] == 0.4 and math.isnan(stored["nll"])
+    connection = sqlite3.connect(path)
+    assert connection.execute("SELECT version FROM cellsearch_schema").fetchone()[0] == 2
+    connection.close()

@@ -28,7 +28,16 @@ def test_evaluate_json_one_object_per_trial(capsys):
         assert record["status"] == "ok" and record["epochs"] == 1
         assert record["hyperparameters"]["num_parameters"] == 2000
         assert "perplexity" in record["test"]
+        (epoch,) = record["history"]  # the learning curve: one entry per epoch trained
+        assert epoch["epoch"] == 1 and epoch["learning_rate"] == record["hyperparameters"][
+            "learning_rate"] and epoch["accuracy"] == record["value"]
     assert records[0]["hyperparameters"] != records[1]["hyperparameters"]
+
+
+def test_evaluate_plot_writes_learning_curves(tmp_path, capsys):
+    assert main(["evaluate", "--cell", "gru", "--trials", "2", "--plot", str(tmp_path), *TINY]) == 0
+    assert (tmp_path / "gru-memorize.png").stat().st_size > 5000
+    assert f"wrote {tmp_path / 'gru-memorize.png'}" in capsys.readouterr().err
 
 
 def test_a_diverged_trial_is_strict_json_with_nulls():

@@ -30,13 +30,25 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+MAX_LINE, MAX_LINES = 400, 40  # an error message quoting a huge input stays readable
+
+
+def readable(message: str) -> str:
+    """`message` with each line cut to MAX_LINE characters and at most MAX_LINES lines."""
+    lines = [line if len(line) <= MAX_LINE else line[: MAX_LINE - 1] + "…"
+             for line in message.splitlines() or [""]]
+    if len(lines) > MAX_LINES:
+        lines = [*lines[:MAX_LINES], f"({len(lines) - MAX_LINES} more problems)"]
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
         return args.run(args) or 0
     except UserError as error:
-        print(f"cellsearch: error: {error}", file=sys.stderr)
+        print(f"cellsearch: error: {readable(str(error))}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("cellsearch: interrupted", file=sys.stderr)

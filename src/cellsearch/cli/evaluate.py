@@ -6,6 +6,7 @@ import argparse
 import json
 import math
 import random
+import sys
 
 from rich.console import Console
 from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
@@ -43,6 +44,8 @@ def register(subparsers) -> None:
                              "default) or by its scored targets (docs/fidelity.md)")
     parser.add_argument("--data-dir", help="where ptb/ and music/ live (default $CELLSEARCH_DATA)")
     parser.add_argument("--json", action="store_true", help="one JSON object per trial")
+    parser.add_argument("--plot", metavar="DIR",
+                        help="also write the trials' learning curves to DIR/CELL-TASK.png")
     parser.set_defaults(run=run_evaluate)
 
 
@@ -81,6 +84,15 @@ def run_evaluate(args: argparse.Namespace) -> int:
                            schedule=schedule, max_epochs=args.max_epochs,
                            epoch_windows=args.epoch_windows, data_seed=args.seed,
                            loss_normalization=args.loss_normalization, on_progress=on_progress)
+    if args.plot:
+        from pathlib import Path
+
+        from cellsearch.report.plots import learning_curves
+
+        name = Path(args.cell).stem if args.cell not in zoo.names() else args.cell
+        path = learning_curves(results, Path(args.plot) / f"{name}-{args.task}.png",
+                               f"{args.cell} on {args.task}")
+        print(f"wrote {path}", file=sys.stderr)
     if args.json:
         for result in results:
             print(json.dumps(result_record(args.cell, result)))
@@ -106,6 +118,8 @@ def result_record(cell: str, result: Result) -> dict:
         "value": _finite(result.value),
         "valid": {name: _finite(value) for name, value in result.valid.items()},
         "test": {name: _finite(value) for name, value in result.test.items()},
+        "history": [{name: _finite(value) for name, value in entry.items()}
+                    for entry in result.history],
         "epochs": result.epochs,
         "wall_seconds": round(result.wall_seconds, 3),
         "status": result.status,

@@ -2,7 +2,10 @@
 
 - `best-fitness.png` (a search): the top list's best fitness after each step;
 - `table-N.png` (every table with values): for each column, every counted setting's value per
-  cell, the best marked, and the paper's number beside it.
+  cell, the best marked, and the paper's number beside it;
+- `curves-table-N.png`: per column, the learning curve (validation metric per epoch) of each
+  cell's best setting;
+- `learning_curves` draws any list of Results' curves (`cellsearch evaluate --plot DIR`).
 """
 
 from __future__ import annotations
@@ -65,7 +68,56 @@ def write_plots(report: Report, storage: Storage, folder: str | Path) -> list[Pa
             axes.grid(alpha=0.3)
         figure.suptitle(f"Table {table.number}: dots ours per setting, bar our best, x the paper")
         written.append(_save(figure, folder / f"table-{table.number}.png"))
+
+        best = {(row.label, column.name): row.entries[index].settings_key
+                for row in table_report.rows for column, index in zip(columns, shown)}
+        figure, axes_row = plt.subplots(1, len(columns), figsize=(4 * len(columns), 4),
+                                        squeeze=False)
+        for axes, column in zip(axes_row[0], columns):
+            for row in table_report.rows:
+                for record in evaluations:
+                    if (record.architecture_hash == row.architecture_hash
+                            and record.task == column.task
+                            and record.settings_key == best[row.label, column.name]):
+                        _curve(axes, record.result, column.metric, row.label)
+            axes.set(title=f"{column.name}: each cell's best setting", xlabel="epoch",
+                     ylabel=f"validation {column.metric}")
+            axes.grid(alpha=0.3)
+            axes.legend(fontsize="x-small")
+        written.append(_save(figure, folder / f"curves-table-{table.number}.png"))
     return written
+
+
+def learning_curves(results, path: str | Path, title: str) -> Path:
+    """One PNG of the validation metric and nll per epoch of each of `results`."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    metric = results[0].metric if results else "accuracy"
+    figure, (left, right) = plt.subplots(1, 2, figsize=(10, 4))
+    for result in results:
+        s = result.settings
+        label = f"lr {s.learning_rate:g}, init {s.init_scale:g}, clip {s.max_grad_norm:g}, " \
+                f"{s.num_layers} layers ({result.status})"
+        _curve(left, result, metric, label)
+        _curve(right, result, "nll", label)
+    left.set(xlabel="epoch", ylabel=f"validation {metric}", title=title)
+    right.set(xlabel="epoch", ylabel="validation nll")
+    for axes in (left, right):
+        axes.grid(alpha=0.3)
+    left.legend(fontsize="x-small")
+    return _save(figure, path)
+
+
+def _curve(axes, result, metric: str, label: str) -> None:
+    epochs = [entry["epoch"] for entry in result.history]
+    values = [entry.get(metric, math.nan) for entry in result.history]
+    if epochs:
+        axes.plot(epochs, values, marker=".", label=label)
 
 
 def _save(figure, path: Path) -> Path:

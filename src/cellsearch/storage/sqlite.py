@@ -50,7 +50,7 @@ from cellsearch.storage.records import (
 )
 from cellsearch.train.result import Result
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: evaluations.history (a version 1 database gains it at its first write)
 # "CeLS" in the SQLite header (offset 68), so `file` and SQLite tools can tell our databases apart.
 APPLICATION_ID = 0x43654C53
 MEMORY = ":memory:"
@@ -97,6 +97,7 @@ CREATE TABLE evaluations (
     device TEXT NOT NULL,
     step INTEGER NOT NULL,
     created_at TEXT NOT NULL,
+    history TEXT NOT NULL DEFAULT '[]',
     UNIQUE (run_id, architecture_hash, task, settings_key),
     FOREIGN KEY (run_id, architecture_hash) REFERENCES architectures (run_id, hash)
 );
@@ -138,8 +139,9 @@ _COLUMNS = (
     "epochs",
     "wall_seconds",
     "device",
+    "history",
 )
-_JSON_COLUMNS = frozenset({"settings", "valid", "test"})
+_JSON_COLUMNS = frozenset({"settings", "valid", "test", "history"})
 _INSERTED = ("run_id", "architecture_hash", "step", "created_at", "settings_key", "value", *_COLUMNS)
 _INSERT_EVALUATION = (
     f"INSERT INTO evaluations ({', '.join(_INSERTED)})"
@@ -163,7 +165,7 @@ class SQLiteStorage(Storage):
             check_database(self.path, must_exist=True)
             uri = f"file:{quote(str(Path(self.path).resolve()))}?mode=ro"
             self._connection = sqlite3.connect(uri, uri=True, isolation_level=None, timeout=30.0)
-            self._wal = False
+            self._wal, self._version = False, _schema_version(self._connection)
             return
         if self.path != MEMORY:
             check_database(self.path)
@@ -172,7 +174,8 @@ class SQLiteStorage(Storage):
         # WAL (readers never wait for the writer) from the first write on: opening alone changes
         # nothing, so a start that fails its checks leaves the file as it was.
         self._wal = False
-        if not _has_schema(self._connection):
+        self._version = _schema_version(self._connection)
+        if self._version is None:
             # One script, one transaction: a crash leaves either no schema or all of it.
             self._connection.executescript(
                 "BEGIN IMMEDIATE;"
@@ -181,6 +184,7 @@ class SQLiteStorage(Storage):
                 + f"PRAGMA application_id = {APPLICATION_ID};"
                 + "COMMIT;"
             )
+            self._version = SCHEMA_VERSION
 
     # -- runs -----------------------------------------------------------------------------------
 
@@ -290,8 +294,9 @@ class SQLiteStorage(Storage):
         task: str | None = None,
         step: int | None = None,
     ) -> list[EvaluationRecord]:
+        columns = _COLUMNS if self._version != 1 else _COLUMNS[:-1]  # version 1: no history
         query = (
-            f"SELECT architecture_hash, step, {', '.join(_COLUMNS)} FROM evaluations"
+            f"SELECT architecture_hash, step, {', '.join(columns)} FROM evaluations"
             " WHERE run_id = ?"
         )
         parameters: list[Any] = [run_id]
@@ -393,6 +398,14 @@ class SQLiteStorage(Storage):
         if not self._wal and self.path != MEMORY:
             connection.execute("PRAGMA journal_mode = WAL")
             self._wal = True
+        if self._version == 1:  # version 2 adds the learning curves' column
+            connection.executescript(
+                "BEGIN IMMEDIATE;"
+                "ALTER TABLE evaluations ADD COLUMN history TEXT NOT NULL DEFAULT '[]';"
+                "UPDATE cellsearch_schema SET version = 2;"
+                "COMMIT;"
+            )
+            self._version = 2
         connection.execute("BEGIN IMMEDIATE")
         try:
             yield connection
@@ -472,6 +485,14 @@ def check_database(path: str, must_exist: bool = False) -> None:
         )
 
 
+def _schema_version(connection: sqlite3.Connection) -> int | None:
+    """The database's schema version (None: no schema yet)."""
+    if not _has_schema(connection):
+        return None
+    row = connection.execute("SELECT version FROM cellsearch_schema").fetchone()
+    return None if row is None else row[0]
+
+
 def _has_schema(connection: sqlite3.Connection) -> bool:
     """Whether the database holds the `cellsearch_schema` marker table."""
     row = connection.execute(
@@ -501,6 +522,6 @@ def _evaluation(row: tuple) -> EvaluationRecord:
     architecture_hash, step, *values = row
     data = {
         column: json.loads(value) if column in _JSON_COLUMNS else value
-        for column, value in zip(_COLUMNS, values, strict=True)
+        for column, value in zip(_COLUMNS, values)  # (a version 1 row has no history)
     }
     return EvaluationRecord(architecture_hash, step, Result.from_dict(data))

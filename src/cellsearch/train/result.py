@@ -22,7 +22,7 @@ class Result:
 
     `metric` names the task's search metric ("accuracy", or "nll" for music); `valid` and `test`
     hold the metrics of the epoch with the best validation loss (e.g. accuracy, perplexity, nll,
-    frame_accuracy). `value` is that epoch's validation `metric`, the number the search compares
+    frame_accuracy); `history` the validation metrics and learning rate of every epoch. `value` is that epoch's validation `metric`, the number the search compares
     (NaN when the run failed before finishing an epoch).
     """
 
@@ -38,6 +38,9 @@ class Result:
     epochs: int = 0
     wall_seconds: float = 0.0
     device: str = "cpu"
+    # Per epoch trained: {"epoch": e, "learning_rate": rate, and every validation metric}, for
+    # learning curves (empty for results stored before cellsearch kept it).
+    history: tuple[Mapping[str, float], ...] = ()
 
     @property
     def value(self) -> float:
@@ -51,11 +54,13 @@ class Result:
         data = asdict(self)
         data["settings"] = self.settings.to_dict()
         data["valid"], data["test"] = dict(self.valid), dict(self.test)
+        data["history"] = [dict(entry) for entry in self.history]
         return data
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> Result:
         fields = dict(data)
         fields["settings"] = Settings.from_dict(fields["settings"])
+        fields["history"] = tuple(dict(entry) for entry in fields.get("history", ()))
         return cls(**fields)
 

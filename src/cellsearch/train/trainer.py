@@ -97,6 +97,7 @@ def train_population(
     reasons: list[str | None] = [None] * K
     best_valid: list[dict[str, float]] = [{} for _ in range(K)]
     best_test: list[dict[str, float]] = [{} for _ in range(K)]
+    histories: list[list[dict[str, float]]] = [[] for _ in range(K)]
     epochs_run = [0] * K
 
     epoch = 0
@@ -115,6 +116,8 @@ def train_population(
             if not active[k]:
                 continue
             epochs_run[k] = epoch + 1
+            histories[k].append({"epoch": epoch + 1, "learning_rate": rates[k],
+                                 **{name: values[k] for name, values in valid.items()}})
             loss = valid["nll"][k]
             if not finite[k] or not math.isfinite(loss):
                 active[k], status[k] = False, DIVERGED
@@ -143,6 +146,7 @@ def train_population(
             task=task.name, settings=s, hidden_size=hidden_size, num_parameters=num_parameters,
             metric=task.metric, status=status[k], reason=reasons[k], valid=best_valid[k],
             test=best_test[k], epochs=epochs_run[k], wall_seconds=wall, device=str(device),
+            history=tuple(histories[k]),
         )
         for k, s in enumerate(settings)
     ]
