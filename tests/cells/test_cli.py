@@ -1,4 +1,5 @@
 import json
+from pathlib import Path
 
 import pytest
 
@@ -54,3 +55,20 @@ def test_unknown_cell_is_one_line_and_exit_2(capsys):
     assert main(["cells", "show", "lstm2"]) == 2
     err = capsys.readouterr().err
     assert "unknown cell 'lstm2'" in err and "gru" in err and err.count("\n") == 1
+
+
+@pytest.mark.parametrize("suffix", [".png", ".svg"])
+def test_draw_writes_a_picture_of_any_cell(tmp_path, capsys, suffix):
+    cell = tmp_path / "mine.cell"
+    cell.write_text("z = sigm(W_z x + b_z)\nh' = z * tanh(W_h h) + (1 - z) * h\n")
+    for name in ("gru", str(cell)):
+        picture = tmp_path / f"{Path(name).stem}{suffix}"
+        assert main(["cells", "draw", name, "-o", str(picture), "--engine", "matplotlib"]) == 0
+        assert picture.stat().st_size > 5000
+    if suffix == ".svg":
+        assert "z = sigm" in (tmp_path / f"mine{suffix}").read_text()  # the user's names
+
+
+def test_draw_refuses_an_unknown_format(tmp_path, capsys):
+    assert main(["cells", "draw", "gru", "-o", str(tmp_path / "gru.jpg")]) == 2
+    assert "must end in .svg, .png or .pdf" in capsys.readouterr().err
