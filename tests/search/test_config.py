@@ -138,3 +138,12 @@ def test_every_setting_is_listed_with_its_default():
     listing = settings_listing()
     assert "top_size = 100\n" in listing and "steps_in_flight = 16\n" in listing
     assert "max_steps = null\n" in listing and "may change when resuming" in listing
+
+
+def test_the_paper_preset_is_the_paper_and_paper_small_its_procedure_at_lower_cost():
+    paper, small = load_config(preset="paper"), load_config(preset="paper-small")
+    assert paper == SearchConfig()  # the defaults are the paper's procedure
+    same = ("tasks", "filter_threshold", "task_threshold", "settings_per_task", "best_settings",
+            "experienced_parent", "top_size")
+    assert all(getattr(small, key) == getattr(paper, key) for key in same)
+    assert small.initial_settings == 20 and small.max_steps == 60
