@@ -64,8 +64,8 @@ def register(subparsers) -> None:
     )
     search.add_argument(
         "--preset", choices=preset_names(),
-        help="a built-in configuration: tiny (a CPU demo), paper (the paper's procedure, spelled out),"
-        " paper-small (the same at lower cost, for one GPU)"
+        help="a built-in configuration: tiny (a CPU demo), paper (the paper's procedure, spelled"
+        " out), paper-small (the same at lower cost, for one GPU)"
     )
     search.add_argument("--config", help="a .json or .toml file of search settings")
     search.add_argument(
