@@ -137,6 +137,7 @@ def test_a_version_1_database_is_read_as_it_is_and_gains_history_at_its_first_wr
         storage.add_evaluations(run, "a", 0, [result(0.5)])
     connection = sqlite3.connect(path)  # as cellsearch's schema version 1 left it
     connection.executescript("ALTER TABLE evaluations DROP COLUMN history;"
+                             "ALTER TABLE evaluations DROP COLUMN tokens;"
                              "UPDATE cellsearch_schema SET version = 1;")
     connection.close()
     before = snapshot(path)

@@ -99,6 +99,10 @@ def test_schedule_stops_members_independently(tiny_task, monkeypatch):
     results = evaluate(zoo.get("lstm"), tiny_task, [setting(seed=1), setting(seed=2)], max_epochs=3)
     assert [r.epochs for r in results] == [1, 3]
     assert all(r.status == OK for r in results)
+    # Each member counts the training it did: 4 windows of 20 rows x 35 steps an epoch; and
+    # keeps one learning-curve entry per epoch.
+    assert [r.tokens for r in results] == [4 * 20 * 35, 3 * 4 * 20 * 35]
+    assert [[entry["epoch"] for entry in r.history] for r in results] == [[1], [1, 2, 3]]
 
 
 def test_softmax_metrics_on_arith():

@@ -232,6 +232,7 @@ class _Display:
         self.task = None
         self.started = time.monotonic()
         self.trained = 0  # settings trained by this process (not answered from storage)
+        self.tokens = 0  # their training timesteps (rows x unrolled steps x windows)
 
     def __enter__(self) -> _Display:
         if not self.quiet:
@@ -282,11 +283,13 @@ class _Display:
             )
         elif isinstance(event, JobCompleted):
             self.trained += len(event.results)
-            hours = (time.monotonic() - self.started) / 3600
+            self.tokens += sum(result.tokens for result in event.results)
+            seconds = time.monotonic() - self.started
             progress.update(
                 self.task,
                 description=f"{event.steps_in_flight} steps running,"
-                f" {self.trained / hours:,.0f} settings/h",
+                f" {self.trained * 3600 / seconds:,.0f} settings/h,"
+                f" {self.tokens / seconds / 1e6:,.2f}M tokens/s",
             )
         elif isinstance(event, StepCompleted):
             record = event.record

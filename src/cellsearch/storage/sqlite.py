@@ -50,7 +50,8 @@ from cellsearch.storage.records import (
 )
 from cellsearch.train.result import Result
 
-SCHEMA_VERSION = 2  # 2: evaluations.history (a version 1 database gains it at its first write)
+SCHEMA_VERSION = 2  # 2: evaluations.history and .tokens (a version 1 database gains them at its
+# first write)
 # "CeLS" in the SQLite header (offset 68), so `file` and SQLite tools can tell our databases apart.
 APPLICATION_ID = 0x43654C53
 MEMORY = ":memory:"
@@ -98,6 +99,7 @@ CREATE TABLE evaluations (
     step INTEGER NOT NULL,
     created_at TEXT NOT NULL,
     history TEXT NOT NULL DEFAULT '[]',
+    tokens INTEGER NOT NULL DEFAULT 0,
     UNIQUE (run_id, architecture_hash, task, settings_key),
     FOREIGN KEY (run_id, architecture_hash) REFERENCES architectures (run_id, hash)
 );
@@ -140,7 +142,9 @@ _COLUMNS = (
     "wall_seconds",
     "device",
     "history",
+    "tokens",
 )
+_VERSION_2_COLUMNS = ("history", "tokens")
 _JSON_COLUMNS = frozenset({"settings", "valid", "test", "history"})
 _INSERTED = ("run_id", "architecture_hash", "step", "created_at", "settings_key", "value", *_COLUMNS)
 _INSERT_EVALUATION = (
@@ -294,7 +298,7 @@ class SQLiteStorage(Storage):
         task: str | None = None,
         step: int | None = None,
     ) -> list[EvaluationRecord]:
-        columns = _COLUMNS if self._version != 1 else _COLUMNS[:-1]  # version 1: no history
+        columns = [c for c in _COLUMNS if self._version != 1 or c not in _VERSION_2_COLUMNS]
         query = (
             f"SELECT architecture_hash, step, {', '.join(columns)} FROM evaluations"
             " WHERE run_id = ?"
@@ -398,10 +402,11 @@ class SQLiteStorage(Storage):
         if not self._wal and self.path != MEMORY:
             connection.execute("PRAGMA journal_mode = WAL")
             self._wal = True
-        if self._version == 1:  # version 2 adds the learning curves' column
+        if self._version == 1:  # version 2 adds the learning curves and the tokens trained
             connection.executescript(
                 "BEGIN IMMEDIATE;"
                 "ALTER TABLE evaluations ADD COLUMN history TEXT NOT NULL DEFAULT '[]';"
+                "ALTER TABLE evaluations ADD COLUMN tokens INTEGER NOT NULL DEFAULT 0;"
                 "UPDATE cellsearch_schema SET version = 2;"
                 "COMMIT;"
             )
@@ -522,6 +527,6 @@ def _evaluation(row: tuple) -> EvaluationRecord:
     architecture_hash, step, *values = row
     data = {
         column: json.loads(value) if column in _JSON_COLUMNS else value
-        for column, value in zip(_COLUMNS, values)  # (a version 1 row has no history)
+        for column, value in zip(_COLUMNS, values)  # (a version 1 row ends before history)
     }
     return EvaluationRecord(architecture_hash, step, Result.from_dict(data))

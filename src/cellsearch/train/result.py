@@ -41,6 +41,7 @@ class Result:
     # Per epoch trained: {"epoch": e, "learning_rate": rate, and every validation metric}, for
     # learning curves (empty for results stored before cellsearch kept it).
     history: tuple[Mapping[str, float], ...] = ()
+    tokens: int = 0  # timesteps of training data read (minibatch rows x unrolled steps x windows)
 
     @property
     def value(self) -> float:

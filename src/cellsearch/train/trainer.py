@@ -99,13 +99,17 @@ def train_population(
     best_test: list[dict[str, float]] = [{} for _ in range(K)]
     histories: list[list[dict[str, float]]] = [[] for _ in range(K)]
     epochs_run = [0] * K
+    tokens = [0] * K  # timesteps of training data each member has read
 
     epoch = 0
     while any(active) and (max_epochs is None or epoch < max_epochs):
         rates = [sch.learning_rate if a else 0.0 for sch, a in zip(schedules, active)]
         training = sum(active)
 
+        windows = [0]
+
         def on_window(window: int) -> None:
+            windows[0] = window
             if on_progress is not None:
                 on_progress(Progress(epoch + 1, window, training))
 
@@ -116,6 +120,7 @@ def train_population(
             if not active[k]:
                 continue
             epochs_run[k] = epoch + 1
+            tokens[k] += windows[0] * batch_size * num_steps
             histories[k].append({"epoch": epoch + 1, "learning_rate": rates[k],
                                  **{name: values[k] for name, values in valid.items()}})
             loss = valid["nll"][k]
@@ -146,7 +151,7 @@ def train_population(
             task=task.name, settings=s, hidden_size=hidden_size, num_parameters=num_parameters,
             metric=task.metric, status=status[k], reason=reasons[k], valid=best_valid[k],
             test=best_test[k], epochs=epochs_run[k], wall_seconds=wall, device=str(device),
-            history=tuple(histories[k]),
+            history=tuple(histories[k]), tokens=tokens[k],
         )
         for k, s in enumerate(settings)
     ]
