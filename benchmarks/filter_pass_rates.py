@@ -1,0 +1,83 @@
+"""How often cells pass the memorization filter (issue 23): random memorize settings per cell,
+trained exactly as the search's filter trains them (the search schedule, stopping at 95%), under
+both loss normalizations; pass rates overall and by learning rate, init scale and clip.
+
+    python benchmarks/filter_pass_rates.py [--cells lstm,gru,mut1,mut2,mut3,lstm-as-printed]
+        [--settings 50] [--seed 1] [--device cuda] [--out results/filter.json]
+
+Every setting's outcome is written to --out (JSON lines, appended, so an interrupted run can be
+resumed: settings already there are not trained again); the tables are printed at the end.
+"""
+
+import argparse
+import json
+import random
+from collections import defaultdict
+from pathlib import Path
+
+from cellsearch import zoo
+from cellsearch.train.evaluate import evaluate
+from cellsearch.train.hyperparameters import LOSS_NORMALIZATIONS, SearchSpace
+
+THRESHOLD = 0.95
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--cells", default="lstm,gru,mut1,mut2,mut3,lstm-as-printed")
+    parser.add_argument("--settings", type=int, default=50)
+    parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--max-epochs", type=int, default=None, help="a cap, for quick checks")
+    parser.add_argument("--epoch-windows", type=int, default=None, help="for quick checks")
+    parser.add_argument("--out", default="filter-pass-rates.jsonl")
+    args = parser.parse_args()
+    out = Path(args.out)
+    done = set()
+    if out.exists():
+        for line in out.read_text().splitlines():
+            record = json.loads(line)
+            done.add((record["cell"], record["loss_normalization"], record["settings_key"]))
+    settings = SearchSpace.for_search("memorize").sample_distinct(
+        random.Random(args.seed), args.settings)
+    for cell in args.cells.split(","):
+        for normalization in LOSS_NORMALIZATIONS:
+            todo = [s for s in settings if (cell, normalization, s.key()) not in done]
+            if not todo:
+                continue
+            results = evaluate(zoo.get(cell), "memorize", todo, device=args.device,
+                               stop_at=THRESHOLD, loss_normalization=normalization,
+                               max_epochs=args.max_epochs, epoch_windows=args.epoch_windows)
+            with out.open("a") as handle:
+                for result in results:
+                    handle.write(json.dumps({
+                        "cell": cell, "loss_normalization": normalization,
+                        "settings_key": result.settings.key(),
+                        "settings": result.settings.to_dict(),
+                        "value": result.value if result.value == result.value else None,
+                        "passed": result.value >= THRESHOLD, "status": result.status,
+                        "epochs": result.epochs,
+                    }) + "\n")
+    print_tables(out)
+
+
+def print_tables(out: Path) -> None:
+    records = [json.loads(line) for line in out.read_text().splitlines()]
+    groups = defaultdict(list)
+    for record in records:
+        groups[record["cell"], record["loss_normalization"]].append(record)
+    for (cell, normalization), items in sorted(groups.items()):
+        passed = sum(item["passed"] for item in items)
+        print(f"\n{cell}, loss / {normalization}: {passed}/{len(items)} pass")
+        for name in ("learning_rate", "init_scale", "max_grad_norm"):
+            counts = defaultdict(lambda: [0, 0])
+            for item in items:
+                value = item["settings"][name]
+                counts[value][0] += item["passed"]
+                counts[value][1] += 1
+            row = "  ".join(f"{value:g}: {p}/{n}" for value, (p, n) in sorted(counts.items()))
+            print(f"  by {name:<14} {row}")
+
+
+if __name__ == "__main__":
+    main()
