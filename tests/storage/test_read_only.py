@@ -48,3 +48,35 @@ def test_a_missing_database_is_not_created(tmp_path, command, capsys):
     assert main([*command, "--db", str(tmp_path / "missing.db")]) == 2
     assert "no database at" in capsys.readouterr().err
     assert not any(tmp_path.iterdir())
+
+
+@pytest.fixture
+def read_only_copy(searched, tmp_path):
+    """The searched database in a read-only file system (a read-only bind mount; skipped where
+    this process may not mount)."""
+    import shutil
+    import subprocess
+
+    source, target = tmp_path / "source", tmp_path / "mounted"
+    source.mkdir()
+    target.mkdir()
+    shutil.copy(searched, source / "run.db")
+    mounted = subprocess.run(["mount", "--bind", str(source), str(target)], capture_output=True)
+    if mounted.returncode:
+        pytest.skip("cannot bind-mount here")
+    try:
+        if subprocess.run(["mount", "-o", "remount,bind,ro", str(target)],
+                          capture_output=True).returncode:
+            pytest.skip("cannot remount read-only here")
+        yield target / "run.db"
+    finally:
+        subprocess.run(["umount", str(target)], capture_output=True)
+
+
+def test_a_read_only_location_is_read_and_a_search_there_is_told_why(read_only_copy, capsys):
+    for command in READERS:
+        assert main([*command, "--db", str(read_only_copy)]) == 0
+    capsys.readouterr()
+    for path in (read_only_copy, read_only_copy.parent / "new.db"):
+        assert main(["search", "--db", str(path), "--preset", "tiny", "--quiet"]) == 2
+        assert "Read-only file system (a search needs a writable" in capsys.readouterr().err

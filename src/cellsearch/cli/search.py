@@ -185,8 +185,11 @@ def _sole_driver(path: Path) -> Iterator[None]:
         raise UserError(f"{path} is a directory, not a cellsearch database") from None
     except FileNotFoundError:
         raise UserError(f"cannot create {path}: directory {path.parent} does not exist") from None
-    except PermissionError:
-        raise UserError(f"cannot write {path}: permission denied (a read-only location?)") from None
+    except OSError as error:  # permission denied, a read-only file system, ...
+        raise UserError(
+            f"cannot write {path}: {error.strerror} (a search needs a writable file and"
+            " directory; `cellsearch top`, `stats` and `report` read it where it is)"
+        ) from None
     with handle:
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)

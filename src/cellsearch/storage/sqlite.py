@@ -400,7 +400,13 @@ class SQLiteStorage(Storage):
         """One write transaction, taken with the write lock from its start (BEGIN IMMEDIATE)."""
         connection = self._connection
         if not self._wal and self.path != MEMORY:
-            connection.execute("PRAGMA journal_mode = WAL")
+            try:
+                connection.execute("PRAGMA journal_mode = WAL")
+            except sqlite3.OperationalError as error:  # e.g. its directory is read-only
+                raise UserError(
+                    f"cannot write {self.path}: {error} (a search needs a writable file and"
+                    " directory)"
+                ) from None
             self._wal = True
         if self._version == 1:  # version 2 adds the learning curves and the tokens trained
             connection.executescript(
