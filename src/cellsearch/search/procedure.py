@@ -1,13 +1,16 @@
-"""The search procedure of §3.1 as a deterministic state machine: `Search.step(n)` plans step n.
+"""The search procedure of §3.1 as a deterministic state machine: `Search.plan(n)` plans step n,
+`Search.conclude(n, ...)` closes it.
 
 A step is a generator of *requests* — record this architecture, evaluate these jobs, record this
 filter outcome, complete the step with this top list — that the driver carries out and commits
 before resuming the generator. The search itself does no I/O: no SQL, no torch, no processes.
-What a step does is a function of three things only: the configuration, the state after step
-n-1 (architectures, completed evaluations, top list), and random generators seeded from
-(config seed, step number, purpose). So a driver that rebuilds that state from storage after a
-crash and replays step n gets exactly the same requests, and needs to run only the evaluations
-that storage does not hold yet.
+What a step asks for is a function of three things only: the configuration, the state after step
+n - B (B = `steps_in_flight`; 1 for the sequential procedure) with the earlier evaluations of
+the architecture step n evaluates (see `Search`), and random generators seeded from (config
+seed, step number, purpose). What it concludes is a function of the state after step n - 1 and
+its own evaluations. So a driver that rebuilds that state from storage after a crash and replays
+the steps in flight gets exactly the same requests, and needs to run only the evaluations that
+storage does not hold yet.
 
 The steps:
 
