@@ -132,8 +132,10 @@ def main_(cells: int, settings: int, seed: int) -> None:
                 argv = ["--set", assignment(rng)]
             else:
                 argv = ["--config", str(config_file(rng, folder))]
-            argv = ["search", "--db", str(db), "--quiet", "--preset", "tiny", *FAKES,
-                    "--set", "max_steps=0", "--set", "initial_settings=1", *argv]
+            # The fixed budget comes last, so that a fuzzed max_steps cannot start an endless run.
+            argv = ["search", "--db", str(db), "--quiet", "--preset", "tiny", *FAKES, *argv,
+                    "--set", "max_steps=0", "--set", "initial_settings=1",
+                    "--set", "steps_in_flight=1"]
             code, err = run(argv, outcomes, tracebacks)
             created += code == 2 and db.exists()
             long_messages += err.count("\n") > 45 or len(err) > 20_000
