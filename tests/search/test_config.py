@@ -147,3 +147,12 @@ def test_the_paper_preset_is_the_paper_and_paper_small_its_procedure_at_lower_co
             "experienced_parent", "top_size")
     assert all(getattr(small, key) == getattr(paper, key) for key in same)
     assert small.initial_settings == 20 and small.max_steps == 60
+
+
+def test_the_example_config_file_is_the_paper_and_names_every_setting():
+    from pathlib import Path
+
+    example = Path(__file__).resolve().parents[2] / "docs" / "search.example.toml"
+    assert load_config(path=example) == SearchConfig()
+    text = example.read_text()
+    assert all(name in text for name in SearchConfig.__dataclass_fields__)
