@@ -30,42 +30,48 @@ def main() -> None:
     parser.add_argument("--device", default="auto")
     parser.add_argument("--max-epochs", type=int, default=None, help="a cap, for quick checks")
     parser.add_argument("--epoch-windows", type=int, default=None, help="for quick checks")
+    parser.add_argument("--chunk", type=int, default=None,
+                        help="train this many settings at a time (recorded as they finish)")
     parser.add_argument("--out", default="filter-pass-rates.jsonl")
     args = parser.parse_args()
     out = Path(args.out)
     done = set()
     if out.exists():
         for line in out.read_text().splitlines():
-            record = json.loads(line)
-            done.add((record["cell"], record["loss_normalization"], record["settings_key"]))
+            entry = json.loads(line)
+            done.add((entry["cell"], entry["loss_normalization"], entry["settings_key"]))
     settings = SearchSpace.for_search("memorize").sample_distinct(
         random.Random(args.seed), args.settings)
-    for cell in args.cells.split(","):
-        for normalization in LOSS_NORMALIZATIONS:
+    for normalization in LOSS_NORMALIZATIONS:
+        for cell in args.cells.split(","):
             todo = [s for s in settings if (cell, normalization, s.key()) not in done]
-            if not todo:
-                continue
-            results = evaluate(zoo.get(cell), "memorize", todo, device=args.device,
-                               stop_at=THRESHOLD, loss_normalization=normalization,
-                               max_epochs=args.max_epochs, epoch_windows=args.epoch_windows)
-            with out.open("a") as handle:
-                for result in results:
-                    handle.write(json.dumps({
-                        "cell": cell, "loss_normalization": normalization,
-                        "settings_key": result.settings.key(),
-                        "settings": result.settings.to_dict(),
-                        "value": result.value if result.value == result.value else None,
-                        "passed": result.value >= THRESHOLD, "status": result.status,
-                        "epochs": result.epochs,
-                    }) + "\n")
+            size = args.chunk or len(todo) or 1
+            for chunk in (todo[i:i + size] for i in range(0, len(todo), size)):
+                results = evaluate(zoo.get(cell), "memorize", chunk, device=args.device,
+                                   stop_at=THRESHOLD, loss_normalization=normalization,
+                                   max_epochs=args.max_epochs, epoch_windows=args.epoch_windows)
+                record(out, cell, normalization, results)
     print_tables(out)
+
+
+def record(out: Path, cell: str, normalization: str, results) -> None:
+    with out.open("a") as handle:
+        for result in results:
+            handle.write(json.dumps({
+                "cell": cell, "loss_normalization": normalization,
+                "settings_key": result.settings.key(),
+                "settings": result.settings.to_dict(),
+                "value": result.value if result.value == result.value else None,
+                "passed": result.value >= THRESHOLD, "status": result.status,
+                "epochs": result.epochs, "wall_seconds": round(result.wall_seconds, 1),
+            }) + "\n")
 
 
 def print_tables(out: Path) -> None:
     records = [json.loads(line) for line in out.read_text().splitlines()]
     groups = defaultdict(list)
-    for record in records:
-        groups[record["cell"], record["loss_normalization"]].append(record)
+    for entry in records:
+        groups[entry["cell"], entry["loss_normalization"]].append(entry)
     for (cell, normalization), items in sorted(groups.items()):
         passed = sum(item["passed"] for item in items)
         print(f"\n{cell}, loss / {normalization}: {passed}/{len(items)} pass")
