@@ -61,7 +61,8 @@ def register(subparsers) -> None:
     reproduce.add_argument("--executor", choices=EXECUTORS, default="inprocess")
     reproduce.add_argument("--workers", type=int)
     reproduce.add_argument("--scheduler", metavar="ADDRESS")
-    reproduce.add_argument("--data-dir", help="where ptb/ and music/ live (default $CELLSEARCH_DATA)")
+    reproduce.add_argument("--data-dir",
+                           help="where ptb/ and music/ live (default $CELLSEARCH_DATA)")
     reproduce.add_argument("--evaluator", default=None, help="module:function (tests)")
     reproduce.add_argument("--quiet", action="store_true")
     reproduce.set_defaults(run=run_reproduce)
@@ -111,7 +112,8 @@ def run_reproduce(args: argparse.Namespace) -> int:
         raise UserError("--settings and --job-size must be at least 1")
     cells = _names(args.cells, zoo.names(), "cell") if args.cells else zoo.PAPER_CELLS
     table = TABLES[args.table]
-    columns = _names(args.columns, [c.name for c in table.columns], "column") if args.columns else None
+    columns = (_names(args.columns, [c.name for c in table.columns], "column")
+               if args.columns else None)
     options: dict = {}
     for assignment in args.assignments:
         apply_assignment(options, assignment, known=(*EVALUATION_OPTIONS, "space"))
@@ -152,5 +154,6 @@ def _names(text: str, known, kind: str) -> tuple[str, ...]:
     names = tuple(part.strip() for part in text.split(",") if part.strip())
     unknown = [name for name in names if name not in known]
     if unknown or not names:
-        raise UserError(f"unknown {kind}(s) {', '.join(unknown) or repr(text)}; known: {', '.join(known)}")
+        raise UserError(f"unknown {kind}(s) {', '.join(unknown) or repr(text)};"
+                        f" known: {', '.join(known)}")
     return names

@@ -20,7 +20,8 @@ def render(report: Report, markdown: bool = False) -> str:
             ("steps completed", figures.steps_completed),
             ("candidates evaluated", figures.architectures_evaluated),
             ("passed the memorization filter", figures.passed_filter),
-            ("settings per architecture that passed", _number(figures.settings_per_architecture, 1)),
+            ("settings per architecture that passed",
+             _number(figures.settings_per_architecture, 1)),
             ("evaluations", figures.total_evaluations),
             ("failed or diverged evaluations", figures.failed_evaluations),
         ]

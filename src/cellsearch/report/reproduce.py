@@ -44,7 +44,9 @@ class Reproduction:
             "kind": REPRODUCTION,
             "seed": self.seed,
             "evaluation_options": dict(self.evaluation_options),
-            "space_overrides": {name: list(values) for name, values in self.space_overrides.items()},
+            "space_overrides": {
+                name: list(values) for name, values in self.space_overrides.items()
+            },
             "evaluator": self.evaluator,
         }
 
@@ -58,7 +60,9 @@ class Reproduction:
         )
 
 
-def column_space(table: Table, column: Column, overrides: Mapping[str, Sequence[Any]]) -> SearchSpace:
+def column_space(
+    table: Table, column: Column, overrides: Mapping[str, Sequence[Any]]
+) -> SearchSpace:
     """The settings a column's evaluations are drawn from: §3.7's ranges, the table's schedule,
     the column's budget and dropout, then `overrides` (e.g. tiny budgets for a demo)."""
     if table.schedule == "search":

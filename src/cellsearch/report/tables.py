@@ -79,7 +79,9 @@ def best_entry(records: Iterable[EvaluationRecord], column: Column) -> Entry:
         if record.task == column.task and column.counts(record.result.settings)
     ]
     scored = [
-        record for record in counted if math.isfinite(record.result.valid.get(column.metric, math.nan))
+        record
+        for record in counted
+        if math.isfinite(record.result.valid.get(column.metric, math.nan))
     ]
     if not scored:
         return Entry(math.nan, len(counted))

@@ -161,7 +161,9 @@ class SearchConfig:
     def from_dict(cls, data: Mapping[str, Any]) -> SearchConfig:
         """A config from plain values (JSON, TOML); UserError naming any unknown key."""
         if not isinstance(data, Mapping):
-            raise UserError(f"a search configuration must be a table of settings, got {_short(data)}")
+            raise UserError(
+                f"a search configuration must be a table of settings, got {_short(data)}"
+            )
         known = [item.name for item in dataclasses.fields(cls)]
         unknown = sorted(set(data) - set(known))
         if unknown:
@@ -222,7 +224,9 @@ class SearchConfig:
     def _checked_overrides(self) -> Mapping[str, Mapping[str, tuple[Any, ...]]]:
         overrides = self.space_overrides
         if not isinstance(overrides, Mapping):
-            raise UserError(f"space_overrides must map task names to overrides, got {_short(overrides)}")
+            raise UserError(
+                f"space_overrides must map task names to overrides, got {_short(overrides)}"
+            )
         checked: dict[str, Mapping[str, tuple[Any, ...]]] = {}
         allowed = (*self.tasks, self.filter_task)
         for task, values in overrides.items():
@@ -346,7 +350,8 @@ def _checked_tasks(tasks: Any, filter_task: Any) -> tuple[str, ...]:
     if isinstance(tasks, str) or not isinstance(tasks, Iterable):
         raise UserError(f"search setting tasks must be a list of task names, got {_short(tasks)}")
     tasks = tuple(tasks)
-    if not tasks or not all(isinstance(task, str) for task in tasks) or len(set(tasks)) != len(tasks):
+    names = all(isinstance(task, str) for task in tasks)
+    if not tasks or not names or len(set(tasks)) != len(tasks):
         raise UserError(
             f"search setting tasks must list one or more distinct tasks, got {_short(list(tasks))}"
         )

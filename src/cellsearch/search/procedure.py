@@ -276,7 +276,8 @@ class Search:
             child: CellGraph = mutation.graph
             child.canonical_hash()
         except Exception as error:  # noqa: BLE001 - one bad mutation must not stop a long search
-            return StepChoice(MUTATE, member, None, f"mutating {member[:12]} failed: {describe(error)}")
+            reason = f"mutating {member[:12]} failed: {describe(error)}"
+            return StepChoice(MUTATE, member, None, reason)
         return StepChoice(MUTATE, member, child, str(getattr(mutation, "description", "")))
 
     def _initialize(self, history: HistoryView) -> Generator[Request, Any, StepEnding]:

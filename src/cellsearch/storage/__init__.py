@@ -10,7 +10,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from cellsearch.errors import UserError
 from cellsearch.storage.base import DuplicateEvaluationError, Storage, StorageError
 from cellsearch.storage.memory import InMemoryStorage
 from cellsearch.storage.records import (

@@ -78,13 +78,15 @@ def evaluate(
     """Train each setting of `graph` on `task`; one Result per setting, in the given order.
 
     `max_epochs` caps every schedule; `epoch_windows` shrinks a task's epoch and
-    `valid_samples`/`test_samples` a synthetic task's fixed sets (ignored for ptb and music; cheap configurations for tests
-    and demos); `population_size` caps K (by default, on CUDA, as many as fit in half the free
-    memory: `packing`); `data_seed` selects the training stream, shared by all members; `capture`
-    replays training steps from CUDA graphs on a GPU and `engine` picks how each layer runs
-    (`model.ENGINES`; by default generated kernels on CUDA, eager on CPU); `stop_at` ends a member once its validation
-    metric reaches it; `loss_normalization` divides a window's summed loss by the minibatch size
-    ("minibatch", §3.7) or by its scored targets ("targets"; docs/fidelity.md). On CUDA, matmuls use TF32 (as the speed targets assume).
+    `valid_samples`/`test_samples` a synthetic task's fixed sets (ignored for ptb and music;
+    cheap configurations for tests and demos); `population_size` caps K (by default, on CUDA, as
+    many as fit in half the free memory: `packing`); `data_seed` selects the training stream,
+    shared by all members; `capture` replays training steps from CUDA graphs on a GPU and
+    `engine` picks how each layer runs (`model.ENGINES`; by default generated kernels on CUDA,
+    eager on CPU); `stop_at` ends a member once its validation metric reaches it;
+    `loss_normalization` divides a window's summed loss by the minibatch size ("minibatch",
+    §3.7) or by its scored targets ("targets"; docs/fidelity.md). On CUDA, matmuls use TF32 (as
+    the speed targets assume).
     """
     if loss_normalization not in LOSS_NORMALIZATIONS:
         raise UserError(

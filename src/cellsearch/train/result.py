@@ -22,8 +22,9 @@ class Result:
 
     `metric` names the task's search metric ("accuracy", or "nll" for music); `valid` and `test`
     hold the metrics of the epoch with the best validation loss (e.g. accuracy, perplexity, nll,
-    frame_accuracy); `history` the validation metrics and learning rate of every epoch. `value` is that epoch's validation `metric`, the number the search compares
-    (NaN when the run failed before finishing an epoch).
+    frame_accuracy); `history` the validation metrics and learning rate of every epoch. `value`
+    is that epoch's validation `metric`, the number the search compares (NaN when the run failed
+    before finishing an epoch).
     """
 
     task: str

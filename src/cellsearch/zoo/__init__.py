@@ -1,7 +1,7 @@
 """The paper's cells, one equation file each (`<name>.cell`), as the paper's authors trained them.
 
-tanh, lstm, lstm-f, lstm-i, lstm-o, lstm-b (§2, §4), gru (§2.3), mut1, mut2, mut3 (§4): the cells of
-the paper's tables (`PAPER_CELLS`). The LSTMs have a sigmoid output gate where §2 prints a tanh;
+tanh, lstm, lstm-f, lstm-i, lstm-o, lstm-b (§2, §4), gru (§2.3), mut1, mut2, mut3 (§4): the cells
+of the paper's tables (`PAPER_CELLS`). The LSTMs have a sigmoid output gate where §2 prints a tanh;
 `lstm-as-printed` is §2's text to the letter (docs/fidelity.md).
 """
 
@@ -17,7 +17,9 @@ from cellsearch.graph import CellGraph
 
 
 # The rows of the paper's Tables 1-3, in their order.
-PAPER_CELLS = ("tanh", "lstm", "lstm-f", "lstm-i", "lstm-o", "lstm-b", "gru", "mut1", "mut2", "mut3")
+PAPER_CELLS = (
+    "tanh", "lstm", "lstm-f", "lstm-i", "lstm-o", "lstm-b", "gru", "mut1", "mut2", "mut3"
+)
 
 
 def names() -> tuple[str, ...]:
