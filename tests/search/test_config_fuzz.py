@@ -54,7 +54,9 @@ def test_any_set_is_a_config_or_a_user_error(pairs):
 
 def test_known_offenders_are_user_errors():
     for assignment in ["tasks=[[1]]", "tasks=" + "[" * 5000 + "]" * 5000, "top_size=" + "9" * 5000,
-                       "evaluation_options.max_epochs=NaN", "seed=1e400", "tasks=arith"]:
+                       "evaluation_options.max_epochs=NaN", "seed=1e400", "tasks=arith",
+                       "task_threshold=" + "9" * 400, "filter_threshold=" + "9" * 400,
+                       "space_overrides.arith.learning_rate=[" + "9" * 400 + "]"]:
         outcome([assignment])
 
 

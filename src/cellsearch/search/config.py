@@ -392,18 +392,24 @@ def _integer(name: str, value: Any, minimum: int) -> None:
 
 
 def _number(name: str, value: Any, minimum: float) -> None:
-    if (
-        isinstance(value, bool)
-        or not isinstance(value, (int, float))
-        or not math.isfinite(value)
-        or value < minimum
-    ):
-        raise UserError(f"search setting {name} must be a number >= {minimum:g}, got {_short(value)}")
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not _finite(value):
+        raise UserError(f"search setting {name} must be a number >= {minimum:g}, got"
+                        f" {_short(value)}")
+    if value < minimum:
+        raise UserError(f"search setting {name} must be a number >= {minimum:g}, got"
+                        f" {_short(value)}")
+
+
+def _finite(value: int | float) -> bool:
+    try:
+        return math.isfinite(value)
+    except OverflowError:  # an integer beyond any float
+        return False
 
 
 def _fraction(name: str, value: Any) -> None:
-    _number(name, value, minimum=0.0)
-    if value > 1:
+    number = isinstance(value, (int, float)) and not isinstance(value, bool) and _finite(value)
+    if not number or not 0 <= value <= 1:
         raise UserError(f"search setting {name} must be a number in [0, 1], got {_short(value)}")
 
 

@@ -356,10 +356,13 @@ def _normalize(name: str, value: Any) -> Any:
 
 def _number(name: str, value: Any, accept: Any, description: str) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise UserError(f"{name} must be {description}, got {value!r}")
-    number = float(value)
+        raise UserError(f"{name} must be {description}, got {_short(value)}")
+    try:
+        number = float(value)
+    except OverflowError:  # an integer beyond any float
+        number = math.inf
     if not math.isfinite(number) or not accept(number):
-        raise UserError(f"{name} must be {description}, got {value!r}")
+        raise UserError(f"{name} must be {description}, got {_short(value)}")
     return number
 
 
