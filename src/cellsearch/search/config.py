@@ -44,7 +44,7 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any, Callable, Iterable, Mapping
 
-from cellsearch.errors import UserError
+from cellsearch.errors import UserError, quoted
 from cellsearch.executors.base import DEFAULT_EVALUATOR
 from cellsearch.train.hyperparameters import TASKS, SearchSpace
 
@@ -162,7 +162,7 @@ class SearchConfig:
         """A config from plain values (JSON, TOML); UserError naming any unknown key."""
         if not isinstance(data, Mapping):
             raise UserError(
-                f"a search configuration must be a table of settings, got {_short(data)}"
+                f"a search configuration must be a table of settings, got {quoted(data)}"
             )
         known = [item.name for item in dataclasses.fields(cls)]
         unknown = sorted(set(data) - set(known))
@@ -225,20 +225,20 @@ class SearchConfig:
         overrides = self.space_overrides
         if not isinstance(overrides, Mapping):
             raise UserError(
-                f"space_overrides must map task names to overrides, got {_short(overrides)}"
+                f"space_overrides must map task names to overrides, got {quoted(overrides)}"
             )
         checked: dict[str, Mapping[str, tuple[Any, ...]]] = {}
         allowed = (*self.tasks, self.filter_task)
         for task, values in overrides.items():
             if task not in allowed:
                 raise UserError(
-                    f"space_overrides names task {_short(task)}, which this search does not use"
+                    f"space_overrides names task {quoted(task)}, which this search does not use"
                     f" ({', '.join(allowed)})"
                 )
             if not isinstance(values, Mapping):
                 raise UserError(
                     f"space_overrides.{task} must map hyperparameters to value lists,"
-                    f" got {_short(values)}"
+                    f" got {quoted(values)}"
                 )
             normalized = {
                 name: (tuple(choices) if isinstance(choices, (list, tuple)) else (choices,))
@@ -300,7 +300,7 @@ def read_config_file(path: str | Path) -> dict[str, Any]:
     except RecursionError:
         raise UserError(f"{path}: nested too deeply to be a search configuration") from None
     except ValueError as error:  # JSON and TOML syntax errors, integers of over 4,300 digits
-        raise UserError(f"{path}: {_short(str(error), 200)}") from None
+        raise UserError(f"{path}: {quoted(str(error), 200)}") from None
     if not isinstance(data, dict):
         raise UserError(f"{path}: expected a table of settings")
     return data
@@ -316,7 +316,7 @@ def apply_assignment(
     name, separator, text = assignment.partition("=")
     name, text = name.strip(), text.strip()
     if not separator or not name:
-        raise UserError(f"--set expects key=value (e.g. top_size=10), got {_short(assignment)}")
+        raise UserError(f"--set expects key=value (e.g. top_size=10), got {quoted(assignment)}")
     if text.lower() == "none":
         value: Any = None
     else:
@@ -325,15 +325,15 @@ def apply_assignment(
         except json.JSONDecodeError:
             value = text
         except RecursionError:
-            raise UserError(f"--set {_short(name)}: the value is nested too deeply") from None
+            raise UserError(f"--set {quoted(name)}: the value is nested too deeply") from None
         except ValueError as error:  # e.g. an integer of over 4,300 digits
-            raise UserError(f"--set {_short(name)}: {_short(str(error), 120)}") from None
+            raise UserError(f"--set {quoted(name)}: {quoted(str(error), 120)}") from None
     *path, last = name.split(".")
     kind = "setting" if known is not None else "search setting"
     known = list(known or (item.name for item in dataclasses.fields(SearchConfig)))
     if (path[0] if path else last) not in known:
         raise UserError(
-            f"unknown {kind} {_short(name.split('.')[0])} in --set; known: {', '.join(known)}"
+            f"unknown {kind} {quoted(name.split('.')[0])} in --set; known: {', '.join(known)}"
         )
     target = data
     for part in path:
@@ -348,17 +348,17 @@ def apply_assignment(
 
 def _checked_tasks(tasks: Any, filter_task: Any) -> tuple[str, ...]:
     if isinstance(tasks, str) or not isinstance(tasks, Iterable):
-        raise UserError(f"search setting tasks must be a list of task names, got {_short(tasks)}")
+        raise UserError(f"search setting tasks must be a list of task names, got {quoted(tasks)}")
     tasks = tuple(tasks)
     names = all(isinstance(task, str) for task in tasks)
     if not tasks or not names or len(set(tasks)) != len(tasks):
         raise UserError(
-            f"search setting tasks must list one or more distinct tasks, got {_short(list(tasks))}"
+            f"search setting tasks must list one or more distinct tasks, got {quoted(list(tasks))}"
         )
     for task in (*tasks, filter_task):
         if not isinstance(task, str) or task not in TASKS:
             raise UserError(
-                f"unknown task {_short(task)} in the search settings; known: {', '.join(TASKS)}"
+                f"unknown task {quoted(task)} in the search settings; known: {', '.join(TASKS)}"
             )
     if filter_task in tasks:
         raise UserError(f"the filter task {filter_task} cannot also be a search task")
@@ -373,31 +373,24 @@ def _function_name(name: str, value: Any) -> None:
         or value.endswith(":")
     ):
         raise UserError(
-            f"search setting {name} must name a function as 'module:function', got {_short(value)}"
+            f"search setting {name} must name a function as 'module:function', got {quoted(value)}"
         )
-
-
-def _short(value: Any, limit: int = 80) -> str:
-    """`value`'s repr, cut to `limit` characters (an error message is one readable line)."""
-    try:
-        text = repr(value)
-    except (RecursionError, ValueError):  # deeply nested, or an int of too many digits
-        return f"a {type(value).__name__}"
-    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def _integer(name: str, value: Any, minimum: int) -> None:
     if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise UserError(f"search setting {name} must be an integer >= {minimum}, got {_short(value)}")
+        raise UserError(
+            f"search setting {name} must be an integer >= {minimum}, got {quoted(value)}"
+        )
 
 
 def _number(name: str, value: Any, minimum: float) -> None:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not _finite(value):
         raise UserError(f"search setting {name} must be a number >= {minimum:g}, got"
-                        f" {_short(value)}")
+                        f" {quoted(value)}")
     if value < minimum:
         raise UserError(f"search setting {name} must be a number >= {minimum:g}, got"
-                        f" {_short(value)}")
+                        f" {quoted(value)}")
 
 
 def _finite(value: int | float) -> bool:
@@ -410,7 +403,7 @@ def _finite(value: int | float) -> bool:
 def _fraction(name: str, value: Any) -> None:
     number = isinstance(value, (int, float)) and not isinstance(value, bool) and _finite(value)
     if not number or not 0 <= value <= 1:
-        raise UserError(f"search setting {name} must be a number in [0, 1], got {_short(value)}")
+        raise UserError(f"search setting {name} must be a number in [0, 1], got {quoted(value)}")
 
 
 # Evaluator keywords the search sets itself; an evaluation option of the same name would reach the
@@ -425,7 +418,7 @@ RESERVED_OPTIONS = {
 def _checked_options(options: Any) -> Mapping[str, Any]:
     if not isinstance(options, Mapping) or not all(isinstance(key, str) for key in options):
         raise UserError(
-            f"evaluation_options must map option names to values, got {_short(options)}"
+            f"evaluation_options must map option names to values, got {quoted(options)}"
         )
     reserved = [name for name in RESERVED_OPTIONS if name in options]
     if reserved:
@@ -439,6 +432,6 @@ def _checked_options(options: Any) -> Mapping[str, Any]:
     except (TypeError, ValueError, RecursionError):
         raise UserError(
             "evaluation_options must hold plain values (finite numbers, strings, lists),"
-            f" got {_short(options)}"
+            f" got {quoted(options)}"
         ) from None
     return MappingProxyType(plain)

@@ -38,7 +38,7 @@ import random
 from dataclasses import dataclass
 from typing import Any, Iterable, Iterator, Mapping, Sequence
 
-from cellsearch.errors import UserError
+from cellsearch.errors import UserError, quoted
 
 # The identity of a setting, in the order grid() varies them (the last one fastest).
 KEYS = (
@@ -345,24 +345,24 @@ def _normalize(name: str, value: Any) -> Any:
         return None
     # num_layers, num_parameters, max_epoch
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise UserError(f"{name} must be an integer >= 1, got {_short(value)}")
+        raise UserError(f"{name} must be an integer >= 1, got {quoted(value)}")
     if name == "num_parameters" and value > MAX_PARAMETERS:
         raise UserError(
             f"num_parameters must be at most {MAX_PARAMETERS:,} (a model of 8 GB), got"
-            f" {_short(value)}"
+            f" {quoted(value)}"
         )
     return int(value)
 
 
 def _number(name: str, value: Any, accept: Any, description: str) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise UserError(f"{name} must be {description}, got {_short(value)}")
+        raise UserError(f"{name} must be {description}, got {quoted(value)}")
     try:
         number = float(value)
     except OverflowError:  # an integer beyond any float
         number = math.inf
     if not math.isfinite(number) or not accept(number):
-        raise UserError(f"{name} must be {description}, got {_short(value)}")
+        raise UserError(f"{name} must be {description}, got {quoted(value)}")
     return number
 
 
@@ -396,12 +396,3 @@ def _below(rng: random.Random | Any, n: int) -> int:
     if hasattr(rng, "integers"):
         return int(rng.integers(n))
     raise TypeError(f"rng must be a random.Random or a numpy.random.Generator, got {type(rng).__name__}")
-
-
-def _short(value: Any, limit: int = 60) -> str:
-    """`value`'s repr, cut to `limit` characters (an error message is one readable line)."""
-    try:
-        text = repr(value)
-    except (RecursionError, ValueError):  # deeply nested, or an int of too many digits
-        return f"a {type(value).__name__}"
-    return text if len(text) <= limit else text[: limit - 3] + "..."

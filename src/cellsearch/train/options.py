@@ -8,6 +8,7 @@ from __future__ import annotations
 import math
 from typing import Any, Callable, Mapping
 
+from cellsearch.errors import quoted
 from cellsearch.train.hyperparameters import LOSS_NORMALIZATIONS
 
 SCHEDULES = ("search", "music", "ptb")
@@ -55,10 +56,5 @@ def option_problems(options: Mapping[str, Any], prefix: str = "evaluation_option
             continue
         allowed, check = RULES[name]
         if isinstance(value, float) and not math.isfinite(value) or not check(value):
-            problems.append(f"{prefix}{name} must be {allowed}, got {_short(value)}")
+            problems.append(f"{prefix}{name} must be {allowed}, got {quoted(value)}")
     return problems
-
-
-def _short(value: Any, limit: int = 60) -> str:
-    text = repr(value)
-    return text if len(text) <= limit else text[: limit - 3] + "..."
