@@ -72,3 +72,11 @@ def test_draw_writes_a_picture_of_any_cell(tmp_path, capsys, suffix):
 def test_draw_refuses_an_unknown_format(tmp_path, capsys):
     assert main(["cells", "draw", "gru", "-o", str(tmp_path / "gru.jpg")]) == 2
     assert "must end in .svg, .png or .pdf" in capsys.readouterr().err
+
+
+def test_an_error_in_a_cell_file_names_its_line_column_and_the_users_words(tmp_path, capsys):
+    cell = tmp_path / "typo.cell"
+    cell.write_text("z = sigm(W_z x + b_z)\nh' = z * tanh(W_h hh) + (1 - z) * h\n")
+    assert main(["cells", "show", str(cell)]) == 2
+    err = capsys.readouterr().err
+    assert f"{cell}: line 2, column 19: hh is not defined" in err and "_#" not in err
