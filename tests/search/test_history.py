@@ -87,3 +87,17 @@ def test_a_run_that_diverged_after_good_epochs_counts_with_its_best_epoch():
     assert history.passed("cell", "memorize", 0.95)
     history.add("cell", outcome("xml", 0.1, math.inf, status=DIVERGED))  # never a number to rank
     assert math.isnan(history.best_value("cell", "xml"))
+
+
+def test_count_through_counts_the_results_of_steps_up_to_one_in_any_order():
+    from tests.search.scripted import result
+    from cellsearch.train.hyperparameters import Settings
+
+    history = History()
+    steps = [0, 0, 3, 1, 5, 2, 2]
+    for index, step in enumerate(steps):
+        settings = Settings(init_scale=1.0, learning_rate=0.1 * (index + 1), max_grad_norm=5.0,
+                            num_layers=1, num_parameters=5000)
+        history.add("a", result("arith", settings, 0.5), step)
+        for through in (-1, 0, 1, 2, 3, 4, 5, 2, 0):
+            assert history.count_through(through) == sum(s <= through for s in steps[: index + 1])

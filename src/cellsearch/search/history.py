@@ -109,6 +109,7 @@ class History(_Queries):
         self._best: dict[tuple[str, str], Result] = {}
         self._metrics: dict[str, str] = {}  # task -> the metric its results report
         self._per_step: dict[int, int] = defaultdict(int)  # step -> results recorded
+        self._counted = (-1, 0)  # (step, results of steps up to it), see count_through
         self.total = 0
 
     def add(self, architecture_hash: str, result: Result, step: int = 0) -> None:
@@ -119,6 +120,8 @@ class History(_Queries):
         bucket[key] = result
         self._steps[architecture_hash, result.task, key] = step
         self._per_step[step] += 1
+        if step <= self._counted[0]:  # a step counted already (not in a search's order)
+            self._counted = (-1, 0)
         self.total += 1
         self._metrics.setdefault(result.task, result.metric)
         best = self._best.get((architecture_hash, result.task))
@@ -136,8 +139,15 @@ class History(_Queries):
         return self._steps[architecture_hash, task, key]
 
     def count_through(self, step: int) -> int:
-        """How many results steps up to `step` recorded."""
-        return sum(count for recorded, count in self._per_step.items() if recorded <= step)
+        """How many results steps up to `step` recorded. A search asks for finished steps, with
+        `step` growing as it goes on: the sum is extended from the last answer instead of taken
+        over every step again."""
+        last, count = self._counted
+        if step < last:
+            return sum(n for recorded, n in self._per_step.items() if recorded <= step)
+        count += sum(self._per_step.get(recorded, 0) for recorded in range(last + 1, step + 1))
+        self._counted = (step, count)
+        return count
 
     def as_of(self, step: int, own: Iterable[str] = (), own_step: int | None = None) -> HistoryView:
         """The results of steps up to `step`, and those of architectures `own` up to `own_step`:
