@@ -30,7 +30,7 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-MAX_LINE, MAX_LINES = 400, 40  # an error message quoting a huge input stays readable
+MAX_LINE, MAX_LINES = 2000, 40  # an error message quoting a huge input stays readable
 
 
 def readable(message: str) -> str:
