@@ -92,11 +92,19 @@ def alive(pids: set[int]) -> set[int]:
 
 @pytest.mark.slow
 @pytest.mark.parametrize(
-    "executor", [[], ["--executor", "processes", "--workers", "2"]], ids=["inprocess", "processes"]
+    "executor",
+    [
+        [],
+        ["--executor", "processes", "--workers", "2"],
+        ["--executor", "dask-local", "--workers", "2"],
+    ],
+    ids=["inprocess", "processes", "dask-local"],
 )
 def test_sigkill_at_random_moments_loses_and_repeats_nothing(tmp_path, executor):
     if executor and not Path("/proc/self/stat").exists():
         pytest.skip("finding a killed driver's workers reads /proc")
+    if "dask-local" in executor:
+        pytest.importorskip("distributed")
     reference = InMemoryStorage()
     search(reference, RUN)
     path = tmp_path / "search.db"
