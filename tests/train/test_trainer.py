@@ -131,9 +131,10 @@ def test_stop_at_reports_the_epoch_that_reached_it(tiny_task, monkeypatch):
     class ScriptedSteps:
         def __init__(self, *args, **kwargs):
             self.last = None
+            self.finite = torch.tensor([True])
 
-        def train_epoch(self, epoch, rates, on_window=None):
-            return [True]
+        def train_windows(self, epoch, rates, on_window=None):
+            yield 1
 
         def evaluate(self, split):
             if split == "valid":

@@ -19,6 +19,7 @@ from cellsearch.executors.base import (
     run_job,
 )
 from cellsearch.executors.inprocess import InProcessExecutor
+from cellsearch.executors.interleaved import InterleavedExecutor
 from cellsearch.executors.processes import ProcessExecutor
 
 __all__ = [
@@ -28,6 +29,7 @@ __all__ = [
     "Executor",
     "check_options",
     "InProcessExecutor",
+    "InterleavedExecutor",
     "ProcessExecutor",
     "failed_results",
     "make_executor",
@@ -35,7 +37,7 @@ __all__ = [
     "run_job",
 ]
 
-EXECUTORS = ("inprocess", "processes", "dask", "dask-local")
+EXECUTORS = ("inprocess", "interleaved", "processes", "dask", "dask-local")
 
 
 def make_executor(
@@ -46,11 +48,16 @@ def make_executor(
     data_dir: str | None = None,
     scheduler: str | None = None,
 ) -> Executor:
-    """The executor `kind` evaluating on `device`: "inprocess", "processes" (`workers` local
+    """The executor `kind` evaluating on `device`: "inprocess", "interleaved" (up to `workers`
+    jobs training at once in this process, default 64), "processes" (`workers` local
     processes, default 2), "dask" (the cluster at `scheduler`) or "dask-local" (a local Dask
     cluster of `workers` processes, default one per GPU)."""
     if kind == "inprocess":
         return InProcessExecutor(device=device, data_dir=data_dir)
+    if kind == "interleaved":
+        if workers is not None and workers < 1:
+            raise UserError(f"--workers must be at least 1, got {workers}")
+        return InterleavedExecutor(device=device, data_dir=data_dir, max_jobs=workers or 64)
     if kind == "processes":
         workers = 2 if workers is None else workers
         return ProcessExecutor(workers=workers, device=device, data_dir=data_dir)

@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import nullcontext
-from typing import Callable, Sequence
+from typing import Callable, Generator, Sequence
 
 import torch
 
@@ -23,7 +23,7 @@ from cellsearch.train.hyperparameters import LOSS_NORMALIZATIONS, Settings
 from cellsearch.train.model import default_engine, input_kind
 from cellsearch.train.packing import population_limit
 from cellsearch.train.result import FAILED, Result
-from cellsearch.train.trainer import Progress, train_population
+from cellsearch.train.trainer import Progress, population_run, train_population
 
 
 def resolve_device(device: str) -> torch.device:
@@ -95,34 +95,14 @@ def evaluate(
         )
     if not settings:
         return []
-    torch_device = resolve_device(device)
-    if torch_device.type == "cuda":
-        torch.backends.cuda.matmul.allow_tf32 = True
-    # chosen once, before any population starts (its check runs kernels of its own)
-    engine = engine or default_engine(torch_device)
-    if isinstance(task, str):
-        sizes = dict(epoch_windows=epoch_windows, valid_samples=valid_samples,
-                     test_samples=test_samples)
-        # ptb and music have fixed, published splits: no valid_samples or test_samples
-        options = {name: value for name, value in sizes.items()
-                   if value and name in task_options(task)}
-        task = shared_task(task, data_dir=data_dir, seed=data_seed, **options)
-    groups: dict[tuple[int, int], list[int]] = {}
-    for index, setting in enumerate(settings):
-        groups.setdefault((setting.num_layers, setting.num_parameters), []).append(index)
+    task, torch_device, engine, shapes = _populations(
+        graph, task, settings, device, engine, data_dir, data_seed, population_size,
+        dict(epoch_windows=epoch_windows, valid_samples=valid_samples, test_samples=test_samples),
+    )
     # On a GPU, the populations of different shapes train at the same time, each shape in its
     # own thread on its own CUDA stream (one small population leaves most of the GPU idle); the
     # chunks of one shape, when it does not fit at once, train one after another.
-    concurrent = torch_device.type == "cuda" and len(groups) > 1
-    shapes = []  # per shape: [(setting indices, hidden size, parameter count), ...]
-    for indices in groups.values():
-        hidden, count = model_shape(graph, task, settings[indices[0]])
-        fits = population_limit(graph, count, hidden, settings[indices[0]].num_layers,
-                                task.output_size, torch_device)
-        if fits and concurrent:
-            fits = max(1, fits // len(groups))
-        step = population_size or min(len(indices), fits or len(indices))
-        shapes.append([(indices[i:i + step], hidden, count) for i in range(0, len(indices), step)])
+    concurrent = torch_device.type == "cuda" and len(shapes) > 1
 
     def train(chunk: list[int], hidden: int, count: int) -> list[Result]:
         members = [settings[i] for i in chunk]
@@ -133,12 +113,7 @@ def evaluate(
                 stop_at=stop_at, loss_normalization=loss_normalization, on_progress=on_progress,
             )
         except Exception as error:  # noqa: BLE001 - a broken run is a recorded result (ARCHITECTURE)
-            reason = f"{type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}"
-            return [
-                Result(task=task.name, settings=s, hidden_size=hidden, num_parameters=count,
-                       metric=task.metric, status=FAILED, reason=reason, device=str(torch_device))
-                for s in members
-            ]
+            return _failed(task, members, hidden, count, error, torch_device)
 
     def train_shape(populations) -> list[tuple[list[int], list[Result]]]:
         with torch.cuda.stream(torch.cuda.Stream(torch_device)) if concurrent else nullcontext():
@@ -149,7 +124,117 @@ def evaluate(
             trained = [pair for pairs in pool.map(train_shape, shapes) for pair in pairs]
     else:
         trained = [pair for populations in shapes for pair in train_shape(populations)]
-    results: list[Result | None] = [None] * len(settings)
+    return _in_order(len(settings), trained)
+
+
+def evaluation(
+    graph: CellGraph,
+    task: str | Task,
+    settings: Sequence[Settings],
+    *,
+    device: str = "cpu",
+    data_dir: str | os.PathLike | None = None,
+    schedule: str = "search",
+    max_epochs: int | None = None,
+    epoch_windows: int | None = None,
+    valid_samples: int | None = None,
+    test_samples: int | None = None,
+    data_seed: int = 0,
+    population_size: int | None = None,
+    capture: bool = True,
+    engine: str | None = None,
+    stop_at: float | None = None,
+    loss_normalization: str = "minibatch",
+) -> Generator[None, None, list[Result]]:
+    """`evaluate` as a generator that yields after every training window of its populations,
+    which it advances in turn, each on its own CUDA stream on a GPU; it returns the Results. One
+    thread can so advance many evaluations together (`executors.interleaved`): their windows
+    queue on different streams, which the GPU may run at once, and no population waits for
+    another to finish. The Results are those `evaluate` gives."""
+    if loss_normalization not in LOSS_NORMALIZATIONS:
+        raise UserError(
+            f"loss_normalization must be one of {', '.join(LOSS_NORMALIZATIONS)},"
+            f" got {loss_normalization!r}"
+        )
+    if not settings:
+        return []
+    task, torch_device, engine, shapes = _populations(
+        graph, task, settings, device, engine, data_dir, data_seed, population_size,
+        dict(epoch_windows=epoch_windows, valid_samples=valid_samples, test_samples=test_samples),
+        share_memory=True,
+    )
+    runs = []  # [setting indices, hidden, count, stream context factory, generator]
+    for chunk, hidden, count in (population for shape in shapes for population in shape):
+        stream = torch.cuda.Stream(torch_device) if torch_device.type == "cuda" else None
+        run = population_run(
+            graph, task, [settings[i] for i in chunk], hidden, count, device=torch_device,
+            schedule=schedule, max_epochs=max_epochs, capture=capture, engine=engine,
+            stop_at=stop_at, loss_normalization=loss_normalization,
+        )
+        runs.append([chunk, hidden, count, stream, run])
+    trained: list[tuple[list[int], list[Result]]] = []
+    while runs:
+        for entry in list(runs):
+            chunk, hidden, count, stream, run = entry
+            try:
+                with torch.cuda.stream(stream) if stream is not None else nullcontext():
+                    next(run)
+            except StopIteration as stop:
+                trained.append((chunk, stop.value))
+                runs.remove(entry)
+            except Exception as error:  # noqa: BLE001 - a broken run is a recorded result
+                members = [settings[i] for i in chunk]
+                trained.append((chunk, _failed(task, members, hidden, count, error, torch_device)))
+                runs.remove(entry)
+        if runs:
+            yield
+    return _in_order(len(settings), trained)
+
+
+def _populations(graph, task, settings, device, engine, data_dir, data_seed, population_size,
+                 sizes, share_memory=False):
+    """(the task, the device, the engine, per shape [(setting indices, hidden size, parameter
+    count), ...]): settings grouped by shape, each shape cut into populations that fit on the
+    device (into its share of the memory, when the shapes train at once or `share_memory`)."""
+    torch_device = resolve_device(device)
+    if torch_device.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = True
+    # chosen once, before any population starts (its check runs kernels of its own)
+    engine = engine or default_engine(torch_device)
+    if isinstance(task, str):
+        # ptb and music have fixed, published splits: no valid_samples or test_samples
+        options = {name: value for name, value in sizes.items()
+                   if value and name in task_options(task)}
+        task = shared_task(task, data_dir=data_dir, seed=data_seed, **options)
+    groups: dict[tuple[int, int], list[int]] = {}
+    for index, setting in enumerate(settings):
+        groups.setdefault((setting.num_layers, setting.num_parameters), []).append(index)
+    shared = torch_device.type == "cuda" and (len(groups) > 1 or share_memory)
+    shapes = []
+    for indices in groups.values():
+        hidden, count = model_shape(graph, task, settings[indices[0]])
+        fits = population_limit(graph, count, hidden, settings[indices[0]].num_layers,
+                                task.output_size, torch_device)
+        if fits and shared:
+            fits = max(1, fits // len(groups))
+        step = population_size or min(len(indices), fits or len(indices))
+        shapes.append([(indices[i:i + step], hidden, count) for i in range(0, len(indices), step)])
+    return task, torch_device, engine, shapes
+
+
+def _failed(task, members, hidden, count, error, device) -> list[Result]:
+    """One failed Result per member of a population that broke, with the reason."""
+    reason = f"{type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}"
+    return [
+        Result(task=task.name, settings=s, hidden_size=hidden, num_parameters=count,
+               metric=task.metric, status=FAILED, reason=reason, device=str(device))
+        for s in members
+    ]
+
+
+def _in_order(count: int, trained: list[tuple[list[int], list[Result]]]) -> list[Result]:
+    """The Results of the populations' settings, put back in the order they were given."""
+    results: list[Result | None] = [None] * count
     for chunk, outcome in trained:
         for i, result in zip(chunk, outcome):
             results[i] = result

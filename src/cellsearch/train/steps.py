@@ -221,6 +221,15 @@ class PopulationSteps:
 
     def train_epoch(self, epoch: int, learning_rates: list[float], on_window=None) -> list[bool]:
         """One pass over the training windows; per member, whether its loss stayed finite."""
+        for _ in self.train_windows(epoch, learning_rates, on_window):
+            pass
+        return self.finite.tolist()
+
+    def train_windows(
+        self, epoch: int, learning_rates: list[float], on_window=None
+    ) -> Iterator[int]:
+        """`train_epoch` a window at a time: yields each window's number once it is queued, so
+        that a caller can interleave several populations' windows (`finite` holds the result)."""
         self.learning_rates.copy_(torch.tensor(learning_rates))
         self.finite.fill_(True)
         batches = self.task.batches("train", self.mask.shape[1], self.mask.shape[0], epoch=epoch)
@@ -229,7 +238,7 @@ class PopulationSteps:
             self.train_step()
             if on_window is not None:
                 on_window(window + 1)
-        return self.finite.tolist()
+            yield window + 1
 
     def evaluate(self, split: str) -> dict[str, list[float]]:
         """Metrics of every member over `split` (see `tasks.metrics.summarize`)."""

@@ -17,7 +17,7 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass
-from typing import Callable, Sequence
+from typing import Any, Callable, Generator, Sequence
 
 import torch
 
@@ -41,7 +41,22 @@ class Progress:
     active: int  # members still training
 
 
-def train_population(
+def train_population(*args: Any, **kwargs: Any) -> list[Result]:
+    """Train every setting (all with the same num_layers) and return one Result each, in order;
+    the arguments are `population_run`'s."""
+    return drive(population_run(*args, **kwargs))
+
+
+def drive(run: Generator[None, None, Any]) -> Any:
+    """Run a generator such as `population_run` to its end; its return value."""
+    while True:
+        try:
+            next(run)
+        except StopIteration as stop:
+            return stop.value
+
+
+def population_run(
     graph: CellGraph,
     task: Task,
     settings: Sequence[Settings],
@@ -58,8 +73,10 @@ def train_population(
     stop_at: float | None = None,
     loss_normalization: str = "minibatch",
     on_progress: Callable[[Progress], None] | None = None,
-) -> list[Result]:
-    """Train every setting (all with the same num_layers) and return one Result each, in order.
+) -> Generator[None, None, list[Result]]:
+    """Train every setting (all with the same num_layers); the generator yields after every
+    training window, so that one thread can advance several populations in turn, and returns one
+    Result per setting, in order.
 
     On CUDA, `capture` replays each window's step from a CUDA graph (see `steps`); `engine`
     (`model.ENGINES`, default `model.default_engine`) picks how each layer runs. `stop_at`
@@ -113,7 +130,9 @@ def train_population(
             if on_progress is not None:
                 on_progress(Progress(epoch + 1, window, training))
 
-        finite = steps.train_epoch(epoch, rates, on_window)
+        for _ in steps.train_windows(epoch, rates, on_window):
+            yield
+        finite = steps.finite.tolist()
         valid = steps.evaluate("valid")
         improved = []
         for k in range(K):

@@ -1,0 +1,130 @@
+"""`InterleavedExecutor` (`--executor interleaved`): every submitted job trains in this process at
+once, its populations advanced a training window at a time in turn, each on its own CUDA stream.
+
+One thread, so no CUDA-graph capture races with another (threads with a stream per cell broke
+at 16 cells); one small population leaves most of a GPU idle, and the windows of many, queued on
+different streams, may run at the same time. Jobs join as they are submitted and leave as they
+finish: `as_completed` hands back each job the moment its last population ends, while the others
+go on, so one slow setting never holds the rest back, and the search submits its next stage at
+once. `max_jobs` bounds how many train at once (the rest wait their turn), each job's
+populations taking a share of the memory.
+
+Jobs of the default trainer run this way (`train.evaluate.evaluation`); a job naming another
+evaluator runs whole when it starts. Results are the ones `run_job` gives: the same numbers, as
+every population is independent of the others. A killed search loses the jobs in training.
+
+Measured on a CPU only (where it changes nothing but the order of the work); its GPU speed is
+not measured yet.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from concurrent.futures import Future
+from typing import Any, Generator, Iterator, Sequence
+
+from cellsearch.executors.base import (
+    DEFAULT_EVALUATOR,
+    EvaluationJob,
+    Executor,
+    checked_or_failed,
+    describe,
+    failed_results,
+    run_job,
+)
+
+
+# A new job starts only while this fraction of the GPU's memory is free (or nothing trains).
+FREE_MEMORY_TO_ADMIT = 0.25
+
+
+class _JobFuture(Future):
+    def __init__(self, job: EvaluationJob):
+        super().__init__()
+        self.job = job
+
+
+class InterleavedExecutor(Executor):
+    """Trains up to `max_jobs` submitted jobs at once in this process (see the module docstring)."""
+
+    def __init__(self, device: str = "cpu", data_dir: str | None = None, max_jobs: int = 64):
+        self.device, self.data_dir, self.max_jobs = device, data_dir, max_jobs
+        self._waiting: deque[_JobFuture] = deque()
+        self._training: dict[_JobFuture, Generator[None, None, list]] = {}
+
+    def submit(self, job: EvaluationJob) -> Future:
+        future = _JobFuture(job)
+        self._waiting.append(future)
+        return future
+
+    def as_completed(self, futures: Sequence[Future]) -> Iterator[Future]:
+        wanted = list(futures)
+        while wanted:
+            for future in [future for future in wanted if future.done()]:
+                wanted.remove(future)
+                yield future
+            if wanted:
+                self._admit()
+                self._advance()
+
+    def shutdown(self, cancel: bool = False) -> None:
+        """Stop what trains (nothing runs in the background, so only a cancelled search leaves
+        anything here)."""
+        for future, run in list(self._training.items()):
+            run.close()
+            if not future.done():
+                future.set_result(failed_results(future.job, "cancelled", self.device))
+        self._training.clear()
+        for future in self._waiting:
+            if not future.done():
+                future.set_result(failed_results(future.job, "cancelled", self.device))
+        self._waiting.clear()
+
+    # -- internals -------------------------------------------------------------------------------
+
+    def _admit(self) -> None:
+        """Start waiting jobs while there is room: fewer than `max_jobs` training and, on a GPU,
+        a quarter of its memory free. A started job trains its first window at once, so that the
+        next one sizes its populations by the memory left."""
+        while self._waiting and len(self._training) < self.max_jobs and self._room():
+            future = self._waiting.popleft()
+            if future.job.evaluator != DEFAULT_EVALUATOR:
+                future.set_result(run_job(future.job, self.device, self.data_dir))
+                continue
+            self._training[future] = self._run(future.job)
+            self._step(future)
+
+    def _room(self) -> bool:
+        if not self._training or not self.device.startswith(("cuda", "auto")):
+            return True
+        import torch
+
+        if not torch.cuda.is_available():
+            return True
+        free, total = torch.cuda.mem_get_info()
+        return free > FREE_MEMORY_TO_ADMIT * total
+
+    def _advance(self) -> None:
+        """One window of every job in training; settle those that end."""
+        for future in list(self._training):
+            self._step(future)
+
+    def _step(self, future: _JobFuture) -> None:
+        try:
+            next(self._training[future])
+        except StopIteration as stop:
+            del self._training[future]
+            future.set_result(checked_or_failed(future.job, stop.value, self.device))
+        except Exception as error:  # noqa: BLE001 - a broken job is recorded, not raised
+            del self._training[future]
+            future.set_result(failed_results(future.job, describe(error), self.device))
+
+    def _run(self, job: EvaluationJob) -> Generator[None, None, Any]:
+        from cellsearch.graph import CellGraph
+        from cellsearch.train.evaluate import evaluation
+
+        graph = CellGraph.from_json(job.graph_json)
+        return (yield from evaluation(
+            graph, job.task, list(job.settings), device=self.device, data_dir=self.data_dir,
+            **job.options,
+        ))

@@ -1,0 +1,79 @@
+"""`InterleavedExecutor`: many jobs trained together, a window at a time each, give exactly the
+Results of training them one by one; a short job comes back while a long one trains on, and
+jobs submitted meanwhile join. A whole search through it stores what the in-process one does."""
+
+from __future__ import annotations
+
+import math
+
+from cellsearch import zoo
+from cellsearch.executors import EvaluationJob, InProcessExecutor, InterleavedExecutor, run_job
+from cellsearch.search import open_run, run_search
+from cellsearch.storage import InMemoryStorage
+from cellsearch.train.hyperparameters import Settings
+from tests.search.test_driver import contents
+
+TINY = {"max_epochs": 2, "epoch_windows": 3, "valid_samples": 40, "test_samples": 40}
+
+
+def job(cell: str, task: str, layers=(1, 2), epochs: int = 2, seeds=(0,)) -> EvaluationJob:
+    graph = zoo.get(cell)
+    settings = tuple(
+        Settings(init_scale=1.0, learning_rate=0.5, max_grad_norm=5.0, num_layers=n,
+                 num_parameters=3000, seed=seed)
+        for n in layers for seed in seeds
+    )
+    return EvaluationJob(graph.canonical_hash(), graph.to_json(), task, settings,
+                         options={**TINY, "max_epochs": epochs})
+
+
+def same(a, b) -> bool:
+    def plain(result):
+        data = result.to_dict()
+        data.pop("wall_seconds")
+        return repr(data)  # NaN-safe comparison
+
+    return [plain(r) for r in a] == [plain(r) for r in b]
+
+
+def test_jobs_trained_together_give_the_results_of_training_them_alone():
+    jobs = [job("gru", "arith"), job("lstm", "memorize", layers=(1,), seeds=(0, 1)),
+            job("mut1", "xml", layers=(2, 1))]
+    executor = InterleavedExecutor()
+    futures = [executor.submit(item) for item in jobs]
+    finished = list(executor.as_completed(futures))
+    assert sorted(map(id, finished)) == sorted(map(id, futures))
+    for item, future in zip(jobs, futures):
+        results = future.result()
+        assert all(r.ok and math.isfinite(r.value) and len(r.history) == 2 for r in results)
+        assert same(results, run_job(item))
+
+
+def test_a_short_job_comes_back_first_and_a_late_job_joins():
+    executor = InterleavedExecutor()
+    long, short = executor.submit(job("gru", "arith", epochs=4)), executor.submit(
+        job("tanh", "arith", layers=(1,), epochs=1))
+    first = next(iter(executor.as_completed([long, short])))
+    assert first is short and not long.done()
+    late = executor.submit(job("mut2", "arith", layers=(1,), epochs=1))
+    order = list(executor.as_completed([long, late]))
+    assert order == [late, long]  # joined while the long one trained, and ended before it
+
+
+def test_a_search_through_it_stores_what_the_in_process_search_stores():
+    assignments = [
+        "tasks=[\"arith\", \"xml\"]", "initial_settings=2", "settings_per_task=2",
+        "filter_threshold=0.03", "top_size=4", "max_steps=4", "steps_in_flight=4",
+        'space_overrides={"memorize": {"num_parameters": [3000], "num_layers": [1]},'
+        ' "arith": {"num_parameters": [3000], "num_layers": [1]},'
+        ' "xml": {"num_parameters": [3000], "num_layers": [1]}}',
+        'evaluation_options={"max_epochs": 1, "epoch_windows": 3, "valid_samples": 40,'
+        ' "test_samples": 40}',
+    ]
+    stored = []
+    for executor in (InProcessExecutor(), InterleavedExecutor()):
+        storage = InMemoryStorage()
+        run_id, config = open_run(storage, assignments=assignments)
+        run_search(storage, run_id, config, executor)
+        stored.append(contents(storage))
+    assert stored[0] == stored[1] and len(stored[0][0]) > 10
