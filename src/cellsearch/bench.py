@@ -203,6 +203,63 @@ def throughput(task: str = "arith", cell: str = "lstm", device: str = "cuda",
     return rows
 
 
+def mixed(cells: int, task: str = "arith", device: str = "cuda", population: int = 4,
+          windows: int = 200) -> list[dict]:
+    """Training tokens/s of `cells` different cells at K=`population` each, trained together
+    (`train.evaluate.evaluation`, as `--executor interleaved` trains a search's jobs in flight),
+    against one of them at K=`population` and at K=`cells` x `population`, in the same run: one
+    epoch of `windows` windows each, on the task's bench shape. Rows: (what, cells, K, seconds,
+    tokens, tokens/s)."""
+    from cellsearch.train.evaluate import evaluation
+    from cellsearch.train.hyperparameters import Settings
+    from cellsearch.train.trainer import drive
+
+    _, layers, budget = SHAPES[task]
+    real_task = "arith" if task.startswith("arith") else task
+    graphs = [zoo.get(name) for name in zoo.PAPER_CELLS][:cells]
+    seed = 0
+    while len(graphs) < cells:  # distinct mutants of the GRU beyond the zoo
+        candidate = mutated_graph(seed)
+        seed += 1
+        if all(candidate != graph for graph in graphs):
+            graphs.append(candidate)
+    options = dict(device=device, max_epochs=1, epoch_windows=windows, valid_samples=50,
+                   test_samples=50)
+
+    def members(count: int, offset: int = 0) -> list:
+        return [Settings(init_scale=1.0, learning_rate=0.5, max_grad_norm=5.0, num_layers=layers,
+                         num_parameters=budget, seed=offset + k) for k in range(count)]
+
+    def timed(runs) -> tuple[float, int]:
+        started = time.perf_counter()
+        results = []
+        while runs:
+            for run in list(runs):
+                try:
+                    next(run)
+                except StopIteration as stop:
+                    results += stop.value
+                    runs.remove(run)
+        return time.perf_counter() - started, sum(result.tokens for result in results)
+
+    drive(evaluation(graphs[0], real_task, members(population), **options))  # warm-up
+    rows = []
+    for what, runs, count, k in (
+        ("one cell", [evaluation(graphs[0], real_task, members(population), **options)], 1,
+         population),
+        ("different cells together", [
+            evaluation(graph, real_task, members(population, 100 * i), **options)
+            for i, graph in enumerate(graphs)], cells, population),
+        ("one cell, every member", [
+            evaluation(graphs[0], real_task, members(cells * population), **options)], 1,
+         cells * population),
+    ):
+        seconds, tokens = timed(runs)
+        rows.append({"what": what, "cells": count, "K": k, "seconds": round(seconds, 3),
+                     "tokens": tokens, "tokens_per_second": tokens / seconds})
+    return rows
+
+
 def search_costs(device: str = "cuda", settings_count: int = 20, seed: int = 0,
                  on_cost=None) -> dict:
     """Wall seconds of the memorization filter (one random setting of the LSTM, search schedule)

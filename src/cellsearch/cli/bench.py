@@ -27,6 +27,11 @@ def register(subparsers) -> None:
                         help="also measure these engines at the smallest and largest K, "
                              "comma-separated: eager, fused, compiled (compiles for a while)")
     parser.add_argument("--json", action="store_true")
+    parser.add_argument("--mixed", type=int, metavar="N",
+                        help="instead: N different cells at K=4 trained together, against one "
+                             "cell at K=4 and at K=4N (one epoch each)")
+    parser.add_argument("--windows", type=int, default=200,
+                        help="training windows of that epoch (--mixed; default 200)")
     parser.set_defaults(run=run_bench)
 
 
@@ -38,6 +43,8 @@ def run_bench(args: argparse.Namespace) -> int:
     from cellsearch.train.model import ENGINES
 
     device = resolve_device(args.device)
+    if args.mixed is not None:
+        return run_mixed(args, device)
     try:
         populations = tuple(int(k) for k in args.populations.split(","))
     except ValueError:
@@ -76,6 +83,30 @@ def run_bench(args: argparse.Namespace) -> int:
         console.print(f"{arith['settings']} arith settings under the search schedule: "
                       f"{arith['wall_seconds']:.1f} s ({arith['settings_per_gpu_hour']:,.0f} "
                       "settings per GPU-hour)")
+    return 0
+
+
+def run_mixed(args: argparse.Namespace, device) -> int:
+    import torch
+
+    from cellsearch import bench
+
+    if args.mixed < 1 or args.windows < 1:
+        raise UserError("--mixed and --windows must be at least 1")
+    rows = bench.mixed(args.mixed, args.task, str(device), windows=args.windows)
+    header = {"task": args.task, "device": _device_name(device), "torch": torch.__version__}
+    if args.json:
+        print(json.dumps({**header, "mixed": rows}))
+        return 0
+    base = rows[0]["tokens_per_second"]
+    table = Table(title=f"different cells trained together, {args.task} shapes, "
+                        f"{header['device']}, torch {header['torch']}")
+    for column in ("training", "cells", "K", "seconds", "tokens/s", "× one cell at K"):
+        table.add_column(column, justify="right")
+    for row in rows:
+        table.add_row(row["what"], str(row["cells"]), str(row["K"]), f"{row['seconds']:.2f}",
+                      f"{row['tokens_per_second']:,.0f}", f"{row['tokens_per_second'] / base:.2f}")
+    Console().print(table)
     return 0
 
 
