@@ -205,14 +205,12 @@ def throughput(task: str = "arith", cell: str = "lstm", device: str = "cuda",
 
 def mixed(cells: int, task: str = "arith", device: str = "cuda", population: int = 4,
           windows: int = 200) -> list[dict]:
-    """Training tokens/s of `cells` different cells at K=`population` each, trained together
-    (`train.evaluate.evaluation`, as `--executor interleaved` trains a search's jobs in flight),
-    against one of them at K=`population` and at K=`cells` x `population`, in the same run: one
-    epoch of `windows` windows each, on the task's bench shape. Rows: (what, cells, K, seconds,
-    tokens, tokens/s)."""
-    from cellsearch.train.evaluate import evaluation
+    """Training tokens/s of `cells` different cells at K=`population` each, trained together by
+    `--executor interleaved`'s executor, against one of them at K=`population` and at K=`cells` x
+    `population`, in the same run: one epoch of `windows` windows each, on the task's bench
+    shape. Rows: what, cells, K, seconds, tokens, tokens/s."""
+    from cellsearch.executors import EvaluationJob, InterleavedExecutor
     from cellsearch.train.hyperparameters import Settings
-    from cellsearch.train.trainer import drive
 
     _, layers, budget = SHAPES[task]
     real_task = "arith" if task.startswith("arith") else task
@@ -223,38 +221,33 @@ def mixed(cells: int, task: str = "arith", device: str = "cuda", population: int
         seed += 1
         if all(candidate != graph for graph in graphs):
             graphs.append(candidate)
-    options = dict(device=device, max_epochs=1, epoch_windows=windows, valid_samples=50,
-                   test_samples=50)
+    options = dict(max_epochs=1, epoch_windows=windows, valid_samples=50, test_samples=50)
 
-    def members(count: int, offset: int = 0) -> list:
-        return [Settings(init_scale=1.0, learning_rate=0.5, max_grad_norm=5.0, num_layers=layers,
-                         num_parameters=budget, seed=offset + k) for k in range(count)]
+    def job(graph: CellGraph, count: int, offset: int = 0) -> EvaluationJob:
+        settings = tuple(
+            Settings(init_scale=1.0, learning_rate=0.5, max_grad_norm=5.0, num_layers=layers,
+                     num_parameters=budget, seed=offset + k) for k in range(count))
+        return EvaluationJob(graph.canonical_hash(), graph.to_json(), real_task, settings,
+                             options)
 
-    def timed(runs) -> tuple[float, int]:
+    def timed(jobs: list[EvaluationJob]) -> tuple[float, int]:
+        executor = InterleavedExecutor(device=device)
         started = time.perf_counter()
-        results = []
-        while runs:
-            for run in list(runs):
-                try:
-                    next(run)
-                except StopIteration as stop:
-                    results += stop.value
-                    runs.remove(run)
+        futures = [executor.submit(item) for item in jobs]
+        results = [r for future in executor.as_completed(futures) for r in future.result()]
+        if any(not result.ok for result in results):
+            raise RuntimeError(f"a bench run failed: {results[0].reason}")
         return time.perf_counter() - started, sum(result.tokens for result in results)
 
-    drive(evaluation(graphs[0], real_task, members(population), **options))  # warm-up
+    timed([job(graphs[0], population)])  # warm-up
     rows = []
-    for what, runs, count, k in (
-        ("one cell", [evaluation(graphs[0], real_task, members(population), **options)], 1,
-         population),
-        ("different cells together", [
-            evaluation(graph, real_task, members(population, 100 * i), **options)
-            for i, graph in enumerate(graphs)], cells, population),
-        ("one cell, every member", [
-            evaluation(graphs[0], real_task, members(cells * population), **options)], 1,
-         cells * population),
+    for what, jobs, count, k in (
+        ("one cell", [job(graphs[0], population)], 1, population),
+        ("different cells together",
+         [job(graph, population, 100 * i) for i, graph in enumerate(graphs)], cells, population),
+        ("one cell, every member", [job(graphs[0], cells * population)], 1, cells * population),
     ):
-        seconds, tokens = timed(runs)
+        seconds, tokens = timed(jobs)
         rows.append({"what": what, "cells": count, "K": k, "seconds": round(seconds, 3),
                      "tokens": tokens, "tokens_per_second": tokens / seconds})
     return rows
