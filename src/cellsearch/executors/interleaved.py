@@ -6,8 +6,8 @@ at 16 cells); one small population leaves most of a GPU idle, and the windows of
 different streams, may run at the same time. Jobs join as they are submitted and leave as they
 finish: `as_completed` hands back each job the moment its last population ends, while the others
 go on, so one slow setting never holds the rest back, and the search submits its next stage at
-once. `max_jobs` bounds how many train at once (the rest wait their turn), each job's
-populations taking a share of the memory.
+once. `max_jobs` bounds how many train at once, and on a GPU a job starts only while a quarter
+of its memory is free; the rest wait their turn.
 
 Jobs of the default trainer run this way (`train.evaluate.evaluation`); a job naming another
 evaluator runs whole when it starts. Results are the ones `run_job` gives: the same numbers, as
@@ -32,7 +32,6 @@ from cellsearch.executors.base import (
     failed_results,
     run_job,
 )
-
 
 # A new job starts only while this fraction of the GPU's memory is free (or nothing trains).
 FREE_MEMORY_TO_ADMIT = 0.25
