@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import random
 import sys
 
@@ -20,7 +19,7 @@ from cellsearch.train.hyperparameters import (
     SearchSpace,
     parse_assignments,
 )
-from cellsearch.train.result import Result
+from cellsearch.train.result import Result, json_number
 
 
 def register(subparsers) -> None:
@@ -115,10 +114,10 @@ def result_record(cell: str, result: Result) -> dict:
         "hidden_size": result.hidden_size,
         "parameter_count": result.num_parameters,
         "metric": result.metric,
-        "value": _finite(result.value),
-        "valid": {name: _finite(value) for name, value in result.valid.items()},
-        "test": {name: _finite(value) for name, value in result.test.items()},
-        "history": [{name: _finite(value) for name, value in entry.items()}
+        "value": json_number(result.value),
+        "valid": {name: json_number(value) for name, value in result.valid.items()},
+        "test": {name: json_number(value) for name, value in result.test.items()},
+        "history": [{name: json_number(value) for name, value in entry.items()}
                     for entry in result.history],
         "epochs": result.epochs,
         "wall_seconds": round(result.wall_seconds, 3),
@@ -126,10 +125,6 @@ def result_record(cell: str, result: Result) -> dict:
         "reason": result.reason,
         "device": result.device,
     }
-
-
-def _finite(value: float) -> float | None:
-    return value if math.isfinite(value) else None
 
 
 def results_rows(results: list[Result]) -> tuple[list[str], list[list[str]]]:

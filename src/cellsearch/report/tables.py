@@ -21,6 +21,7 @@ from cellsearch.search.procedure import ADDED, initial_hashes
 from cellsearch.search.summary import SearchStatistics, statistics
 from cellsearch.storage.base import Storage
 from cellsearch.storage.records import FILTER_FAILED, FILTER_PASSED, EvaluationRecord
+from cellsearch.train.result import json_number
 
 
 @dataclass(frozen=True)
@@ -203,9 +204,6 @@ def _correlations(
 def report_dict(report: Report) -> dict[str, Any]:
     """The report as JSON values (NaN as null)."""
 
-    def number(value: float | None) -> float | None:
-        return None if value is None or not math.isfinite(value) else value
-
     data: dict[str, Any] = {
         "kind": report.kind,
         "run_id": report.run_id,
@@ -220,8 +218,8 @@ def report_dict(report: Report) -> dict[str, Any]:
                         "architecture_hash": row.architecture_hash,
                         "entries": [
                             {
-                                "value": number(entry.value),
-                                "paper": number(entry.paper),
+                                "value": json_number(entry.value),
+                                "paper": json_number(entry.paper),
                                 "settings": entry.settings,
                                 "settings_key": entry.settings_key,
                             }
@@ -244,7 +242,7 @@ def report_dict(report: Report) -> dict[str, Any]:
         }
     if report.correlations:
         data["correlations"] = [
-            {"tasks": [a, b], "spearman": number(rho), "architectures": n}
+            {"tasks": [a, b], "spearman": json_number(rho), "architectures": n}
             for a, b, rho, n in report.correlations
         ]
     return data

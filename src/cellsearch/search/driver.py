@@ -84,7 +84,6 @@ class JobCompleted:
     results: tuple[Result, ...]
     total_evaluations: int
     steps_in_flight: int = 1  # steps still evaluating
-    settings_running: int = 0  # settings submitted and not yet answered
 
 
 @dataclass(frozen=True)
@@ -490,7 +489,6 @@ class _Driver:
                 tuple(results),
                 self.total,
                 steps_in_flight=sum(item.ending is None for item in self.flights.values()),
-                settings_running=sum(len(item[2].settings) for item in self.pending.values()),
             )
         )
         if flight.outstanding == 0:

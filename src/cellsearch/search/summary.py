@@ -17,6 +17,7 @@ from cellsearch.search.history import History
 from cellsearch.search.procedure import initial_hashes
 from cellsearch.storage.base import Storage
 from cellsearch.storage.records import FILTER_PASSED, RunRecord
+from cellsearch.train.result import json_number
 
 
 @dataclass(frozen=True)
@@ -35,9 +36,9 @@ class RankedArchitecture:
         return {
             "rank": self.rank,
             "hash": self.hash,
-            "fitness": _json_number(self.fitness),
-            "ratios": {task: _json_number(value) for task, value in self.ratios.items()},
-            "best": {task: _json_number(value) for task, value in self.best.items()},
+            "fitness": json_number(self.fitness),
+            "ratios": {task: json_number(value) for task, value in self.ratios.items()},
+            "best": {task: json_number(value) for task, value in self.best.items()},
             "settings_evaluated": self.settings_evaluated,
             "equations": self.equations,
             "parent_hash": self.parent_hash,
@@ -67,7 +68,7 @@ class SearchStatistics:
 
     def to_dict(self) -> dict:
         data = dict(self.__dict__)
-        data["settings_per_architecture"] = _json_number(self.settings_per_architecture)
+        data["settings_per_architecture"] = json_number(self.settings_per_architecture)
         return data
 
 
@@ -163,6 +164,3 @@ def _history(storage: Storage, run_id: int, last_step: int) -> History:
             history.add(record.architecture_hash, record.result)
     return history
 
-
-def _json_number(value: float) -> float | None:
-    return None if math.isnan(value) else value

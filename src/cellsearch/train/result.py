@@ -66,3 +66,7 @@ class Result:
         fields["history"] = tuple(dict(entry) for entry in fields.get("history", ()))
         return cls(**fields)
 
+
+def json_number(value: float | None) -> float | None:
+    """`value` for JSON output: None for NaN and infinities, which are not JSON."""
+    return value if value is not None and math.isfinite(value) else None
