@@ -84,10 +84,9 @@ def node_label(graph: CellGraph, name: str) -> str:
 def draw(graph: CellGraph, path, title: str) -> None:
     """A picture of `graph` drawn with matplotlib: the inputs on top, each node one row below
     its deepest operand, arrows from operands to users, state outputs in bold."""
-    import matplotlib
+    from cellsearch.report.plots import pyplot
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     row = {name: 0 for name in graph.inputs}
     for node in graph.nodes:  # operands first

@@ -19,10 +19,7 @@ from cellsearch.storage.base import Storage
 
 def write_plots(report: Report, storage: Storage, folder: str | Path) -> list[Path]:
     """Write the report's figures into `folder` (created if missing); the files written."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
@@ -90,10 +87,7 @@ def write_plots(report: Report, storage: Storage, folder: str | Path) -> list[Pa
 
 def learning_curves(results, path: str | Path, title: str) -> Path:
     """One PNG of the validation metric and nll per epoch of each of `results`."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -120,9 +114,18 @@ def _curve(axes, result, metric: str, label: str) -> None:
         axes.plot(epochs, values, marker=".", label=label)
 
 
-def _save(figure, path: Path) -> Path:
+def pyplot():
+    """matplotlib's pyplot drawing into files (no display needed)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    return plt
+
+
+def _save(figure, path: Path) -> Path:
+    plt = pyplot()
     figure.tight_layout()
     figure.savefig(path, dpi=100)
     plt.close(figure)
