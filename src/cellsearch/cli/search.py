@@ -24,7 +24,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
 
-from cellsearch.errors import UserError
+from cellsearch.errors import UserError, gathered
 from cellsearch.executors import DEFAULT_EVALUATOR, EXECUTORS, make_executor
 from cellsearch.search import (
     Event,
@@ -204,23 +204,15 @@ def _check_start(config: SearchConfig, args: argparse.Namespace) -> MutateFuncti
     the device and every task's data (downloaded now when missing, once, rather than by each
     worker)."""
     problems: list[str] = []
-
-    def attempt(check):
-        try:
-            return check()
-        except UserError as error:
-            problems.append(str(error))
-            return None
-
-    attempt(lambda: check_evaluator(config))
-    mutate = attempt(lambda: check_mutator(config))
+    gathered(problems, check_evaluator, config)
+    mutate = gathered(problems, check_mutator, config)
     if config.evaluator == DEFAULT_EVALUATOR:
         from cellsearch.tasks import get_task
         from cellsearch.train.evaluate import resolve_device
 
-        attempt(lambda: resolve_device(args.device))
+        gathered(problems, resolve_device, args.device)
         for task in (*config.tasks, config.filter_task):
-            attempt(lambda: get_task(task, data_dir=args.data_dir))
+            gathered(problems, get_task, task, args.data_dir)
     if problems:
         raise UserError("\n".join(problems))
     return mutate

@@ -36,6 +36,7 @@ A resumed run keeps its stored configuration; only the keys in `RESUMABLE_KEYS` 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import math
 import tomllib
@@ -44,7 +45,7 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any, Callable, Iterable, Mapping
 
-from cellsearch.errors import UserError, quoted
+from cellsearch.errors import UserError, gathered, quoted
 from cellsearch.executors.base import DEFAULT_EVALUATOR
 from cellsearch.train.hyperparameters import TASKS, SearchSpace
 
@@ -115,14 +116,7 @@ class SearchConfig:
     def __post_init__(self) -> None:
         """Check every setting; one UserError listing every problem, a line each."""
         problems: list[str] = []
-
-        def check(function: Callable[..., Any], *args: Any) -> Any:
-            try:
-                return function(*args)
-            except UserError as error:
-                problems.append(str(error))
-                return None
-
+        check = functools.partial(gathered, problems)
         tasks = check(_checked_tasks, self.tasks, self.filter_task)
         if tasks is not None:
             object.__setattr__(self, "tasks", tasks)
