@@ -43,7 +43,7 @@ import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
-from typing import Any, Callable, Iterable, Mapping
+from typing import Any, Iterable, Mapping
 
 from cellsearch.errors import UserError, gathered, quoted
 from cellsearch.executors.base import DEFAULT_EVALUATOR
