@@ -12,9 +12,9 @@ import time
 
 import torch
 
-from cellsearch import zoo
+from cellsearch.cells import zoo
+from cellsearch.evaluation.settings import SearchSpace
 from cellsearch.train.evaluate import evaluate
-from cellsearch.train.hyperparameters import SearchSpace
 
 
 def main() -> None:

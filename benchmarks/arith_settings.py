@@ -12,8 +12,8 @@ import random
 import time
 
 import cellsearch.train.evaluate as evaluation
-from cellsearch import zoo
-from cellsearch.train.hyperparameters import SearchSpace
+from cellsearch.cells import zoo
+from cellsearch.evaluation.settings import SearchSpace
 
 
 def main() -> None:

@@ -13,10 +13,10 @@ import subprocess
 import threading
 import time
 
-from cellsearch import zoo
+from cellsearch.cells import zoo
+from cellsearch.evaluation.settings import Settings
 from cellsearch.executors import EvaluationJob
 from cellsearch.executors.dask import DaskExecutor
-from cellsearch.train.hyperparameters import Settings
 
 
 def jobs(count: int, settings: int, epoch_windows: int) -> list[EvaluationJob]:

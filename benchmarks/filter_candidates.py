@@ -11,11 +11,11 @@ import json
 import random
 import time
 
-from cellsearch import zoo
-from cellsearch.mutate import mutate
+from cellsearch.cells import zoo
+from cellsearch.cells.mutate import mutate
+from cellsearch.evaluation.settings import SearchSpace
 from cellsearch.search.config import SearchConfig
 from cellsearch.train.evaluate import evaluate
-from cellsearch.train.hyperparameters import SearchSpace
 
 
 def main() -> None:

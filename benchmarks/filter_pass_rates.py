@@ -15,9 +15,9 @@ import random
 from collections import defaultdict
 from pathlib import Path
 
-from cellsearch import zoo
+from cellsearch.cells import zoo
+from cellsearch.evaluation.settings import LOSS_NORMALIZATIONS, SearchSpace
 from cellsearch.train.evaluate import evaluate
-from cellsearch.train.hyperparameters import LOSS_NORMALIZATIONS, SearchSpace
 
 THRESHOLD = 0.95
 

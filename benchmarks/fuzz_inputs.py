@@ -18,7 +18,7 @@ import traceback
 from collections import Counter
 from pathlib import Path
 
-from cellsearch import zoo
+from cellsearch.cells import zoo
 from cellsearch.cli import main
 from cellsearch.search.config import SearchConfig
 

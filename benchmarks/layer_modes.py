@@ -10,10 +10,10 @@ import argparse
 
 import torch
 
-from cellsearch import zoo
-from cellsearch.compile import plan
-from cellsearch.fused import MODES, run_fused
-from cellsearch.persistent import fits
+from cellsearch.cells import zoo
+from cellsearch.engine.kernels.fused import MODES, run_fused
+from cellsearch.engine.kernels.persistent import fits
+from cellsearch.engine.plan import plan
 
 
 def layer_microseconds(graph, mode: str, K: int, B: int, n: int, T: int = 35) -> float:

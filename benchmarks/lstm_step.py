@@ -14,7 +14,7 @@ import time
 
 import torch
 
-from cellsearch import zoo
+from cellsearch.cells import zoo
 from cellsearch.nn import RNN
 
 

@@ -1,4 +1,4 @@
-"""Seconds per training step with the clipped SGD update in `cellsearch.sgd`'s kernels against
+"""Seconds per training step with the clipped SGD update in `cellsearch.engine.kernels.sgd`'s kernels against
 torch's update, side by side in one process (each measured twice, alternating): the measurement
 behind `steps.SGD_KERNEL_PARAMETERS`. Prints microseconds per step.
 
@@ -9,9 +9,9 @@ import argparse
 
 import torch
 
-from cellsearch import bench, zoo
-from cellsearch.train import steps
-from cellsearch.train.budget import hidden_size_for_budget
+from cellsearch.cells import zoo
+from cellsearch.evaluation.budget import hidden_size_for_budget
+from cellsearch.train import bench, steps
 
 # (name, vocabulary, layers, hidden or None for the bench's budget, K)
 CASES = [("memorize", 28, 1, None, 1), ("memorize", 28, 1, None, 32),

@@ -6,10 +6,10 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from cellsearch import zoo
-from cellsearch.equations import format_graph, parse
-from cellsearch.graph import CellGraph, GraphError
-from cellsearch.mutate import TRANSFORMATIONS, Mutation, mutate, transform
+from cellsearch.cells import zoo
+from cellsearch.cells.equations import format_graph, parse
+from cellsearch.cells.graph import CellGraph, GraphError
+from cellsearch.cells.mutate import TRANSFORMATIONS, Mutation, mutate, transform
 from cellsearch.nn import Cell
 
 from .cells.random_graphs import graphs

@@ -1,10 +1,10 @@
-"""Random valid cell graphs for property tests, built independently of `cellsearch.mutate`."""
+"""Random valid cell graphs for property tests, built independently of `cellsearch.cells.mutate`."""
 
 import random
 
 from hypothesis import strategies as st
 
-from cellsearch.graph import CellGraph, Node
+from cellsearch.cells.graph import CellGraph, Node
 
 OPS = ("matmul", "bias", "one", "tanh", "sigmoid", "relu", "identity", "add", "sub", "mul")
 

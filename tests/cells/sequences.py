@@ -2,7 +2,7 @@
 
 import torch
 
-from cellsearch.compile import plan, run
+from cellsearch.engine.plan import plan, run
 
 
 def stepped(step):

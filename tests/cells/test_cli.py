@@ -3,10 +3,10 @@ from pathlib import Path
 
 import pytest
 
-from cellsearch import zoo
+from cellsearch.cells import zoo
+from cellsearch.cells.equations import parse
+from cellsearch.cells.graph import CellGraph
 from cellsearch.cli import main
-from cellsearch.equations import parse
-from cellsearch.graph import CellGraph
 
 
 def test_cells_list(capsys):
@@ -80,3 +80,24 @@ def test_an_error_in_a_cell_file_names_its_line_column_and_the_users_words(tmp_p
     assert main(["cells", "show", str(cell)]) == 2
     err = capsys.readouterr().err
     assert f"{cell}: line 2, column 19: hh is not defined" in err and "_#" not in err
+
+
+@pytest.mark.parametrize("mode, modules", [("dot", 2), ("cublas", 2), ("persistent", 1)])
+def test_cells_kernels_prints_the_generated_kernels_with_the_users_names(capsys, mode, modules):
+    assert main(["cells", "kernels", "gru", "--mode", mode]) == 0
+    out = capsys.readouterr().out
+    assert out.count("# ==== gru,") == modules  # the GRU's step has two segments
+    assert out.count("def forward_kernel(") == out.count("def backward_kernel(") == modules
+    # statements say which value of the equations they compute
+    assert "  # r = sigm(W_xr x + W_hr h + b_r)" in out
+    assert "  # h' = z * h + (1 - z) * h~" in out
+    assert "  # d z = sigm(W_xz x + W_hz h + b_z)" in out
+    for source in out.split("# ====")[1:]:  # each one a valid Python module
+        compile(source.split("====\n", 1)[1], "<kernels>", "exec")
+
+
+def test_cells_kernels_of_a_cell_file(tmp_path, capsys):
+    path = tmp_path / "mine.cell"
+    path.write_text("gate = sigm(W_xg x + W_hg h)\nh' = gate * tanh(W_xh x) + h\n")
+    assert main(["cells", "kernels", str(path), "--mode", "persistent"]) == 0
+    assert "# gate = sigm(W_xg x + W_hg h)" in capsys.readouterr().out

@@ -1,7 +1,7 @@
 import pytest
 
-from cellsearch import zoo
-from cellsearch.equations import EquationError, format_graph, parse
+from cellsearch.cells import zoo
+from cellsearch.cells.equations import EquationError, format_graph, parse
 
 
 def test_lstm_reads_like_the_paper():

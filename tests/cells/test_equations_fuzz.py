@@ -6,8 +6,8 @@ from __future__ import annotations
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from cellsearch import zoo
-from cellsearch.equations import format_graph, parse
+from cellsearch.cells import zoo
+from cellsearch.cells.equations import format_graph, parse
 from cellsearch.errors import UserError
 
 TOKENS = ["h", "c", "x", "h'", "c'", "W_a", "W_b", "b_a", "tanh", "sigm", "relu", "id", "1", "2",

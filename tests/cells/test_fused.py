@@ -1,4 +1,4 @@
-"""Generated kernels (`cellsearch.fused`) against the eager step, run through Triton's CPU
+"""Generated kernels (`cellsearch.engine.kernels.fused`) against the eager step, run through Triton's CPU
 interpreter: values and gradients of whole sequences, for the zoo and for mutated graphs."""
 
 import functools
@@ -9,10 +9,10 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from cellsearch import zoo
-from cellsearch.compile import MatmulGroup, plan, step_eagerly
-from cellsearch.equations import format_graph, parse
-from cellsearch.fused import (
+from cellsearch.cells import zoo
+from cellsearch.cells.equations import format_graph, parse
+from cellsearch.cells.mutate import mutate
+from cellsearch.engine.kernels.fused import (
     MODES,
     Segment,
     fused_loop,
@@ -22,7 +22,7 @@ from cellsearch.fused import (
     product_name,
     run_fused,
 )
-from cellsearch.mutate import mutate
+from cellsearch.engine.plan import MatmulGroup, plan, step_eagerly
 
 from .random_graphs import direct_output_graphs
 from .random_graphs import graphs as random_graphs
@@ -119,10 +119,10 @@ def test_fused_matches_eager_on_random_graphs(graph, mode):
 
 @pytest.mark.parametrize("mode", MODES)
 def test_a_wrong_derivative_would_be_caught(monkeypatch, mode):
-    from cellsearch import fused, persistent
+    from cellsearch.engine.kernels import codegen, fused, persistent
 
-    wrong = dict(fused._ACTIVATION_GRADIENT, sigmoid="{g} * {y}")
-    monkeypatch.setattr(fused, "_ACTIVATION_GRADIENT", wrong)
+    wrong = dict(codegen.ACTIVATION_GRADIENT, sigmoid="{g} * {y}")
+    monkeypatch.setattr(codegen, "ACTIVATION_GRADIENT", wrong)
     # no cached sources
     monkeypatch.setattr(fused, "_source", fused.kernel_source)
     monkeypatch.setattr(persistent, "_source", persistent.kernel_source)
@@ -187,7 +187,7 @@ def test_lstm_input_side_is_one_baddbmm_in_the_recurrent_layout():
 
 
 def test_kernels_that_work_are_used_and_broken_ones_fall_back_with_a_warning(monkeypatch):
-    from cellsearch import fused
+    from cellsearch.engine.kernels import codegen, fused
 
     fused._usable.cache_clear()
     assert fused.usable("cpu")  # the interpreter runs them on the CPU
@@ -196,7 +196,7 @@ def test_kernels_that_work_are_used_and_broken_ones_fall_back_with_a_warning(mon
     def broken(source, kind):
         raise RuntimeError("no compiler")
 
-    monkeypatch.setattr(fused, "load_module", broken)
+    monkeypatch.setattr(codegen, "load_module", broken)
     with pytest.warns(RuntimeWarning, match="not usable on cpu.*no compiler.*eager step"):
         assert not fused.usable("cpu")
     fused._usable.cache_clear()
@@ -214,8 +214,8 @@ def test_member_offsets_are_64_bit():
 
 
 def test_the_persistent_backward_loads_the_forward_values_it_needs_rather_than_recomputing():
-    from cellsearch import persistent
-    from cellsearch.compile import window_inputs
+    from cellsearch.engine.kernels import persistent
+    from cellsearch.engine.plan import window_inputs
 
     lstm = zoo.get("lstm")
     plan_ = plan(lstm)
@@ -246,9 +246,9 @@ def test_the_persistent_kernels_write_every_element_of_the_buffers_they_do_not_z
 def test_persistent_kernels_too_large_to_hoist_load_their_matrices_each_step(monkeypatch):
     from triton.runtime.errors import OutOfResources
 
-    from cellsearch import fused, persistent
+    from cellsearch.engine.kernels import codegen, persistent
 
-    real_load = fused.load_module
+    real_load = codegen.load_module
 
     def load(source, kind):
         if source.startswith("#hoisted"):
@@ -264,7 +264,7 @@ def test_persistent_kernels_too_large_to_hoist_load_their_matrices_each_step(mon
                 raise OutOfResources(300_000, 232_448, "shared memory")
             return launch
 
-    monkeypatch.setattr(fused, "load_module", load)
+    monkeypatch.setattr(codegen, "load_module", load)
     monkeypatch.setattr(persistent, "_source", lambda plan_, names, hoist: (
         "#hoisted\n" * hoist + persistent.kernel_source(plan_, names, hoist)))
     monkeypatch.setattr(persistent, "_UNHOISTED", set())
@@ -276,7 +276,7 @@ def test_persistent_kernels_too_large_to_hoist_load_their_matrices_each_step(mon
 def test_the_check_runs_once_when_populations_ask_at_once(monkeypatch):
     import threading
 
-    from cellsearch import fused
+    from cellsearch.engine.kernels import fused
 
     fused._usable.cache_clear()
     checks = []

@@ -5,9 +5,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from cellsearch import zoo
-from cellsearch.equations import format_graph, parse
-from cellsearch.graph import CellGraph, GraphError, Node
+from cellsearch.cells import zoo
+from cellsearch.cells.equations import format_graph, parse
+from cellsearch.cells.graph import CellGraph, GraphError, Node
 
 from .random_graphs import graphs
 

@@ -5,8 +5,8 @@ import pytest
 import torch
 from hypothesis import given, settings
 
-from cellsearch.compile import step_eagerly
-from cellsearch.equations import parse
+from cellsearch.cells.equations import parse
+from cellsearch.engine.plan import step_eagerly
 
 from .random_graphs import direct_output_graphs, graphs
 from .sequences import assert_same, stepped, values_and_gradients

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from cellsearch import zoo
+from cellsearch.cells import zoo
 from cellsearch.nn import RNN, Cell, PopulationCell
 
 from .reference_cells import REFERENCES
@@ -133,7 +133,7 @@ def test_rnn_batch_first_and_projection():
     "h' = id(b_i)\nc' = c + h + x",
 ])
 def test_sequence_engine_equals_stepping_one_cell(text):
-    from cellsearch.equations import parse
+    from cellsearch.cells.equations import parse
 
     torch.manual_seed(0)
     graph = parse(text)

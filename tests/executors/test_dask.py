@@ -21,11 +21,11 @@ import dask
 
 import cellsearch
 from cellsearch.errors import UserError
+from cellsearch.evaluation.result import FAILED
 from cellsearch.executors import InProcessExecutor
 from cellsearch.executors.dask import DaskExecutor, SchedulerLostError
 from cellsearch.search import JobCompleted, open_run, run_search
 from cellsearch.storage import SQLiteStorage
-from cellsearch.train.result import FAILED
 
 # The shared executor conformance tests, run here against a Dask cluster through the `executor`
 # fixture below (optuna's one-suite-many-backends pattern).

@@ -7,8 +7,10 @@ import time
 
 import pytest
 
-from cellsearch import zoo
+from cellsearch.cells import zoo
 from cellsearch.errors import UserError
+from cellsearch.evaluation.result import FAILED
+from cellsearch.evaluation.settings import SearchSpace
 from cellsearch.executors import (
     EvaluationJob,
     InProcessExecutor,
@@ -16,8 +18,6 @@ from cellsearch.executors import (
     make_executor,
     run_job,
 )
-from cellsearch.train.hyperparameters import SearchSpace
-from cellsearch.train.result import FAILED
 from tests.search import fake
 
 EXECUTOR_KINDS = ("inprocess", "processes")

@@ -6,11 +6,16 @@ from __future__ import annotations
 
 import math
 
-from cellsearch import zoo
-from cellsearch.executors import EvaluationJob, InProcessExecutor, InterleavedExecutor, run_job
+from cellsearch.cells import zoo
+from cellsearch.evaluation.settings import Settings
+from cellsearch.executors import (
+    EvaluationJob,
+    InProcessExecutor,
+    InterleavedExecutor,
+    run_job,
+)
 from cellsearch.search import open_run, run_search
 from cellsearch.storage import InMemoryStorage
-from cellsearch.train.hyperparameters import Settings
 from tests.search.test_driver import contents
 
 TINY = {"max_epochs": 2, "epoch_windows": 3, "valid_samples": 40, "test_samples": 40}

@@ -6,12 +6,12 @@ import random
 import pytest
 import torch
 
-from cellsearch import zoo
-from cellsearch.equations import parse
-from cellsearch.mutate import mutate
+from cellsearch.cells import zoo
+from cellsearch.cells.equations import parse
+from cellsearch.cells.mutate import mutate
+from cellsearch.evaluation.settings import Settings
 from cellsearch.tasks.arith import Arith
 from cellsearch.train.evaluate import evaluate
-from cellsearch.train.hyperparameters import Settings
 
 pytestmark = [
     pytest.mark.gpu,
@@ -79,8 +79,8 @@ def test_captured_equals_eager_with_dropout():
     ("matmul of a matmul", parse("h' = tanh(W_2 W_1 h + W_h h + W_x x)")),
 ], ids=lambda v: v if isinstance(v, str) else "")
 def test_fused_kernels_give_the_eager_values_and_gradients(name, graph, mode, shape):
-    from cellsearch.compile import plan, run
-    from cellsearch.fused import run_fused
+    from cellsearch.engine.kernels.fused import run_fused
+    from cellsearch.engine.plan import plan, run
 
     def outputs_and_gradients(runner):
         generator = torch.Generator(device="cuda").manual_seed(0)
@@ -129,7 +129,9 @@ def test_captured_fused_training_follows_eager_training(name, graph):
 @pytest.mark.parametrize("with_bias", [False, True])
 @pytest.mark.parametrize("V", [40, 10_000])  # arith's and PTB's vocabularies
 def test_the_cross_entropy_kernels_match_torch(V, with_bias):
-    from tests.tasks.cross_entropy_checks import check_against_torch_in_the_models_layout
+    from tests.tasks.cross_entropy_checks import (
+        check_against_torch_in_the_models_layout,
+    )
 
     check_against_torch_in_the_models_layout(V, device="cuda", with_bias=with_bias)
 

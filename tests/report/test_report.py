@@ -10,16 +10,16 @@ from typing import Sequence
 
 import pytest
 
-from cellsearch import zoo
+from cellsearch.cells import zoo
+from cellsearch.cells.graph import CellGraph
 from cellsearch.cli import main
+from cellsearch.evaluation.result import Result
+from cellsearch.evaluation.settings import Settings
 from cellsearch.executors import InProcessExecutor
-from cellsearch.graph import CellGraph
 from cellsearch.report.paper import TABLES
 from cellsearch.report.reproduce import Reproduction, run_reproduction
 from cellsearch.report.tables import build_report, report_dict
 from cellsearch.storage import InMemoryStorage
-from cellsearch.train.hyperparameters import Settings
-from cellsearch.train.result import Result
 from tests.search.fake import unit
 from tests.search.test_driver import search
 

@@ -16,10 +16,10 @@ import time
 from dataclasses import dataclass
 from typing import Sequence
 
-from cellsearch.equations import parse
-from cellsearch.graph import CellGraph
-from cellsearch.train.hyperparameters import Settings
-from cellsearch.train.result import DIVERGED, Result
+from cellsearch.cells.equations import parse
+from cellsearch.cells.graph import CellGraph
+from cellsearch.evaluation.result import DIVERGED, Result
+from cellsearch.evaluation.settings import Settings
 
 ACTIVATIONS = ("tanh", "sigm", "relu")
 BIAS_INITS = (0.0, 0.5, 1.0, 1.5, 2.0)

@@ -5,12 +5,12 @@ from __future__ import annotations
 
 from typing import Callable
 
+from cellsearch.evaluation.result import OK, Result
+from cellsearch.evaluation.settings import Settings
 from cellsearch.executors import EvaluationJob
 from cellsearch.search import Search
 from cellsearch.search.procedure import CompleteStep, Evaluate
 from cellsearch.storage import TopEntry
-from cellsearch.train.hyperparameters import Settings
-from cellsearch.train.result import OK, Result
 from tests.search.fake import FakeMutation, family_member, unit
 
 # (architecture hash, task, settings) -> validation accuracy

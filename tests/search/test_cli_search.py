@@ -8,7 +8,7 @@ import sqlite3
 
 import pytest
 
-from cellsearch import zoo
+from cellsearch.cells import zoo
 from cellsearch.cli import main
 from cellsearch.search import SearchConfig
 from cellsearch.storage import SQLiteStorage

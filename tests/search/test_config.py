@@ -24,7 +24,7 @@ def test_defaults_are_the_papers():
     assert config.space("ptb").dropout == (0.0,)  # no dropout in the search (§3.5)
     assert (
         config.evaluator == "cellsearch.train.evaluate:evaluate"
-        and config.mutator == "cellsearch.mutate:mutate"
+        and config.mutator == "cellsearch.cells.mutate:mutate"
     )
 
 
@@ -156,3 +156,8 @@ def test_the_example_config_file_is_the_paper_and_names_every_setting():
     assert load_config(path=example) == SearchConfig()
     text = example.read_text()
     assert all(name in text for name in SearchConfig.__dataclass_fields__)
+
+
+def test_a_database_written_before_the_mutator_moved_names_it_as_it_was_and_still_resumes():
+    stored = {**SearchConfig().to_dict(), "mutator": "cellsearch.mutate:mutate"}
+    assert SearchConfig.from_dict(stored) == SearchConfig()

@@ -8,10 +8,10 @@ import math
 import pytest
 
 from cellsearch.errors import UserError
+from cellsearch.evaluation.result import FAILED
 from cellsearch.executors import InProcessExecutor
 from cellsearch.search import StepCompleted, open_run, plan_run, run_search
 from cellsearch.storage import InMemoryStorage, SQLiteStorage, Storage
-from cellsearch.train.result import FAILED
 
 FAKES = ["evaluator=tests.search.fake:evaluate", "mutator=tests.search.fake:mutate"]
 SMALL_RUN = [
@@ -285,7 +285,7 @@ def test_failed_evaluations_are_recorded_and_the_search_goes_on():
 
 def test_a_run_begun_from_other_initial_cells_is_not_resumed():
     """A database made when the zoo's LSTM had §2's printed tanh output gate."""
-    from cellsearch import zoo
+    from cellsearch.cells import zoo
     from cellsearch.search.procedure import initial_architectures
     from cellsearch.storage import ArchitectureRecord
 

@@ -6,9 +6,9 @@ import math
 
 import pytest
 
+from cellsearch.evaluation.result import DIVERGED, Result
+from cellsearch.evaluation.settings import Settings
 from cellsearch.search import History
-from cellsearch.train.hyperparameters import Settings
-from cellsearch.train.result import DIVERGED, Result
 
 
 def outcome(task, learning_rate, value, metric="accuracy", status="ok"):
@@ -90,8 +90,8 @@ def test_a_run_that_diverged_after_good_epochs_counts_with_its_best_epoch():
 
 
 def test_count_through_counts_the_results_of_steps_up_to_one_in_any_order():
+    from cellsearch.evaluation.settings import Settings
     from tests.search.scripted import result
-    from cellsearch.train.hyperparameters import Settings
 
     history = History()
     steps = [0, 0, 3, 1, 5, 2, 2]

@@ -6,7 +6,8 @@ from __future__ import annotations
 
 import pytest
 
-from cellsearch import zoo
+from cellsearch.cells import zoo
+from cellsearch.evaluation.result import DIVERGED
 from cellsearch.search import Search, SearchConfig
 from cellsearch.search.procedure import (
     ADDED,
@@ -20,7 +21,6 @@ from cellsearch.search.procedure import (
     RecordFilterOutcome,
 )
 from cellsearch.storage import FILTER_EXEMPT, FILTER_FAILED, FILTER_PASSED
-from cellsearch.train.result import DIVERGED
 from tests.search.scripted import (
     CHILD,
     OTHER_CHILD,

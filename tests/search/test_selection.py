@@ -8,7 +8,8 @@ from fractions import Fraction
 from hypothesis import given
 from hypothesis import strategies as st
 
-from cellsearch import zoo
+from cellsearch.cells import zoo
+from cellsearch.evaluation.settings import SearchSpace
 from cellsearch.search import History, Search
 from cellsearch.search.selection import (
     DEFAULT_MIX,
@@ -17,7 +18,6 @@ from cellsearch.search.selection import (
     choose_settings,
     sources_for,
 )
-from cellsearch.train.hyperparameters import SearchSpace
 from tests.search.scripted import CHILD, always, drive, result, stage_keys, varied
 from tests.search.test_procedure import config
 

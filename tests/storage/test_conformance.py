@@ -6,6 +6,8 @@ import math
 
 import pytest
 
+from cellsearch.evaluation.result import FAILED, Result
+from cellsearch.evaluation.settings import Settings
 from cellsearch.storage import (
     FILTER_EXEMPT,
     FILTER_FAILED,
@@ -18,8 +20,6 @@ from cellsearch.storage import (
     memory,
     sqlite,
 )
-from cellsearch.train.hyperparameters import Settings
-from cellsearch.train.result import FAILED, Result
 
 CONFIG = {
     "tasks": ["arith", "xml"],

@@ -3,14 +3,20 @@ and a file that is not ours is refused without being touched."""
 
 from __future__ import annotations
 
-import os
 import math
+import os
 import sqlite3
 
 import pytest
 
 from cellsearch.errors import UserError
-from cellsearch.storage import ArchitectureRecord, SQLiteStorage, StepRecord, TopEntry, open_storage
+from cellsearch.storage import (
+    ArchitectureRecord,
+    SQLiteStorage,
+    StepRecord,
+    TopEntry,
+    open_storage,
+)
 from cellsearch.storage.sqlite import APPLICATION_ID, SCHEMA_VERSION
 from tests.storage.test_conformance import CONFIG, ok
 
@@ -120,9 +126,9 @@ def test_a_reader_sees_what_a_writer_committed(tmp_path):
 
 
 def test_a_version_1_database_is_read_as_it_is_and_gains_history_at_its_first_write(tmp_path):
+    from cellsearch.evaluation.result import Result
+    from cellsearch.evaluation.settings import Settings
     from cellsearch.storage import ArchitectureRecord
-    from cellsearch.train.hyperparameters import Settings
-    from cellsearch.train.result import Result
 
     def result(learning_rate, history=()):
         settings = Settings(init_scale=1.0, learning_rate=learning_rate, max_grad_norm=5.0,
@@ -155,3 +161,48 @@ def test_a_version_1_database_is_read_as_it_is_and_gains_history_at_its_first_wr
     connection = sqlite3.connect(path)
     assert connection.execute("SELECT version FROM cellsearch_schema").fetchone()[0] == 2
     connection.close()
+
+
+# -- choosing a backend by URL ------------------------------------------------------------------
+
+
+def test_storage_urls_name_a_backend_and_where_it_keeps_its_data():
+    from cellsearch.storage import split_url
+
+    assert split_url("run.db") == ("sqlite", "run.db")
+    assert split_url("sqlite:///run.db") == ("sqlite", "run.db")
+    assert split_url("sqlite:////tmp/run.db") == ("sqlite", "/tmp/run.db")
+    assert split_url("memory://") == ("memory", "")
+    for bad, message in [("postgres://db", "unknown storage postgres://"),
+                         ("sqlite://", "names no file")]:
+        with pytest.raises(UserError, match=message):
+            split_url(bad)
+
+
+def test_open_storage_opens_the_backend_its_url_names(tmp_path):
+    from cellsearch.storage import InMemoryStorage, SQLiteStorage, has_data, open_storage
+
+    url = f"sqlite:///{tmp_path / 'run.db'}"
+    assert not has_data(url)
+    with open_storage(url) as storage:
+        assert isinstance(storage, SQLiteStorage) and storage.path == str(tmp_path / "run.db")
+        storage.create_run({"seed": 1})
+    assert has_data(url) and has_data(tmp_path / "run.db")
+    with open_storage(tmp_path / "run.db", create=False) as storage:
+        assert storage.read_only and len(storage.get_runs()) == 1
+    assert isinstance(open_storage("memory://"), InMemoryStorage)
+    with pytest.raises(UserError, match="nothing to read"):
+        open_storage("memory://", create=False)
+
+
+def test_a_sole_writer_holds_the_file_until_it_closes(tmp_path):
+    from cellsearch.storage import open_storage
+
+    path = tmp_path / "run.db"
+    first = open_storage(path, sole_writer=True)
+    with pytest.raises(UserError, match="another `cellsearch search` is running"):
+        open_storage(path, sole_writer=True)
+    with open_storage(path, create=False) as reader:  # readers are never kept out
+        assert reader.get_runs() == []
+    first.close()
+    open_storage(path, sole_writer=True).close()

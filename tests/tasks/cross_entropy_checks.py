@@ -1,11 +1,11 @@
-"""Checks of `cellsearch.cross_entropy` against torch, run by test_cross_entropy.py in a process
+"""Checks of `cellsearch.engine.kernels.cross_entropy` against torch, run by test_cross_entropy.py in a process
 of their own: Triton's CPU interpreter runs its library reductions (tl.max, tl.sum, tl.argmax)
 only if `triton.language` was imported with TRITON_INTERPRET=1 set."""
 
 import torch
 import torch.nn.functional as F
 
-from cellsearch.cross_entropy import softmax_cross_entropy
+from cellsearch.engine.kernels.cross_entropy import softmax_cross_entropy
 from cellsearch.tasks.metrics import softmax_stats
 
 
@@ -72,9 +72,9 @@ def check_training_with_kernels_follows_the_torch_loss() -> None:
     """The fused engine's training, whose loss runs in these kernels with the output bias left
     to them, against the eager engine's (torch's loss, biased logits): the same validation
     metrics after an epoch."""
-    from cellsearch import zoo
+    from cellsearch.cells import zoo
+    from cellsearch.evaluation.settings import Settings
     from cellsearch.train.evaluate import evaluate
-    from cellsearch.train.hyperparameters import Settings
 
     settings = [Settings(init_scale=1.0, learning_rate=0.5, max_grad_norm=5.0, num_layers=1,
                          num_parameters=3_000, seed=0)]

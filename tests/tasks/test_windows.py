@@ -4,7 +4,12 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from cellsearch.errors import UserError
-from cellsearch.tasks.windows import pack_pieces, stream_rows, token_windows, window_count
+from cellsearch.tasks.windows import (
+    pack_pieces,
+    stream_rows,
+    token_windows,
+    window_count,
+)
 
 
 def reassemble(batches):

@@ -1,10 +1,10 @@
-"""Checks of `cellsearch.sgd` against the clipped SGD written out in torch, run by test_sgd.py in
+"""Checks of `cellsearch.engine.kernels.sgd` against the clipped SGD written out in torch, run by test_sgd.py in
 a process of its own (Triton's CPU interpreter needs TRITON_INTERPRET=1 set before
 `triton.language` is imported)."""
 
 import torch
 
-from cellsearch.sgd import BLOCK, clipped_sgd_
+from cellsearch.engine.kernels.sgd import BLOCK, clipped_sgd_
 
 
 def reference(parameters, grads, rates, max_norms):

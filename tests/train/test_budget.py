@@ -5,7 +5,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from cellsearch.errors import UserError
-from cellsearch.train.budget import hidden_size_for_budget, parameter_count
+from cellsearch.evaluation.budget import hidden_size_for_budget, parameter_count
 
 # (matrices, biases) per layer of the zoo cells, counted from their equations.
 LSTM = dict(matrices_per_layer=8, biases_per_layer=4)

@@ -42,8 +42,8 @@ def test_evaluate_plot_writes_learning_curves(tmp_path, capsys):
 
 def test_a_diverged_trial_is_strict_json_with_nulls():
     from cellsearch.cli.evaluate import result_record
-    from cellsearch.train.hyperparameters import SearchSpace
-    from cellsearch.train.result import DIVERGED, Result
+    from cellsearch.evaluation.result import DIVERGED, Result
+    from cellsearch.evaluation.settings import SearchSpace
 
     settings = next(iter(SearchSpace.for_task("memorize").grid()))
     diverged = Result(task="memorize", settings=settings, hidden_size=8, num_parameters=2000,

@@ -10,7 +10,12 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from cellsearch.errors import UserError
-from cellsearch.train.hyperparameters import KEYS, SearchSpace, Settings, parse_assignments
+from cellsearch.evaluation.settings import (
+    KEYS,
+    SearchSpace,
+    Settings,
+    parse_assignments,
+)
 
 PAPER_COMMON = dict(
     init_scale=(0.3, 0.7, 1.0, 1.4, 2.0, 2.8),

@@ -1,6 +1,6 @@
 import torch
 
-from cellsearch import zoo
+from cellsearch.cells import zoo
 from cellsearch.train import packing
 from cellsearch.train.packing import member_bytes, population_limit
 

@@ -5,8 +5,13 @@ import math
 import pytest
 
 from cellsearch.errors import UserError
-from cellsearch.train.hyperparameters import Settings
-from cellsearch.train.schedules import MusicSchedule, PTBSchedule, SearchSchedule, schedule_for
+from cellsearch.evaluation.settings import Settings
+from cellsearch.train.schedules import (
+    MusicSchedule,
+    PTBSchedule,
+    SearchSchedule,
+    schedule_for,
+)
 
 
 def run(schedule, scores):

@@ -1,14 +1,12 @@
 """The training step's clipped SGD update against the formula of §3.7, computed independently."""
 
+import pytest
 import torch
 
-from cellsearch import zoo
+from cellsearch.cells import zoo
 from cellsearch.tasks.memorize import Memorize
 from cellsearch.train.model import PopulationModel
 from cellsearch.train.steps import PopulationSteps
-
-
-import pytest
 
 
 @pytest.mark.parametrize("normalization", ["minibatch", "targets"])

@@ -3,13 +3,13 @@ import math
 import pytest
 import torch
 
-from cellsearch import zoo
-from cellsearch.equations import parse
+from cellsearch.cells import zoo
+from cellsearch.cells.equations import parse
+from cellsearch.evaluation.result import DIVERGED, OK
+from cellsearch.evaluation.settings import Settings
 from cellsearch.tasks.arith import Arith
 from cellsearch.tasks.memorize import Memorize
 from cellsearch.train.evaluate import evaluate, model_shape
-from cellsearch.train.hyperparameters import Settings
-from cellsearch.train.result import DIVERGED, OK
 
 
 def setting(**changes):

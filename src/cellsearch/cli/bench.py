@@ -38,7 +38,7 @@ def register(subparsers) -> None:
 def run_bench(args: argparse.Namespace) -> int:
     import torch
 
-    from cellsearch import bench
+    from cellsearch.train import bench
     from cellsearch.train.evaluate import resolve_device
     from cellsearch.train.model import ENGINES
 
@@ -89,7 +89,7 @@ def run_bench(args: argparse.Namespace) -> int:
 def run_mixed(args: argparse.Namespace, device) -> int:
     import torch
 
-    from cellsearch import bench
+    from cellsearch.train import bench
 
     if args.mixed < 1 or args.windows < 1:
         raise UserError("--mixed and --windows must be at least 1")

@@ -1,14 +1,15 @@
-"""`cellsearch cells list | show | draw`: the zoo and any cell file, as equations, JSON, Graphviz
-DOT, or a picture (SVG, PNG or PDF: Graphviz's `dot` when installed, matplotlib otherwise)."""
+"""`cellsearch cells list | show | draw | kernels`: the zoo and any cell file, as equations, JSON,
+Graphviz DOT, a picture (SVG, PNG or PDF: Graphviz's `dot` when installed, matplotlib otherwise),
+or the Triton kernels generated for it."""
 
 from __future__ import annotations
 
 import argparse
 
-from cellsearch import zoo
-from cellsearch.equations import format_graph
+from cellsearch.cells import ops, zoo
+from cellsearch.cells.equations import format_graph
+from cellsearch.cells.graph import CellGraph
 from cellsearch.errors import UserError
-from cellsearch.graph import CellGraph
 
 
 def register(subparsers) -> None:
@@ -27,6 +28,14 @@ def register(subparsers) -> None:
     draw.add_argument("--engine", choices=("auto", "graphviz", "matplotlib"), default="auto",
                       help="auto: Graphviz's dot when it is on PATH, else matplotlib")
     draw.set_defaults(run=draw_cell)
+    kernels = commands.add_parser(
+        "kernels", help="the Triton kernels generated for one cell's layer (CUDA's fused engine)")
+    kernels.add_argument("cell", metavar="NAME|FILE", help="a zoo name or a .cell/.json file")
+    kernels.add_argument("--mode", choices=("persistent", "dot", "cublas"), default="dot",
+                         help="persistent: one kernel per member for a whole window (small "
+                              "cells); dot, cublas: kernels per timestep, forming the recurrent "
+                              "products themselves or reading cuBLAS's (default dot)")
+    kernels.set_defaults(run=show_kernels)
 
 
 def list_cells(args: argparse.Namespace) -> int:
@@ -42,6 +51,16 @@ def show_cell(args: argparse.Namespace) -> int:
         print(to_dot(graph, title=args.cell))
     else:
         print(format_graph(graph), end="")
+    return 0
+
+
+def show_kernels(args: argparse.Namespace) -> int:
+    from cellsearch.engine.kernels.fused import generated_sources  # (imports torch)
+
+    graph = zoo.resolve(args.cell)
+    for title, source in generated_sources(graph, args.mode):
+        print(f"# ==== {args.cell}, {title} ====")
+        print(source)
     return 0
 
 
@@ -77,7 +96,7 @@ def node_label(graph: CellGraph, name: str) -> str:
     if node.op in ("matmul", "bias"):
         label = node.param + (f" (+{node.init:g})" if node.init else "")
     else:
-        label = _LABELS.get(node.op, node.op)
+        label = ops.label(node.op)
     return label if node.name.startswith("_") else f"{node.name} = {label}"
 
 
@@ -121,9 +140,6 @@ def draw(graph: CellGraph, path, title: str) -> None:
     figure.tight_layout()
     figure.savefig(path)
     plt.close(figure)
-
-
-_LABELS = {"add": "+", "sub": "−", "mul": "⊙", "one": "1", "sigmoid": "sigm", "identity": "id"}
 
 
 def to_dot(graph: CellGraph, title: str = "cell") -> str:

@@ -11,15 +11,15 @@ from rich.console import Console
 from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from cellsearch import zoo
+from cellsearch.cells import zoo
 from cellsearch.errors import UserError
-from cellsearch.train.hyperparameters import (
+from cellsearch.evaluation.result import Result, json_number
+from cellsearch.evaluation.settings import (
     LOSS_NORMALIZATIONS,
     MUSIC_TASKS,
     SearchSpace,
     parse_assignments,
 )
-from cellsearch.train.result import Result, json_number
 
 
 def register(subparsers) -> None:

@@ -14,7 +14,7 @@ import argparse
 import json
 import sys
 
-from cellsearch import zoo
+from cellsearch.cells import zoo
 from cellsearch.errors import UserError
 from cellsearch.executors import EXECUTORS, make_executor
 from cellsearch.search.config import apply_assignment
@@ -96,7 +96,13 @@ def run_report(args: argparse.Namespace) -> int:
 
 def run_reproduce(args: argparse.Namespace) -> int:
     from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+    )
 
     from cellsearch.executors import DEFAULT_EVALUATOR
     from cellsearch.report.paper import TABLES

@@ -20,9 +20,6 @@ import argparse
 import json
 import math
 import time
-from contextlib import contextmanager
-from pathlib import Path
-from typing import Iterator
 
 from cellsearch.errors import UserError, gathered
 from cellsearch.executors import DEFAULT_EVALUATOR, EXECUTORS, make_executor
@@ -46,7 +43,7 @@ from cellsearch.search import (
 from cellsearch.search.config import SearchConfig, load_config, settings_listing
 from cellsearch.search.presets import preset_names
 from cellsearch.search.procedure import MutateFunction
-from cellsearch.storage import open_storage
+from cellsearch.storage import has_data, open_storage
 
 
 def register(subparsers) -> None:
@@ -118,7 +115,6 @@ def run_search_command(args: argparse.Namespace) -> int:
         return 0
     if not args.db:
         raise UserError("search needs --db FILE (or --list-settings)")
-    path = Path(args.db)
     executor = make_executor(
         args.executor, workers=args.workers, device=args.device, data_dir=args.data_dir,
         scheduler=args.scheduler,
@@ -127,13 +123,13 @@ def run_search_command(args: argparse.Namespace) -> int:
     # scheduler reached): a failed start leaves no file behind, or the database as it was.
     with executor:
         checked, mutate = None, None
-        if not path.exists() or path.stat().st_size == 0:
+        if not has_data(args.db):
             checked = load_config(
                 preset=args.preset, path=args.config, assignments=args.assignments
             )
             executor.start()  # worker processes start up while the driver checks
             mutate = _check_start(checked, args)
-        with _sole_driver(path), open_storage(path) as storage:
+        with open_storage(args.db, sole_writer=True) as storage:
             plan = plan_run(
                 storage, preset=args.preset, config_path=args.config, assignments=args.assignments
             )
@@ -163,39 +159,6 @@ def run_search_command(args: argparse.Namespace) -> int:
             f"  (cellsearch top --db {args.db})"
         )
     return 0
-
-
-@contextmanager
-def _sole_driver(path: Path) -> Iterator[None]:
-    """Hold an exclusive flock on the database file while searching: a second driver writing the
-    same run would break the never-repeat rule. (SQLite locks with fcntl byte ranges, which are
-    independent of flock on Linux; the kernel drops the lock when the process dies, even by
-    SIGKILL.)"""
-    try:
-        import fcntl
-    except ImportError:  # not POSIX: no guard
-        yield
-        return
-    # The lock comes before SQLite opens the file: two starts on one new file would otherwise
-    # race, and the loser could find a half-made schema. Appending creates a missing file (the
-    # checks of a new search have passed by now) and changes no existing one.
-    try:
-        handle = open(path, "ab")
-    except IsADirectoryError:
-        raise UserError(f"{path} is a directory, not a cellsearch database") from None
-    except FileNotFoundError:
-        raise UserError(f"cannot create {path}: directory {path.parent} does not exist") from None
-    except OSError as error:  # permission denied, a read-only file system, ...
-        raise UserError(
-            f"cannot write {path}: {error.strerror} (a search needs a writable file and"
-            " directory; `cellsearch top`, `stats` and `report` read it where it is)"
-        ) from None
-    with handle:
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise UserError(f"another `cellsearch search` is running on {path}") from None
-        yield
 
 
 def _check_start(config: SearchConfig, args: argparse.Namespace) -> MutateFunction:

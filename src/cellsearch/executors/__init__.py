@@ -9,15 +9,8 @@ nothing of the search's rules and never touch storage.
 from __future__ import annotations
 
 from cellsearch.errors import UserError
-from cellsearch.executors.base import (
-    DEFAULT_EVALUATOR,
-    EvaluationJob,
-    Executor,
-    check_options,
-    failed_results,
-    resolve_function,
-    run_job,
-)
+from cellsearch.evaluation.job import DEFAULT_EVALUATOR, EvaluationJob, failed_results
+from cellsearch.executors.base import Executor, check_options, resolve_function, run_job
 from cellsearch.executors.inprocess import InProcessExecutor
 from cellsearch.executors.interleaved import InterleavedExecutor
 from cellsearch.executors.processes import ProcessExecutor
@@ -65,7 +58,9 @@ def make_executor(
         if kind == "dask" and not scheduler:
             raise UserError("--executor dask needs --scheduler tcp://HOST:PORT "
                             "(or use --executor dask-local)")
-        from cellsearch.executors.dask import DaskExecutor  # the optional extra cellsearch[dask]
+        from cellsearch.executors.dask import (
+            DaskExecutor,  # the optional extra cellsearch[dask]
+        )
 
         address = scheduler if kind == "dask" else None
         return DaskExecutor(address, workers=workers, device=device, data_dir=data_dir)

@@ -1,9 +1,7 @@
-"""What an executor runs (`EvaluationJob`), how one job is run anywhere (`run_job`), and the
-`Executor` interface every backend implements.
+"""How one job (`evaluation.job.EvaluationJob`) is run anywhere (`run_job`), and the `Executor`
+interface every backend implements.
 
-A job is plain data: the architecture as graph JSON, one task, the settings to train (as one
-population, inside the evaluator), the evaluator's options and the evaluator's import path. A job
-never raises: an evaluator that raises, returns the wrong number of results, or dies with its
+A job never raises: an evaluator that raises, returns the wrong number of results, or dies with its
 worker process yields one failed `Result` per setting, with the reason, which the search records
 like any other result. Only `KeyboardInterrupt`/`SystemExit` escape, so Ctrl-C still stops a search
 without recording anything.
@@ -18,29 +16,12 @@ import abc
 import importlib
 import inspect
 from concurrent.futures import Future
-from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
 
+from cellsearch.cells.graph import CellGraph
 from cellsearch.errors import UserError
-from cellsearch.graph import CellGraph
-from cellsearch.train.hyperparameters import MUSIC_TASKS, Settings
-from cellsearch.train.result import FAILED, Result
-
-DEFAULT_EVALUATOR = "cellsearch.train.evaluate:evaluate"
-
-
-@dataclass(frozen=True)
-class EvaluationJob:
-    """Train `graph_json` on `task` once per entry of `settings` with the function `evaluator`
-    ("module:function", called as `evaluate(graph, task, settings, device=..., data_dir=...,
-    **options)` and returning one Result per setting, in order)."""
-
-    architecture_hash: str
-    graph_json: str
-    task: str
-    settings: tuple[Settings, ...]
-    options: Mapping[str, Any] = field(default_factory=dict)
-    evaluator: str = DEFAULT_EVALUATOR
+from cellsearch.evaluation.job import EvaluationJob, describe, failed_results
+from cellsearch.evaluation.result import Result
 
 
 def resolve_function(spec: str) -> Callable[..., Any]:
@@ -121,33 +102,6 @@ def checked_or_failed(
         return checked_results(job, answer)
     except Exception as error:  # noqa: BLE001
         return failed_results(job, describe(error), device)
-
-
-def failed_results(job: EvaluationJob, reason: str, device: str = "cpu") -> list[Result]:
-    """One failed Result per setting of `job`, each with `reason`."""
-    return [
-        Result(
-            task=job.task,
-            settings=settings,
-            hidden_size=0,
-            num_parameters=settings.num_parameters,
-            metric=task_metric(job.task),
-            status=FAILED,
-            reason=reason,
-            device=device,
-        )
-        for settings in job.settings
-    ]
-
-
-def describe(error: BaseException) -> str:
-    """An exception as a one-line reason: its type and message."""
-    return f"{type(error).__name__}: {error}"
-
-
-def task_metric(task: str) -> str:
-    """The search metric a task reports (`Task.metric`), known here without building the task."""
-    return "nll" if task in MUSIC_TASKS else "accuracy"
 
 
 class Executor(abc.ABC):

@@ -39,14 +39,8 @@ from concurrent.futures import Future
 from typing import Any, Iterator, Sequence
 
 from cellsearch.errors import UserError
-from cellsearch.executors.base import (
-    EvaluationJob,
-    Executor,
-    checked_or_failed,
-    describe,
-    failed_results,
-    run_job_as_dicts,
-)
+from cellsearch.evaluation.job import EvaluationJob, describe, failed_results
+from cellsearch.executors.base import Executor, checked_or_failed, run_job_as_dicts
 
 try:
     import distributed

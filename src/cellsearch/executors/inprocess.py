@@ -10,7 +10,8 @@ from __future__ import annotations
 from concurrent.futures import Future
 from typing import Iterator, Sequence
 
-from cellsearch.executors.base import EvaluationJob, Executor, run_job
+from cellsearch.evaluation.job import EvaluationJob
+from cellsearch.executors.base import Executor, run_job
 
 
 class _DeferredFuture(Future):

@@ -23,15 +23,13 @@ from collections import deque
 from concurrent.futures import Future
 from typing import Any, Generator, Iterator, Sequence
 
-from cellsearch.executors.base import (
+from cellsearch.evaluation.job import (
     DEFAULT_EVALUATOR,
     EvaluationJob,
-    Executor,
-    checked_or_failed,
     describe,
     failed_results,
-    run_job,
 )
+from cellsearch.executors.base import Executor, checked_or_failed, run_job
 
 # A new job starts only while this fraction of the GPU's memory is free (or nothing trains).
 FREE_MEMORY_TO_ADMIT = 0.25
@@ -119,7 +117,7 @@ class InterleavedExecutor(Executor):
             future.set_result(failed_results(future.job, describe(error), self.device))
 
     def _run(self, job: EvaluationJob) -> Generator[None, None, Any]:
-        from cellsearch.graph import CellGraph
+        from cellsearch.cells.graph import CellGraph
         from cellsearch.train.evaluate import evaluation
 
         graph = CellGraph.from_json(job.graph_json)

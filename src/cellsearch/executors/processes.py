@@ -31,14 +31,8 @@ from dataclasses import dataclass
 from typing import Iterator, Sequence
 
 from cellsearch.errors import UserError
-from cellsearch.executors.base import (
-    EvaluationJob,
-    Executor,
-    checked_or_failed,
-    describe,
-    failed_results,
-    run_job_as_dicts,
-)
+from cellsearch.evaluation.job import EvaluationJob, describe, failed_results
+from cellsearch.executors.base import Executor, checked_or_failed, run_job_as_dicts
 
 DRIVER_CHECK_SECONDS = 0.5  # how often a worker checks that its driver still lives
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from cellsearch.train.hyperparameters import Settings
+from cellsearch.evaluation.settings import Settings
 
 
 @dataclass(frozen=True)

@@ -16,15 +16,16 @@ import random
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping, Sequence
 
-from cellsearch import zoo
-from cellsearch.equations import format_graph
+from cellsearch.cells import zoo
+from cellsearch.cells.equations import format_graph
 from cellsearch.errors import UserError
-from cellsearch.executors.base import DEFAULT_EVALUATOR, EvaluationJob, Executor
+from cellsearch.evaluation.job import DEFAULT_EVALUATOR, EvaluationJob
+from cellsearch.evaluation.result import Result
+from cellsearch.evaluation.settings import SearchSpace, Settings
+from cellsearch.executors.base import Executor
 from cellsearch.report.paper import TABLES, Column, Table
 from cellsearch.storage.base import Storage
 from cellsearch.storage.records import FILTER_EXEMPT, ArchitectureRecord
-from cellsearch.train.hyperparameters import SearchSpace, Settings
-from cellsearch.train.result import Result
 
 REPRODUCTION = "reproduction"
 DROPOUT_RATES = (0.1, 0.3, 0.5)  # §3.6's nonzero dropout values

@@ -12,7 +12,8 @@ import math
 from dataclasses import dataclass, field, replace
 from typing import Any, Iterable
 
-from cellsearch import zoo
+from cellsearch.cells import zoo
+from cellsearch.evaluation.result import json_number
 from cellsearch.report.paper import TABLES, Column, Table
 from cellsearch.report.reproduce import REPRODUCTION
 from cellsearch.search.config import SearchConfig
@@ -21,7 +22,6 @@ from cellsearch.search.procedure import ADDED, initial_hashes
 from cellsearch.search.summary import SearchStatistics, statistics
 from cellsearch.storage.base import Storage
 from cellsearch.storage.records import FILTER_FAILED, FILTER_PASSED, EvaluationRecord
-from cellsearch.train.result import json_number
 
 
 @dataclass(frozen=True)

@@ -46,10 +46,12 @@ from types import MappingProxyType
 from typing import Any, Iterable, Mapping
 
 from cellsearch.errors import UserError, gathered, quoted
-from cellsearch.executors.base import DEFAULT_EVALUATOR
-from cellsearch.train.hyperparameters import TASKS, SearchSpace
+from cellsearch.evaluation.job import DEFAULT_EVALUATOR
+from cellsearch.evaluation.settings import TASKS, SearchSpace
 
-DEFAULT_MUTATOR = "cellsearch.mutate:mutate"
+DEFAULT_MUTATOR = "cellsearch.cells.mutate:mutate"
+# Functions that moved, as databases written before the move name them: they resume.
+RENAMED_FUNCTIONS = {"cellsearch.mutate:mutate": DEFAULT_MUTATOR}
 
 # Keys a resumed run may change: its budget (to extend or shorten a run) and how settings are
 # grouped into jobs (the evaluator gives the same result for a setting whatever its population).
@@ -138,7 +140,7 @@ class SearchConfig:
         if options is not None:
             object.__setattr__(self, "evaluation_options", options)
             if self.evaluator == DEFAULT_EVALUATOR:
-                from cellsearch.train.options import option_problems
+                from cellsearch.evaluation.options import option_problems
 
                 problems += option_problems(options)
         if tasks is not None:
@@ -164,7 +166,9 @@ class SearchConfig:
             raise UserError(
                 f"unknown search setting(s) {', '.join(unknown)}; known: {', '.join(known)}"
             )
-        return cls(**data)
+        renamed = {name: RENAMED_FUNCTIONS[data[name]] for name in ("evaluator", "mutator")
+                   if data.get(name) in RENAMED_FUNCTIONS}
+        return cls(**{**data, **renamed})
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON values; `from_dict(to_dict())` gives an equal config."""
@@ -191,9 +195,9 @@ class SearchConfig:
     def _budget_problems(self) -> list[str]:
         """The parameter budgets of the spaces that the initial LSTM or GRU cannot meet with
         some number of layers of the space (a model needs at least one hidden unit)."""
-        from cellsearch import zoo
+        from cellsearch.cells import zoo
+        from cellsearch.evaluation.budget import hidden_size_for_budget
         from cellsearch.tasks import model_sizes
-        from cellsearch.train.budget import hidden_size_for_budget
 
         problems = []
         for task in (*self.tasks, self.filter_task):

@@ -27,7 +27,9 @@ from concurrent.futures import Future
 from dataclasses import dataclass, field, replace
 from typing import Any, Callable, Generator, Iterable, Sequence
 
+from cellsearch.cells.graph import CellGraph
 from cellsearch.errors import UserError
+from cellsearch.evaluation.result import Result
 from cellsearch.executors.base import (
     EvaluationJob,
     Executor,
@@ -35,8 +37,12 @@ from cellsearch.executors.base import (
     describe,
     resolve_function,
 )
-from cellsearch.graph import CellGraph
-from cellsearch.search.config import RESERVED_OPTIONS, RESUMABLE_KEYS, SearchConfig, load_config
+from cellsearch.search.config import (
+    RESERVED_OPTIONS,
+    RESUMABLE_KEYS,
+    SearchConfig,
+    load_config,
+)
 from cellsearch.search.history import History
 from cellsearch.search.procedure import (
     CompleteStep,
@@ -51,7 +57,6 @@ from cellsearch.search.procedure import (
 )
 from cellsearch.storage.base import Storage
 from cellsearch.storage.records import StepRecord, TopEntry
-from cellsearch.train.result import Result
 
 Triple = tuple[str, str, str]  # (architecture hash, task, settings key)
 
@@ -259,7 +264,7 @@ def check_evaluator(config: SearchConfig) -> None:
 
 def check_mutator(config: SearchConfig) -> MutateFunction:
     """`config.mutator`, resolved and tried once on the GRU: UserError unless it returns an
-    object with a CellGraph `.graph`, as `cellsearch.mutate.mutate` does (else every mutation
+    object with a CellGraph `.graph`, as `cellsearch.cells.mutate.mutate` does (else every mutation
     step of the search would fail)."""
     function = resolve_function(config.mutator)
     from cellsearch.search.procedure import initial_architectures
@@ -273,7 +278,7 @@ def check_mutator(config: SearchConfig) -> MutateFunction:
     if not isinstance(getattr(child, "graph", None), CellGraph):
         raise UserError(
             f"search setting mutator {config.mutator} must return an object with a CellGraph"
-            f" .graph (as cellsearch.mutate:mutate does), got {type(child).__name__}"
+            f" .graph (as cellsearch.cells.mutate:mutate does), got {type(child).__name__}"
         )
     return function
 

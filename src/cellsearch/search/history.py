@@ -26,8 +26,8 @@ import math
 from collections import defaultdict
 from typing import Iterable
 
-from cellsearch.train.hyperparameters import Settings
-from cellsearch.train.result import LOWER_IS_BETTER, Result
+from cellsearch.evaluation.result import LOWER_IS_BETTER, Result
+from cellsearch.evaluation.settings import Settings
 
 
 class _Queries:

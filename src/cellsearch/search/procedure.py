@@ -40,10 +40,12 @@ import random
 from dataclasses import dataclass, replace
 from typing import Any, Callable, Generator, Mapping, Sequence
 
-from cellsearch import zoo
-from cellsearch.equations import format_graph
-from cellsearch.executors.base import EvaluationJob, describe
-from cellsearch.graph import CellGraph
+from cellsearch.cells import zoo
+from cellsearch.cells.equations import format_graph
+from cellsearch.cells.graph import CellGraph
+from cellsearch.evaluation.job import EvaluationJob, describe
+from cellsearch.evaluation.result import Result
+from cellsearch.evaluation.settings import Settings
 from cellsearch.search.config import SearchConfig
 from cellsearch.search.history import History, HistoryView, fitness_order
 from cellsearch.search.selection import choose_settings, reseeded, sources_for
@@ -55,8 +57,6 @@ from cellsearch.storage.records import (
     StepRecord,
     TopEntry,
 )
-from cellsearch.train.hyperparameters import Settings
-from cellsearch.train.result import Result
 
 INITIAL_ARCHITECTURES = ("lstm", "gru")
 REFERENCE_ARCHITECTURE = "gru"  # eq. 1 divides by the GRU's best accuracy
@@ -73,7 +73,7 @@ FILTERED_OUT, BELOW_THRESHOLD, ADDED, KEPT, NOT_ADDED = (
 )
 MUTATION_FAILED = "mutation-failed"
 
-# The mutation operator's contract (cellsearch.mutate.mutate): (graph, rng) -> an object with
+# The mutation operator's contract (cellsearch.cells.mutate.mutate): (graph, rng) -> an object with
 # `.graph` (the child CellGraph) and `.description` (what was changed, for people).
 MutateFunction = Callable[[CellGraph, random.Random], Any]
 

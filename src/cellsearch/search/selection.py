@@ -30,8 +30,8 @@ import random
 from fractions import Fraction
 from typing import Collection, Sequence
 
+from cellsearch.evaluation.settings import SAMPLED_SEED_LIMIT, SearchSpace, Settings
 from cellsearch.search.history import History
-from cellsearch.train.hyperparameters import _SAMPLED_SEED_LIMIT, SearchSpace, Settings
 
 # A source is (fraction, pool); a pool of None means "uniformly random over the space".
 Source = tuple[Fraction, Sequence[Settings] | None]
@@ -82,7 +82,7 @@ def choose_settings(
 
 def reseeded(settings: Settings, rng: random.Random) -> Settings:
     """`settings` with a fresh seed, below the limit of the seeds SearchSpace.sample draws."""
-    return dataclasses.replace(settings, seed=rng.randrange(_SAMPLED_SEED_LIMIT))
+    return dataclasses.replace(settings, seed=rng.randrange(SAMPLED_SEED_LIMIT))
 
 
 def sources_for(

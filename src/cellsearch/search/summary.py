@@ -12,12 +12,12 @@ from collections import Counter
 from dataclasses import dataclass, field
 
 from cellsearch.errors import UserError
+from cellsearch.evaluation.result import json_number
 from cellsearch.search.config import SearchConfig
 from cellsearch.search.history import History
 from cellsearch.search.procedure import initial_hashes
 from cellsearch.storage.base import Storage
 from cellsearch.storage.records import FILTER_PASSED, RunRecord
-from cellsearch.train.result import json_number
 
 
 @dataclass(frozen=True)

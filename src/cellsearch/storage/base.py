@@ -30,6 +30,7 @@ import abc
 from datetime import datetime, timezone
 from typing import Any, Mapping, Sequence
 
+from cellsearch.evaluation.result import Result
 from cellsearch.storage.records import (
     FILTER_OUTCOMES,
     ArchitectureRecord,
@@ -38,7 +39,6 @@ from cellsearch.storage.records import (
     StepRecord,
     TopEntry,
 )
-from cellsearch.train.result import Result
 
 
 class StorageError(Exception):

@@ -12,6 +12,8 @@ import json
 from dataclasses import dataclass, field
 from typing import Any, Mapping, Sequence
 
+from cellsearch.errors import UserError
+from cellsearch.evaluation.result import Result
 from cellsearch.storage.base import (
     Storage,
     StorageError,
@@ -27,7 +29,6 @@ from cellsearch.storage.records import (
     StepRecord,
     TopEntry,
 )
-from cellsearch.train.result import Result
 
 
 @dataclass
@@ -152,3 +153,12 @@ def _copy_run(record: RunRecord) -> RunRecord:
 
 def _copy_result(result: Result) -> Result:
     return dataclasses.replace(result, valid=dict(result.valid), test=dict(result.test))
+
+
+def open_memory(location: str, *, create: bool = True, sole_writer: bool = False) -> InMemoryStorage:
+    """`memory://`: a new, empty store that lives as long as the process (`open_storage`)."""
+    if location:
+        raise UserError(f"memory://{location}: an in-memory store takes no location")
+    if not create:
+        raise UserError("memory:// holds nothing to read: it lives only within one search")
+    return InMemoryStorage()

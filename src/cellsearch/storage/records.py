@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Mapping
 
-from cellsearch.train.result import Result
+from cellsearch.evaluation.result import Result
 
 # Memorization-filter outcomes of an architecture (§3.1), as the search records them.
 FILTER_PASSED, FILTER_FAILED, FILTER_EXEMPT = "passed", "failed", "exempt"

@@ -29,10 +29,11 @@ import math
 import sqlite3
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator, Mapping, Sequence
+from typing import Any, BinaryIO, Iterator, Mapping, Sequence
 from urllib.parse import quote
 
 from cellsearch.errors import UserError
+from cellsearch.evaluation.result import Result
 from cellsearch.storage.base import (
     Storage,
     StorageError,
@@ -48,7 +49,6 @@ from cellsearch.storage.records import (
     StepRecord,
     TopEntry,
 )
-from cellsearch.train.result import Result
 
 SCHEMA_VERSION = 2  # 2: evaluations.history and .tokens (a version 1 database gains them at its
 # first write)
@@ -160,12 +160,22 @@ class SQLiteStorage(Storage):
     version this code reads, else UserError, and the file is left exactly as it was.
     """
 
-    def __init__(self, path: str | Path, *, read_only: bool = False):
+    def __init__(self, path: str | Path, *, read_only: bool = False, sole_writer: bool = False):
         """`read_only`: open an existing database through a read-only connection (`mode=ro`),
         which never creates, changes or adds to any file; what is not a cellsearch database,
-        an empty file included, is a UserError."""
+        an empty file included, is a UserError. `sole_writer`: hold an exclusive lock on the
+        file until `close`, and fail at once if another process holds it (`_lock_file`)."""
         self.path, self.read_only = str(path), read_only
-        if read_only:
+        self._lock = _lock_file(Path(self.path)) if sole_writer and self.path != MEMORY else None
+        try:
+            self._open()
+        except BaseException:
+            if self._lock is not None:
+                self._lock.close()
+            raise
+
+    def _open(self) -> None:
+        if self.read_only:
             check_database(self.path, must_exist=True)
             uri = f"file:{quote(str(Path(self.path).resolve()))}?mode=ro"
             self._connection = sqlite3.connect(uri, uri=True, isolation_level=None, timeout=30.0)
@@ -392,6 +402,9 @@ class SQLiteStorage(Storage):
             except sqlite3.Error:
                 pass
         self._connection.close()
+        if self._lock is not None:
+            self._lock.close()  # (closing the file releases the lock)
+            self._lock = None
 
     # -- helpers ----------------------------------------------------------------------------------
 
@@ -455,6 +468,42 @@ class SQLiteStorage(Storage):
             (run_id, row[0]),
         ).fetchall()
         return row[0], [tuple(entry) for entry in rows]
+
+
+def open_sqlite(location: str, *, create: bool = True, sole_writer: bool = False) -> SQLiteStorage:
+    """`sqlite:///<location>` (`storage.open_storage`); read-only unless `create`."""
+    if not create:
+        return SQLiteStorage(location, read_only=True)
+    return SQLiteStorage(location, sole_writer=sole_writer)
+
+
+def _lock_file(path: Path) -> BinaryIO | None:
+    """An exclusive flock on the database file, held while the returned file is open: a second
+    search driver writing the same run would break the never-repeat rule. (SQLite locks with
+    fcntl byte ranges, which are independent of flock on Linux; the kernel drops the lock when
+    the process dies, even by SIGKILL.) None where flock does not exist (not POSIX): no guard.
+
+    The lock comes before SQLite opens the file: two starts on one new file would otherwise race,
+    and the loser could find a half-made schema. Appending creates a missing file (the checks of
+    a new search have passed by now) and changes no existing one."""
+    try:
+        import fcntl
+    except ImportError:
+        return None
+    check_database(str(path))
+    try:
+        handle = open(path, "ab")
+    except OSError as error:  # permission denied, a read-only file system, ...
+        raise UserError(
+            f"cannot write {path}: {error.strerror} (a search needs a writable file and"
+            " directory; `cellsearch top`, `stats` and `report` read it where it is)"
+        ) from None
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.close()
+        raise UserError(f"another `cellsearch search` is running on {path}") from None
+    return handle
 
 
 def check_database(path: str, must_exist: bool = False) -> None:

@@ -34,12 +34,14 @@ def softmax_stats(
 
     Returns loss_sum (K,): summed cross-entropy of the scored predictions; correct (K,): how many
     of them have the target as argmax; count (): the number of scored predictions (mask sum).
-    With `kernels` (CUDA, Triton), the cross-entropy and argmax run in `cellsearch.cross_entropy`.
+    With `kernels` (CUDA, Triton), the cross-entropy and argmax run in `cellsearch.engine.kernels.cross_entropy`.
     """
     T, K, B, V = logits.shape
     weights = mask.to(logits.dtype).unsqueeze(1)  # (T, 1, B)
     if kernels:
-        from cellsearch.cross_entropy import softmax_cross_entropy  # (imports Triton)
+        from cellsearch.engine.kernels.cross_entropy import (
+            softmax_cross_entropy,  # (imports Triton)
+        )
 
         nll, hits = softmax_cross_entropy(logits, targets, bias)
     else:

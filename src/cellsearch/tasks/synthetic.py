@@ -29,7 +29,12 @@ from typing import NamedTuple
 import numpy as np
 
 from cellsearch.errors import UserError
-from cellsearch.tasks.base import Batch, Task, check_batch_arguments, check_epoch_windows
+from cellsearch.tasks.base import (
+    Batch,
+    Task,
+    check_batch_arguments,
+    check_epoch_windows,
+)
 from cellsearch.tasks.windows import pad_rows, token_windows
 
 # Seed-sequence tags keeping the training stream apart from the two fixed sets.

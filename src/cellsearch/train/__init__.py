@@ -1,27 +1,5 @@
-"""Training: the hyperparameter space (§3.7), budget -> hidden size (§3.7), schedules (§3.6).
+"""Training a population of settings on a task: the model (§3.5), its per-window steps, the
+learning-rate schedules (§3.6), `evaluate` (settings -> Results) and the throughput benchmark.
 
-The modules re-exported here are pure Python, so the search can use them without importing torch.
+Above `engine` (which runs cells) and `tasks` (which give data); below `executors`.
 """
-
-from cellsearch.train.budget import hidden_size_for_budget, parameter_count
-from cellsearch.train.hyperparameters import SearchSpace, Settings, parse_assignments
-from cellsearch.train.schedules import (
-    MusicSchedule,
-    PTBSchedule,
-    Schedule,
-    SearchSchedule,
-    schedule_for,
-)
-
-__all__ = [
-    "MusicSchedule",
-    "PTBSchedule",
-    "Schedule",
-    "SearchSchedule",
-    "SearchSpace",
-    "Settings",
-    "hidden_size_for_budget",
-    "parameter_count",
-    "parse_assignments",
-    "schedule_for",
-]

@@ -15,14 +15,14 @@ from typing import Callable, Generator, Sequence
 
 import torch
 
+from cellsearch.cells.graph import CellGraph
 from cellsearch.errors import UserError
-from cellsearch.graph import CellGraph
+from cellsearch.evaluation.budget import hidden_size_for_budget, parameter_count
+from cellsearch.evaluation.result import FAILED, Result
+from cellsearch.evaluation.settings import LOSS_NORMALIZATIONS, Settings
 from cellsearch.tasks import Task, shared_task, task_options
-from cellsearch.train.budget import hidden_size_for_budget, parameter_count
-from cellsearch.train.hyperparameters import LOSS_NORMALIZATIONS, Settings
 from cellsearch.train.model import default_engine, input_kind
 from cellsearch.train.packing import population_limit
-from cellsearch.train.result import FAILED, Result
 from cellsearch.train.trainer import Progress, population_run, train_population
 
 

@@ -16,11 +16,13 @@ from typing import Sequence
 import torch
 from torch import nn
 
-from cellsearch import fused
-from cellsearch.compile import compiled_step, run
-from cellsearch.graph import CellGraph
-from cellsearch.nn import PopulationCell, State, initial_values, uniform
-from cellsearch.train.options import ENGINES  # the engines, listed where torch is not needed
+from cellsearch.cells.graph import CellGraph
+from cellsearch.engine.kernels import fused
+from cellsearch.engine.nn import PopulationCell, State, initial_values, uniform
+from cellsearch.engine.plan import compiled_step, run
+from cellsearch.evaluation.options import (
+    ENGINES,  # the engines, listed where torch is not needed
+)
 
 
 def default_engine(device: torch.device) -> str:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import torch
 
-from cellsearch.graph import CellGraph
+from cellsearch.cells.graph import CellGraph
 
 FLOAT_BYTES = 4
 FREE_MEMORY_FRACTION = 0.5  # leave room for the allocator's caching and other processes

@@ -40,7 +40,7 @@ import math
 from typing import Protocol
 
 from cellsearch.errors import UserError
-from cellsearch.train.hyperparameters import Settings
+from cellsearch.evaluation.settings import Settings
 
 SCHEDULE_KINDS = ("search", "music", "ptb")
 

@@ -21,13 +21,13 @@ from typing import Callable, Iterable, Iterator
 import numpy as np
 import torch
 
+from cellsearch.evaluation.settings import LOSS_NORMALIZATIONS
 from cellsearch.tasks import Batch, Task
 from cellsearch.tasks import metrics as task_metrics
-from cellsearch.train.hyperparameters import LOSS_NORMALIZATIONS
 from cellsearch.train.model import Dropout, PopulationModel
 
 WARMUP_CALLS = 2  # eager calls before capture (lazy initialisation of cuBLAS, autograd, ...)
-# `cellsearch.sgd`'s kernels read and write less memory than torch's update but launch two kernels
+# `cellsearch.engine.kernels.sgd`'s kernels read and write less memory than torch's update but launch two kernels
 # per parameter: below this many parameters (all members), launches bound the update and torch's
 # fewer kernels win (H100, µs a training step, theirs against torch's: memorize K=1 516 / 473, the
 # filter's 3 x 30 units 1218 / 1093, ptb K=1 (5M) 2193 / 2060, arith K=32 (8M) 2504 / 2408; above
@@ -194,7 +194,7 @@ class PopulationSteps:
         for p in self.parameters:
             p.grad = None
         if self.sgd_kernels:  # the same update in Triton kernels, without the copies
-            from cellsearch.sgd import clipped_sgd_  # (imports Triton)
+            from cellsearch.engine.kernels.sgd import clipped_sgd_  # (imports Triton)
 
             clipped_sgd_(self.flat_parameters, self.sizes, grads, self.learning_rates,
                          self.max_norms)

@@ -21,11 +21,11 @@ from typing import Any, Callable, Generator, Sequence
 
 import torch
 
-from cellsearch.graph import CellGraph
+from cellsearch.cells.graph import CellGraph
+from cellsearch.evaluation.result import DIVERGED, LOWER_IS_BETTER, OK, Result
+from cellsearch.evaluation.settings import Settings
 from cellsearch.tasks import Task
-from cellsearch.train.hyperparameters import Settings
 from cellsearch.train.model import Dropout, PopulationModel, default_engine, input_kind
-from cellsearch.train.result import DIVERGED, LOWER_IS_BETTER, OK, Result
 from cellsearch.train.schedules import schedule_for
 from cellsearch.train.steps import PopulationSteps
 

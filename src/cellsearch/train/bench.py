@@ -17,10 +17,10 @@ from dataclasses import asdict, dataclass
 import numpy as np
 import torch
 
-from cellsearch import zoo
-from cellsearch.graph import CellGraph
+from cellsearch.cells import zoo
+from cellsearch.cells.graph import CellGraph
+from cellsearch.evaluation.budget import hidden_size_for_budget
 from cellsearch.tasks import Batch, Task
-from cellsearch.train.budget import hidden_size_for_budget
 from cellsearch.train.model import PopulationModel, default_engine
 from cellsearch.train.steps import PopulationSteps
 
@@ -138,7 +138,7 @@ def matmul_parameters(graph: CellGraph, vocabulary: int, layers: int, hidden: in
 
 
 def mutated_graph(seed: int = 0) -> CellGraph:
-    from cellsearch.mutate import mutate
+    from cellsearch.cells.mutate import mutate
 
     return mutate(zoo.get("gru"), random.Random(seed)).graph
 
@@ -209,8 +209,8 @@ def mixed(cells: int, task: str = "arith", device: str = "cuda", population: int
     `--executor interleaved`'s executor, against one of them at K=`population` and at K=`cells` x
     `population`, in the same run: one epoch of `windows` windows each, on the task's bench
     shape. Rows: what, cells, K, seconds, tokens, tokens/s."""
+    from cellsearch.evaluation.settings import Settings
     from cellsearch.executors import EvaluationJob, InterleavedExecutor
-    from cellsearch.train.hyperparameters import Settings
 
     _, layers, budget = SHAPES[task]
     real_task = "arith" if task.startswith("arith") else task
@@ -258,9 +258,9 @@ def search_costs(device: str = "cuda", settings_count: int = 20, seed: int = 0,
     """Wall seconds of the memorization filter (one random setting of the LSTM, search schedule)
     and of `settings_count` random settings of the LSTM on arith under the search schedule;
     `on_cost(task, cost)` hears each as soon as it is measured."""
+    from cellsearch.evaluation.settings import SearchSpace
     from cellsearch.search.config import SearchConfig
     from cellsearch.train.evaluate import evaluate
-    from cellsearch.train.hyperparameters import SearchSpace
 
     search = SearchConfig()  # the paper's filter task and threshold
     rng = random.Random(seed)

@@ -18,23 +18,19 @@ import json
 from dataclasses import dataclass
 from typing import Iterable, Mapping
 
+from cellsearch.cells import ops
 from cellsearch.errors import UserError
 
 INPUT = "x"
 EXPOSED_STATE = "h"
 
-ACTIVATIONS = ("tanh", "sigmoid", "relu", "identity")
-ELEMENTWISE = ("add", "sub", "mul")
-COMMUTATIVE = ("add", "mul")
-# op -> number of operands
-ARITY = {
-    "matmul": 1,  # W v, a learned (n, n) matrix; `init` is added to its diagonal (Linear(a, .))
-    "bias": 0,  # b, a learned (n,) vector starting at `init` (1 for LSTM-b's forget gate)
-    "one": 0,  # the constant vector of ones, for `1 - z`
-    **{op: 1 for op in ACTIVATIONS},
-    **{op: 2 for op in ELEMENTWISE},
-}
-PARAMETRIC = ("matmul", "bias")
+# The operations (`ops.OPERATIONS`): W v and b carry parameters (`init` is added to a matrix's
+# diagonal, Linear(a, .), or to a bias's start, 1 for LSTM-b's forget gate).
+ACTIVATIONS = ops.names("activation")
+ELEMENTWISE = ops.names("elementwise")
+PARAMETRIC = ops.names("parameter")
+COMMUTATIVE = tuple(op.name for op in ops.OPERATIONS if op.commutative)
+ARITY = {op.name: op.arity for op in ops.OPERATIONS}  # op -> number of operands
 # The most operations on any path through a cell. The paper's cells are at most 7 deep; the limit
 # keeps every graph printable, hashable and compilable without deep recursion, and a mutation
 # that would exceed it is rejected and tried again, like any invalid child (§3.2).
@@ -206,9 +202,18 @@ class CellGraph:
         return cls.from_dict(data)
 
     def __repr__(self) -> str:
-        from cellsearch.equations import format_graph
+        """One line a node, `name = op(operands)` (`equations.format_graph` prints the
+        equations; the IR does not depend on the text language)."""
 
-        return f"CellGraph(<<\n{format_graph(self)}>>)"
+        def body(node: Node) -> str:
+            if node.op == "bias":
+                return node.param
+            if node.op == "matmul":
+                return f"{node.param} {node.inputs[0]}"
+            operands = f"({', '.join(node.inputs)})" if node.inputs else ""
+            return ops.label(node.op) + operands
+
+        return "CellGraph(<<\n" + "".join(f"{n.name} = {body(n)}\n" for n in self.nodes) + ">>)"
 
 
 def _digest(value: object) -> str:

@@ -27,30 +27,40 @@ binaries.
 from __future__ import annotations
 
 import functools
-import hashlib
-import importlib.util
-import os
-import tempfile
 import threading
 import warnings
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 from torch.autograd.function import once_differentiable
 
-from cellsearch.compile import (
+from cellsearch.cells.equations import node_texts
+from cellsearch.cells.graph import Node
+from cellsearch.engine.kernels import codegen, persistent
+from cellsearch.engine.kernels.codegen import (
+    Term,
+    block_size,
+    check_first_backward,
+    forward_statement,
+    fused_sum_names,
+    gradient_statement,
+    input_width,
+    item_reads,
+    matmul_precision,
+    note,
+    strided,
+    total,
+)
+from cellsearch.engine.nn import parameter_shape
+from cellsearch.engine.plan import (
     MatmulGroup,
     Plan,
     Sum,
     plan,
     pre_name,
     run,
-    static_sum_name,
     window_inputs,
 )
-from cellsearch.graph import Node
-from cellsearch.nn import parameter_shape
 
 
 @dataclass(frozen=True)
@@ -81,6 +91,7 @@ class Segment:
     outputs: tuple[str, ...]
     computes: tuple[tuple[int, MatmulGroup], ...]
     accumulate: tuple[bool, ...]
+    notes: tuple[tuple[str, str], ...] = ()  # value -> as the equations write it (comments)
 
 
 def product_name(operand: str) -> str:
@@ -93,6 +104,7 @@ def fused_loop(plan_: Plan) -> tuple[MatmulGroup | Segment, ...]:
     and a last segment wherever a new state is a matmul's product or a static value (so every
     new state comes out of a kernel)."""
     fused_sums = fused_sum_names(plan_)
+    texts = node_texts(plan_.graph)
     chunk_of: dict[str, tuple[str, int]] = {}  # group member -> (product, chunk)
     width: dict[str, int] = {}  # product -> chunks
     runs: list[MatmulGroup | list] = []
@@ -146,16 +158,16 @@ def fused_loop(plan_: Plan) -> tuple[MatmulGroup | Segment, ...]:
         loop.append(len(segments))
         segments.append((run, arguments, chunks, reads, outputs, computes))
 
-    for position, run in enumerate(runs):
-        if isinstance(run, MatmulGroup):
-            if any(run.operand in g.members for g in pending):
+    for position, stretch in enumerate(runs):
+        if isinstance(stretch, MatmulGroup):
+            if any(stretch.operand in g.members for g in pending):
                 # Its operand is another pending group's product, which one kernel cannot both
                 # store and read (other programs store the columns it needs): form those first.
                 add_segment([], [], set())
-            loop.append(run)
-            pending.append(run)
+            loop.append(stretch)
+            pending.append(stretch)
             continue
-        add_segment(run, copied if position == len(runs) - 1 else [], later_reads(position))
+        add_segment(stretch, copied if position == len(runs) - 1 else [], later_reads(position))
 
     # A product's gradient is stored plainly by the one segment reading all its chunks, and
     # accumulated (into zeros) when several segments share it.
@@ -179,6 +191,9 @@ def fused_loop(plan_: Plan) -> tuple[MatmulGroup | Segment, ...]:
             items=tuple(run), arguments=tuple(arguments), chunks=tuple(chunks),
             reads=tuple(reads), outputs=tuple(outputs), computes=tuple(computes),
             accumulate=tuple(accumulates(index, a) for a in arguments),
+            notes=tuple((name, texts[name]) for name in
+                        [*(item.name for item in run), *(read.name for read in reads)]
+                        if name in texts),
         )
         for index, (run, arguments, chunks, reads, outputs, computes) in enumerate(segments)
     ]
@@ -235,86 +250,7 @@ def operand_gradients(plan_: Plan) -> dict[int, tuple[OperandGradient, ...]]:
     return {position: tuple(gradients) for position, gradients in found.items()}
 
 
-def fused_sum_names(plan_: Plan) -> set[str]:
-    """The sums whose static parts their matmul groups add (so the loop does not read them)."""
-    return {s for item in plan_.loop if isinstance(item, MatmulGroup)
-            for s in item.fused_sums if s is not None}
-
-
-def item_reads(item, fused_sums: set[str]) -> list[str]:
-    """The values a loop item reads (`fused_sums`: `fused_sum_names`)."""
-    if isinstance(item, MatmulGroup):
-        return [item.operand]
-    if isinstance(item, Sum):
-        names = [term for _, term in item.recurrent_terms]
-        if item.static_terms and item.name not in fused_sums:
-            names.insert(0, static_sum_name(item.name))
-        return names
-    return list(item.inputs)
-
-
 # -- code generation ------------------------------------------------------------------------------
-
-_FORWARD = {
-    # written with tl.exp: plain arithmetic, which Triton's CPU interpreter (the tests) runs too
-    "tanh": "1.0 - 2.0 / (tl.exp(2.0 * {0}) + 1.0)",
-    "sigmoid": "1.0 / (1.0 + tl.exp(-{0}))",
-    "relu": "tl.maximum({0}, 0.0)",
-    "identity": "{0}",
-    "add": "{0} + {1}",
-    "sub": "{0} - {1}",
-    "mul": "{0} * {1}",
-}
-_ACTIVATION_GRADIENT = {  # in terms of the output y and its gradient g, as torch computes them
-    "tanh": "{g} * (1.0 - {y} * {y})",
-    "sigmoid": "{g} * {y} * (1.0 - {y})",
-    "relu": "tl.where({y} > 0.0, {g}, 0.0)",
-    "identity": "{g}",
-}
-
-
-def _signed_terms(item: Sum | Node, reads: dict) -> list[tuple[int, str]]:
-    """An item as a signed sum of the values it reads, or [] if it is not a sum. A sum's static
-    part is read unless its matmul group added it already."""
-    if isinstance(item, Sum):
-        static = static_sum_name(item.name)
-        return [(1, static)] * (static in reads) + list(item.recurrent_terms)
-    if item.op == "add":
-        return [(1, item.inputs[0]), (1, item.inputs[1])]
-    if item.op == "sub":
-        return [(1, item.inputs[0]), (-1, item.inputs[1])]
-    return []
-
-
-def forward_expression(item: Sum | Node, var: dict[str, str]) -> str:
-    """An item's value from the kernel variables `var` holding what it reads."""
-    terms = _signed_terms(item, var)
-    if not terms:
-        return _FORWARD[item.op].format(*(var[i] for i in item.inputs))
-    expression = " ".join(
-        f"{'+' if sign > 0 else '-'} {var[name]}" for sign, name in terms).removeprefix("+ ")
-    return "-" + expression[2:] if expression.startswith("- ") else expression
-
-
-def gradient_line(item: Sum | Node, var: dict[str, str], terms: dict[str, list[str]]) -> str | None:
-    """Reverse mode through one item: the statement forming its gradient `g<var>` from its
-    `terms`, which then adds each input's share to the input's terms. None when nothing after the
-    item depends on it."""
-    if not terms[item.name]:
-        return None
-    g, y = f"g{var[item.name]}", var[item.name]
-    signed = _signed_terms(item, var)
-    if signed:
-        for sign, name in signed:
-            terms[name].append(g if sign > 0 else f"(-{g})")
-    elif item.op == "mul":
-        a, b = item.inputs
-        terms[a].append(f"{g} * {var[b]}")
-        terms[b].append(f"{g} * {var[a]}")
-    else:
-        terms[item.inputs[0]].append(_ACTIVATION_GRADIENT[item.op].format(g=g, y=y))
-    return f"{g} = {' + '.join(terms[item.name])}"
-
 
 def kernel_source(segment: Segment, dot: bool = True,
                   gradients: tuple[OperandGradient, ...] = ()) -> str:
@@ -325,6 +261,7 @@ def kernel_source(segment: Segment, dot: bool = True,
     `dot`, the forward forms the products of `segment.computes` itself; without, it reads them.
     The backward adds `gradients` (`operand_gradients`) to its outputs' gradients.
     """
+    notes = dict(segment.notes)
     var: dict[str, str] = {}
     for index, read in enumerate(segment.reads):
         var[read.name] = f"v{index}"
@@ -339,7 +276,7 @@ def kernel_source(segment: Segment, dot: bool = True,
     def load(pointer: str, column: str = "j") -> str:
         return f"tl.load({at(pointer, column)}, mask=mask, other=0.0)"
 
-    def strided(name: str) -> str:
+    def pointer(name: str) -> str:
         return f"{name}, {name}_sk, {name}_sb, {name}_sn"
 
     def column(chunk: int) -> str:
@@ -371,11 +308,11 @@ def kernel_source(segment: Segment, dot: bool = True,
 
     loads = [f"    {var[r.name]} = "
              + (f"p{r.argument}_{r.chunk}" if r.argument in computed
-                else load(f"a{r.argument}", column(r.chunk)))
+                else load(f"a{r.argument}", column(r.chunk))) + f"  # {note(r.name, notes)}"
              for r in segment.reads]
-    body = [f"    {var[item.name]} = {forward_expression(item, var)}" for item in segment.items]
+    body = [forward_statement(item, var, notes).line("    ") for item in segment.items]
 
-    arguments = ", ".join(strided(f"a{i}") for i in range(len(segment.arguments)))
+    arguments = ", ".join(pointer(f"a{i}") for i in range(len(segment.arguments)))
     index_lines = [
         "    k = tl.program_id(0).to(tl.int64)",
         "    j = tl.program_id(1) * BJ + tl.arange(0, BJ)[None, :]",
@@ -383,9 +320,9 @@ def kernel_source(segment: Segment, dot: bool = True,
         "    mask = (b < B) & (j < n)",
     ]
     sizes = "B, n, BB: tl.constexpr, BJ: tl.constexpr"
-    outputs = ", ".join(strided(f"o{i}") for i in range(len(segment.outputs)))
+    outputs = ", ".join(pointer(f"o{i}") for i in range(len(segment.outputs)))
     operands = ", ".join(
-        f"{strided(f'x{g}')}, w{g}, w{g}_sk, w{g}_sr, w{g}_sc, {strided(f's{g}')}"
+        f"{pointer(f'x{g}')}, w{g}, w{g}_sk, w{g}_sr, w{g}_sc, {pointer(f's{g}')}"
         for g in range(len(computes)))
     forward = [
         "@triton.jit",
@@ -397,11 +334,11 @@ def kernel_source(segment: Segment, dot: bool = True,
     ]
 
     # Reverse mode over the segment: each value's gradient is the sum of its terms.
-    terms: dict[str, list[str]] = {name: [] for name in var}
+    terms: dict[str, list[Term]] = {name: [] for name in var}
     gradient_loads = []
     for i, name in enumerate(segment.outputs):
-        gradient_loads.append(f"    d{i} = {load(f'go{i}')}")
-        terms[name].append(f"d{i}")
+        gradient_loads.append(f"    d{i} = {load(f'go{i}')}  # d {note(name, notes)}")
+        terms[name].append(Term(f"d{i}", frozenset({f"d{i}"})))
     for q, gradient in enumerate(gradients):  # + g_product @ W^T, R (n, or 0: none) at a time
         gradient_loads += [
             f"    for r0 in range(0, R{q}, BR):",
@@ -414,12 +351,12 @@ def kernel_source(segment: Segment, dot: bool = True,
             "mask=(r[:, None] < n) & (j < n), other=0.0), input_precision=PRECISION)"
             for c in range(gradient.chunks)
         ]
-    gradient_body = [f"    {line}" for item in reversed(segment.items)
-                     if (line := gradient_line(item, var, terms))]
+    gradient_body = [statement.line("    ") for item in reversed(segment.items)
+                     if (statement := gradient_statement(item, var, terms, notes))]
     gradient_stores = []
     for r in segment.reads:
         target = at(f"ga{r.argument}", column(r.chunk))
-        gradient = " + ".join(terms[r.name])
+        gradient = total(terms[r.name])
         if segment.accumulate[r.argument]:
             if gradient:  # a read nothing depends on adds nothing
                 gradient_stores.append(
@@ -428,9 +365,9 @@ def kernel_source(segment: Segment, dot: bool = True,
         else:
             gradient_stores.append(
                 f"    tl.store({target}, {gradient or 'tl.full([BB, BJ], 0.0, tl.float32)'}, mask=mask)")
-    gradient_outputs = ", ".join(strided(f"go{i}") for i in range(len(segment.outputs)))
-    gradient_arguments = ", ".join(strided(f"ga{i}") for i in range(len(segment.arguments)))
-    gradient_operands = ", ".join(f"{strided(f'gp{q}')}, w{q}, w{q}_sk, w{q}_sr, w{q}_sc, R{q}"
+    gradient_outputs = ", ".join(pointer(f"go{i}") for i in range(len(segment.outputs)))
+    gradient_arguments = ", ".join(pointer(f"ga{i}") for i in range(len(segment.arguments)))
+    gradient_operands = ", ".join(f"{pointer(f'gp{q}')}, w{q}, w{q}_sk, w{q}_sr, w{q}_sc, R{q}"
                                   for q in range(len(gradients)))
     backward_arguments = ", ".join(
         filter(None, [arguments, gradient_outputs, gradient_arguments, gradient_operands]))
@@ -443,7 +380,7 @@ def kernel_source(segment: Segment, dot: bool = True,
         *index_lines, *backward_loads, *body, *gradient_loads, *gradient_body, *gradient_stores,
     ]
     header = [
-        "# Generated by cellsearch.fused from a cell graph; do not edit.",
+        "# Generated by cellsearch.engine.kernels.fused from a cell graph; do not edit.",
         "import triton",
         "import triton.language as tl",
     ]
@@ -452,58 +389,12 @@ def kernel_source(segment: Segment, dot: bool = True,
 
 # -- loading and launching ------------------------------------------------------------------------
 
-_LOCK = threading.Lock()
-
-
-def kernel_directory() -> Path:
-    root = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(root) / "cellsearch" / "kernels"
-
-
-@functools.lru_cache(maxsize=256)
-def _module(source: str, kind: str, interpret: bool):  # interpret: only a cache key
-    digest = hashlib.sha256(source.encode()).hexdigest()[:20]
-    directory = kernel_directory()
-    directory.mkdir(parents=True, exist_ok=True)
-    path = directory / f"{kind}_{digest}.py"
-    if not path.exists():  # written whole, then renamed: another process may read it at once
-        with tempfile.NamedTemporaryFile("w", dir=directory, suffix=".tmp", delete=False) as f:
-            f.write(source)
-        os.replace(f.name, path)
-    spec = importlib.util.spec_from_file_location(f"cellsearch_{kind}_{digest}", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 _source = functools.lru_cache(maxsize=256)(kernel_source)
-
-
-def load_module(source: str, kind: str):
-    """The module of generated kernels with this source (written and loaded once per process;
-    TRITON_INTERPRET=1, Triton's CPU interpreter, gets modules of its own)."""
-    with _LOCK:
-        return _module(source, kind, os.environ.get("TRITON_INTERPRET") == "1")
 
 
 def kernels(segment: Segment, dot: bool = True, gradients: tuple[OperandGradient, ...] = ()):
     """The module holding the segment's two kernels."""
-    return load_module(_source(segment, dot, gradients), "segment")
-
-
-def _strided(view: torch.Tensor) -> list:
-    """A kernel's pointer argument followed by its strides."""
-    return [view, *view.stride()]
-
-
-def matmul_precision(reference: torch.Tensor) -> str:
-    """tl.dot's precision: TF32 where torch's CUDA matmuls use it, so engines agree."""
-    return "tf32" if reference.is_cuda and torch.backends.cuda.matmul.allow_tf32 else "ieee"
-
-
-def block_size(size: int) -> int:
-    """The power of two that covers `size`, at least 16 (tl.dot's smallest)."""
-    return max(16, 1 << max(size - 1, 0).bit_length())
+    return codegen.load_module(_source(segment, dot, gradients), "segment")
 
 
 def _blocks(B: int, n: int) -> dict[str, int]:
@@ -648,14 +539,14 @@ class _FusedSequence(torch.autograd.Function):
                     product = window.at(product_name(group.operand), t)
                     addends = window.at(pre, t) if pre in inputs else product  # (unread then)
                     if dot:
-                        dots += [*_strided(operand), *_strided(weight), *_strided(addends)]
+                        dots += [*strided(operand), *strided(weight), *strided(addends)]
                     elif pre in inputs:
                         product.baddbmm_(operand, weight)
                     else:
                         torch.bmm(operand, weight, out=product)
                 kernels(segment, dot).forward_kernel[grid](
-                    *(v for a in segment.arguments for v in _strided(window.at(a, t))),
-                    *(v for o in segment.outputs for v in _strided(window.output_at(o, t))),
+                    *(v for a in segment.arguments for v in strided(window.at(a, t))),
+                    *(v for o in segment.outputs for v in strided(window.output_at(o, t))),
                     *dots, B, n, **blocks, BR=32, PRECISION=precision)
         ctx.plan, ctx.names, ctx.operands, ctx.window, ctx.dot = plan_, names, operands, window, dot
         ctx.shapes = [v.shape for v in tensors[:len(names)]]
@@ -666,7 +557,7 @@ class _FusedSequence(torch.autograd.Function):
     @staticmethod
     @once_differentiable
     def backward(ctx, grad_outputs, *grad_final):
-        _check_first_backward(ctx.window)
+        check_first_backward(ctx.window)
         plan_, window = ctx.plan, ctx.window
         graph = plan_.graph
         weights = dict(zip(ctx.operands, ctx.saved_tensors))
@@ -711,9 +602,9 @@ class _FusedSequence(torch.autograd.Function):
                     continue
                 gradients = added.get(position, ())
                 kernels(item, ctx.dot, gradients).backward_kernel[grid](
-                    *(v for a in item.arguments for v in _strided(window.at(a, t))),
-                    *(v for o in item.outputs for v in _strided(grad.output_at(o, t))),
-                    *(v for a in item.arguments for v in _strided(grad.at(a, t))),
+                    *(v for a in item.arguments for v in strided(window.at(a, t))),
+                    *(v for o in item.outputs for v in strided(grad.output_at(o, t))),
+                    *(v for a in item.arguments for v in strided(grad.at(a, t))),
                     *(v for g in gradients for v in _operand_gradient(g, grad, weights, t, T, n)),
                     B, n, **blocks, **(extras if gradients else {}))
         grad_inputs = [
@@ -737,22 +628,8 @@ def _operand_gradient(gradient: OperandGradient, grad: _Window, weights, t: int,
     step that reads the operand, the weight and R, the reduction's length (0 past the window)."""
     step = t + gradient.next_step
     weight = weights[gradient.operand]
-    return [*_strided(grad.products[gradient.operand][:, min(step, T - 1)]), *_strided(weight),
+    return [*strided(grad.products[gradient.operand][:, min(step, T - 1)]), *strided(weight),
             n if step < T else 0]
-
-
-def _check_first_backward(buffers) -> None:
-    if buffers is None:  # released by the first backward
-        raise RuntimeError("a fused layer's backward runs once per forward (retain_graph is not "
-                           "supported); use engine='eager' to differentiate twice")
-
-
-def input_width(name: str, plan_: Plan, n: int) -> int:
-    """A step input's width: a group's m*n static addends, else n."""
-    for item in plan_.loop:
-        if isinstance(item, MatmulGroup) and name == pre_name(item.operand):
-            return len(item.members) * n
-    return n
 
 
 MODES = ("persistent", "dot", "cublas")
@@ -762,7 +639,9 @@ def mode_for(B: int, n: int, weights) -> str:
     """How `run_fused` runs a layer: a persistent kernel per member when its state fits one
     program (`persistent.fits`), else per-step kernels that form the products themselves for
     small populations (`in_kernel_products`) or read cuBLAS's."""
-    from cellsearch import persistent  # (it builds on this module's code generation)
+    from cellsearch.engine.kernels import (
+        persistent,  # (it builds on this module's code generation)
+    )
 
     if persistent.fits(B, n):
         return "persistent"
@@ -779,8 +658,6 @@ def run_fused(
     """`compile.run` with the layer's recurrence in generated kernels, run as `mode` (one of
     MODES; default `mode_for`): per step one kernel per segment forward, and backward one per
     segment plus one matmul per group; or, persistent, two kernels for the whole window."""
-    from cellsearch import persistent
-
     inputs, weights = window_inputs(plan_, params, x)
     K, T, B, n = x.shape
     mode = mode or mode_for(B, n, weights.values())
@@ -792,6 +669,25 @@ def run_fused(
     else:
         raise ValueError(f"unknown mode {mode!r}; known: {', '.join(MODES)}")
     return outputs, tuple(final)
+
+
+def generated_sources(graph, mode: str) -> list[tuple[str, str]]:
+    """The kernels a layer of `graph` runs in `mode` (one of MODES), as (title, Python source):
+    for "persistent" one module, else one per segment of a step (`cellsearch cells kernels`)."""
+    plan_ = plan(graph)
+    if mode == "persistent":
+        params = {node.param: torch.zeros(1, *parameter_shape(node, 1))
+                  for node in graph.parameters}
+        names = tuple(window_inputs(plan_, params, torch.zeros(1, 1, 1, 1))[0])
+        return [("persistent: the whole window, one program per member",
+                 persistent.kernel_source(plan_, names))]
+    if mode not in MODES:
+        raise ValueError(f"unknown mode {mode!r}; known: {', '.join(MODES)}")
+    segments = [item for item in fused_loop(plan_) if isinstance(item, Segment)]
+    return [(f"{mode}: segment {index + 1} of {len(segments)} of a step, computing "
+             f"{', '.join(item.name for item in segment.items) or 'products only'}",
+             kernel_source(segment, dot=mode == "dot"))
+            for index, segment in enumerate(segments)]
 
 
 _USABLE_LOCK = threading.Lock()
@@ -811,7 +707,7 @@ def _usable(device: str) -> bool:
         import triton  # noqa: F401
     except ImportError:
         return False
-    from cellsearch import zoo
+    from cellsearch.cells import zoo
 
     graph = zoo.get("lstm")
 

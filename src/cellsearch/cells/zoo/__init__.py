@@ -11,10 +11,9 @@ from functools import cache
 from importlib import resources
 from pathlib import Path
 
-from cellsearch.equations import parse, parse_file
+from cellsearch.cells.equations import parse, parse_file
+from cellsearch.cells.graph import CellGraph
 from cellsearch.errors import UserError
-from cellsearch.graph import CellGraph
-
 
 # The rows of the paper's Tables 1-3, in their order.
 PAPER_CELLS = (

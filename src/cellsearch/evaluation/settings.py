@@ -80,7 +80,7 @@ TASKS = tuple(PARAMETER_BUDGETS)
 # Seeds are stored in SQLite INTEGER columns (signed 64-bit) and handed to torch and numpy.
 SEED_LIMIT = 2**63
 # sample() draws member seeds below 2**31 so that every RNG library accepts them as they are.
-_SAMPLED_SEED_LIMIT = 2**31
+SAMPLED_SEED_LIMIT = 2**31
 # Rejection draws before sample() enumerates what is left; see SearchSpace.sample.
 _REJECTION_TRIES = 32
 
@@ -230,12 +230,12 @@ class SearchSpace:
         for _ in range(_REJECTION_TRIES):
             candidate = self._at(_below(rng, self.size))
             if candidate.key() not in excluded:
-                return dataclasses.replace(candidate, seed=_below(rng, _SAMPLED_SEED_LIMIT))
+                return dataclasses.replace(candidate, seed=_below(rng, SAMPLED_SEED_LIMIT))
         remaining = [settings for settings in self.grid() if settings.key() not in excluded]
         if not remaining:
             return None
         chosen = remaining[_below(rng, len(remaining))]
-        return dataclasses.replace(chosen, seed=_below(rng, _SAMPLED_SEED_LIMIT))
+        return dataclasses.replace(chosen, seed=_below(rng, SAMPLED_SEED_LIMIT))
 
     def sample_distinct(
         self, rng: random.Random | Any, count: int, exclude: Iterable[str] = frozenset()

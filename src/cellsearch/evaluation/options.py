@@ -9,7 +9,7 @@ import math
 from typing import Any, Callable, Mapping
 
 from cellsearch.errors import quoted
-from cellsearch.train.hyperparameters import LOSS_NORMALIZATIONS
+from cellsearch.evaluation.settings import LOSS_NORMALIZATIONS
 
 SCHEDULES = ("search", "music", "ptb")
 ENGINES = ("eager", "fused", "compiled")

@@ -10,7 +10,7 @@ import math
 from dataclasses import asdict, dataclass, field
 from typing import Any, Mapping
 
-from cellsearch.train.hyperparameters import Settings
+from cellsearch.evaluation.settings import Settings
 
 OK, DIVERGED, FAILED = "ok", "diverged", "failed"
 LOWER_IS_BETTER = ("nll",)  # the metrics a task may report as its `metric`

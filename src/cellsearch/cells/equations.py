@@ -30,8 +30,8 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from cellsearch.errors import UserError
-from cellsearch.graph import (
+from cellsearch.cells import ops
+from cellsearch.cells.graph import (
     INPUT,
     MAX_DEPTH,
     CellGraph,
@@ -39,12 +39,15 @@ from cellsearch.graph import (
     Node,
     is_anonymous,
 )
+from cellsearch.errors import UserError
 
-FUNCTIONS = {"tanh": "tanh", "sigm": "sigmoid", "sigmoid": "sigmoid", "relu": "relu",
-             "id": "identity", "identity": "identity"}
-FUNCTION_NAMES = {"tanh": "tanh", "sigmoid": "sigm", "relu": "relu", "identity": "id"}
-OPERATORS = {"+": "add", "-": "sub", "*": "mul", "⊙": "mul"}
-SYMBOLS = {"add": "+", "sub": "-", "mul": "*"}
+# spelling -> op, and op -> its printed spelling, from the operation table
+FUNCTIONS = {spelling: op.name for op in ops.OPERATIONS if op.kind == "activation"
+             for spelling in (op.spelling, *op.aliases)}
+FUNCTION_NAMES = {op.name: op.spelling for op in ops.OPERATIONS if op.kind == "activation"}
+OPERATORS = {spelling: op.name for op in ops.OPERATIONS if op.kind == "elementwise"
+             for spelling in (op.spelling, *op.aliases)}
+SYMBOLS = {op.name: op.spelling for op in ops.OPERATIONS if op.kind == "elementwise"}
 PRECEDENCE = {"add": 1, "sub": 1, "mul": 2}
 
 _TOKEN = re.compile(
@@ -296,15 +299,45 @@ def format_graph(graph: CellGraph) -> str:
     Anonymous nodes read once are written inline; named nodes and shared anonymous nodes get
     their own equation, in the graph's canonical (topological) order.
     """
-    by_name = {node.name: node for node in graph.nodes}
-    uses = graph.consumers()
-    inline = {
-        name for name, node in by_name.items()
-        if is_anonymous(name) and len(uses[name]) == 1
-    }
+    inline = _inlined(graph)
+    definition = _printer(graph, inline)
+    lines = []
+    width = max((len(n.name) for n in graph.nodes if n.name not in inline), default=1)
+    for node in graph.nodes:
+        if node.name in inline:
+            continue
+        lines.append(f"{node.name.ljust(width)} = {definition(node)}")
+    for node in graph.parameters:
+        if node.init:
+            value = node.init
+            shown = str(int(value)) if float(value).is_integer() else repr(value)
+            lines.append(f"init {node.param} = {shown}")
+    return "\n".join(lines) + "\n"
 
-    def expression(name: str, parent_precedence: int = 0, right_operand: bool = False) -> str:
-        if name not in by_name or name not in inline:
+
+def node_texts(graph: CellGraph) -> dict[str, str]:
+    """Every node as the equations write it: `r = sigm(W_xr x + W_hr h + b_r)` for a named node,
+    the expression alone for an anonymous one (which shared anonymous nodes name `_<i>`)."""
+    definition = _printer(graph, _inlined(graph))
+    return {node.name: definition(node) if is_anonymous(node.name)
+            else f"{node.name} = {definition(node)}" for node in graph.nodes}
+
+
+def _inlined(graph: CellGraph) -> set[str]:
+    """The nodes printed inside their one reader's expression: anonymous nodes read once."""
+    uses = graph.consumers()
+    return {node.name for node in graph.nodes
+            if is_anonymous(node.name) and len(uses[node.name]) == 1}
+
+
+def _printer(graph: CellGraph, inline: set[str]):
+    """`definition(node)`: a node's expression, with the `inline` nodes written out."""
+    by_name = {node.name: node for node in graph.nodes}
+
+    def expression(name: str, parent_precedence: int = 0, right_operand: bool = False,
+                   body: bool = False) -> str:
+        """`name`'s expression, or its name unless it is inlined (or `body` asks for it)."""
+        if name not in by_name or (name not in inline and not body):
             return name
         node = by_name[name]
         if node.op == "one":
@@ -326,20 +359,6 @@ def format_graph(graph: CellGraph) -> str:
         return f"({text})" if needs_parentheses else text
 
     def definition(node: Node) -> str:
-        inline.add(node.name)  # print its own body, not its name
-        text = expression(node.name)
-        inline.discard(node.name)
-        return text
+        return expression(node.name, body=True)
 
-    lines = []
-    width = max((len(n.name) for n in graph.nodes if n.name not in inline), default=1)
-    for node in graph.nodes:
-        if node.name in inline:
-            continue
-        lines.append(f"{node.name.ljust(width)} = {definition(node)}")
-    for node in graph.parameters:
-        if node.init:
-            value = node.init
-            shown = str(int(value)) if float(value).is_integer() else repr(value)
-            lines.append(f"init {node.param} = {shown}")
-    return "\n".join(lines) + "\n"
+    return definition

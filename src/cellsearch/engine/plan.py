@@ -30,13 +30,12 @@ from dataclasses import dataclass
 
 import torch
 
-from cellsearch.graph import INPUT, CellGraph, Node, is_anonymous
+from cellsearch.cells import ops
+from cellsearch.cells.graph import INPUT, CellGraph, Node, is_anonymous
 
-_ACTIVATIONS = {
-    "tanh": torch.tanh,
-    "sigmoid": torch.sigmoid,
-    "relu": torch.relu,
-    "identity": lambda v: v,
+_ACTIVATIONS = {  # from the operation table; no torch function: the identity
+    op.name: getattr(torch, op.torch_function) if op.torch_function else (lambda v: v)
+    for op in ops.OPERATIONS if op.kind == "activation"
 }
 
 

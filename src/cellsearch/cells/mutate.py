@@ -38,11 +38,13 @@ import random
 from dataclasses import dataclass, replace
 from typing import Callable
 
-from cellsearch.equations import SYMBOLS
-from cellsearch.graph import ACTIVATIONS, ELEMENTWISE, CellGraph, GraphError, Node
+from cellsearch.cells import ops
+from cellsearch.cells.equations import SYMBOLS
+from cellsearch.cells.graph import ACTIVATIONS, ELEMENTWISE, CellGraph, GraphError, Node
 
 # §3.2 (1): the permissible activations; a number a stands for Linear(a, v) = W v + b.
-ACTIVATION_CHOICES: tuple[str | float, ...] = ("tanh", "sigmoid", "relu", 0.0, 1.0, 0.9, 1.1)
+ACTIVATION_CHOICES: tuple[str | float, ...] = (
+    *(op.name for op in ops.OPERATIONS if op.mutation), 0.0, 1.0, 0.9, 1.1)
 MAX_TRANSFORMATIONS = 3
 MAX_ATTEMPTS = 1000
 
