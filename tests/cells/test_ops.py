@@ -8,7 +8,7 @@ import torch
 
 from cellsearch.cells import equations, graph, mutate, ops
 from cellsearch.engine import plan
-from cellsearch.engine.kernels import fused
+from cellsearch.engine.kernels import codegen
 
 # Enough of `triton.language` to evaluate a kernel expression on torch tensors.
 tl = SimpleNamespace(exp=torch.exp, maximum=lambda a, b: torch.clamp(a, min=b),
@@ -22,8 +22,8 @@ def test_every_table_of_ops_is_the_operation_tables():
     assert set(graph.ACTIVATIONS) == activations == set(plan._ACTIVATIONS)
     assert set(equations.FUNCTION_NAMES) == activations
     assert set(equations.SYMBOLS) == elementwise
-    assert set(fused._FORWARD) == activations | elementwise
-    assert set(fused._ACTIVATION_GRADIENT) == activations
+    assert set(codegen.FORWARD) == activations | elementwise
+    assert set(codegen.ACTIVATION_GRADIENT) == activations
     assert {c for c in mutate.ACTIVATION_CHOICES if isinstance(c, str)} == {"tanh", "sigmoid", "relu"}
 
 

@@ -4,7 +4,9 @@
     presets     named configurations shipped with the package (`tiny`)
     history     completed evaluations, indexed; the performance estimate (eq. 1)
     selection   which settings a candidate is evaluated on (§3.3)
-    procedure   `Search`: each step as a deterministic plan of requests (§3.1)
+    algorithm   the interface a search algorithm offers the driver; `config.algorithm` picks one
+    procedure   `Search`: the paper's procedure, each step a deterministic plan of requests (§3.1)
+    evolution   `RegularizedEvolution`: tournament parents, the oldest member out (Real et al.)
     driver      carries the requests out against a storage and an executor; start and resume
     summary     the top list and the §3.4 statistics of a stored run
 

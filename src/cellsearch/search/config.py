@@ -50,6 +50,8 @@ from cellsearch.evaluation.job import DEFAULT_EVALUATOR
 from cellsearch.evaluation.settings import TASKS, SearchSpace
 
 DEFAULT_MUTATOR = "cellsearch.cells.mutate:mutate"
+# The search algorithms (`search.algorithm`), by the name `algorithm` takes.
+ALGORITHMS = ("paper", "regularized-evolution")
 # Functions that moved, as databases written before the move name them: they resume.
 RENAMED_FUNCTIONS = {"cellsearch.mutate:mutate": DEFAULT_MUTATOR}
 
@@ -82,6 +84,10 @@ SETTING_HELP = {
     "evaluator": ("the trainer, as module:function", "ours"),
     "mutator": ("the mutation operator, as module:function", "§3.2"),
     "job_size": ("most settings one job trains together as a population", "ours"),
+    "algorithm": ("the search algorithm: paper (§3.1's procedure) or regularized-evolution"
+                  " (tournament parents, oldest member out)", "§3.1; Real et al. 2019"),
+    "tournament_size": ("regularized-evolution: members drawn for each parent's tournament",
+                        "Real et al. 2019"),
     "steps_in_flight": ("steps running at once; step n plans from the search after step n - B",
                         "ours (the paper does not say)"),
     "seed": ("the run's seed: every random choice of the search derives from it", "ours"),
@@ -110,6 +116,8 @@ class SearchConfig:
     evaluator: str = DEFAULT_EVALUATOR
     mutator: str = DEFAULT_MUTATOR
     job_size: int = 20
+    algorithm: str = "paper"
+    tournament_size: int = 25
     steps_in_flight: int = 16
     seed: int = 0
     max_steps: int | None = None
@@ -125,6 +133,8 @@ class SearchConfig:
         check(_fraction, "filter_threshold", self.filter_threshold)
         check(_number, "task_threshold", self.task_threshold, 0.0)
         check(_fraction, "reevaluate_probability", self.reevaluate_probability)
+        check(_one_of, "algorithm", self.algorithm, ALGORITHMS)
+        check(_integer, "tournament_size", self.tournament_size, 1)
         for name in (
             "settings_per_task", "best_settings", "top_size", "job_size", "steps_in_flight"
         ):
@@ -167,7 +177,7 @@ class SearchConfig:
                 f"unknown search setting(s) {', '.join(unknown)}; known: {', '.join(known)}"
             )
         renamed = {name: RENAMED_FUNCTIONS[data[name]] for name in ("evaluator", "mutator")
-                   if data.get(name) in RENAMED_FUNCTIONS}
+                   if isinstance(data.get(name), str) and data[name] in RENAMED_FUNCTIONS}
         return cls(**{**data, **renamed})
 
     def to_dict(self) -> dict[str, Any]:
@@ -372,6 +382,13 @@ def _function_name(name: str, value: Any) -> None:
     ):
         raise UserError(
             f"search setting {name} must name a function as 'module:function', got {quoted(value)}"
+        )
+
+
+def _one_of(name: str, value: Any, choices: tuple[str, ...]) -> None:
+    if value not in choices:
+        raise UserError(
+            f"search setting {name} must be one of {', '.join(choices)}, got {quoted(value)}"
         )
 
 

@@ -37,6 +37,7 @@ from cellsearch.executors.base import (
     describe,
     resolve_function,
 )
+from cellsearch.search.algorithm import SearchAlgorithm, algorithm_class
 from cellsearch.search.config import (
     RESERVED_OPTIONS,
     RESUMABLE_KEYS,
@@ -51,7 +52,6 @@ from cellsearch.search.procedure import (
     RecordArchitecture,
     RecordFilterOutcome,
     Request,
-    Search,
     StepEnding,
     initial_hashes,
 )
@@ -212,7 +212,7 @@ def open_run(
 
 def load_state(
     storage: Storage, run_id: int, config: SearchConfig, mutate: MutateFunction
-) -> tuple[Search, int, dict[Triple, Result]]:
+) -> tuple[SearchAlgorithm, int, dict[Triple, Result]]:
     """(the Search as it stood after the last completed step, the next step, the stored results
     of the steps after it, by triple, to answer their replayed requests)."""
     last = storage.last_completed_step(run_id)
@@ -238,7 +238,7 @@ def load_state(
             for seen in range(max(0, last - config.steps_in_flight + 1), last + 1)
         }
     )
-    search = Search(
+    search = algorithm_class(config.algorithm)(
         config, mutate, architectures=architectures, history=history, top_lists=top_lists
     )
     return search, step, replay
@@ -354,7 +354,7 @@ class _Driver:
         run_id: int,
         executor: Executor,
         emit: Callable[[Event], None],
-        search: Search,
+        search: SearchAlgorithm,
         replay: dict[Triple, Result],
     ):
         self.storage, self.run_id, self.executor, self.emit = storage, run_id, executor, emit

@@ -263,13 +263,21 @@ class Search:
     def _choose(self, step: int) -> StepChoice:
         if step == 0:
             return StepChoice(INITIALIZE)
+        choose = self._rng(step, "choose")
+        member = choose.choice(sorted(entry.architecture_hash for entry in self.population(step)))
+        if choose.random() < self.config.reevaluate_probability:
+            return StepChoice(REEVALUATE, member)
+        return self._mutated(step, member)
+
+    def population(self, step: int) -> tuple[TopEntry, ...]:
+        """The top list step `step` chooses from: the one after `seen_step(step)`."""
         seen = self.seen_step(step)
         if seen not in self._top_lists:
             raise RuntimeError(f"step {step} before step {seen} completed")
-        choose = self._rng(step, "choose")
-        member = choose.choice(sorted(entry.architecture_hash for entry in self._top_lists[seen]))
-        if choose.random() < self.config.reevaluate_probability:
-            return StepChoice(REEVALUATE, member)
+        return self._top_lists[seen]
+
+    def _mutated(self, step: int, member: str) -> StepChoice:
+        """Step `step` mutates `member` (a failed mutation is the step's outcome, not an error)."""
         parent_graph = CellGraph.from_json(self.architectures[member].graph_json)
         try:
             mutation = self._mutate(parent_graph, self._rng(step, "mutate"))
