@@ -162,7 +162,7 @@ class PopulationCell(nn.Module):
                 node.param, nn.Parameter(torch.empty(population_size, *shape))
             )
         self.reset_parameters([1.0] * population_size, [None] * population_size)
-        # (plan, params, x, state) -> (outputs, state): `compile.run`, or an engine's replacement
+        # (plan, params, x, state) -> (outputs, state): `plan.run`, or an engine's replacement
         self.runner = run
 
     def reset_parameters(self, init_scales: Sequence[float], seeds: Sequence[int | None]) -> None:

@@ -12,16 +12,15 @@ one, a GRU two) becomes a `Segment`, and every segment two kernels generated fro
 - backward: recomputes the forward values from the stored inputs (cheaper than storing them) and
   writes every input's gradient, a matmul group's whole product in one buffer.
 
-`run_fused` replaces `compile.run` (a step at a time under autograd) with one autograd node per
+`run_fused` replaces `plan.run` (a step at a time under autograd) with one autograd node per
 layer and window (`_FusedSequence`) that schedules the backward itself: per step, one kernel per
 segment and one `baddbmm_` per group adding the operand's gradient in place (for the narrow
 groups of small populations, the backward kernel of the segment defining the operand adds it);
 the recurrent weights' gradients then come from one batched matmul over all steps. An LSTM step
 is one kernel forward and two backward. The derivatives are the ones torch uses (tanh: 1 - y²,
-sigmoid: y(1 - y), relu: 0 at 0), so the fused and eager engines agree to float rounding (and to
-TF32's, where torch's matmuls use TF32). Kernel sources are written, keyed by their text, to a
-cache directory (Triton reads a kernel's source from its file); Triton's cache keeps their
-binaries.
+sigmoid: y(1 - y), relu: 0 at 0; `cells/ops.py`), so the fused and eager engines agree to float
+rounding (and to TF32's, where torch's matmuls use TF32). The statements and their reverse mode
+come from `codegen`, which the persistent kernels share.
 """
 
 from __future__ import annotations
@@ -492,7 +491,7 @@ class _Window:
 
 
 class _FusedSequence(torch.autograd.Function):
-    """One layer over one window: the inputs of `compile.window_inputs`, the group weights and
+    """One layer over one window: the inputs of `plan.window_inputs`, the group weights and
     the initial state in; every step's h and the final state out."""
 
     @staticmethod
@@ -655,7 +654,7 @@ def run_fused(
     state: tuple[torch.Tensor, ...],
     mode: str | None = None,
 ) -> tuple[torch.Tensor, tuple[torch.Tensor, ...]]:
-    """`compile.run` with the layer's recurrence in generated kernels, run as `mode` (one of
+    """`plan.run` with the layer's recurrence in generated kernels, run as `mode` (one of
     MODES; default `mode_for`): per step one kernel per segment forward, and backward one per
     segment plus one matmul per group; or, persistent, two kernels for the whole window."""
     inputs, weights = window_inputs(plan_, params, x)

@@ -54,7 +54,7 @@ def num_warps(kernel: str, BN: int) -> int:
 
 def kernel_source(plan_: Plan, inputs: tuple[str, ...], hoist: bool = True) -> str:
     """Python source of a module with `forward_kernel` and `backward_kernel` for the plan's loop;
-    `inputs` are the step inputs' names (`compile.window_inputs`), in argument order. `hoist`:
+    `inputs` are the step inputs' names (`plan.window_inputs`), in argument order. `hoist`:
     load the matrices into registers once, before the time loop, rather than every step."""
     code = _Code(plan_, inputs)
     graph, groups, var, pre, saved = plan_.graph, code.groups, code.var, code.pre, code.saved
