@@ -13,10 +13,10 @@ from rich.table import Table
 
 from cellsearch.cells import zoo
 from cellsearch.errors import UserError
+from cellsearch.evaluation import tasks
 from cellsearch.evaluation.result import Result, json_number
 from cellsearch.evaluation.settings import (
     LOSS_NORMALIZATIONS,
-    MUSIC_TASKS,
     SearchSpace,
     parse_assignments,
 )
@@ -49,7 +49,8 @@ def register(subparsers) -> None:
 
 
 def default_schedule(task: str) -> str:
-    return "music" if task in MUSIC_TASKS else "ptb" if task == "ptb" else "search"
+    entry = tasks.BY_NAME.get(task)
+    return entry.schedule if entry is not None else "search"
 
 
 def run_evaluate(args: argparse.Namespace) -> int:

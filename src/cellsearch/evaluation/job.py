@@ -7,8 +7,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
+from cellsearch.evaluation import tasks
 from cellsearch.evaluation.result import FAILED, Result
-from cellsearch.evaluation.settings import MUSIC_TASKS, Settings
+from cellsearch.evaluation.settings import Settings
 
 DEFAULT_EVALUATOR = "cellsearch.train.evaluate:evaluate"
 
@@ -51,4 +52,4 @@ def describe(error: BaseException) -> str:
 
 def task_metric(task: str) -> str:
     """The search metric a task reports (`Task.metric`), known here without building the task."""
-    return "nll" if task in MUSIC_TASKS else "accuracy"
+    return tasks.BY_NAME[task].metric if task in tasks.BY_NAME else "accuracy"

@@ -39,6 +39,7 @@ from dataclasses import dataclass
 from typing import Any, Iterable, Iterator, Mapping, Sequence
 
 from cellsearch.errors import UserError, quoted
+from cellsearch.evaluation import tasks
 
 # The identity of a setting, in the order grid() varies them (the last one fastest).
 KEYS = (
@@ -62,20 +63,14 @@ DROPOUTS = (0.0, 0.1, 0.3, 0.5)
 MAX_EPOCHS = (4, 7, 11)
 DECAYS = (0.5, 0.65, 0.8)
 
-MUSIC_TASKS = ("nottingham", "piano-midi", "jsb", "musedata")
+MUSIC_TASKS = tuple(e.name for e in tasks.ENTRIES if e.schedule == "music")
 # What a training window's summed loss is divided by (docs/fidelity.md, "The loss"): the minibatch
 # size, as §3.7 and the code the paper builds on do, or the number of targets the window scores.
 LOSS_NORMALIZATIONS = ("minibatch", "targets")
 # The largest parameter budget accepted: 2**31 float32 weights are 8 GB, beyond one GPU's training.
 MAX_PARAMETERS = 2**31
-PARAMETER_BUDGETS: Mapping[str, tuple[int, ...]] = {
-    "memorize": (25_000,),
-    "arith": (250_000, 1_000_000),
-    "xml": (250_000, 1_000_000),
-    "ptb": (5_000_000,),
-    **{task: (100_000, 1_000_000) for task in MUSIC_TASKS},
-}
-TASKS = tuple(PARAMETER_BUDGETS)
+PARAMETER_BUDGETS: Mapping[str, tuple[int, ...]] = {e.name: e.budgets for e in tasks.ENTRIES}
+TASKS = tasks.NAMES
 
 # Seeds are stored in SQLite INTEGER columns (signed 64-bit) and handed to torch and numpy.
 SEED_LIMIT = 2**63
@@ -179,14 +174,15 @@ class SearchSpace:
         decay in (0, 1].
         """
         _check_task(task)
-        is_ptb = task == "ptb"
+        schedule = tasks.BY_NAME[task].schedule
+        is_ptb = schedule == "ptb"
         choices: dict[str, tuple[Any, ...]] = {
             "init_scale": INIT_SCALES,
             "learning_rate": LEARNING_RATES,
             "max_grad_norm": MAX_GRAD_NORMS,
             "num_layers": NUM_LAYERS,
             "num_parameters": PARAMETER_BUDGETS[task],
-            "dropout": DROPOUTS if is_ptb or task in MUSIC_TASKS else (0.0,),
+            "dropout": DROPOUTS if schedule in ("ptb", "music") else (0.0,),
             "max_epoch": MAX_EPOCHS if is_ptb else (None,),
             "decay": DECAYS if is_ptb else (None,),
         }

@@ -14,27 +14,28 @@ in `cellsearch.tasks.files`. Nothing here knows about models or the search.
 from __future__ import annotations
 
 import functools
+import importlib
 import inspect
 import os
 
 from cellsearch.errors import UserError
-from cellsearch.tasks.arith import Arith
+from cellsearch.evaluation import tasks as catalog
 from cellsearch.tasks.base import SPLITS, Batch, Task
-from cellsearch.tasks.files import MUSIC_FILES
-from cellsearch.tasks.memorize import Memorize
 from cellsearch.tasks.music import NOTES, Music
 from cellsearch.tasks.ptb import PennTreebank
-from cellsearch.tasks.xml import Xml
 
 __all__ = ["SPLITS", "Batch", "Task", "get_task", "shared_task", "task_names"]
 
-# name -> (class, fixed constructor arguments); the order is the order `task_names` reports.
+
+
+def _factory(entry: catalog.TaskEntry) -> type[Task]:
+    module, _, name = entry.factory.partition(":")
+    return getattr(importlib.import_module(module), name)
+
+
+# name -> (class, fixed constructor arguments), from the catalog (`evaluation.tasks`), in its order
 _TASKS: dict[str, tuple[type[Task], dict]] = {
-    "memorize": (Memorize, {}),
-    "arith": (Arith, {}),
-    "xml": (Xml, {}),
-    "ptb": (PennTreebank, {}),
-    **{name: (Music, {"name": name}) for name in MUSIC_FILES},
+    entry.name: (_factory(entry), dict(entry.options)) for entry in catalog.ENTRIES
 }
 
 
