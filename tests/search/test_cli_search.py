@@ -314,3 +314,23 @@ def test_list_settings_names_every_key_and_search_needs_a_db(capsys):
     )
     code, out, err = run_cli(capsys, "search", "--preset", "tiny")
     assert code == 2 and "search needs --db FILE" in err
+
+
+def test_stats_reports_throughput_from_the_stored_timestamps(database, capsys):
+    # Rewrite the stamps: 30 minutes from the first evaluation to the last.
+    connection = sqlite3.connect(database)
+    ids = [row[0] for row in connection.execute("SELECT id FROM evaluations ORDER BY id")]
+    connection.execute("UPDATE evaluations SET created_at = '2026-12-07T10:00:00.000+00:00'")
+    connection.execute("UPDATE evaluations SET created_at = '2026-12-07T10:30:00.000+00:00'"
+                       " WHERE id = ?", (ids[-1],))
+    connection.execute("UPDATE evaluations SET tokens = 700")  # (the fake trainer reads none)
+    tokens = 700 * len(ids)
+    connection.commit()
+    connection.close()
+    _, out, _ = run_cli(capsys, "stats", "--db", str(database), "--json")
+    figures = json.loads(out)
+    assert figures["hours"] == 0.5
+    assert figures["evaluations_per_hour"] == pytest.approx(len(ids) * 2)
+    assert figures["tokens_per_second"] == pytest.approx(tokens / 1800)
+    _, out, _ = run_cli(capsys, "stats", "--db", str(database))
+    assert "30.0 min" in out and f"{len(ids) * 2}" in out

@@ -324,6 +324,9 @@ def format_stats(figures: SearchStatistics) -> str:
         ("  memorization filter runs", str(figures.filter_evaluations)),
         ("  task evaluations of later steps", str(figures.task_evaluations)),
         ("failed or diverged evaluations", str(figures.failed_evaluations)),
+        ("time from the first stored evaluation to the last", _duration(figures.hours)),
+        ("  evaluations per hour", _number(figures.evaluations_per_hour, 0)),
+        ("  training tokens per second", _number(figures.tokens_per_second, 0)),
     ]
     width = max(len(label) for label, _ in rows)
     lines = [f"run {figures.run_id}"] + [f"{label:<{width}}  {value}" for label, value in rows]
@@ -333,6 +336,12 @@ def format_stats(figures: SearchStatistics) -> str:
         )
         lines.append(f"{'step outcomes':<{width}}  {outcomes}")
     return "\n".join(lines) + "\n"
+
+
+def _duration(hours: float) -> str:
+    if math.isnan(hours):
+        return "-"
+    return f"{hours * 60:.1f} min" if hours < 1 else f"{hours:.2f} h"
 
 
 def _number(value: float, digits: int = 4) -> str:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 from collections import Counter
 from dataclasses import dataclass, field
+from datetime import datetime
 
 from cellsearch.errors import UserError
 from cellsearch.evaluation.result import json_number
@@ -17,7 +18,7 @@ from cellsearch.search.config import SearchConfig
 from cellsearch.search.history import History
 from cellsearch.search.procedure import initial_hashes
 from cellsearch.storage.base import Storage
-from cellsearch.storage.records import FILTER_PASSED, RunRecord
+from cellsearch.storage.records import FILTER_PASSED, EvaluationRecord, RunRecord
 
 
 @dataclass(frozen=True)
@@ -65,10 +66,17 @@ class SearchStatistics:
     task_evaluations: int  # search-task evaluations of later steps (candidates, re-evaluations)
     failed_evaluations: int  # failed or diverged runs, of any kind, included in the total
     step_outcomes: dict[str, int] = field(default_factory=dict)
+    # Throughput, from the stored evaluations' timestamps: from the first to the last (so time the
+    # search stood stopped between a crash and its resume counts too); NaN below two evaluations.
+    hours: float = math.nan
+    evaluations_per_hour: float = math.nan
+    tokens_per_second: float = math.nan  # training timesteps x rows, all members together
 
     def to_dict(self) -> dict:
         data = dict(self.__dict__)
-        data["settings_per_architecture"] = json_number(self.settings_per_architecture)
+        for name in ("settings_per_architecture", "hours", "evaluations_per_hour",
+                     "tokens_per_second"):
+            data[name] = json_number(data[name])
         return data
 
 
@@ -153,7 +161,19 @@ def statistics(storage: Storage, run_id: int) -> SearchStatistics:
         task_evaluations=len(evaluations) - len(initial_runs) - len(filter_runs),
         failed_evaluations=sum(1 for record in evaluations if not record.result.ok),
         step_outcomes=dict(Counter(step.outcome for step in steps)),
+        **_throughput(evaluations),
     )
+
+
+def _throughput(evaluations: list[EvaluationRecord]) -> dict[str, float]:
+    stamps = sorted(datetime.fromisoformat(record.created_at) for record in evaluations
+                    if record.created_at)
+    seconds = (stamps[-1] - stamps[0]).total_seconds() if len(stamps) > 1 else 0.0
+    if seconds <= 0:
+        return {}
+    tokens = sum(record.result.tokens for record in evaluations)
+    return {"hours": seconds / 3600, "evaluations_per_hour": len(evaluations) / seconds * 3600,
+            "tokens_per_second": tokens / seconds}
 
 
 def _history(storage: Storage, run_id: int, last_step: int) -> History:

@@ -91,8 +91,10 @@ class InMemoryStorage(Storage):
         if len(set(triples)) != len(triples) or run.triples.intersection(triples):
             raise duplicate_evaluation(architecture_hash)
         run.triples.update(triples)
+        stamp = utc_now()
         run.evaluations.extend(
-            EvaluationRecord(architecture_hash, step, _copy_result(result)) for result in results
+            EvaluationRecord(architecture_hash, step, _copy_result(result), stamp)
+            for result in results
         )
 
     def get_evaluations(

@@ -54,11 +54,12 @@ class ArchitectureRecord:
 @dataclass(frozen=True)
 class EvaluationRecord:
     """One completed evaluation: `result` of one setting of architecture `architecture_hash`,
-    recorded during search step `step`."""
+    recorded during search step `step`, at `created_at`."""
 
     architecture_hash: str
     step: int
     result: Result
+    created_at: str = ""  # when it was stored (ISO 8601 UTC, milliseconds)
 
     @property
     def task(self) -> str:

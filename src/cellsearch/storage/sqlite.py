@@ -310,7 +310,7 @@ class SQLiteStorage(Storage):
     ) -> list[EvaluationRecord]:
         columns = [c for c in _COLUMNS if self._version != 1 or c not in _VERSION_2_COLUMNS]
         query = (
-            f"SELECT architecture_hash, step, {', '.join(columns)} FROM evaluations"
+            f"SELECT architecture_hash, step, created_at, {', '.join(columns)} FROM evaluations"
             " WHERE run_id = ?"
         )
         parameters: list[Any] = [run_id]
@@ -578,10 +578,10 @@ def _result_columns(result: Result) -> tuple:
 
 
 def _evaluation(row: tuple) -> EvaluationRecord:
-    """An EvaluationRecord from (architecture_hash, step, *`_COLUMNS`)."""
-    architecture_hash, step, *values = row
+    """An EvaluationRecord from (architecture_hash, step, created_at, *`_COLUMNS`)."""
+    architecture_hash, step, created_at, *values = row
     data = {
         column: json.loads(value) if column in _JSON_COLUMNS else value
         for column, value in zip(_COLUMNS, values)  # (a version 1 row ends before history)
     }
-    return EvaluationRecord(architecture_hash, step, Result.from_dict(data))
+    return EvaluationRecord(architecture_hash, step, Result.from_dict(data), created_at)
