@@ -1,0 +1,205 @@
+"""Every GPU measurement the open issues wait for, in one resumable call for a device session.
+
+    python benchmarks/gpu_campaign.py --out $OUT [--minutes 28] [--parts a,b] [--baseline-src DIR]
+
+Parts, in priority order (each writes OUT/<part>.json when done, and a later call skips it):
+
+    bench-mixed        `cellsearch bench --mixed 16`: 16 different cells at K=4 together, against
+                       one cell at K=4 and at K=64 (issue 22)
+    search-interleaved `cellsearch search --executor interleaved` with the paper's defaults
+                       (`initial_settings=20`) for --search-minutes; evaluations per hour and
+                       tokens/s from the evaluations stored in that time (issue 22)
+    search-inprocess   the same with the default executor, for the comparison (issue 22)
+    gpu-tests          `pytest -m gpu` (issue 19: the same results after the layout change)
+    bench-layout       `cellsearch bench` from --baseline-src and from this tree, alternating,
+                       two rounds (issue 19; skipped without --baseline-src)
+    filter-pass-rates  benchmarks/filter_pass_rates.py, 50 settings per cell, resumable within
+                       the part too (issue 23)
+
+A part starts only if its estimate fits in what is left of --minutes; what does not fit runs in
+the next session's call. A search part's database stays in OUT, so the next call resumes it
+(throughput counts only the evaluations stored during the call). `--quick` shrinks every part
+for a check on a CPU (the tests run it so).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+PARTS = ("bench-mixed", "search-interleaved", "search-inprocess", "gpu-tests", "bench-layout",
+         "filter-pass-rates")
+ESTIMATES = {"bench-mixed": 3, "search-interleaved": 9, "search-inprocess": 9, "gpu-tests": 4,
+             "bench-layout": 6, "filter-pass-rates": 10}  # minutes
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--out", required=True, help="where results go (e.g. $OUT)")
+    parser.add_argument("--minutes", type=float, default=28, help="this call's budget")
+    parser.add_argument("--parts", default=",".join(PARTS))
+    parser.add_argument("--device", default="cuda")
+    parser.add_argument("--search-minutes", type=float, default=8)
+    parser.add_argument("--baseline-src", help="the src/ directory of the revision to compare with")
+    parser.add_argument("--quick", action="store_true", help="tiny versions of every part")
+    args = parser.parse_args()
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    parts = [part.strip() for part in args.parts.split(",") if part.strip()]
+    unknown = sorted(set(parts) - set(PARTS))
+    if unknown:
+        parser.error(f"unknown part(s) {', '.join(unknown)}; known: {', '.join(PARTS)}")
+    deadline = time.monotonic() + args.minutes * 60
+    for part in parts:
+        marker = out / f"{part}.json"
+        if marker.exists():
+            print(f"{part}: done in an earlier call ({marker})")
+            continue
+        left = (deadline - time.monotonic()) / 60
+        estimate = 0.5 if args.quick else ESTIMATES[part]
+        if part.startswith("search-") and not args.quick:
+            estimate = args.search_minutes + 1
+        if estimate > left:
+            print(f"{part}: needs ~{estimate:.0f} min, {left:.1f} left: next call")
+            continue
+        print(f"{part}: running (~{estimate:.0f} min)", flush=True)
+        started = time.monotonic()
+        result = RUNNERS[part](args, out)
+        if result is None:
+            continue
+        record = {"part": part, "minutes": round((time.monotonic() - started) / 60, 2),
+                  **machine(args.device), **result}
+        marker.write_text(json.dumps(record, indent=2))
+        print(f"{part}: {json.dumps(result)[:300]}", flush=True)
+    return 0
+
+
+def machine(device: str) -> dict:
+    """Device, versions, commit and date, for the record."""
+    probe = ("import json, torch; print(json.dumps({'torch': torch.__version__, 'gpu': "
+             "torch.cuda.get_device_name() if torch.cuda.is_available() else None}))")
+    facts = json.loads(subprocess.run([sys.executable, "-c", probe], capture_output=True,
+                                      text=True, check=True).stdout)
+    commit = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"],
+                            capture_output=True, text=True).stdout.strip() or None
+    return {"device": device, **facts, "python": sys.version.split()[0], "commit": commit,
+            "date": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+
+
+def cellsearch(*arguments: str, src: str | None = None, **kwargs) -> subprocess.CompletedProcess:
+    env = dict(os.environ)
+    if src is not None:
+        env["PYTHONPATH"] = src
+    return subprocess.run([sys.executable, "-m", "cellsearch", *arguments], env=env,
+                          capture_output=True, text=True, **kwargs)
+
+
+def bench_mixed(args, out: Path) -> dict:
+    cells, windows = ("3", "5") if args.quick else ("16", "200")
+    done = cellsearch("bench", "--mixed", cells, "--windows", windows, "--device", args.device,
+                      "--json", check=True)
+    return {"bench": json.loads(done.stdout)}
+
+
+def search(executor: str):
+    def run(args, out: Path) -> dict:
+        database = out / f"search-{executor}.db"
+        minutes = 0.3 if args.quick else args.search_minutes
+        settings = (["--preset", "tiny"] if args.quick
+                    else ["--set", "initial_settings=20"])
+        command = [sys.executable, "-m", "cellsearch", "search", "--db", str(database),
+                   "--device", args.device, "--executor", executor, "--quiet", *settings]
+        started = datetime.now(timezone.utc)
+        process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                   text=True)
+        try:
+            process.wait(timeout=minutes * 60)
+        except subprocess.TimeoutExpired:
+            process.send_signal(signal.SIGINT)  # a clean stop; a kill would lose only jobs
+            try:
+                process.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                process.kill()
+        return {"executor": executor, **throughput(database, started),
+                "stderr_tail": process.stderr.read()[-500:]}
+
+    return run
+
+
+def throughput(database: Path, since: datetime) -> dict:
+    """Evaluations stored since `since`, and their rate over the time from `since` to the last."""
+    sys.path.insert(0, str(ROOT / "src"))
+    from cellsearch.storage import open_storage
+
+    with open_storage(database, create=False) as storage:
+        run = storage.latest_run()
+        records = [r for r in storage.get_evaluations(run.run_id)
+                   if r.created_at and datetime.fromisoformat(r.created_at) >= since]
+        steps = storage.last_completed_step(run.run_id)
+    if not records:
+        return {"evaluations": 0, "last_completed_step": steps}
+    last = max(datetime.fromisoformat(r.created_at) for r in records)
+    seconds = max((last - since).total_seconds(), 1e-9)
+    return {"evaluations": len(records), "seconds": round(seconds, 1),
+            "evaluations_per_hour": round(len(records) / seconds * 3600, 1),
+            "tokens_per_second": round(sum(r.result.tokens for r in records) / seconds),
+            "by_task": {task: sum(1 for r in records if r.task == task)
+                        for task in sorted({r.task for r in records})},
+            "last_completed_step": steps}
+
+
+def gpu_tests(args, out: Path) -> dict:
+    done = subprocess.run([sys.executable, "-m", "pytest", "-q", "-m", "gpu", "-p",
+                           "no:cacheprovider", *(["-x", "-k", "nothing"] if args.quick else [])],
+                          cwd=ROOT, capture_output=True, text=True)
+    (out / "gpu-tests.log").write_text(done.stdout + done.stderr)
+    return {"returncode": done.returncode, "summary": done.stdout.strip().splitlines()[-1:]}
+
+
+def bench_layout(args, out: Path) -> dict | None:
+    if not args.baseline_src:
+        print("bench-layout: no --baseline-src: skipped")
+        return None
+    options = ["bench", "--device", args.device, "--json"]
+    if args.quick:
+        options += ["--task", "memorize", "--populations", "1", "--repeats", "2"]
+    rounds = []
+    for _ in range(1 if args.quick else 2):
+        for label, src in (("baseline", args.baseline_src), ("this", str(ROOT / "src"))):
+            done = cellsearch(*options, src=src, check=True)
+            rounds.append({"tree": label, "bench": json.loads(done.stdout)})
+    return {"rounds": rounds}
+
+
+def filter_pass_rates(args, out: Path) -> dict | None:
+    """Stops after its estimate; the settings trained so far stay in the JSON lines, and the next
+    call goes on from there."""
+    options = (["--cells", "lstm", "--settings", "2", "--max-epochs", "1", "--epoch-windows",
+                "3"] if args.quick else ["--chunk", "24"])
+    try:
+        done = subprocess.run(
+            [sys.executable, str(ROOT / "benchmarks" / "filter_pass_rates.py"), "--device",
+             args.device, "--out", str(out / "filter-pass-rates.jsonl"), *options],
+            capture_output=True, text=True, check=True,
+            timeout=ESTIMATES["filter-pass-rates"] * 60)
+    except subprocess.TimeoutExpired:
+        print("filter-pass-rates: stopped at its estimate; the next call goes on")
+        return None
+    (out / "filter-pass-rates.txt").write_text(done.stdout)
+    return {"tables": done.stdout[-3000:]}
+
+
+RUNNERS = {"bench-mixed": bench_mixed, "search-interleaved": search("interleaved"),
+           "search-inprocess": search("inprocess"), "gpu-tests": gpu_tests,
+           "bench-layout": bench_layout, "filter-pass-rates": filter_pass_rates}
+
+if __name__ == "__main__":
+    sys.exit(main())

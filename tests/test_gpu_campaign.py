@@ -1,0 +1,34 @@
+"""benchmarks/gpu_campaign.py, the one call a GPU session makes: on a CPU with --quick, a part
+runs and records its figures with the machine's facts, a done part is skipped by the next call,
+and a part that does not fit the budget waits for it."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+CAMPAIGN = Path(__file__).resolve().parent.parent / "benchmarks" / "gpu_campaign.py"
+
+
+def campaign(out, *arguments):
+    return subprocess.run([sys.executable, str(CAMPAIGN), "--out", str(out), "--device", "cpu",
+                           *arguments], capture_output=True, text=True, check=True).stdout
+
+
+@pytest.mark.slow
+def test_a_search_part_measures_its_throughput_and_a_second_call_skips_it(tmp_path):
+    out = campaign(tmp_path, "--quick", "--parts", "search-inprocess")
+    record = json.loads((tmp_path / "search-inprocess.json").read_text())
+    assert record["evaluations"] > 0 and record["evaluations_per_hour"] > 0
+    assert record["by_task"]["memorize"] > 0 and record["device"] == "cpu" and record["torch"]
+    assert (tmp_path / "search-inprocess.db").exists() and "running" in out
+    again = campaign(tmp_path, "--quick", "--parts", "search-inprocess")
+    assert "done in an earlier call" in again
+
+
+def test_a_part_that_does_not_fit_the_budget_waits_for_the_next_call(tmp_path):
+    out = campaign(tmp_path, "--minutes", "1", "--parts", "search-inprocess,bench-layout")
+    assert "search-inprocess: needs ~9 min" in out and "next call" in out
+    assert not list(tmp_path.glob("*.json"))
