@@ -4,6 +4,7 @@ bad input as one line with exit code 2 that leaves the database as it was."""
 from __future__ import annotations
 
 import json
+import re
 import sqlite3
 
 import pytest
@@ -334,3 +335,20 @@ def test_stats_reports_throughput_from_the_stored_timestamps(database, capsys):
     assert figures["tokens_per_second"] == pytest.approx(tokens / 1800)
     _, out, _ = run_cli(capsys, "stats", "--db", str(database))
     assert "30.0 min" in out and f"{len(ids) * 2}" in out
+
+
+def test_the_progress_line_shows_the_share_of_the_benchs_one_cell_figure(tmp_path, capsys,
+                                                                         monkeypatch):
+    from cellsearch.train import reference
+
+    monkeypatch.setenv("COLUMNS", "200")
+    path = tmp_path / "search.db"
+    argv = ["search", "--db", str(path), "--preset", "tiny", "--set", "max_steps=1",
+            "--device", "cpu"]
+    _, _, err = run_cli(capsys, *argv)
+    assert "settings/h" in err and "of bench" not in err  # no figure kept on this machine yet
+    reference.save("cpu", "arith", {"tokens_per_second": 1e3, "population": 128})
+    _, _, err = run_cli(capsys, *argv, "--set", "max_steps=2")
+    share = re.search(r"([\d,.]+)M tokens/s \(([\d,]+)% of bench K=128\)", err)
+    assert share and float(share[2].replace(",", "")) == pytest.approx(
+        float(share[1]) * 1e6 / 1e3 * 100, rel=0.2)  # (tokens/s shown to 0.01M)

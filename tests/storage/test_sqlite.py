@@ -180,7 +180,12 @@ def test_storage_urls_name_a_backend_and_where_it_keeps_its_data():
 
 
 def test_open_storage_opens_the_backend_its_url_names(tmp_path):
-    from cellsearch.storage import InMemoryStorage, SQLiteStorage, has_data, open_storage
+    from cellsearch.storage import (
+        InMemoryStorage,
+        SQLiteStorage,
+        has_data,
+        open_storage,
+    )
 
     url = f"sqlite:///{tmp_path / 'run.db'}"
     assert not has_data(url)

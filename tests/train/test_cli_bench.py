@@ -52,3 +52,16 @@ def test_bench_mixed_trains_different_cells_together_beside_one_cell(capsys):
     # every member trains one epoch of 2 windows of 20 x 35 tokens
     assert [row["tokens"] for row in rows] == [4 * 1400, 8 * 1400, 8 * 1400]
     assert all(row["tokens_per_second"] > 0 for row in rows)
+
+
+def test_bench_keeps_its_best_one_cell_figure_for_the_searchs_progress_line(capsys):
+    from cellsearch.train import reference
+
+    assert main([*TINY, "--json"]) == 0
+    rows = json.loads(capsys.readouterr().out)["throughput"]
+    ours = [row for row in rows if row["engine"].startswith("cellsearch ")]
+    best = max(ours, key=lambda row: row["tokens_per_second"])
+    kept = reference.load("cpu", "memorize")
+    assert kept["tokens_per_second"] == best["tokens_per_second"]
+    assert kept["population"] == best["population"] and kept["device"] == "cpu"
+    assert reference.load("cuda", "memorize") is None  # kept per device kind

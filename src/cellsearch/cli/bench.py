@@ -38,7 +38,7 @@ def register(subparsers) -> None:
 def run_bench(args: argparse.Namespace) -> int:
     import torch
 
-    from cellsearch.train import bench
+    from cellsearch.train import bench, reference
     from cellsearch.train.evaluate import resolve_device
     from cellsearch.train.model import ENGINES
 
@@ -57,6 +57,11 @@ def run_bench(args: argparse.Namespace) -> int:
         raise UserError(f"--compare: unknown engine {unknown[0]!r}; known: {', '.join(ENGINES)}")
     rows = bench.throughput(args.task, args.cell, str(device), populations, args.repeats,
                             compare)
+    best = max((row for row in rows if row.engine.startswith("cellsearch ")),
+               key=lambda row: row.tokens_per_second)
+    reference.save(device.type, args.task, {
+        "tokens_per_second": best.tokens_per_second, "population": best.population,
+        "engine": best.engine, "device": _device_name(device), "torch": torch.__version__})
 
     def on_cost(task: str, cost: dict) -> None:  # partial results survive an interrupted run
         print(f"{task}: {cost['settings']} settings in {cost['wall_seconds']:.1f} s, "

@@ -137,7 +137,7 @@ def run_search_command(args: argparse.Namespace) -> int:
             if plan.config != checked:
                 mutate = _check_start(plan.config, args)
             run_id = start_run(storage, plan)
-            with _Display(quiet=args.quiet) as display:
+            with _Display(args.quiet, _bench_reference(args)) as display:
                 summary = run_search(
                     storage,
                     run_id,
@@ -161,6 +161,20 @@ def run_search_command(args: argparse.Namespace) -> int:
     return 0
 
 
+def _bench_reference(args: argparse.Namespace) -> dict | None:
+    """This machine's one-cell figure for arith's shapes, when the search trains here."""
+    if args.quiet or args.executor not in ("inprocess", "interleaved", "processes"):
+        return None
+    from cellsearch.train import reference
+
+    kind = args.device.split(":")[0]
+    if kind == "auto":
+        import torch
+
+        kind = "cuda" if torch.cuda.is_available() else "cpu"
+    return reference.load(kind, "arith")
+
+
 def _check_start(config: SearchConfig, args: argparse.Namespace) -> MutateFunction:
     """What would otherwise fail every evaluation or step, all reported at once: the evaluator
     and its options, the mutation operator (returned, resolved), and, for the default trainer,
@@ -182,10 +196,12 @@ def _check_start(config: SearchConfig, args: argparse.Namespace) -> MutateFuncti
 
 
 class _Display:
-    """A rich live progress line on stderr and one printed line per completed step."""
+    """A rich live progress line on stderr and one printed line per completed step. With a
+    `reference` (`train.reference`: one cell's throughput in `cellsearch bench` on this machine),
+    the tokens/s are also shown as a share of it: how much of the device the search uses."""
 
-    def __init__(self, quiet: bool):
-        self.quiet = quiet
+    def __init__(self, quiet: bool, reference: dict | None = None):
+        self.quiet, self.reference = quiet, reference
         self.progress = None
         self.task = None
         self.started = time.monotonic()
@@ -243,11 +259,15 @@ class _Display:
             self.trained += len(event.results)
             self.tokens += sum(result.tokens for result in event.results)
             seconds = time.monotonic() - self.started
+            share = ""
+            if self.reference is not None:
+                share = (f" ({self.tokens / seconds / self.reference['tokens_per_second']:.0%}"
+                         f" of bench K={self.reference['population']})")
             progress.update(
                 self.task,
                 description=f"{event.steps_in_flight} steps running,"
                 f" {self.trained * 3600 / seconds:,.0f} settings/h,"
-                f" {self.tokens / seconds / 1e6:,.2f}M tokens/s",
+                f" {self.tokens / seconds / 1e6:,.2f}M tokens/s{share}",
             )
         elif isinstance(event, StepCompleted):
             record = event.record
