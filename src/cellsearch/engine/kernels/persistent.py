@@ -87,8 +87,10 @@ def kernel_source(plan_: Plan, inputs: tuple[str, ...], hoist: bool = True) -> s
                 operand = f"tl.where(mask, {var[item.operand]}, 0.0)"  # no padding in the dot
                 for c in range(len(item.members)):
                     addend = f" + a{g}_{c}" if g in pre and item.fused_sums[c] is not None else ""
+                    value = item.fused_sums[c] if addend else item.members[c]
                     lines.append(f"        m{g}_{c} = tl.dot({operand}, w{g}_{c}, "
-                                 f"input_precision=PRECISION){addend}")
+                                 f"input_precision=PRECISION){addend}"
+                                 f"  # {note(value, code.notes)}")
                 continue
             lines.append(forward_statement(item, var, code.notes).line("        "))
         return lines
