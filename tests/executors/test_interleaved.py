@@ -82,3 +82,36 @@ def test_a_search_through_it_stores_what_the_in_process_search_stores():
         run_search(storage, run_id, config, executor)
         stored.append(contents(storage))
     assert stored[0] == stored[1] and len(stored[0][0]) > 10
+
+
+def test_a_shapes_populations_train_one_after_another_and_shapes_side_by_side(monkeypatch):
+    """A shape cut into several populations (each sized to its share of the memory) trains them
+    in turn, as `evaluate` does: all at once could exceed the memory they were sized for."""
+    from cellsearch.train import evaluate as module
+    from cellsearch.train.trainer import drive
+
+    alive: dict[int, int] = {}
+    most: dict[int, int] = {}
+
+    def fake_run(graph, task, members, hidden, count, **options):
+        layers = members[0].num_layers
+        alive[layers] = alive.get(layers, 0) + 1
+        most[layers] = max(most.get(layers, 0), alive[layers])
+        yield
+        yield
+        alive[layers] -= 1
+        if any(m.seed == 3 for m in members):
+            raise RuntimeError("out of memory")
+        return [f"trained {m.num_layers} {m.seed}" for m in members]
+
+    monkeypatch.setattr(module, "population_run", fake_run)
+    settings = list(job("gru", "memorize", layers=(1, 2), seeds=range(5)).settings)
+    results = drive(module.evaluation(zoo.get("gru"), "memorize", settings, population_size=2,
+                                      epoch_windows=3, valid_samples=40, test_samples=40))
+    assert most == {1: 1, 2: 1}  # one population of each shape at a time
+    # (K = 2: seeds 0-1, 2-3 and 4 per shape; the population with seed 3 broke)
+    for setting, result in zip(settings, results):
+        if setting.seed in (2, 3):
+            assert result.status == "failed" and "out of memory" in result.reason
+        else:
+            assert result == f"trained {setting.num_layers} {setting.seed}"

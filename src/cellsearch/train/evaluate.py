@@ -147,8 +147,9 @@ def evaluation(
     loss_normalization: str = "minibatch",
 ) -> Generator[None, None, list[Result]]:
     """`evaluate` as a generator that yields after every training window of its populations,
-    which it advances in turn, each on its own CUDA stream on a GPU; it returns the Results. One
-    thread can so advance many evaluations together (`executors.interleaved`): their windows
+    which it advances in turn, each shape on its own CUDA stream on a GPU (a shape's populations,
+    when it needs several, one after another, as `evaluate` trains them); it returns the Results.
+    One thread can so advance many evaluations together (`executors.interleaved`): their windows
     queue on different streams, which the GPU may run at once, and no population waits for
     another to finish. The Results are those `evaluate` gives."""
     if loss_normalization not in LOSS_NORMALIZATIONS:
@@ -163,30 +164,37 @@ def evaluation(
         dict(epoch_windows=epoch_windows, valid_samples=valid_samples, test_samples=test_samples),
         share_memory=True,
     )
-    runs = []  # [setting indices, hidden, count, stream context factory, generator]
-    for chunk, hidden, count in (population for shape in shapes for population in shape):
-        stream = torch.cuda.Stream(torch_device) if torch_device.type == "cuda" else None
-        run = population_run(
-            graph, task, [settings[i] for i in chunk], hidden, count, device=torch_device,
-            schedule=schedule, max_epochs=max_epochs, capture=capture, engine=engine,
-            stop_at=stop_at, loss_normalization=loss_normalization,
-        )
-        runs.append([chunk, hidden, count, stream, run])
+    def lane(populations) -> Generator[None, None, list[tuple[list[int], list[Result]]]]:
+        """The populations of one shape, one after another (each is sized to the shape's share
+        of the memory), a window at a time."""
+        trained = []
+        for chunk, hidden, count in populations:
+            members = [settings[i] for i in chunk]
+            try:
+                results = yield from population_run(
+                    graph, task, members, hidden, count, device=torch_device, schedule=schedule,
+                    max_epochs=max_epochs, capture=capture, engine=engine, stop_at=stop_at,
+                    loss_normalization=loss_normalization,
+                )
+            except Exception as error:  # noqa: BLE001 - a broken run is a recorded result
+                results = _failed(task, members, hidden, count, error, torch_device)
+            trained.append((chunk, results))
+        return trained
+
+    # [stream or None, the shape's lane]: the shapes train at once, each on its own stream
+    lanes = [[torch.cuda.Stream(torch_device) if torch_device.type == "cuda" else None,
+              lane(populations)] for populations in shapes]
     trained: list[tuple[list[int], list[Result]]] = []
-    while runs:
-        for entry in list(runs):
-            chunk, hidden, count, stream, run = entry
+    while lanes:
+        for entry in list(lanes):
+            stream, run = entry
             try:
                 with torch.cuda.stream(stream) if stream is not None else nullcontext():
                     next(run)
             except StopIteration as stop:
-                trained.append((chunk, stop.value))
-                runs.remove(entry)
-            except Exception as error:  # noqa: BLE001 - a broken run is a recorded result
-                members = [settings[i] for i in chunk]
-                trained.append((chunk, _failed(task, members, hidden, count, error, torch_device)))
-                runs.remove(entry)
-        if runs:
+                trained.extend(stop.value)
+                lanes.remove(entry)
+        if lanes:
             yield
     return _in_order(len(settings), trained)
 
