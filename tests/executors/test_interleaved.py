@@ -5,6 +5,7 @@ jobs submitted meanwhile join. A whole search through it stores what the in-proc
 from __future__ import annotations
 
 import math
+import os
 
 from cellsearch.cells import zoo
 from cellsearch.evaluation.settings import Settings
@@ -115,3 +116,14 @@ def test_a_shapes_populations_train_one_after_another_and_shapes_side_by_side(mo
             assert result.status == "failed" and "out of memory" in result.reason
         else:
             assert result == f"trained {setting.num_layers} {setting.seed}"
+
+
+def test_on_a_gpu_it_asks_cuda_for_its_most_hardware_queues_unless_the_user_chose(monkeypatch):
+    monkeypatch.delenv("CUDA_DEVICE_MAX_CONNECTIONS", raising=False)
+    InterleavedExecutor(device="cpu")
+    assert "CUDA_DEVICE_MAX_CONNECTIONS" not in os.environ
+    InterleavedExecutor(device="cuda")
+    assert os.environ["CUDA_DEVICE_MAX_CONNECTIONS"] == "32"
+    monkeypatch.setenv("CUDA_DEVICE_MAX_CONNECTIONS", "8")
+    InterleavedExecutor(device="auto")
+    assert os.environ["CUDA_DEVICE_MAX_CONNECTIONS"] == "8"

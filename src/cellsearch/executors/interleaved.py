@@ -19,6 +19,7 @@ not measured yet.
 
 from __future__ import annotations
 
+import os
 from collections import deque
 from concurrent.futures import Future
 from typing import Any, Generator, Iterator, Sequence
@@ -33,6 +34,12 @@ from cellsearch.executors.base import Executor, checked_or_failed, run_job
 
 # A new job starts only while this fraction of the GPU's memory is free (or nothing trains).
 FREE_MEMORY_TO_ADMIT = 0.25
+# Hardware work queues between the host and the GPU. CUDA's default, 8, makes the streams of more
+# than 8 populations share queues, where one stream's kernel can hold up another's (false
+# dependencies); 32 is the most CUDA takes. Set for this process unless the user set it, before
+# its CUDA context exists (which reads it). Not yet measured on a GPU: the GPU campaign's
+# bench-mixed runs with 8 and with 32.
+CUDA_CONNECTIONS = "32"
 
 
 class _JobFuture(Future):
@@ -46,6 +53,8 @@ class InterleavedExecutor(Executor):
 
     def __init__(self, device: str = "cpu", data_dir: str | None = None, max_jobs: int = 64):
         self.device, self.data_dir, self.max_jobs = device, data_dir, max_jobs
+        if device.startswith(("cuda", "auto")):
+            os.environ.setdefault("CUDA_DEVICE_MAX_CONNECTIONS", CUDA_CONNECTIONS)
         self._waiting: deque[_JobFuture] = deque()
         self._training: dict[_JobFuture, Generator[None, None, list]] = {}
 
