@@ -44,3 +44,25 @@ def test_each_member_takes_its_own_clipped_sgd_step(normalization):
         expected = before[name] - scale.view(-1, *[1] * (g.dim() - 1)) * g
         torch.testing.assert_close(dict(model.named_parameters())[name].detach(), expected,
                                    rtol=1e-5, atol=1e-6, msg=name)
+
+
+def test_evaluation_windows_yield_a_window_at_a_time_and_give_what_evaluate_gives():
+    from cellsearch.train.steps import drive
+
+    task = Memorize(seed=0, epoch_windows=2, valid_samples=30, test_samples=30)
+    model = PopulationModel(zoo.get("gru"), 2, task.input_size, task.output_size, 8, 1,
+                            "embedding")
+    model.reset_parameters([1.0, 2.0], [1, 2])
+    steps = PopulationSteps(model, task, 4, 20, torch.tensor([1.0, 1.0]), None, capture=False)
+    windows = steps.evaluation_windows("valid")
+    yields = 0
+    while True:
+        try:
+            next(windows)
+            yields += 1
+        except StopIteration as stop:
+            metrics = stop.value
+            break
+    batches = list(steps.task.batches("valid", steps.mask.shape[1], steps.mask.shape[0]))
+    assert yields == len(batches) > 1  # (on a CPU, `settled` adds no yield)
+    assert metrics == steps.evaluate("valid") == drive(steps.evaluation_windows("valid"))

@@ -136,9 +136,13 @@ def test_stop_at_reports_the_epoch_that_reached_it(tiny_task, monkeypatch):
         def train_windows(self, epoch, rates, on_window=None):
             yield 1
 
-        def evaluate(self, split):
+        def settled(self):
+            yield
+
+        def evaluation_windows(self, split):
             if split == "valid":
                 self.last = next(curve)
+            yield
             return self.last
 
     monkeypatch.setattr(trainer, "PopulationSteps", ScriptedSteps)

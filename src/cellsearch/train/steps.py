@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import itertools
 import threading
-from typing import Callable, Iterable, Iterator
+from typing import Any, Callable, Generator, Iterable, Iterator
 
 import numpy as np
 import torch
@@ -242,11 +242,39 @@ class PopulationSteps:
 
     def evaluate(self, split: str) -> dict[str, list[float]]:
         """Metrics of every member over `split` (see `tasks.metrics.summarize`)."""
+        return drive(self.evaluation_windows(split))
+
+    def evaluation_windows(self, split: str) -> Generator[None, None, dict[str, list[float]]]:
+        """`evaluate` a window at a time: yields once each window is queued and then until the
+        pass has run (`settled`), so a caller advancing several populations keeps the others
+        fed meanwhile; returns the metrics."""
         for total in (self.totals or {}).values():
             total.zero_()
         batches = self.task.batches(split, self.mask.shape[1], self.mask.shape[0])
         for batch in self.uploaded(batches):
             self.load(batch)
             self.eval_step()
+            yield
+        yield from self.settled()
         summary = task_metrics.summarize(self.totals)
         return {name: [float(v) for v in values.tolist()] for name, values in summary.items()}
+
+    def settled(self) -> Iterator[None]:
+        """Yields until the work queued so far on the current CUDA stream has run (at once on a
+        CPU), so that reading a result afterwards does not hold the thread: one thread advancing
+        many populations would otherwise stop feeding all of them while one drains its queue."""
+        if self.mask.device.type != "cuda":
+            return
+        done = torch.cuda.Event()
+        done.record()
+        while not done.query():
+            yield
+
+
+def drive(run: Generator[None, None, Any]) -> Any:
+    """Run a generator such as `trainer.population_run` to its end; its return value."""
+    while True:
+        try:
+            next(run)
+        except StopIteration as stop:
+            return stop.value

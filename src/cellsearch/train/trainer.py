@@ -27,7 +27,7 @@ from cellsearch.evaluation.settings import Settings
 from cellsearch.tasks import Task
 from cellsearch.train.model import Dropout, PopulationModel, default_engine, input_kind
 from cellsearch.train.schedules import schedule_for
-from cellsearch.train.steps import PopulationSteps
+from cellsearch.train.steps import PopulationSteps, drive
 
 BATCH_SIZE, NUM_STEPS = 20, 35  # §3.5
 
@@ -45,15 +45,6 @@ def train_population(*args: Any, **kwargs: Any) -> list[Result]:
     """Train every setting (all with the same num_layers) and return one Result each, in order;
     the arguments are `population_run`'s."""
     return drive(population_run(*args, **kwargs))
-
-
-def drive(run: Generator[None, None, Any]) -> Any:
-    """Run a generator such as `population_run` to its end; its return value."""
-    while True:
-        try:
-            next(run)
-        except StopIteration as stop:
-            return stop.value
 
 
 def population_run(
@@ -75,8 +66,9 @@ def population_run(
     on_progress: Callable[[Progress], None] | None = None,
 ) -> Generator[None, None, list[Result]]:
     """Train every setting (all with the same num_layers); the generator yields after every
-    training window, so that one thread can advance several populations in turn, and returns one
-    Result per setting, in order.
+    training and evaluation window, and on a GPU while the population's queued work runs before
+    its results are read, so that one thread can advance several populations in turn without
+    ever waiting on one; it returns one Result per setting, in order.
 
     On CUDA, `capture` replays each window's step from a CUDA graph (see `steps`); `engine`
     (`model.ENGINES`, default `model.default_engine`) picks how each layer runs. `stop_at`
@@ -132,8 +124,9 @@ def population_run(
 
         for _ in steps.train_windows(epoch, rates, on_window):
             yield
+        yield from steps.settled()
         finite = steps.finite.tolist()
-        valid = steps.evaluate("valid")
+        valid = yield from steps.evaluation_windows("valid")
         improved = []
         for k in range(K):
             if not active[k]:
@@ -159,7 +152,7 @@ def population_run(
             if schedules[k].done or reached:
                 active[k] = False
         if improved:
-            test = steps.evaluate("test")
+            test = yield from steps.evaluation_windows("test")
             for k in improved:
                 best_test[k] = {name: values[k] for name, values in test.items()}
         epoch += 1
