@@ -156,3 +156,32 @@ def test_training_with_the_sgd_kernels_follows_torchs_update(name, monkeypatch):
     for a, b in zip(torchs, kernels):
         assert a.status == b.status
         assert a.valid["nll"] == pytest.approx(b.valid["nll"], rel=1e-3), name
+
+
+def test_capturing_a_population_keeps_the_memory_others_have_cached():
+    """`torch.cuda.graph` empties the caching allocator (and synchronizes the device) before it
+    captures; with many populations on one GPU every new one would make the rest allocate afresh.
+    The engine's capture does neither (steps.Captured._captured)."""
+    from cellsearch.train import steps as steps_module
+    from cellsearch.train.model import PopulationModel
+    from cellsearch.train.steps import WARMUP_CALLS, PopulationSteps
+
+    task = Arith(seed=0, epoch_windows=4, valid_samples=50, test_samples=50)
+    model = PopulationModel(zoo.get("gru"), 2, task.input_size, task.output_size, 32, 1,
+                            "embedding", engine="fused")
+    model.reset_parameters([1.0, 1.0], [0, 1])
+    model.to("cuda")
+    steps = PopulationSteps(model, task, 20, 35, torch.tensor([5.0, 5.0], device="cuda"), None,
+                            capture=True)
+    steps.learning_rates.fill_(0.5)
+    batches = iter(task.batches("train", 20, 35))
+    for _ in range(WARMUP_CALLS):
+        steps.load(next(batches))
+        steps.train_step()
+    cached = torch.empty(64 * 2**20, device="cuda")  # 256 MB, then free but kept in the cache
+    del cached
+    reserved = torch.cuda.memory_reserved()
+    steps.load(next(batches))
+    steps.train_step()  # captures
+    assert steps.train_step.graph is not None and steps_module._LIGHT_CAPTURE
+    assert torch.cuda.memory_reserved() >= reserved

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import itertools
 import threading
+import warnings
 from typing import Any, Callable, Generator, Iterable, Iterator
 
 import numpy as np
@@ -36,6 +37,7 @@ SGD_KERNEL_PARAMETERS = 32 * 2**20
 WINDOWS_PER_UPLOAD = 64
 _FIELDS = ("inputs", "targets", "mask", "reset")
 _CAPTURE_LOCK = threading.Lock()
+_LIGHT_CAPTURE = True  # (see Captured._captured)
 
 
 class Captured:
@@ -62,16 +64,44 @@ class Captured:
                 self.body()
             torch.cuda.current_stream().wait_stream(self.stream)
         else:
-            self.graph = torch.cuda.CUDAGraph()
-            # "relaxed": memory that other work (e.g. a cuDNN model trained earlier in this
-            # process) frees while we capture must not invalidate the capture. The lock: entering
-            # a capture synchronizes the whole device, which would break another thread's capture
-            # (populations of different shapes train in threads, see `evaluate`).
-            with _CAPTURE_LOCK, torch.cuda.graph(self.graph, stream=self.stream,
-                                                 capture_error_mode="relaxed"):
-                self.body()
+            with _CAPTURE_LOCK:
+                self.graph = self._captured()
             self.graph.replay()  # capturing records the work without doing it
         self.calls += 1
+
+    def _captured(self) -> torch.cuda.CUDAGraph:
+        """The body captured on this step's side stream, without what `torch.cuda.graph` does
+        first: synchronize the whole device and empty the device's and pinned host memory
+        caches. With many populations on one GPU, every new one would stall all the others and
+        make them allocate afresh. The capture only needs the work queued before it on the
+        current stream, so its stream waits for that. "relaxed": memory that other work frees
+        while we capture must not invalidate the capture. Should the light capture fail, the
+        population captures as `torch.cuda.graph` does, and says so once."""
+        global _LIGHT_CAPTURE
+        if _LIGHT_CAPTURE:
+            graph = torch.cuda.CUDAGraph()
+            try:
+                self.stream.wait_stream(torch.cuda.current_stream())
+                with torch.cuda.stream(self.stream):
+                    graph.capture_begin(capture_error_mode="relaxed")
+                    try:
+                        self.body()
+                    finally:
+                        graph.capture_end()
+                torch.cuda.current_stream().wait_stream(self.stream)
+                return graph
+            except RuntimeError as error:
+                _LIGHT_CAPTURE = False
+                warnings.warn(f"capturing a training step without synchronizing the device "
+                              f"failed ({error}); capturing as torch.cuda.graph does from now",
+                              RuntimeWarning, stacklevel=3)
+        graph = torch.cuda.CUDAGraph()
+        # The lock (held by the caller): entering `torch.cuda.graph` synchronizes the whole
+        # device, which would break another thread's capture (populations of different shapes
+        # train in threads, see `evaluate`).
+        with torch.cuda.graph(graph, stream=self.stream, capture_error_mode="relaxed"):
+            self.body()
+        return graph
 
 
 def _flatten(parameters: list[torch.Tensor]) -> torch.Tensor:
