@@ -55,7 +55,12 @@ class Captured:
         if not self.capture:
             self.body()
         elif self.graph is not None:
-            self.graph.replay()
+            # Not while another thread captures: every graph replays the CUDA generator's state,
+            # which in torch 2.11 refuses to replay during any capture ("Cannot prepare for
+            # replay during capturing stage", seen with a thread per cell; later releases keep a
+            # state per capture). A launch holds the lock only briefly.
+            with _CAPTURE_LOCK:
+                self.graph.replay()
         elif self.calls < WARMUP_CALLS:
             # Warm up on the stream that will capture: cuBLAS sets up its workspace per stream.
             self.stream = self.stream or torch.cuda.Stream()
@@ -66,7 +71,7 @@ class Captured:
         else:
             with _CAPTURE_LOCK:
                 self.graph = self._captured()
-            self.graph.replay()  # capturing records the work without doing it
+                self.graph.replay()  # capturing records the work without doing it
         self.calls += 1
 
     def _captured(self) -> torch.cuda.CUDAGraph:
