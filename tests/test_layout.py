@@ -24,10 +24,17 @@ MODULES = modules()
 
 
 def imports(path: Path) -> list[tuple[ast.AST, str, str | None]]:
-    """(node, module imported, name imported from it or None) for every cellsearch import,
-    top-level or inside a function; `from package import module` counts as the module."""
+    """(node, module imported, name imported from it or None) for every cellsearch import run,
+    top-level or inside a function (not those for type checkers only); `from package import
+    module` counts as the module."""
     found = []
-    for node in ast.walk(ast.parse(path.read_text())):
+    tree = ast.parse(path.read_text())
+    typing_only = {id(inner) for node in ast.walk(tree)  # `if TYPE_CHECKING:` runs no import
+                   if isinstance(node, ast.If) and getattr(node.test, "id", "") == "TYPE_CHECKING"
+                   for inner in ast.walk(node)}
+    for node in ast.walk(tree):
+        if id(node) in typing_only:
+            continue
         if isinstance(node, ast.Import):
             found += [(node, a.name, None) for a in node.names if a.name.startswith("cellsearch")]
         elif isinstance(node, ast.ImportFrom) and (node.module or "").startswith("cellsearch"):

@@ -9,6 +9,7 @@ import random
 
 import pytest
 
+from cellsearch.errors import UserError
 from cellsearch.executors import InProcessExecutor
 from cellsearch.search import algorithm, config, open_run, run_search
 from cellsearch.search.evolution import RegularizedEvolution
@@ -28,10 +29,19 @@ def run(assignments, storage=None):
     return storage
 
 
-def test_every_registered_algorithm_is_a_choice_of_the_configuration():
-    assert set(algorithm.ALGORITHMS) == set(config.ALGORITHMS)
+def test_every_registered_algorithm_is_a_choice_of_the_configuration(monkeypatch):
     assert algorithm.algorithm_class("paper") is Search
     assert algorithm.algorithm_class("regularized-evolution") is RegularizedEvolution
+    # a new algorithm is one module and one entry of the registry
+    monkeypatch.setitem(algorithm.ALGORITHMS, "mine", "tests.search.test_evolution:Mine")
+    assert config.SearchConfig(algorithm="mine").algorithm == "mine"
+    assert algorithm.algorithm_class("mine") is Mine
+    with pytest.raises(UserError, match="algorithm must be one of paper, regularized-evolution"):
+        config.SearchConfig(algorithm="simulated-annealing")
+
+
+class Mine(RegularizedEvolution):
+    """(a stand-in for a new algorithm)"""
 
 
 @pytest.mark.parametrize("in_flight", [1, 4])

@@ -16,11 +16,12 @@ history=..., top_lists=...)` from stored state, and one entry in `ALGORITHMS`.
 from __future__ import annotations
 
 import importlib
-from typing import Any, Generator, Mapping, Protocol, Sequence
+from typing import TYPE_CHECKING, Any, Generator, Mapping, Protocol, Sequence
 
-from cellsearch.search.config import SearchConfig
-from cellsearch.search.history import History
-from cellsearch.storage.records import ArchitectureRecord, TopEntry
+if TYPE_CHECKING:  # (the configuration checks its `algorithm` against ALGORITHMS below)
+    from cellsearch.search.config import SearchConfig
+    from cellsearch.search.history import History
+    from cellsearch.storage.records import ArchitectureRecord, TopEntry
 
 # config.algorithm -> "module:class"
 ALGORITHMS = {

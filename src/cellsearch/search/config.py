@@ -48,10 +48,9 @@ from typing import Any, Iterable, Mapping
 from cellsearch.errors import UserError, gathered, quoted
 from cellsearch.evaluation.job import DEFAULT_EVALUATOR
 from cellsearch.evaluation.settings import TASKS, SearchSpace
+from cellsearch.search.algorithm import ALGORITHMS
 
 DEFAULT_MUTATOR = "cellsearch.cells.mutate:mutate"
-# The search algorithms (`search.algorithm`), by the name `algorithm` takes.
-ALGORITHMS = ("paper", "regularized-evolution")
 # Functions that moved, as databases written before the move name them: they resume.
 RENAMED_FUNCTIONS = {"cellsearch.mutate:mutate": DEFAULT_MUTATOR}
 
@@ -133,7 +132,7 @@ class SearchConfig:
         check(_fraction, "filter_threshold", self.filter_threshold)
         check(_number, "task_threshold", self.task_threshold, 0.0)
         check(_fraction, "reevaluate_probability", self.reevaluate_probability)
-        check(_one_of, "algorithm", self.algorithm, ALGORITHMS)
+        check(_one_of, "algorithm", self.algorithm, tuple(ALGORITHMS))
         check(_integer, "tournament_size", self.tournament_size, 1)
         for name in (
             "settings_per_task", "best_settings", "top_size", "job_size", "steps_in_flight"
