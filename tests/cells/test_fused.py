@@ -304,3 +304,24 @@ def test_a_second_backward_is_refused_clearly(mode):
     outputs.sum().backward(retain_graph=True)
     with pytest.raises(RuntimeError, match="once per forward"):
         outputs.sum().backward()
+
+
+@settings(max_examples=200, deadline=None)
+@given(graph=st.one_of(random_graphs, direct_output_graphs))
+def test_the_persistent_forward_saves_exactly_the_values_its_backward_reads(graph):
+    # The statements say what they read; checked against a reading of the generated text.
+    import re
+
+    from cellsearch.engine.kernels import persistent
+    from cellsearch.engine.nn import parameter_shape
+    from cellsearch.engine.plan import window_inputs
+
+    plan_ = plan(graph)
+    params = {node.param: torch.zeros(1, *parameter_shape(node, 1)) for node in graph.parameters}
+    names = tuple(window_inputs(plan_, params, torch.zeros(1, 1, 1, 1))[0])
+    code = persistent._Code(plan_, names)
+    backward = "\n".join(code.reverse)
+    computed = [code.var[m] for g in code.groups for m in g.members]
+    computed += [code.var[item.name] for item in plan_.loop if not isinstance(item, MatmulGroup)]
+    read = [v for v in computed if re.search(rf"(?<![\w.]){v}(?!\w)", backward)]
+    assert code.saved == read

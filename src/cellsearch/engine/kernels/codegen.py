@@ -51,9 +51,13 @@ class Statement:
     reads: frozenset[str]
     comment: str = ""
 
-    def line(self, indent: str) -> str:
-        comment = f"  # {self.comment}" if self.comment else ""
-        return f"{indent}{self.target} = {self.expression}{comment}"
+    def line(self, indent: str, comments: bool = False) -> str:
+        return f"{indent}{self.target} = {self.expression}" + commenter(comments)(self.comment)
+
+
+def commenter(comments: bool):
+    """`comment(text)`: "  # text" to end a generated line with, or "" when not `comments`."""
+    return (lambda text: f"  # {text}" if text else "") if comments else (lambda text: "")
 
 
 def total(terms: list[Term]) -> str:
@@ -116,9 +120,10 @@ def gradient_statement(item: Sum | Node, var: dict[str, str], terms: dict[str, l
         a, b = item.inputs
         terms[a].append(Term(f"{g} * {var[b]}", frozenset({g, var[b]})))
         terms[b].append(Term(f"{g} * {var[a]}", frozenset({g, var[a]})))
-    else:
-        terms[item.inputs[0]].append(
-            Term(ACTIVATION_GRADIENT[item.op].format(g=g, y=y), frozenset({g, y})))
+    else:  # (the identity's gradient does not read its output)
+        template = ACTIVATION_GRADIENT[item.op]
+        reads = frozenset({g, y}) if "{y}" in template else frozenset({g})
+        terms[item.inputs[0]].append(Term(template.format(g=g, y=y), reads))
     own = terms[item.name]
     return Statement(g, total(own), reads_of(own), f"d {note(item.name, notes)}")
 

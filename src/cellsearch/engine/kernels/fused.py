@@ -28,7 +28,7 @@ from __future__ import annotations
 import functools
 import threading
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from torch.autograd.function import once_differentiable
@@ -90,7 +90,9 @@ class Segment:
     outputs: tuple[str, ...]
     computes: tuple[tuple[int, MatmulGroup], ...]
     accumulate: tuple[bool, ...]
-    notes: tuple[tuple[str, str], ...] = ()  # value -> as the equations write it (comments)
+    # value -> as the equations write it, for the comments of `cells kernels` (not compared:
+    # segments of the same structure share their kernels whatever the graph calls its values)
+    notes: tuple[tuple[str, str], ...] = field(default=(), compare=False)
 
 
 def product_name(operand: str) -> str:
@@ -252,15 +254,18 @@ def operand_gradients(plan_: Plan) -> dict[int, tuple[OperandGradient, ...]]:
 # -- code generation ------------------------------------------------------------------------------
 
 def kernel_source(segment: Segment, dot: bool = True,
-                  gradients: tuple[OperandGradient, ...] = ()) -> str:
+                  gradients: tuple[OperandGradient, ...] = (), comments: bool = False) -> str:
     """Python source of a module with `forward_kernel` and `backward_kernel` for `segment`.
 
     Both run on a grid of (member, block of BJ units, block of BB rows); every tensor is passed
     as a pointer and its (member, row, column) strides, one timestep of a window's buffer. With
     `dot`, the forward forms the products of `segment.computes` itself; without, it reads them.
-    The backward adds `gradients` (`operand_gradients`) to its outputs' gradients.
+    The backward adds `gradients` (`operand_gradients`) to its outputs' gradients. `comments`
+    name each value as the equations write it (for reading; what is compiled has none, so that
+    segments of the same structure share their compiled kernels).
     """
     notes = dict(segment.notes)
+    comment = codegen.commenter(comments)
     var: dict[str, str] = {}
     for index, read in enumerate(segment.reads):
         var[read.name] = f"v{index}"
@@ -307,9 +312,10 @@ def kernel_source(segment: Segment, dot: bool = True,
 
     loads = [f"    {var[r.name]} = "
              + (f"p{r.argument}_{r.chunk}" if r.argument in computed
-                else load(f"a{r.argument}", column(r.chunk))) + f"  # {note(r.name, notes)}"
+                else load(f"a{r.argument}", column(r.chunk))) + comment(note(r.name, notes))
              for r in segment.reads]
-    body = [forward_statement(item, var, notes).line("    ") for item in segment.items]
+    body = [forward_statement(item, var, notes).line("    ", comments)
+            for item in segment.items]
 
     arguments = ", ".join(pointer(f"a{i}") for i in range(len(segment.arguments)))
     index_lines = [
@@ -336,7 +342,7 @@ def kernel_source(segment: Segment, dot: bool = True,
     terms: dict[str, list[Term]] = {name: [] for name in var}
     gradient_loads = []
     for i, name in enumerate(segment.outputs):
-        gradient_loads.append(f"    d{i} = {load(f'go{i}')}  # d {note(name, notes)}")
+        gradient_loads.append(f"    d{i} = {load(f'go{i}')}" + comment(f"d {note(name, notes)}"))
         terms[name].append(Term(f"d{i}", frozenset({f"d{i}"})))
     for q, gradient in enumerate(gradients):  # + g_product @ W^T, R (n, or 0: none) at a time
         gradient_loads += [
@@ -350,7 +356,7 @@ def kernel_source(segment: Segment, dot: bool = True,
             "mask=(r[:, None] < n) & (j < n), other=0.0), input_precision=PRECISION)"
             for c in range(gradient.chunks)
         ]
-    gradient_body = [statement.line("    ") for item in reversed(segment.items)
+    gradient_body = [statement.line("    ", comments) for item in reversed(segment.items)
                      if (statement := gradient_statement(item, var, terms, notes))]
     gradient_stores = []
     for r in segment.reads:
@@ -638,10 +644,6 @@ def mode_for(B: int, n: int, weights) -> str:
     """How `run_fused` runs a layer: a persistent kernel per member when its state fits one
     program (`persistent.fits`), else per-step kernels that form the products themselves for
     small populations (`in_kernel_products`) or read cuBLAS's."""
-    from cellsearch.engine.kernels import (
-        persistent,  # (it builds on this module's code generation)
-    )
-
     if persistent.fits(B, n):
         return "persistent"
     return "dot" if in_kernel_products(weights, n) else "cublas"
@@ -679,13 +681,13 @@ def generated_sources(graph, mode: str) -> list[tuple[str, str]]:
                   for node in graph.parameters}
         names = tuple(window_inputs(plan_, params, torch.zeros(1, 1, 1, 1))[0])
         return [("persistent: the whole window, one program per member",
-                 persistent.kernel_source(plan_, names))]
+                 persistent.kernel_source(plan_, names, comments=True))]
     if mode not in MODES:
         raise ValueError(f"unknown mode {mode!r}; known: {', '.join(MODES)}")
     segments = [item for item in fused_loop(plan_) if isinstance(item, Segment)]
     return [(f"{mode}: segment {index + 1} of {len(segments)} of a step, computing "
              f"{', '.join(item.name for item in segment.items) or 'products only'}",
-             kernel_source(segment, dot=mode == "dot"))
+             kernel_source(segment, dot=mode == "dot", comments=True))
             for index, segment in enumerate(segments)]
 
 
