@@ -1,4 +1,4 @@
-"""Seconds per training step with the clipped SGD update in `cellsearch.engine.kernels.sgd`'s kernels against
+"""Seconds per training step with the clipped SGD update in `engine.kernels.sgd`'s kernels against
 torch's update, side by side in one process (each measured twice, alternating): the measurement
 behind `steps.SGD_KERNEL_PARAMETERS`. Prints microseconds per step.
 

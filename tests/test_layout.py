@@ -95,7 +95,8 @@ def test_no_module_uses_another_modules_private_names():
 
 def test_this_test_would_see_a_cycle_and_a_private_import(tmp_path, monkeypatch):
     # the checks above are not vacuous: they find what they look for
-    (tmp_path / "a.py").write_text("from cellsearch.cells import graph\nfrom cellsearch.x import _y\n")
+    (tmp_path / "a.py").write_text(
+        "from cellsearch.cells import graph\nfrom cellsearch.x import _y\n")
     found = imports(tmp_path / "a.py")
     assert (found[0][1], found[0][2]) == ("cellsearch.cells.graph", None)
     assert (found[1][1], found[1][2]) == ("cellsearch.x", "_y")

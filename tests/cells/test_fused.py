@@ -1,4 +1,4 @@
-"""Generated kernels (`cellsearch.engine.kernels.fused`) against the eager step, run through Triton's CPU
+"""Generated kernels (`engine.kernels.fused`) against the eager step, run through Triton's CPU
 interpreter: values and gradients of whole sequences, for the zoo and for mutated graphs."""
 
 import functools

@@ -1,4 +1,4 @@
-"""Checks of `cellsearch.engine.kernels.cross_entropy` against torch, run by test_cross_entropy.py in a process
+"""Checks of `engine.kernels.cross_entropy` against torch, run by test_cross_entropy.py in a process
 of their own: Triton's CPU interpreter runs its library reductions (tl.max, tl.sum, tl.argmax)
 only if `triton.language` was imported with TRITON_INTERPRET=1 set."""
 

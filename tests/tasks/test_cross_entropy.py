@@ -1,4 +1,4 @@
-"""`cellsearch.engine.kernels.cross_entropy`'s kernels against torch's cross-entropy and argmax (values, hits,
+"""`engine.kernels.cross_entropy`'s kernels against torch's cross-entropy and argmax (values, hits,
 gradients and their layout, training with them), in Triton's CPU interpreter (see
 cross_entropy_checks.py)."""
 

@@ -1,4 +1,4 @@
-"""Checks of `cellsearch.engine.kernels.sgd` against the clipped SGD written out in torch, run by test_sgd.py in
+"""Checks of `kernels.sgd` against the clipped SGD written out in torch, run by test_sgd.py in
 a process of its own (Triton's CPU interpreter needs TRITON_INTERPRET=1 set before
 `triton.language` is imported)."""
 

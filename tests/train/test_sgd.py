@@ -1,4 +1,4 @@
-"""`cellsearch.engine.kernels.sgd`'s kernels against the clipped SGD written out in torch (non-finite elements,
+"""`engine.kernels.sgd`'s kernels against the clipped SGD written out in torch (non-finite elements,
 clipped and unclipped members, a missing and a non-contiguous gradient, rows of several blocks),
 in Triton's CPU interpreter (see sgd_checks.py)."""
 

@@ -55,7 +55,8 @@ BACKENDS = {
     "sqlite": "cellsearch.storage.sqlite:open_sqlite",
     "memory": "cellsearch.storage.memory:open_memory",
 }
-_LAZY = {"SQLiteStorage": "cellsearch.storage.sqlite", "InMemoryStorage": "cellsearch.storage.memory"}
+_LAZY = {"SQLiteStorage": "cellsearch.storage.sqlite",
+         "InMemoryStorage": "cellsearch.storage.memory"}
 
 
 def __getattr__(name: str) -> Any:  # the backends' classes, imported when first asked for

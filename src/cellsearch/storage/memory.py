@@ -157,7 +157,8 @@ def _copy_result(result: Result) -> Result:
     return dataclasses.replace(result, valid=dict(result.valid), test=dict(result.test))
 
 
-def open_memory(location: str, *, create: bool = True, sole_writer: bool = False) -> InMemoryStorage:
+def open_memory(location: str, *, create: bool = True,
+                sole_writer: bool = False) -> InMemoryStorage:
     """`memory://`: a new, empty store that lives as long as the process (`open_storage`)."""
     if location:
         raise UserError(f"memory://{location}: an in-memory store takes no location")

@@ -34,7 +34,7 @@ def softmax_stats(
 
     Returns loss_sum (K,): summed cross-entropy of the scored predictions; correct (K,): how many
     of them have the target as argmax; count (): the number of scored predictions (mask sum).
-    With `kernels` (CUDA, Triton), the cross-entropy and argmax run in `cellsearch.engine.kernels.cross_entropy`.
+    With `kernels` (CUDA, Triton), the cross-entropy and argmax run in `kernels.cross_entropy`.
     """
     T, K, B, V = logits.shape
     weights = mask.to(logits.dtype).unsqueeze(1)  # (T, 1, B)

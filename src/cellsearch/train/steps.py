@@ -28,7 +28,7 @@ from cellsearch.tasks import metrics as task_metrics
 from cellsearch.train.model import Dropout, PopulationModel
 
 WARMUP_CALLS = 2  # eager calls before capture (lazy initialisation of cuBLAS, autograd, ...)
-# `cellsearch.engine.kernels.sgd`'s kernels read and write less memory than torch's update but launch two kernels
+# `kernels.sgd`'s kernels read and write less memory than torch's update but launch two kernels
 # per parameter: below this many parameters (all members), launches bound the update and torch's
 # fewer kernels win (H100, µs a training step, theirs against torch's: memorize K=1 516 / 473, the
 # filter's 3 x 30 units 1218 / 1093, ptb K=1 (5M) 2193 / 2060, arith K=32 (8M) 2504 / 2408; above
