@@ -152,3 +152,16 @@ def test_reproduce_and_report_end_to_end(tmp_path, capsys):
                  "--quiet"]) == 0
     assert main([*command[:2], searched, *command[3:]]) == 2
     assert "holds a search" in capsys.readouterr().err
+
+
+def test_reproduce_refuses_a_database_another_process_writes(tmp_path, capsys):
+    from cellsearch.storage import open_storage
+
+    db = str(tmp_path / "table1.db")
+    holder = open_storage(db, sole_writer=True)  # as a running search or reproduce holds it
+    try:
+        code = main(["reproduce", "--db", db, "--table", "1", "--settings", "1", "--cells", "gru",
+                     "--columns", "Arith.", "--device", "cpu", "--quiet"])
+        assert code == 2 and "is writing" in capsys.readouterr().err
+    finally:
+        holder.close()

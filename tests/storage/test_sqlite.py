@@ -205,7 +205,7 @@ def test_a_sole_writer_holds_the_file_until_it_closes(tmp_path):
 
     path = tmp_path / "run.db"
     first = open_storage(path, sole_writer=True)
-    with pytest.raises(UserError, match="another `cellsearch search` is running"):
+    with pytest.raises(UserError, match="another `cellsearch search` or `reproduce` is writing"):
         open_storage(path, sole_writer=True)
     with open_storage(path, create=False) as reader:  # readers are never kept out
         assert reader.get_runs() == []

@@ -135,7 +135,7 @@ def run_reproduce(args: argparse.Namespace) -> int:
             column_space(table, column, reproduction.space_overrides)
     executor = make_executor(args.executor, workers=args.workers, device=args.device,
                              data_dir=args.data_dir, scheduler=args.scheduler)
-    with executor, open_storage(args.db) as storage:
+    with executor, open_storage(args.db, sole_writer=True) as storage:
         open_reproduction(storage, reproduction)  # refuses a search's database, before training
         executor.start()
         console = Console(stderr=True)

@@ -502,7 +502,7 @@ def _lock_file(path: Path) -> BinaryIO | None:
         fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
         handle.close()
-        raise UserError(f"another `cellsearch search` is running on {path}") from None
+        raise UserError(f"another `cellsearch search` or `reproduce` is writing {path}") from None
     return handle
 
 
