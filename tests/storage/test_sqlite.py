@@ -174,7 +174,7 @@ def test_storage_urls_name_a_backend_and_where_it_keeps_its_data():
     assert split_url("sqlite:////tmp/run.db") == ("sqlite", "/tmp/run.db")
     assert split_url("memory://") == ("memory", "")
     for bad, message in [("postgres://db", "unknown storage postgres://"),
-                         ("sqlite://", "names no file")]:
+                         ("sqlite://", "names no file"), ("", "is empty")]:
         with pytest.raises(UserError, match=message):
             split_url(bad)
 

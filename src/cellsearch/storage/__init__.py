@@ -69,6 +69,8 @@ def split_url(url: str | Path) -> tuple[str, str]:
     """(scheme, location): `sqlite:///run.db` -> ("sqlite", "run.db"), `sqlite:////abs/run.db`
     -> ("sqlite", "/abs/run.db") (SQLAlchemy's convention), a plain path -> ("sqlite", path)."""
     text = str(url)
+    if not text.strip():
+        raise UserError("the database name is empty: give a file name or a storage URL")
     scheme, separator, rest = text.partition("://")
     if not separator or "/" in scheme or not scheme:
         return "sqlite", text
