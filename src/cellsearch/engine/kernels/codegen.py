@@ -6,8 +6,9 @@ the whole window) name a graph's values with kernel variables (`var`), form each
 value with `forward_statement` and go backward with `gradient_statement`, which adds the
 item's share of the gradient to each input's `Term`s. Every statement and term says which
 kernel variables it reads, so a generator knows what the backward needs (the forward values it
-must save or load) from the statements themselves, and every statement carries a comment naming
-the graph node it computes.
+must save or load) from the statements themselves, and every statement knows the graph value it
+computes, which `cellsearch cells kernels` prints beside it (compiled sources carry no comments,
+so segments of one structure share their kernels whatever a graph calls its values).
 """
 
 from __future__ import annotations
