@@ -3,14 +3,15 @@ left it.
 
 Per member k: p[k] -= rate[k] * g[k] * min(1, max_norm[k] / (|g[k]| + 1e-6)), |g[k]| over all of
 member k's parameters, with non-finite gradient elements counted and applied as 0 (a diverged
-member stays put and cannot disturb the others' norms). Torch's way (`steps`: the eager engine,
-and populations too small for these kernels to pay, `steps.SGD_KERNEL_PARAMETERS`) first
-concatenates every gradient into one (K, P) row per member, then zeroes non-finite elements,
-takes the norms and applies the update: four passes over P floats a member, two of them writing. Here one kernel per gradient sums its squares per block of a row (no
-concatenation, no zeroing pass) and one per gradient applies the update, so a step reads each
-gradient twice and writes only the parameters: at arith's K=512 (128M parameters) or PTB's K=64
-(300M) that is most of the update's memory traffic. The block sums add up in a fixed order, so
-the update is deterministic. Same values as the torch code to float rounding.
+member stays put and cannot disturb the others' norms). Torch's way (`steps`: the eager engine, and
+populations too small for these kernels to pay, `steps.SGD_KERNEL_PARAMETERS`) first concatenates
+every gradient into one (K, P) row per member, then zeroes non-finite elements, takes the norms and
+applies the update: four passes over P floats a member, two of them writing. Here one kernel per
+gradient sums its squares per block of a row (no concatenation, no zeroing pass) and one per
+gradient applies the update, so a step reads each gradient twice and writes only the parameters: at
+arith's K=512 (128M parameters) or PTB's K=64 (300M) that is most of the update's memory traffic.
+The block sums add up in a fixed order, so the update is deterministic. Same values as the torch
+code to float rounding.
 """
 
 from __future__ import annotations
