@@ -15,6 +15,9 @@ Parts, in priority order (each writes OUT/<part>.json when done, and a later cal
                        two rounds (issue 19; skipped without --baseline-src)
     filter-pass-rates  benchmarks/filter_pass_rates.py, 50 settings per cell, resumable within
                        the part too (issue 23)
+    scaling            `--executor dask-local` on 1 GPU, 2 and all: evaluations per hour, each
+                       GPU's busy fraction, the ratio; a worker killed halfway through the widest
+                       run (issue 17; waits for a machine of several GPUs)
 
 A part starts only if its estimate fits in what is left of --minutes; what does not fit runs in
 the next session's call. A search part's database stays in OUT, so the next call resumes it
@@ -36,9 +39,9 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 PARTS = ("bench-mixed", "search-interleaved", "search-inprocess", "gpu-tests", "bench-layout",
-         "filter-pass-rates")
+         "filter-pass-rates", "scaling")
 ESTIMATES = {"bench-mixed": 5, "search-interleaved": 9, "search-inprocess": 9, "gpu-tests": 4,
-             "bench-layout": 6, "filter-pass-rates": 10}  # minutes
+             "bench-layout": 6, "filter-pass-rates": 10, "scaling": 27}  # minutes
 
 
 def main() -> int:
@@ -67,6 +70,8 @@ def main() -> int:
         estimate = 0.5 if args.quick else ESTIMATES[part]
         if part.startswith("search-") and not args.quick:
             estimate = args.search_minutes + 1
+        if part == "scaling" and not args.quick:
+            estimate = 3 * (args.search_minutes + 1)
         if estimate > left:
             print(f"{part}: needs ~{estimate:.0f} min, {left:.1f} left: next call")
             continue
@@ -118,26 +123,36 @@ def bench_mixed(args, out: Path) -> dict:
 def search(executor: str):
     def run(args, out: Path) -> dict:
         database = out / f"search-{executor}.db"
-        minutes = 0.3 if args.quick else args.search_minutes
-        settings = (["--preset", "tiny"] if args.quick
-                    else ["--set", "initial_settings=20"])
-        command = [sys.executable, "-m", "cellsearch", "search", "--db", str(database),
-                   "--device", args.device, "--executor", executor, "--quiet", *settings]
         started = datetime.now(timezone.utc)
-        process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                   text=True)
-        try:
-            process.wait(timeout=minutes * 60)
-        except subprocess.TimeoutExpired:
-            process.send_signal(signal.SIGINT)  # a clean stop; a kill would lose only jobs
-            try:
-                process.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                process.kill()
-        return {"executor": executor, **throughput(database, started),
-                "stderr_tail": process.stderr.read()[-500:]}
+        stderr = timed_search(args, database, ["--executor", executor])
+        return {"executor": executor, **throughput(database, started), "stderr_tail": stderr}
 
     return run
+
+
+def timed_search(args, database: Path, options: list[str], during=None) -> str:
+    """`cellsearch search` with the paper's defaults (the initial grid sampled: 20 settings) for
+    --search-minutes, then stopped as Ctrl-C stops it; `during(process, fraction of the time
+    gone)` is called every few seconds. Returns the end of its stderr."""
+    minutes = 0.3 if args.quick else args.search_minutes
+    settings = (["--preset", "tiny", "--set", "max_steps=1000"] if args.quick  # (to the end)
+                else ["--set", "initial_settings=20"])
+    command = [sys.executable, "-m", "cellsearch", "search", "--db", str(database), "--device",
+               args.device, "--quiet", *options, *settings]
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                               text=True)
+    started = time.monotonic()
+    while process.poll() is None and time.monotonic() - started < minutes * 60:
+        if during is not None:
+            during(process, (time.monotonic() - started) / (minutes * 60))
+        time.sleep(0.5 if args.quick else 5)
+    if process.poll() is None:
+        process.send_signal(signal.SIGINT)  # a clean stop; a kill would lose only jobs
+        try:
+            process.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            process.kill()
+    return process.stderr.read()[-500:]
 
 
 def throughput(database: Path, since: datetime) -> dict:
@@ -203,9 +218,105 @@ def filter_pass_rates(args, out: Path) -> dict | None:
     return {"tables": done.stdout[-3000:]}
 
 
+def scaling(args, out: Path) -> dict | None:
+    """Issue 17: the search with `--executor dask-local` on 1 GPU, then on 2 (and on every GPU,
+    when there are more), for --search-minutes each: evaluations per hour from the database, each
+    GPU's busy fraction from nvidia-smi, the ratio to one GPU. In the widest run one worker is
+    killed halfway; its jobs must be rerun elsewhere, nothing lost or repeated."""
+    gpus = 2 if args.quick else gpu_count()
+    if gpus < 2:
+        print(f"scaling: needs a machine of 2 or more GPUs; this one has {gpus}: next call")
+        return None
+    runs = {}
+    counts = sorted({1, 2, gpus})
+    for count in counts:
+        database = out / f"scaling-{count}.db"
+        samples: list[str] = []
+        killed: list[int] = []
+        killed_at: list[datetime] = []
+
+        def during(process, fraction, count=count, samples=samples, killed=killed,
+                   killed_at=killed_at):
+            if not args.quick:
+                samples.append(nvidia_smi())
+            if count == counts[-1] and fraction >= 0.5 and not killed:
+                workers = dask_workers(process.pid)
+                if workers:
+                    workers[0].kill()
+                    killed.append(workers[0].pid)
+                    killed_at.append(datetime.now(timezone.utc))
+
+        started = datetime.now(timezone.utc)
+        stderr = timed_search(args, database, ["--executor", "dask-local", "--workers",
+                                               str(count)], during)
+        runs[count] = {**throughput(database, started), **integrity(database),
+                       "busy": busy_fractions(samples), "killed_worker": killed,
+                       "stderr_tail": stderr}
+        if killed_at:  # the search went on: what it stored after the kill
+            runs[count]["evaluations_after_kill"] = throughput(
+                database, killed_at[0]).get("evaluations", 0)
+    one = runs[1].get("evaluations_per_hour") or 0
+    ratios = {count: round(run.get("evaluations_per_hour", 0) / one, 2) if one else None
+              for count, run in runs.items()}
+    return {"runs": runs, "ratio_to_one_gpu": ratios}
+
+
+def gpu_count() -> int:
+    probe = "import torch; print(torch.cuda.device_count())"
+    return int(subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True,
+                              check=True).stdout)
+
+
+def nvidia_smi() -> str:
+    done = subprocess.run(["nvidia-smi", "--query-gpu=index,utilization.gpu",
+                           "--format=csv,noheader,nounits"], capture_output=True, text=True)
+    return done.stdout.strip().replace("\n", "; ")
+
+
+def busy_fractions(samples: list[str]) -> dict[str, float]:
+    """Per GPU, the mean of nvidia-smi's utilization samples (the share of time a kernel ran)."""
+    per_gpu: dict[str, list[float]] = {}
+    for sample in samples:
+        for entry in filter(None, sample.split("; ")):
+            index, value = (part.strip() for part in entry.split(","))
+            per_gpu.setdefault(index, []).append(float(value) / 100)
+    return {index: round(sum(values) / len(values), 3) for index, values in per_gpu.items()}
+
+
+def dask_workers(pid: int) -> list:
+    """The worker processes a `dask-local` search started (its nannies' children)."""
+    import psutil
+
+    found = []
+    for child in psutil.Process(pid).children(recursive=True):
+        try:
+            line = " ".join(child.cmdline())
+        except psutil.Error:
+            continue
+        if ("spawn_main" in line or "forkserver" in line) and "resource_tracker" not in line:
+            found.append(child)
+    return found
+
+
+def integrity(database: Path) -> dict:
+    """The database's own check, and whether any (architecture, task, setting) was stored twice."""
+    import sqlite3
+
+    connection = sqlite3.connect(f"file:{database}?mode=ro", uri=True)
+    try:
+        check = connection.execute("PRAGMA integrity_check").fetchone()[0]
+        repeated = connection.execute(
+            "SELECT COUNT(*) FROM (SELECT 1 FROM evaluations GROUP BY run_id,"
+            " architecture_hash, task, settings_key HAVING COUNT(*) > 1)").fetchone()[0]
+    finally:
+        connection.close()
+    return {"integrity_check": check, "repeated_evaluations": repeated}
+
+
 RUNNERS = {"bench-mixed": bench_mixed, "search-interleaved": search("interleaved"),
            "search-inprocess": search("inprocess"), "gpu-tests": gpu_tests,
-           "bench-layout": bench_layout, "filter-pass-rates": filter_pass_rates}
+           "bench-layout": bench_layout, "filter-pass-rates": filter_pass_rates,
+           "scaling": scaling}
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -32,3 +32,16 @@ def test_a_part_that_does_not_fit_the_budget_waits_for_the_next_call(tmp_path):
     out = campaign(tmp_path, "--minutes", "1", "--parts", "search-inprocess,bench-layout")
     assert "search-inprocess: needs ~9 min" in out and "next call" in out
     assert not list(tmp_path.glob("*.json"))
+
+
+@pytest.mark.slow
+def test_the_scaling_run_kills_a_worker_halfway_and_loses_and_repeats_nothing(tmp_path):
+    campaign(tmp_path, "--quick", "--parts", "scaling")  # (CPU workers stand in for GPUs)
+    record = json.loads((tmp_path / "scaling.json").read_text())
+    one, two = record["runs"]["1"], record["runs"]["2"]
+    assert one["killed_worker"] == [] and len(two["killed_worker"]) == 1
+    assert two["evaluations_after_kill"] > 0  # the search went on without it
+    for run in (one, two):
+        assert run["evaluations"] > 0 and run["integrity_check"] == "ok"
+        assert run["repeated_evaluations"] == 0
+    assert record["ratio_to_one_gpu"]["1"] == 1.0
