@@ -27,7 +27,6 @@ from cellsearch.tasks.ptb import PennTreebank
 __all__ = ["SPLITS", "Batch", "Task", "get_task", "shared_task", "task_names"]
 
 
-
 def _factory(entry: catalog.TaskEntry) -> type[Task]:
     module, _, name = entry.factory.partition(":")
     return getattr(importlib.import_module(module), name)

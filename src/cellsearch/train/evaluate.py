@@ -167,7 +167,7 @@ def evaluation(
     def lane(populations) -> Generator[None, None, list[tuple[list[int], list[Result]]]]:
         """The populations of one shape, one after another (each is sized to the shape's share
         of the memory), a window at a time."""
-        trained = []
+        done = []
         for chunk, hidden, count in populations:
             members = [settings[i] for i in chunk]
             try:
@@ -178,8 +178,8 @@ def evaluation(
                 )
             except Exception as error:  # noqa: BLE001 - a broken run is a recorded result
                 results = _failed(task, members, hidden, count, error, torch_device)
-            trained.append((chunk, results))
-        return trained
+            done.append((chunk, results))
+        return done
 
     # [stream or None, the shape's lane]: the shapes train at once, each on its own stream
     lanes = [[torch.cuda.Stream(torch_device) if torch_device.type == "cuda" else None,
