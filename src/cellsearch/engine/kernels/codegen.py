@@ -6,9 +6,9 @@ the whole window) name a graph's values with kernel variables (`var`), form each
 value with `forward_statement` and go backward with `gradient_statement`, which adds the
 item's share of the gradient to each input's `Term`s. Every statement and term says which
 kernel variables it reads, so a generator knows what the backward needs (the forward values it
-must save or load) from the statements themselves, and every statement knows the graph value it
-computes, which `cellsearch cells kernels` prints beside it (compiled sources carry no comments,
-so segments of one structure share their kernels whatever a graph calls its values).
+must save or load) from the statements themselves. Given the graph's values as the equations
+write them, every statement says which it computes (`cellsearch cells kernels`; see
+`commenter`).
 """
 
 from __future__ import annotations
@@ -45,20 +45,29 @@ class Term:
 
 @dataclass(frozen=True)
 class Statement:
-    """`target = expression`, the kernel variables it reads, and the graph node it is about."""
+    """`target = expression`, the kernel variables it reads, and (`comment`, "" for none) how
+    the equations write the graph value it is about."""
 
     target: str
     expression: str
     reads: frozenset[str]
     comment: str = ""
 
-    def line(self, indent: str, comments: bool = False) -> str:
-        return f"{indent}{self.target} = {self.expression}" + commenter(comments)(self.comment)
+    def line(self, indent: str) -> str:
+        comment = f"  # {self.comment}" if self.comment else ""
+        return f"{indent}{self.target} = {self.expression}{comment}"
 
 
-def commenter(comments: bool):
-    """`comment(text)`: "  # text" to end a generated line with, or "" when not `comments`."""
-    return (lambda text: f"  # {text}" if text else "") if comments else (lambda text: "")
+Notes = Mapping[str, str] | None  # graph value -> as the equations write it; None: no comments
+
+
+def commenter(notes: Notes):
+    """`comment(name, prefix="")`: "  # <prefix><name as the equations write it>" to end a
+    generated line with, or "" without notes. What is compiled carries none, so that segments of
+    one structure share their compiled kernels whatever a graph calls its values."""
+    if notes is None:
+        return lambda name, prefix="": ""
+    return lambda name, prefix="": f"  # {prefix}{notes.get(name, name)}"
 
 
 def total(terms: list[Term]) -> str:
@@ -68,12 +77,6 @@ def total(terms: list[Term]) -> str:
 
 def reads_of(terms: list[Term]) -> frozenset[str]:
     return frozenset().union(*(term.reads for term in terms))
-
-
-def note(name: str, notes: Mapping[str, str]) -> str:
-    """What a statement about graph value `name` says it is: the value as the equations write it
-    (`equations.node_texts`), else its name."""
-    return notes.get(name, name)
 
 
 def _signed_terms(item: Sum | Node, var: dict[str, str]) -> list[tuple[int, str]]:
@@ -89,10 +92,9 @@ def _signed_terms(item: Sum | Node, var: dict[str, str]) -> list[tuple[int, str]
     return []
 
 
-def forward_statement(item: Sum | Node, var: dict[str, str],
-                      notes: Mapping[str, str]) -> Statement:
-    """An item's value from the kernel variables `var` holding what it reads; `notes` (see
-    `note`) for its comment."""
+def forward_statement(item: Sum | Node, var: dict[str, str], notes: Notes = None) -> Statement:
+    """An item's value from the kernel variables `var` holding what it reads (`notes`: see
+    `commenter`)."""
     terms = _signed_terms(item, var)
     if terms:
         expression = " ".join(
@@ -102,11 +104,11 @@ def forward_statement(item: Sum | Node, var: dict[str, str],
     else:
         expression = FORWARD[item.op].format(*(var[i] for i in item.inputs))
         reads = frozenset(var[i] for i in item.inputs)
-    return Statement(var[item.name], expression, reads, note(item.name, notes))
+    return Statement(var[item.name], expression, reads, _comment(item.name, notes))
 
 
 def gradient_statement(item: Sum | Node, var: dict[str, str], terms: dict[str, list[Term]],
-                       notes: Mapping[str, str]) -> Statement | None:
+                       notes: Notes = None) -> Statement | None:
     """Reverse mode through one item: the statement forming its gradient `g<var>` from its
     terms, after which each input's share is among the input's terms. None when nothing after
     the item depends on it."""
@@ -126,7 +128,11 @@ def gradient_statement(item: Sum | Node, var: dict[str, str], terms: dict[str, l
         reads = frozenset({g, y}) if "{y}" in template else frozenset({g})
         terms[item.inputs[0]].append(Term(template.format(g=g, y=y), reads))
     own = terms[item.name]
-    return Statement(g, total(own), reads_of(own), f"d {note(item.name, notes)}")
+    return Statement(g, total(own), reads_of(own), _comment(item.name, notes, "d "))
+
+
+def _comment(name: str, notes: Notes, prefix: str = "") -> str:
+    return "" if notes is None else f"{prefix}{notes.get(name, name)}"
 
 
 def fused_sum_names(plan_: Plan) -> set[str]:

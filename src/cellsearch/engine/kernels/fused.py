@@ -28,7 +28,7 @@ from __future__ import annotations
 import functools
 import threading
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 from torch.autograd.function import once_differentiable
@@ -37,6 +37,7 @@ from cellsearch.cells.equations import node_texts
 from cellsearch.cells.graph import Node
 from cellsearch.engine.kernels import codegen, persistent
 from cellsearch.engine.kernels.codegen import (
+    Notes,
     Term,
     block_size,
     check_first_backward,
@@ -46,7 +47,6 @@ from cellsearch.engine.kernels.codegen import (
     input_width,
     item_reads,
     matmul_precision,
-    note,
     strided,
     total,
 )
@@ -90,9 +90,6 @@ class Segment:
     outputs: tuple[str, ...]
     computes: tuple[tuple[int, MatmulGroup], ...]
     accumulate: tuple[bool, ...]
-    # value -> as the equations write it, for the comments of `cells kernels` (not compared:
-    # segments of the same structure share their kernels whatever the graph calls its values)
-    notes: tuple[tuple[str, str], ...] = field(default=(), compare=False)
 
 
 def product_name(operand: str) -> str:
@@ -105,7 +102,6 @@ def fused_loop(plan_: Plan) -> tuple[MatmulGroup | Segment, ...]:
     and a last segment wherever a new state is a matmul's product or a static value (so every
     new state comes out of a kernel)."""
     fused_sums = fused_sum_names(plan_)
-    texts = node_texts(plan_.graph)
     chunk_of: dict[str, tuple[str, int]] = {}  # group member -> (product, chunk)
     width: dict[str, int] = {}  # product -> chunks
     runs: list[MatmulGroup | list] = []
@@ -192,9 +188,6 @@ def fused_loop(plan_: Plan) -> tuple[MatmulGroup | Segment, ...]:
             items=tuple(run), arguments=tuple(arguments), chunks=tuple(chunks),
             reads=tuple(reads), outputs=tuple(outputs), computes=tuple(computes),
             accumulate=tuple(accumulates(index, a) for a in arguments),
-            notes=tuple((name, texts[name]) for name in
-                        [*(item.name for item in run), *(read.name for read in reads)]
-                        if name in texts),
         )
         for index, (run, arguments, chunks, reads, outputs, computes) in enumerate(segments)
     ]
@@ -254,18 +247,16 @@ def operand_gradients(plan_: Plan) -> dict[int, tuple[OperandGradient, ...]]:
 # -- code generation ------------------------------------------------------------------------------
 
 def kernel_source(segment: Segment, dot: bool = True,
-                  gradients: tuple[OperandGradient, ...] = (), comments: bool = False) -> str:
+                  gradients: tuple[OperandGradient, ...] = (), notes: Notes = None) -> str:
     """Python source of a module with `forward_kernel` and `backward_kernel` for `segment`.
 
     Both run on a grid of (member, block of BJ units, block of BB rows); every tensor is passed
     as a pointer and its (member, row, column) strides, one timestep of a window's buffer. With
     `dot`, the forward forms the products of `segment.computes` itself; without, it reads them.
-    The backward adds `gradients` (`operand_gradients`) to its outputs' gradients. `comments`
-    name each value as the equations write it (for reading; what is compiled has none, so that
-    segments of the same structure share their compiled kernels).
+    The backward adds `gradients` (`operand_gradients`) to its outputs' gradients. With `notes`
+    (`equations.node_texts`), each line says which graph value it computes (`codegen.commenter`).
     """
-    notes = dict(segment.notes)
-    comment = codegen.commenter(comments)
+    comment = codegen.commenter(notes)
     var: dict[str, str] = {}
     for index, read in enumerate(segment.reads):
         var[read.name] = f"v{index}"
@@ -312,10 +303,9 @@ def kernel_source(segment: Segment, dot: bool = True,
 
     loads = [f"    {var[r.name]} = "
              + (f"p{r.argument}_{r.chunk}" if r.argument in computed
-                else load(f"a{r.argument}", column(r.chunk))) + comment(note(r.name, notes))
+                else load(f"a{r.argument}", column(r.chunk))) + comment(r.name)
              for r in segment.reads]
-    body = [forward_statement(item, var, notes).line("    ", comments)
-            for item in segment.items]
+    body = [forward_statement(item, var, notes).line("    ") for item in segment.items]
 
     arguments = ", ".join(pointer(f"a{i}") for i in range(len(segment.arguments)))
     index_lines = [
@@ -342,7 +332,7 @@ def kernel_source(segment: Segment, dot: bool = True,
     terms: dict[str, list[Term]] = {name: [] for name in var}
     gradient_loads = []
     for i, name in enumerate(segment.outputs):
-        gradient_loads.append(f"    d{i} = {load(f'go{i}')}" + comment(f"d {note(name, notes)}"))
+        gradient_loads.append(f"    d{i} = {load(f'go{i}')}" + comment(name, "d "))
         terms[name].append(Term(f"d{i}", frozenset({f"d{i}"})))
     for q, gradient in enumerate(gradients):  # + g_product @ W^T, R (n, or 0: none) at a time
         gradient_loads += [
@@ -356,7 +346,7 @@ def kernel_source(segment: Segment, dot: bool = True,
             "mask=(r[:, None] < n) & (j < n), other=0.0), input_precision=PRECISION)"
             for c in range(gradient.chunks)
         ]
-    gradient_body = [statement.line("    ", comments) for item in reversed(segment.items)
+    gradient_body = [statement.line("    ") for item in reversed(segment.items)
                      if (statement := gradient_statement(item, var, terms, notes))]
     gradient_stores = []
     for r in segment.reads:
@@ -681,13 +671,13 @@ def generated_sources(graph, mode: str) -> list[tuple[str, str]]:
                   for node in graph.parameters}
         names = tuple(window_inputs(plan_, params, torch.zeros(1, 1, 1, 1))[0])
         return [("persistent: the whole window, one program per member",
-                 persistent.kernel_source(plan_, names, comments=True))]
+                 persistent.kernel_source(plan_, names, notes=node_texts(graph)))]
     if mode not in MODES:
         raise ValueError(f"unknown mode {mode!r}; known: {', '.join(MODES)}")
     segments = [item for item in fused_loop(plan_) if isinstance(item, Segment)]
     return [(f"{mode}: segment {index + 1} of {len(segments)} of a step, computing "
              f"{', '.join(item.name for item in segment.items) or 'products only'}",
-             kernel_source(segment, dot=mode == "dot", comments=True))
+             kernel_source(segment, dot=mode == "dot", notes=node_texts(graph)))
             for index, segment in enumerate(segments)]
 
 

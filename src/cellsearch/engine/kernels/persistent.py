@@ -25,14 +25,13 @@ import functools
 import torch
 from torch.autograd.function import once_differentiable
 
-from cellsearch.cells.equations import node_texts
 from cellsearch.engine.kernels import codegen
 from cellsearch.engine.kernels.codegen import (
+    Notes,
     Statement,
     Term,
     forward_statement,
     gradient_statement,
-    note,
     reads_of,
     total,
 )
@@ -53,13 +52,13 @@ def num_warps(kernel: str, BN: int) -> int:
 
 
 def kernel_source(plan_: Plan, inputs: tuple[str, ...], hoist: bool = True,
-                  comments: bool = False) -> str:
+                  notes: Notes = None) -> str:
     """Python source of a module with `forward_kernel` and `backward_kernel` for the plan's loop;
     `inputs` are the step inputs' names (`plan.window_inputs`), in argument order. `hoist`:
     load the matrices into registers once, before the time loop, rather than every step.
-    `comments`: as `fused.kernel_source`'s."""
-    code = _Code(plan_, inputs, comments)
-    comment = codegen.commenter(comments)
+    `notes`: as `fused.kernel_source`'s."""
+    code = _Code(plan_, inputs, notes)
+    comment = codegen.commenter(notes)
     graph, groups, var, pre, saved = plan_.graph, code.groups, code.var, code.pre, code.saved
 
     def load(pointer: str, time: str, column: str = "j") -> str:
@@ -93,9 +92,9 @@ def kernel_source(plan_: Plan, inputs: tuple[str, ...], hoist: bool = True,
                     value = item.fused_sums[c] if addend else item.members[c]
                     lines.append(f"        m{g}_{c} = tl.dot({operand}, w{g}_{c}, "
                                  f"input_precision=PRECISION){addend}"
-                                 + comment(note(value, code.notes)))
+                                 + comment(value))
                 continue
-            lines.append(forward_statement(item, var, code.notes).line("        ", comments))
+            lines.append(forward_statement(item, var, notes).line("        "))
         return lines
 
     joined = ", ".join
@@ -184,10 +183,9 @@ class _Code:
     step inputs q<i>, products m<g>_<c>, loop items y<i>), the backward's loop body (`reverse`)
     and the forward values it reads (`saved`, which the forward stores for it)."""
 
-    def __init__(self, plan_: Plan, inputs: tuple[str, ...], comments: bool = False):
+    def __init__(self, plan_: Plan, inputs: tuple[str, ...], notes: Notes = None):
         self.referenced: set[str] = set()  # the variables the backward's loop body reads
-        self.notes = node_texts(plan_.graph)  # what each graph value is, for the comments
-        self.comments = comments
+        self.notes = notes  # for comments (`codegen.commenter`)
         graph = plan_.graph
         self.groups = groups = [item for item in plan_.loop if isinstance(item, MatmulGroup)]
         var: dict[str, str] = {name: f"s{i}" for i, name in enumerate(graph.states)}
@@ -212,7 +210,7 @@ class _Code:
         (the outputs'); stores what the window-level matmuls need; leaves d<i> for step t - 1.
         Adds every variable it reads to `referenced`."""
         graph, var, groups = plan_.graph, self.var, self.groups
-        comment = codegen.commenter(self.comments)
+        comment = codegen.commenter(self.notes)
         terms: dict[str, list[Term]] = {name: [] for name in var}
         lines = []
 
@@ -232,26 +230,25 @@ class _Code:
                 for c, member in enumerate(item.members):
                     gradient = f"g{var[member]}"
                     statement = Statement(gradient, f"tl.where(mask, {gradient_or_zeros(member)}"
-                                          ", 0.0)", reads_of(terms[member]),
-                                          f"d {note(member, self.notes)}")
-                    emit(statement.line("        ", self.comments), statement.reads)
+                                          ", 0.0)", reads_of(terms[member]))
+                    emit(statement.line("        ") + comment(member, "d "), statement.reads)
                     emit(f"        tl.store({_at(f'gp{g}', 't', _column(c))}, {gradient}, "
                          "mask=mask)", ())
                     terms[item.operand].append(Term(
                         f"tl.dot({gradient}, wt{g}_{c}, input_precision=PRECISION)",
                         frozenset({gradient})))
                 emit(f"        tl.store({_at(f'x{g}', 't')}, {var[item.operand]}, mask=mask)"
-                     + comment(note(item.operand, self.notes)), {var[item.operand]})
+                     + comment(item.operand), {var[item.operand]})
                 continue
             if statement := gradient_statement(item, var, terms, self.notes):
-                emit(statement.line("        ", self.comments), statement.reads)
+                emit(statement.line("        "), statement.reads)
         for i, name in enumerate(inputs):
             if i in self.gradients:
                 emit(f"        tl.store({_at(f'gin{i}', 't')}, {gradient_or_zeros(name)}, "
-                     "mask=mask)" + comment(f"d {note(name, self.notes)}"), reads_of(terms[name]))
+                     "mask=mask)" + comment(name, "d "), reads_of(terms[name]))
         for i, state in enumerate(graph.states):
             emit(f"        d{i} = tl.where(mask, {total(terms[state]) or f'0.0 * d{i}'}, 0.0)"
-                 + comment(f"d {note(state, self.notes)}"), reads_of(terms[state]))
+                 + comment(state, "d "), reads_of(terms[state]))
         return lines
 
 
