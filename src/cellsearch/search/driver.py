@@ -29,14 +29,9 @@ from typing import Any, Callable, Generator, Iterable, Sequence
 
 from cellsearch.cells.graph import CellGraph
 from cellsearch.errors import UserError
+from cellsearch.evaluation.job import EvaluationJob, describe
 from cellsearch.evaluation.result import Result
-from cellsearch.executors.base import (
-    EvaluationJob,
-    Executor,
-    check_options,
-    describe,
-    resolve_function,
-)
+from cellsearch.executors.base import Executor, check_options, resolve_function
 from cellsearch.search.algorithm import SearchAlgorithm, algorithm_class
 from cellsearch.search.config import (
     RESERVED_OPTIONS,

@@ -7,16 +7,10 @@ time-slices tiny kernels). Plain Python and a JSON file in the user's cache dire
 from __future__ import annotations
 
 import json
-import os
 import socket
 from datetime import datetime, timezone
-from pathlib import Path
 
-
-def cache_directory() -> Path:
-    """cellsearch's cache: generated kernels, this reference."""
-    root = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(root) / "cellsearch"
+from cellsearch import cache_directory
 
 
 def _key(device_kind: str) -> str:

@@ -25,6 +25,7 @@ from typing import Mapping
 
 import torch
 
+from cellsearch import cache_directory
 from cellsearch.cells import ops
 from cellsearch.cells.graph import Node
 from cellsearch.engine.plan import MatmulGroup, Plan, Sum, pre_name, static_sum_name
@@ -167,8 +168,7 @@ _LOCK = threading.Lock()
 
 
 def kernel_directory() -> Path:
-    root = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(root) / "cellsearch" / "kernels"
+    return cache_directory() / "kernels"
 
 
 @functools.lru_cache(maxsize=256)
