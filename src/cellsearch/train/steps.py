@@ -254,17 +254,12 @@ class PopulationSteps:
 
     # -- passes ---------------------------------------------------------------------------------
 
-    def train_epoch(self, epoch: int, learning_rates: list[float], on_window=None) -> list[bool]:
-        """One pass over the training windows; per member, whether its loss stayed finite."""
-        for _ in self.train_windows(epoch, learning_rates, on_window):
-            pass
-        return self.finite.tolist()
-
     def train_windows(
         self, epoch: int, learning_rates: list[float], on_window=None
     ) -> Iterator[int]:
-        """`train_epoch` a window at a time: yields each window's number once it is queued, so
-        that a caller can interleave several populations' windows (`finite` holds the result)."""
+        """One pass over the training windows, a window at a time: yields each window's number
+        once it is queued, so that a caller can interleave several populations' windows; `finite`
+        then says per member whether its loss stayed finite."""
         self.learning_rates.copy_(torch.tensor(learning_rates))
         self.finite.fill_(True)
         batches = self.task.batches("train", self.mask.shape[1], self.mask.shape[0], epoch=epoch)
