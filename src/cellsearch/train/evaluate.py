@@ -88,11 +88,7 @@ def evaluate(
     §3.7) or by its scored targets ("targets"; docs/fidelity.md). On CUDA, matmuls use TF32 (as
     the speed targets assume).
     """
-    if loss_normalization not in LOSS_NORMALIZATIONS:
-        raise UserError(
-            f"loss_normalization must be one of {', '.join(LOSS_NORMALIZATIONS)},"
-            f" got {loss_normalization!r}"
-        )
+    _check_normalization(loss_normalization)
     if not settings:
         return []
     task, torch_device, engine, shapes = _populations(
@@ -152,11 +148,7 @@ def evaluation(
     One thread can so advance many evaluations together (`executors.interleaved`): their windows
     queue on different streams, which the GPU may run at once, and no population waits for
     another to finish. The Results are those `evaluate` gives."""
-    if loss_normalization not in LOSS_NORMALIZATIONS:
-        raise UserError(
-            f"loss_normalization must be one of {', '.join(LOSS_NORMALIZATIONS)},"
-            f" got {loss_normalization!r}"
-        )
+    _check_normalization(loss_normalization)
     if not settings:
         return []
     task, torch_device, engine, shapes = _populations(
@@ -197,6 +189,14 @@ def evaluation(
         if lanes:
             yield
     return _in_order(len(settings), trained)
+
+
+def _check_normalization(loss_normalization: str) -> None:
+    if loss_normalization not in LOSS_NORMALIZATIONS:
+        raise UserError(
+            f"loss_normalization must be one of {', '.join(LOSS_NORMALIZATIONS)},"
+            f" got {loss_normalization!r}"
+        )
 
 
 def _populations(graph, task, settings, device, engine, data_dir, data_seed, population_size,
