@@ -42,7 +42,6 @@ def test_captured_equals_eager(name, graph, engine):
         assert a.test["accuracy"] == pytest.approx(b.test["accuracy"], abs=1e-6), name
 
 
-
 def test_populations_of_different_shapes_train_concurrently_as_they_would_alone():
     task = Arith(seed=0, epoch_windows=10, valid_samples=100, test_samples=100)
     settings = [Settings(init_scale=1.0, learning_rate=0.5, max_grad_norm=5.0, num_layers=layers,
