@@ -17,7 +17,7 @@ for speed:
   batched matmul written straight in the layout the recurrent matmul adds (`StaticPart`): no
   per-gate sums, concatenation or, going backward, slicing of (K, T, B, m*n) tensors.
 - The gradient of each recurrent matrix is formed once per sequence, by one batched matmul over
-  all timesteps, rather than accumulated step by step (`_WeightSink`).
+  all timesteps, rather than accumulated step by step (`WeightSink`).
 
 Shapes: sequences are (K, T, B, n), states (K, B, n), a matrix (K, n, n) acting as `v @ W.T`,
 a bias (K, n). This module knows nothing of modules, tasks or training.
@@ -350,12 +350,12 @@ def run(
                    for name, value in inputs.items()}
 
     # The recurrent matmuls see detached weights; their weight gradient is formed once per
-    # sequence by the sinks (see `_WeightSink`) instead of once per step.
+    # sequence by the sinks (see `WeightSink`) instead of once per step.
     records = {operand: [] for operand in group_weights}
     deferred = step is step_eagerly  # (a compiled step differentiates as traced instead)
     if deferred and torch.is_grad_enabled() and any(w.requires_grad for w in group_weights.values()):
         for operand, weights in group_weights.items():
-            state = _WeightSink.apply(weights, records[operand], *state)
+            state = WeightSink.apply(weights, records[operand], *state)
         group_weights = {o: _Recorded(w.detach(), records[o]) for o, w in group_weights.items()}
     outputs = []
     for t in range(T):
@@ -400,7 +400,7 @@ def step_eagerly(
             pre = inputs.get(pre_name(item.operand))
             weight = weights[item.operand]
             if isinstance(weight, _Recorded):
-                product = _RecordedMatmul.apply(pre, operand, weight.weight, weight.record)
+                product = RecordedMatmul.apply(pre, operand, weight.weight, weight.record)
             elif pre is not None:
                 product = torch.baddbmm(pre, operand, weight)
             else:
@@ -433,7 +433,7 @@ class _Recorded:
     record: list
 
 
-class _RecordedMatmul(torch.autograd.Function):
+class RecordedMatmul(torch.autograd.Function):
     @staticmethod
     def forward(ctx, pre, operand, weight, record):
         ctx.save_for_backward(operand, weight)
@@ -447,7 +447,7 @@ class _RecordedMatmul(torch.autograd.Function):
         return (grad if ctx.has_pre else None), torch.bmm(grad, weight.transpose(1, 2)), None, None
 
 
-class _WeightSink(torch.autograd.Function):
+class WeightSink(torch.autograd.Function):
     """Passes the initial state through; its backward turns the records into dW."""
 
     @staticmethod

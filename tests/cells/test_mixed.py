@@ -1,0 +1,138 @@
+"""The mixed engine (`engine.mixed`) against the eager one: layers of different cells, population
+sizes and hidden sizes run together give each layer the outputs, final state and gradients that
+`plan.run` gives it alone."""
+
+import random
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from cellsearch.cells import zoo
+from cellsearch.cells.equations import parse
+from cellsearch.cells.mutate import mutate
+from cellsearch.engine import mixed
+from cellsearch.engine.mixed import Layer, compile_program, run_mixed
+from cellsearch.engine.plan import plan, run
+
+from .random_graphs import direct_output_graphs
+from .random_graphs import graphs as random_graphs
+from .sequences import assert_same
+from .test_fused import SHAPED
+
+pytestmark = [  # random graphs saturate and overflow on purpose, as in test_fused
+    pytest.mark.filterwarnings("ignore:overflow encountered:RuntimeWarning"),
+    pytest.mark.filterwarnings("ignore:invalid value encountered:RuntimeWarning"),
+]
+
+
+def layer(graph, K, n, seed, T=4, B=3):
+    generator = torch.Generator().manual_seed(seed)
+
+    def leaf(*shape):
+        return torch.randn(*shape, generator=generator, dtype=torch.float64).requires_grad_()
+
+    params = {node.param: leaf(K, n, n) if node.op == "matmul" else leaf(K, n)
+              for node in graph.parameters}
+    return Layer(plan(graph), params, leaf(K, T, B, n), tuple(leaf(K, B, n) for _ in graph.states))
+
+
+def values_and_gradients(layers, runner):
+    """Per layer: outputs, final states, then the gradient of every leaf, of one loss that weighs
+    every output and final state of every layer differently."""
+    results = runner(layers)
+    loss = sum((outputs * torch.linspace(-1, 1, outputs.shape[-1], dtype=torch.float64)).sum()
+               + sum((f * f).sum() for f in final) for outputs, final in results)
+    leaves = [t for lay in layers for t in (lay.x, *lay.state, *lay.params.values())]
+    grads = torch.autograd.grad(loss, leaves, allow_unused=True)
+    values = [v for outputs, final in results for v in (outputs, *final)]
+    return values + [g if g is not None else torch.zeros(()) for g in grads]
+
+
+def alone(layers):
+    return [run(lay.plan, lay.params, lay.x, lay.state) for lay in layers]
+
+
+def together(kernel):
+    return lambda layers: run_mixed(layers, kernel=kernel)
+
+
+def mix(graphs, seed=0, **shape):
+    rng = random.Random(seed)
+    return [layer(graph, rng.randint(1, 3), rng.randint(2, 7), seed * 100 + i, **shape)
+            for i, graph in enumerate(graphs)]
+
+
+def mutants(count):
+    return [mutate(zoo.get("gru" if i % 2 else "mut3"), random.Random(i)).graph
+            for i in range(count)]
+
+
+@pytest.fixture
+def interpreted(monkeypatch):
+    pytest.importorskip("triton")
+    monkeypatch.setenv("TRITON_INTERPRET", "1")  # read when the kernel module is loaded
+
+
+def test_the_zoo_together_matches_each_cell_alone():
+    layers = mix([zoo.get(name) for name in zoo.names()])
+    assert_same(values_and_gradients(layers, alone), values_and_gradients(layers, together("torch")))
+
+
+def test_the_kernel_matches_each_cell_alone(interpreted):
+    layers = mix([zoo.get(name) for name in zoo.names()] + mutants(4), seed=1)
+    assert_same(values_and_gradients(layers, alone), values_and_gradients(layers, together("triton")))
+
+
+def test_the_kernel_across_several_blocks_of_a_slot(interpreted):
+    # B * N = 9 * 130 > 1024: two programs per member, the second ending in padding
+    layers = [layer(zoo.get("gru"), 2, 130, 0, T=2, B=9), layer(zoo.get("lstm"), 1, 70, 1, T=2, B=9)]
+    assert_same(values_and_gradients(layers, alone), values_and_gradients(layers, together("triton")))
+
+
+def test_shapes_the_zoo_lacks_together():
+    layers = mix([parse(text) for text in SHAPED.values()] + mutants(8), seed=2)
+    assert_same(values_and_gradients(layers, alone), values_and_gradients(layers, together("torch")))
+
+
+@settings(max_examples=20, deadline=None)
+@given(graphs=st.lists(st.one_of(random_graphs, direct_output_graphs), min_size=1, max_size=4),
+       seed=st.integers(0, 1000))
+def test_random_graphs_together(graphs, seed):
+    layers = mix(graphs, seed)
+    assert_same(values_and_gradients(layers, alone), values_and_gradients(layers, together("torch")))
+
+
+def test_a_wrong_derivative_would_be_caught(interpreted, monkeypatch):
+    monkeypatch.setitem(mixed.BINARY_GRADIENTS, "mul", ("{g} * {a}", "{g} * {a}"))
+    mixed.instructions_source.cache_clear()
+    try:
+        layers = mix([zoo.get("lstm"), zoo.get("gru")])
+        expected = values_and_gradients(layers, alone)
+        actual = values_and_gradients(layers, together("triton"))
+    finally:
+        mixed.instructions_source.cache_clear()
+    assert not all(torch.allclose(a, b) for a, b in zip(expected, actual))
+
+
+def test_without_gradients_the_outputs_are_the_same():
+    layers = mix([zoo.get("mut1"), zoo.get("tanh")])
+    with torch.no_grad():
+        for (outputs, final), (theirs, their_final) in zip(run_mixed(layers), alone(layers)):
+            assert_same([theirs, *their_final], [outputs, *final])
+
+
+def test_an_lstm_step_is_one_stage_and_a_gru_step_two():
+    lstm = plan(zoo.get("lstm"))
+    program = compile_program(lstm, 3, tuple(("pre:h", c) for c in range(4)))
+    assert len(program.stages) == 1 and len(program.stages[0].matmuls) == 4
+    gru = compile_program(plan(zoo.get("gru")), 2,
+                          (("pre:h", 0), ("pre:h", 1), ("pre:_15", 0), ("sum:_8", 0)))
+    assert [len(stage.matmuls) for stage in gru.stages] == [2, 1]  # W_hh (r * h) waits for r
+
+
+def test_the_layers_of_a_mix_share_their_window():
+    layers = [layer(zoo.get("lstm"), 1, 3, 0, T=4), layer(zoo.get("gru"), 1, 3, 1, T=5)]
+    with pytest.raises(ValueError, match="share their window"):
+        run_mixed(layers)
