@@ -4,8 +4,9 @@
 
 Parts, in priority order (each writes OUT/<part>.json when done, and a later call skips it):
 
-    bench-mixed        `cellsearch bench --mixed 16`: 16 different cells at K=4 together, against
-                       one cell at K=4 and at K=64 (issue 22)
+    bench-mixed        `cellsearch bench --mixed 16`: 16 different cells at K=4 together, by the
+                       interleaved executor and by the mixed engine, against one cell at K=4 and
+                       at K=64 (issue 22)
     search-interleaved `cellsearch search --executor interleaved` with the paper's defaults
                        (`initial_settings=20`) for --search-minutes; evaluations per hour and
                        tokens/s from the evaluations stored in that time (issue 22)

@@ -184,3 +184,61 @@ def test_capturing_a_population_keeps_the_memory_others_have_cached():
     steps.train_step()  # captures
     assert steps.train_step.graph is not None and steps_module._LIGHT_CAPTURE
     assert torch.cuda.memory_reserved() >= reserved
+
+
+def test_the_mixed_engines_kernel_and_captured_step_on_the_gpu():
+    """The instruction kernel compiled for the GPU gives the eager engine's values and gradients
+    (float32, TF32 matmuls: loose tolerances), and a mixed step captured into a CUDA graph trains
+    as the same step run eagerly."""
+    from cellsearch.engine.mixed import Layer, run_mixed
+    from cellsearch.engine.plan import plan, run
+    from cellsearch.tasks.memorize import Memorize
+    from cellsearch.train.model import PopulationModel
+    from cellsearch.train.steps import MixedSteps, PopulationSteps
+
+    generator = torch.Generator().manual_seed(0)
+    layers = []
+    for name, K, n in (("lstm", 2, 40), ("gru", 3, 70), ("mut2", 1, 130)):
+        graph = zoo.get(name)
+        params = {node.param: (torch.randn(K, *((n, n) if node.op == "matmul" else (n,)),
+                                           generator=generator) / n ** 0.5).cuda().requires_grad_()
+                  for node in graph.parameters}
+        x = torch.randn(K, 5, 20, n, generator=generator).cuda().requires_grad_()
+        state = tuple(torch.zeros(K, 20, n, device="cuda") for _ in graph.states)
+        layers.append(Layer(plan(graph), params, x, state))
+    leaves = [t for layer in layers for t in (layer.x, *layer.params.values())]
+    ours = run_mixed(layers, kernel="triton")
+    theirs = [run(layer.plan, layer.params, layer.x, layer.state) for layer in layers]
+    for (a, _), (b, _) in zip(ours, theirs):
+        torch.testing.assert_close(a, b, rtol=1e-2, atol=1e-3)
+    grads = [torch.autograd.grad(sum(o.square().sum() for o, _ in results), leaves)
+             for results in (ours, theirs)]
+    for a, b in zip(*grads):
+        torch.testing.assert_close(a, b, rtol=1e-2, atol=1e-3)
+
+    task = Memorize(seed=0, epoch_windows=8, valid_samples=30, test_samples=30)
+
+    def populations():
+        made = []
+        for i, (name, n) in enumerate((("lstm", 30), ("gru", 45))):
+            model = PopulationModel(zoo.get(name), 2, task.input_size, task.output_size, n, 2,
+                                    "embedding", "fused")
+            model.reset_parameters([1.0, 0.5], [i, i + 10])
+            model.cuda()
+            made.append(PopulationSteps(model, task, 20, 35, torch.full((2,), 5.0).cuda(), None,
+                                        capture=False))
+            made[-1].learning_rates.fill_(0.5)
+        return made
+
+    trained = []
+    for capture in (False, True):
+        pops = populations()
+        together = MixedSteps(pops, capture=capture)
+        for batch in task.batches("train", 20, 35, epoch=0):
+            for steps in pops:
+                steps.load(batch)
+            together.train_step()
+        torch.cuda.synchronize()
+        trained.append([steps.flat_parameters.clone() for steps in pops])
+    for eager, captured in zip(*trained):
+        torch.testing.assert_close(captured, eager, rtol=1e-3, atol=1e-4)

@@ -48,9 +48,10 @@ def test_bench_mixed_trains_different_cells_together_beside_one_cell(capsys):
     assert main(["bench", "--mixed", "2", "--windows", "2", "--device", "cpu", "--json"]) == 0
     rows = json.loads(capsys.readouterr().out)["mixed"]
     assert [(row["what"], row["cells"], row["K"]) for row in rows] == [
-        ("one cell", 1, 4), ("different cells together", 2, 4), ("one cell, every member", 1, 8)]
+        ("one cell", 1, 4), ("different cells together", 2, 4), ("one cell, every member", 1, 8),
+        ("different cells, mixed engine", 2, 4)]
     # every member trains one epoch of 2 windows of 20 x 35 tokens
-    assert [row["tokens"] for row in rows] == [4 * 1400, 8 * 1400, 8 * 1400]
+    assert [row["tokens"] for row in rows] == [4 * 1400, 8 * 1400, 8 * 1400, 8 * 1400]
     assert all(row["tokens_per_second"] > 0 for row in rows)
 
 

@@ -66,3 +66,61 @@ def test_evaluation_windows_yield_a_window_at_a_time_and_give_what_evaluate_give
     batches = list(steps.task.batches("valid", steps.mask.shape[1], steps.mask.shape[0]))
     assert yields == len(batches) > 1  # (on a CPU, `settled` adds no yield)
     assert metrics == steps.evaluate("valid") == drive(steps.evaluation_windows("valid"))
+
+
+def _population(task, graph, K, hidden, layers, seed, dropout=None, **options):
+    from cellsearch.train.model import Dropout
+
+    model = PopulationModel(graph, K, task.input_size, task.output_size, hidden, layers,
+                            "embedding")
+    model.reset_parameters([1.0 + 0.5 * k for k in range(K)], [seed + k for k in range(K)])
+    drop = (Dropout(torch.full((K,), dropout), torch.arange(K) + seed)
+            if dropout is not None else None)
+    steps = PopulationSteps(model, task, 4, 10, torch.linspace(0.5, 5.0, K), drop,
+                            capture=False, **options)
+    steps.learning_rates.copy_(torch.linspace(0.1, 1.0, K))
+    return steps
+
+
+@pytest.mark.parametrize("normalization", ["minibatch", "targets"])
+def test_populations_of_different_cells_trained_together_take_their_own_steps(normalization):
+    from cellsearch.train.steps import MixedSteps
+
+    task = Memorize(seed=0, epoch_windows=3, valid_samples=30, test_samples=30)
+    shapes = [(zoo.get("lstm"), 2, 6, 2, None), (zoo.get("gru"), 1, 9, 1, 0.3),
+              (zoo.get("mut1"), 3, 5, 2, None)]
+
+    def populations():
+        return [_population(task, graph, K, n, layers, 10 * i, dropout,
+                            loss_normalization=normalization)
+                for i, (graph, K, n, layers, dropout) in enumerate(shapes)]
+
+    alone, together = populations(), populations()
+    mixed = MixedSteps(together, capture=False)
+    for batch in list(task.batches("train", 4, 10, epoch=0)):
+        for steps in alone:
+            steps.load(batch)
+            steps.train_step()
+        for steps in together:
+            steps.load(batch)
+        mixed.train_step()
+    for mine, theirs, untrained in zip(together, alone, populations()):
+        for (name, p), q in zip(mine.model.named_parameters(), theirs.model.parameters()):
+            torch.testing.assert_close(p, q, rtol=1e-4, atol=1e-5, msg=name)
+        assert not torch.allclose(theirs.flat_parameters, untrained.flat_parameters)
+        for layer, their_layer in zip(mine.state, theirs.state):  # the carried state too
+            for s, t in zip(layer, their_layer):
+                torch.testing.assert_close(s, t, rtol=1e-4, atol=1e-5)
+        assert torch.equal(mine.finite, theirs.finite)
+
+
+def test_populations_trained_together_share_their_window_shape():
+    from cellsearch.train.steps import MixedSteps
+
+    task = Memorize(seed=0, epoch_windows=2, valid_samples=30, test_samples=30)
+    first = _population(task, zoo.get("lstm"), 1, 4, 1, 0)
+    model = PopulationModel(zoo.get("gru"), 1, task.input_size, task.output_size, 4, 1,
+                            "embedding")
+    other = PopulationSteps(model, task, 5, 10, torch.ones(1), None, capture=False)
+    with pytest.raises(ValueError, match="share their window shape"):
+        MixedSteps([first, other], capture=False)

@@ -21,7 +21,13 @@ setting finishes. Instead the elementwise part of every cell is data for one fix
 So a step of any mix of cells is, per stage, one gather, one matmul, one scatter and one kernel
 forward, whatever the cells, and no combination is ever compiled. The recurrent weights'
 gradient is formed once per window (`plan.WeightSink`), as the single-cell engine does. The
-values and gradients are the eager engine's (`plan.run`) to float rounding.
+values and gradients are the eager engine's (`plan.run`) to float rounding. Every slot is
+written once a step, but for a sum's running total (only `add` and `sub`, whose derivatives
+read no values), so the backward reads every value it needs from the forward's output.
+
+Its speed on a GPU is not measured yet (`cellsearch bench --mixed N`). What it costs beyond the
+arithmetic: a few copies of the (M, R, B, N) slots per stage and step, and a kernel whose
+instructions pass their values through memory (L1/L2) rather than registers.
 """
 
 from __future__ import annotations
@@ -323,21 +329,26 @@ _TORCH.update(add=torch.add, sub=torch.sub, mul=torch.mul)
 def torch_instructions(values: torch.Tensor, program: torch.Tensor, lengths: torch.Tensor,
                        columns: torch.Tensor) -> torch.Tensor:
     """Every member's instructions on its slots, as torch operations (autograd differentiates
-    them): instruction i of all members at once, each operation computed for all and the
-    member's own kept. A CPU's engine, and the reference of the kernels."""
+    them): instruction i of all members at once, each operation that some member runs there
+    computed for all and the member's own kept. A CPU's engine, and the reference of the
+    kernels."""
     M, _, B, N = values.shape
     member = torch.arange(M, device=values.device)
     keep = (torch.arange(N, device=values.device) < columns[:, None]).to(values.dtype)[:, None]
     codes = program.long()
+    values = values.clone()  # then written in place: no operation here saves `values` itself
     for i in range(program.shape[1]):
         op, dst, a, b = codes[:, i].unbind(1)
         first, second = values[member, a], values[member, b]
         result = first
+        present = set(op.tolist())  # (a host copy: this path is the CPU's)
         for name, code in OPCODES.items():
+            if code not in present:
+                continue
             function = _TORCH[name]
             value = function(first) if name in ops.names("activation") else function(first, second)
             result = torch.where((op == code).view(M, 1, 1), value, result)
-        values = values.index_put((member, dst), result * keep)
+        values.index_put_((member, dst), result * keep)
     return values
 
 

@@ -250,7 +250,59 @@ def mixed(cells: int, task: str = "arith", device: str = "cuda", population: int
         seconds, tokens = timed(jobs)
         rows.append({"what": what, "cells": count, "K": k, "seconds": round(seconds, 3),
                      "tokens": tokens, "tokens_per_second": tokens / seconds})
+    seconds, tokens = _mixed_engine_epoch(
+        [job(graph, population, 100 * i) for i, graph in enumerate(graphs)], options, device)
+    rows.append({"what": "different cells, mixed engine", "cells": cells, "K": population,
+                 "seconds": round(seconds, 3), "tokens": tokens,
+                 "tokens_per_second": tokens / seconds})
     return rows
+
+
+def _mixed_engine_epoch(jobs, options: dict, device: str) -> tuple[float, int]:
+    """(seconds, training tokens) of one training epoch of every job's settings as populations
+    trained together by the mixed engine (`steps.MixedSteps`), after three warm-up windows
+    (which capture its step on a GPU); no validation pass."""
+    from cellsearch.cells.graph import CellGraph
+    from cellsearch.tasks import shared_task
+    from cellsearch.train.evaluate import model_shape
+    from cellsearch.train.model import input_kind
+    from cellsearch.train.steps import MixedSteps
+    from cellsearch.train.trainer import BATCH_SIZE, NUM_STEPS
+
+    torch_device = torch.device(device)
+    capture = torch_device.type == "cuda"
+    task = shared_task(jobs[0].task, epoch_windows=options["epoch_windows"],
+                       valid_samples=options["valid_samples"], test_samples=options["test_samples"])
+    populations = []
+    for job in jobs:
+        graph, settings = CellGraph.from_json(job.graph_json), job.settings
+        hidden, _ = model_shape(graph, task, settings[0])
+        model = PopulationModel(graph, len(settings), task.input_size, task.output_size, hidden,
+                                settings[0].num_layers, input_kind(task),
+                                default_engine(torch_device))
+        model.reset_parameters([s.init_scale for s in settings], [s.seed for s in settings])
+        model.to(torch_device)
+        norms = torch.tensor([s.max_grad_norm for s in settings], device=torch_device)
+        steps = PopulationSteps(model, task, BATCH_SIZE, NUM_STEPS, norms, None, capture)
+        steps.learning_rates.copy_(torch.tensor([s.learning_rate for s in settings]))
+        populations.append(steps)
+    together = MixedSteps(populations, capture)
+    batches = list(task.batches("train", BATCH_SIZE, NUM_STEPS, epoch=0))
+
+    def window(batch) -> None:
+        for steps in populations:
+            steps.load(batch)
+        together.train_step()
+
+    for batch in batches[:3]:
+        window(batch)
+    _synchronize(torch_device)
+    started = time.perf_counter()
+    for batch in batches:
+        window(batch)
+    _synchronize(torch_device)
+    members = sum(steps.model.population_size for steps in populations)
+    return time.perf_counter() - started, members * len(batches) * BATCH_SIZE * NUM_STEPS
 
 
 def search_costs(device: str = "cuda", settings_count: int = 20, seed: int = 0,

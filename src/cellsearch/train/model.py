@@ -18,6 +18,7 @@ from torch import nn
 
 from cellsearch.cells.graph import CellGraph
 from cellsearch.engine.kernels import fused
+from cellsearch.engine.mixed import Layer, run_mixed
 from cellsearch.engine.nn import PopulationCell, State, initial_values, uniform
 from cellsearch.engine.plan import compiled_step, run
 from cellsearch.evaluation.options import (
@@ -104,6 +105,16 @@ class PopulationModel(nn.Module):
         Returns logits (T, K, B, V_out), without the output layer's bias unless `add_output_bias`
         (a loss that adds it itself saves a pass over the logits), and the final state per
         layer."""
+        x = self.embed(inputs, dropout)
+        new_state = []
+        for index, (layer, layer_state) in enumerate(zip(self.layers, state)):
+            x, final = layer(x, layer_state)  # (K, T, B, n)
+            new_state.append(final)
+            x = dropout(x, index + 1) if dropout is not None else x
+        return self.output(x, add_output_bias), new_state
+
+    def embed(self, inputs: torch.Tensor, dropout: Dropout | None = None) -> torch.Tensor:
+        """The first layer's input, (K, T, B, n), after dropout's first connection."""
         K, n = self.population_size, self.hidden_size
         T, B = inputs.shape[:2]
         if self.input_kind == "embedding":
@@ -112,17 +123,39 @@ class PopulationModel(nn.Module):
             # One matmul for all members: (T*B, V_in) @ (V_in, K*n)
             flat = inputs.reshape(T * B, -1) @ self.input_weight.transpose(0, 1).reshape(-1, K * n)
             x = flat.view(T, B, K, n).permute(2, 0, 1, 3) + self.input_bias.view(K, 1, 1, n)
-        site = iter(range(len(self.layers) + 1))  # each connection gets its own masks
-        x = dropout(x, next(site)) if dropout is not None else x
-        new_state = []
-        for layer, layer_state in zip(self.layers, state):
-            x, final = layer(x, layer_state)  # (K, T, B, n)
-            x = dropout(x, next(site)) if dropout is not None else x
-            new_state.append(final)
+        return dropout(x, 0) if dropout is not None else x
+
+    def output(self, x: torch.Tensor, add_output_bias: bool = True) -> torch.Tensor:
+        """Logits (T, K, B, V_out) of the top layer's output x (K, T, B, n)."""
+        K, T, B, n = x.shape
         x = x.reshape(K, T * B, n)
         logits = (torch.baddbmm(self.output_bias.unsqueeze(1), x, self.output_weight)
                   if add_output_bias else torch.bmm(x, self.output_weight))  # (K, T*B, V_out)
-        return logits.view(K, T, B, -1).transpose(0, 1), new_state
+        return logits.view(K, T, B, -1).transpose(0, 1)
+
+
+def forward_together(
+    models: Sequence[PopulationModel],
+    inputs: Sequence[torch.Tensor],
+    states: Sequence[list[State]],
+    dropouts: Sequence[Dropout | None],
+    add_output_bias: Sequence[bool],
+) -> list[tuple[torch.Tensor, list[State]]]:
+    """What each model's `forward` returns, with the layers of all models at each depth run
+    together by the mixed engine (`engine.mixed`): different cells and hidden sizes in the same
+    launches. The models share the window's shape (T, B)."""
+    xs = [model.embed(x, dropout) for model, x, dropout in zip(models, inputs, dropouts)]
+    finals: list[list[State]] = [[] for _ in models]
+    for depth in range(max(len(model.layers) for model in models)):
+        here = [i for i, model in enumerate(models) if depth < len(model.layers)]
+        results = run_mixed([
+            Layer(models[i].layers[depth].plan, models[i].layers[depth].population_parameters(),
+                  xs[i], states[i][depth]) for i in here])
+        for i, (outputs, final) in zip(here, results):
+            xs[i] = dropouts[i](outputs, depth + 1) if dropouts[i] is not None else outputs
+            finals[i].append(final)
+    return [(model.output(x, bias), final)
+            for model, x, bias, final in zip(models, xs, add_output_bias, finals)]
 
 
 class Dropout:

@@ -25,7 +25,7 @@ import torch
 from cellsearch.evaluation.settings import LOSS_NORMALIZATIONS
 from cellsearch.tasks import Batch, Task
 from cellsearch.tasks import metrics as task_metrics
-from cellsearch.train.model import Dropout, PopulationModel
+from cellsearch.train.model import Dropout, PopulationModel, forward_together
 
 WARMUP_CALLS = 2  # eager calls before capture (lazy initialisation of cuBLAS, autograd, ...)
 # `kernels.sgd`'s kernels read and write less memory than torch's update but launch two kernels
@@ -190,10 +190,18 @@ class PopulationSteps:
     # -- the two step bodies: no arguments, no host synchronisation -----------------------------
 
     def _forward(self, dropout):
-        keep = (~self.reset).to(self.mask.dtype).view(1, -1, 1)  # zero rows starting anew
-        state = [tuple(s * keep for s in layer) for layer in self.state]
-        logits, new_state = self.model(self.inputs, state, dropout,
+        logits, new_state = self.model(self.inputs, self._carried_state(), dropout,
                                        add_output_bias=not self.loss_kernels)
+        return self._scored(logits, new_state)
+
+    def _carried_state(self) -> list:
+        """The state carried from the last window, zero in the rows that start anew."""
+        keep = (~self.reset).to(self.mask.dtype).view(1, -1, 1)
+        return [tuple(s * keep for s in layer) for layer in self.state]
+
+    def _scored(self, logits, new_state):
+        """Keeps the window's final state for the next window; (the window's metric sums per
+        member, each member's summed loss)."""
         with torch.no_grad():
             for old, new in zip(self.state, new_state):
                 for buffer, value in zip(old, new):
@@ -209,15 +217,20 @@ class PopulationSteps:
     def _train(self) -> None:
         self.model.train()
         _, loss_sums = self._forward(self.dropout)
+        self._objective(loss_sums).backward()
+        self._clipped_sgd_step()
+
+    def _objective(self, loss_sums: torch.Tensor) -> torch.Tensor:
+        """What a training step differentiates. Each member's loss depends on its own parameters
+        only, so one backward of the sum gives every member its own gradient; divided by the
+        minibatch size as §3.7 says, or by the window's scored targets (a tensor: no host
+        synchronisation in a captured step). Notes which members' losses stayed finite and
+        advances dropout's masks."""
         if self.dropout is not None:
             self.dropout.window.add_(1)  # fresh masks for the next window
         self.finite &= torch.isfinite(loss_sums.detach())
-        # Each member's loss depends on its own parameters only, so one backward of the sum gives
-        # every member its own gradient; divided by the minibatch size as §3.7 says, or by the
-        # window's scored targets (a tensor: no host synchronisation in a captured step).
         divisor = self.mask.sum().clamp(min=1.0) if self.per_target else self.mask.shape[1]
-        (loss_sums.sum() / divisor).backward()
-        self._clipped_sgd_step()
+        return loss_sums.sum() / divisor
 
     @torch.no_grad()
     def _clipped_sgd_step(self) -> None:
@@ -299,6 +312,37 @@ class PopulationSteps:
         done.record()
         while not done.query():
             yield
+
+
+class MixedSteps:
+    """The training steps of several populations, of different cells and hidden sizes, as one
+    step: their layers at each depth run together in the mixed engine (`engine.mixed`), one
+    backward serves all, and each population then takes its own clipped SGD step. On CUDA the
+    whole step is captured once into one CUDA graph, like a population's own. Each population
+    loads its own window (`PopulationSteps.load`) beforehand; the windows share their shape.
+    The numbers are those of each population's own step, to float rounding."""
+
+    def __init__(self, populations: list[PopulationSteps], capture: bool):
+        shapes = {tuple(p.mask.shape) for p in populations}
+        if len(shapes) != 1:
+            raise ValueError(f"populations trained together share their window shape, got "
+                             f"{sorted(shapes)}")
+        self.populations = populations
+        self.train_step = Captured(self._train, capture)
+
+    def _train(self) -> None:
+        populations = self.populations
+        for p in populations:
+            p.model.train()
+        results = forward_together(
+            [p.model for p in populations], [p.inputs for p in populations],
+            [p._carried_state() for p in populations], [p.dropout for p in populations],
+            [not p.loss_kernels for p in populations])
+        objectives = [p._objective(p._scored(logits, final)[1])
+                      for p, (logits, final) in zip(populations, results)]
+        torch.stack(objectives).sum().backward()
+        for p in populations:
+            p._clipped_sgd_step()
 
 
 def drive(run: Generator[None, None, Any]) -> Any:
