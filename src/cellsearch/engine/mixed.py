@@ -332,7 +332,7 @@ def torch_instructions(values: torch.Tensor, program: torch.Tensor, lengths: tor
     them): instruction i of all members at once, each operation that some member runs there
     computed for all and the member's own kept. A CPU's engine, and the reference of the
     kernels."""
-    M, _, B, N = values.shape
+    M, _, _, N = values.shape
     member = torch.arange(M, device=values.device)
     keep = (torch.arange(N, device=values.device) < columns[:, None]).to(values.dtype)[:, None]
     codes = program.long()

@@ -265,9 +265,8 @@ def _mixed_engine_epoch(jobs, options: dict, device: str) -> tuple[float, int]:
     from cellsearch.cells.graph import CellGraph
     from cellsearch.tasks import shared_task
     from cellsearch.train.evaluate import model_shape
-    from cellsearch.train.model import input_kind
     from cellsearch.train.steps import MixedSteps
-    from cellsearch.train.trainer import BATCH_SIZE, NUM_STEPS
+    from cellsearch.train.trainer import BATCH_SIZE, NUM_STEPS, population_steps
 
     torch_device = torch.device(device)
     capture = torch_device.type == "cuda"
@@ -275,16 +274,10 @@ def _mixed_engine_epoch(jobs, options: dict, device: str) -> tuple[float, int]:
                        valid_samples=options["valid_samples"], test_samples=options["test_samples"])
     populations = []
     for job in jobs:
-        graph, settings = CellGraph.from_json(job.graph_json), job.settings
-        hidden, _ = model_shape(graph, task, settings[0])
-        model = PopulationModel(graph, len(settings), task.input_size, task.output_size, hidden,
-                                settings[0].num_layers, input_kind(task),
-                                default_engine(torch_device))
-        model.reset_parameters([s.init_scale for s in settings], [s.seed for s in settings])
-        model.to(torch_device)
-        norms = torch.tensor([s.max_grad_norm for s in settings], device=torch_device)
-        steps = PopulationSteps(model, task, BATCH_SIZE, NUM_STEPS, norms, None, capture)
-        steps.learning_rates.copy_(torch.tensor([s.learning_rate for s in settings]))
+        graph = CellGraph.from_json(job.graph_json)
+        hidden, _ = model_shape(graph, task, job.settings[0])
+        steps = population_steps(graph, task, job.settings, hidden, device=torch_device)
+        steps.learning_rates.copy_(torch.tensor([s.learning_rate for s in job.settings]))
         populations.append(steps)
     together = MixedSteps(populations, capture)
     batches = list(task.batches("train", BATCH_SIZE, NUM_STEPS, epoch=0))

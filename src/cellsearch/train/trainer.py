@@ -47,6 +47,45 @@ def train_population(*args: Any, **kwargs: Any) -> list[Result]:
     return drive(population_run(*args, **kwargs))
 
 
+def population_steps(
+    graph: CellGraph,
+    task: Task,
+    settings: Sequence[Settings],
+    hidden_size: int,
+    *,
+    device: torch.device,
+    batch_size: int = BATCH_SIZE,
+    num_steps: int = NUM_STEPS,
+    capture: bool = True,
+    engine: str | None = None,
+    loss_normalization: str = "minibatch",
+) -> PopulationSteps:
+    """The settings' population (all with the same num_layers) on `device`, each member
+    initialized from its own scale and seed, with its clip norm and dropout: its steps, ready
+    for a window. `capture` applies on CUDA only."""
+    layers = {s.num_layers for s in settings}
+    if len(layers) != 1:
+        raise ValueError(f"a population shares its number of layers, got {sorted(layers)}")
+    model = PopulationModel(
+        graph, len(settings), task.input_size, task.output_size, hidden_size, layers.pop(),
+        input_kind(task), engine or default_engine(device),
+    )
+    model.reset_parameters([s.init_scale for s in settings], [s.seed for s in settings])
+    model.to(device)
+
+    def per_member(values) -> torch.Tensor:
+        return torch.tensor(values, dtype=torch.float32, device=device)
+
+    dropout = None
+    if any(s.dropout for s in settings):
+        seeds = torch.tensor([s.seed for s in settings], device=device)
+        dropout = Dropout(per_member([s.dropout for s in settings]), seeds)
+    return PopulationSteps(model, task, batch_size, num_steps,
+                           per_member([s.max_grad_norm for s in settings]), dropout,
+                           capture=capture and device.type == "cuda",
+                           loss_normalization=loss_normalization)
+
+
 def population_run(
     graph: CellGraph,
     task: Task,
@@ -79,27 +118,9 @@ def population_run(
     started = time.perf_counter()
     device = torch.device(device)
     K = len(settings)
-    layers = {s.num_layers for s in settings}
-    if len(layers) != 1:
-        raise ValueError(f"a population shares its number of layers, got {sorted(layers)}")
-    model = PopulationModel(
-        graph, K, task.input_size, task.output_size, hidden_size, layers.pop(),
-        input_kind(task), engine or default_engine(device),
-    )
-    model.reset_parameters([s.init_scale for s in settings], [s.seed for s in settings])
-    model.to(device)
-
-    def per_member(values) -> torch.Tensor:
-        return torch.tensor(values, dtype=torch.float32, device=device)
-
-    max_norms = per_member([s.max_grad_norm for s in settings])
-    dropout = None
-    if any(s.dropout for s in settings):
-        seeds = torch.tensor([s.seed for s in settings], device=device)
-        dropout = Dropout(per_member([s.dropout for s in settings]), seeds)
-    steps = PopulationSteps(model, task, batch_size, num_steps, max_norms, dropout,
-                            capture=capture and device.type == "cuda",
-                            loss_normalization=loss_normalization)
+    steps = population_steps(graph, task, settings, hidden_size, device=device,
+                             batch_size=batch_size, num_steps=num_steps, capture=capture,
+                             engine=engine, loss_normalization=loss_normalization)
     schedules = [schedule_for(schedule, s) for s in settings]
     active = [True] * K
     status = [OK] * K
