@@ -4,6 +4,7 @@ import pytest
 import torch
 
 from cellsearch.cells import zoo
+from cellsearch.engine import mixed as engine_mixed
 from cellsearch.tasks.memorize import Memorize
 from cellsearch.train.model import PopulationModel
 from cellsearch.train.steps import PopulationSteps
@@ -97,6 +98,7 @@ def test_populations_of_different_cells_trained_together_take_their_own_steps(no
 
     alone, together = populations(), populations()
     mixed = MixedSteps(together, capture=False)
+    engine_mixed._cached_layout.cache_clear()
     for batch in list(task.batches("train", 4, 10, epoch=0)):
         for steps in alone:
             steps.load(batch)
@@ -112,6 +114,8 @@ def test_populations_of_different_cells_trained_together_take_their_own_steps(no
             for s, t in zip(layer, their_layer):
                 torch.testing.assert_close(s, t, rtol=1e-4, atol=1e-5)
         assert torch.equal(mine.finite, theirs.finite)
+    # A captured step's tables stay with it, not in a cache that may drop them: one mix a depth.
+    assert len(mixed.layouts) == 2 and engine_mixed._cached_layout.cache_info().currsize == 0
 
 
 def test_populations_trained_together_share_their_window_shape():

@@ -159,10 +159,13 @@ class Layer:
     state: State
 
 
-def run_mixed(layers: Sequence[Layer], kernel: str | None = None) -> list[tuple[torch.Tensor, State]]:
+def run_mixed(layers: Sequence[Layer], kernel: str | None = None,
+              layouts: dict | None = None) -> list[tuple[torch.Tensor, State]]:
     """Every layer over its window at once; per layer what `plan.run` returns, (outputs (K, T, B,
     n), final state). The layers share T and B; cells, K and n may differ. `kernel`: "triton" or
-    "torch" for the instructions (default: Triton on CUDA, torch elsewhere)."""
+    "torch" for the instructions (default: Triton on CUDA, torch elsewhere). `layouts`: where
+    the mix's integer tables are kept, for a caller that captures this run into a CUDA graph and
+    so must keep them alive as long as the graph (default: a bounded cache)."""
     T, B = layers[0].x.shape[1:3]
     if any(layer.x.shape[1:3] != (T, B) for layer in layers):
         raise ValueError("the layers of a mix share their window: T and B must agree")
@@ -179,7 +182,11 @@ def run_mixed(layers: Sequence[Layer], kernel: str | None = None) -> list[tuple[
                      for layer, keys in zip(layers, chunked))
     sizes = tuple(layer.x.shape[0] for layer in layers)
     widths = tuple(layer.x.shape[3] for layer in layers)
-    layout = _layout(programs, sizes, widths, S, device)
+    key = (programs, sizes, widths, S, device)
+    if layouts is None:
+        layout = _cached_layout(*key)
+    else:
+        layout = layouts[key] if key in layouts else layouts.setdefault(key, _layout(*key))
     I, R, M = layout.inputs, layout.slots, sum(sizes)
 
     def padded(value: torch.Tensor) -> torch.Tensor:
@@ -254,7 +261,8 @@ class _StageTable:
 
 @dataclass(frozen=True)
 class _Layout:
-    """A mix's integer tables, made once per mix (not while a CUDA graph captures)."""
+    """A mix's integer tables, made once per mix (not while a CUDA graph captures: a captured
+    step's first, eager calls make them)."""
 
     inputs: int  # I: step-input slots
     slots: int  # R, the last one the scratch slot padding writes to
@@ -264,7 +272,6 @@ class _Layout:
     member: torch.Tensor  # (M,) 0..M-1
 
 
-@functools.lru_cache(maxsize=64)
 def _layout(programs: tuple[Program, ...], sizes: tuple[int, ...], widths: tuple[int, ...],
             S: int, device: torch.device) -> _Layout:
     R = max(program.slots for program in programs) + 1
@@ -301,6 +308,9 @@ def _layout(programs: tuple[Program, ...], sizes: tuple[int, ...], widths: tuple
         outputs=torch.tensor(S_rows, dtype=torch.long, device=device),
         member=torch.arange(sum(sizes), device=device),
     )
+
+
+_cached_layout = functools.lru_cache(maxsize=64)(_layout)
 
 
 def _stage_weights(table: _StageTable, group_weights, sizes, widths,

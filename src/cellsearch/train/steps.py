@@ -328,6 +328,7 @@ class MixedSteps:
             raise ValueError(f"populations trained together share their window shape, got "
                              f"{sorted(shapes)}")
         self.populations = populations
+        self.layouts: dict = {}  # the mixes' tables, alive as long as the captured step
         self.train_step = Captured(self._train, capture)
 
     def _train(self) -> None:
@@ -337,7 +338,7 @@ class MixedSteps:
         results = forward_together(
             [p.model for p in populations], [p.inputs for p in populations],
             [p._carried_state() for p in populations], [p.dropout for p in populations],
-            [not p.loss_kernels for p in populations])
+            [not p.loss_kernels for p in populations], self.layouts)
         objectives = [p._objective(p._scored(logits, final)[1])
                       for p, (logits, final) in zip(populations, results)]
         torch.stack(objectives).sum().backward()
