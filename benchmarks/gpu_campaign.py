@@ -4,14 +4,16 @@
 
 Parts, in priority order (each writes OUT/<part>.json when done, and a later call skips it):
 
+    gpu-tests          `pytest -m gpu` (the mixed engine's kernel compiled for the GPU; issue 19:
+                       the same results after the layout change)
     bench-mixed        `cellsearch bench --mixed 16`: 16 different cells at K=4 together, by the
                        interleaved executor and by the mixed engine, against one cell at K=4 and
                        at K=64 (issue 22)
-    search-interleaved `cellsearch search --executor interleaved` with the paper's defaults
+    search-mixed       `cellsearch search --executor mixed` with the paper's defaults
                        (`initial_settings=20`) for --search-minutes; evaluations per hour and
                        tokens/s from the evaluations stored in that time (issue 22)
-    search-inprocess   the same with the default executor, for the comparison (issue 22)
-    gpu-tests          `pytest -m gpu` (issue 19: the same results after the layout change)
+    search-inprocess   the same with the default executor, the sequential search (issue 22)
+    search-interleaved the same with `--executor interleaved` (issue 22)
     bench-layout       `cellsearch bench` from --baseline-src and from this tree, alternating,
                        two rounds (issue 19; skipped without --baseline-src)
     filter-pass-rates  benchmarks/filter_pass_rates.py, 50 settings per cell, resumable within
@@ -39,10 +41,11 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-PARTS = ("bench-mixed", "search-interleaved", "search-inprocess", "gpu-tests", "bench-layout",
-         "filter-pass-rates", "scaling")
-ESTIMATES = {"bench-mixed": 5, "search-interleaved": 9, "search-inprocess": 9, "gpu-tests": 4,
-             "bench-layout": 6, "filter-pass-rates": 10, "scaling": 27}  # minutes
+PARTS = ("gpu-tests", "bench-mixed", "search-mixed", "search-inprocess", "search-interleaved",
+         "bench-layout", "filter-pass-rates", "scaling")
+ESTIMATES = {"gpu-tests": 4, "bench-mixed": 5, "search-mixed": 9, "search-inprocess": 9,
+             "search-interleaved": 9, "bench-layout": 6, "filter-pass-rates": 10,
+             "scaling": 27}  # minutes
 
 
 def main() -> int:
@@ -314,7 +317,8 @@ def integrity(database: Path) -> dict:
     return {"integrity_check": check, "repeated_evaluations": repeated}
 
 
-RUNNERS = {"bench-mixed": bench_mixed, "search-interleaved": search("interleaved"),
+RUNNERS = {"bench-mixed": bench_mixed, "search-mixed": search("mixed"),
+           "search-interleaved": search("interleaved"),
            "search-inprocess": search("inprocess"), "gpu-tests": gpu_tests,
            "bench-layout": bench_layout, "filter-pass-rates": filter_pass_rates,
            "scaling": scaling}

@@ -127,3 +127,80 @@ def test_on_a_gpu_it_asks_cuda_for_its_most_hardware_queues_unless_the_user_chos
     monkeypatch.setenv("CUDA_DEVICE_MAX_CONNECTIONS", "8")
     InterleavedExecutor(device="auto")
     assert os.environ["CUDA_DEVICE_MAX_CONNECTIONS"] == "8"
+
+
+def close(a, b) -> bool:
+    """The same Results to float rounding: the mixed engine sums in another order."""
+    def numbers(result):
+        return [result.status, result.epochs, result.tokens, *result.valid.values(),
+                *result.test.values()]
+
+    return all(
+        x == y if isinstance(x, (str, int)) else math.isclose(x, y, rel_tol=2e-3, abs_tol=1e-4)
+        for ra, rb in zip(a, b, strict=True) for x, y in zip(numbers(ra), numbers(rb), strict=True))
+
+
+def test_mixed_jobs_train_in_shared_steps_to_the_results_of_training_them_alone(monkeypatch):
+    from cellsearch.train import steps as steps_module
+
+    shared = []
+    original = steps_module.MixedSteps._train
+
+    def counted(self):
+        shared.append(len(self.populations))
+        original(self)
+
+    monkeypatch.setattr(steps_module.MixedSteps, "_train", counted)
+    jobs = [job("gru", "arith"), job("lstm", "memorize", layers=(1,), seeds=(0, 1)),
+            job("mut1", "xml", layers=(2, 1))]
+    executor = InterleavedExecutor(mixed=True)
+    futures = [executor.submit(item) for item in jobs]
+    assert len(list(executor.as_completed(futures))) == 3
+    for item, future in zip(jobs, futures):
+        results = future.result()
+        assert all(r.ok and len(r.history) == 2 for r in results)
+        assert close(results, run_job(item))
+    # every population of every job trained in the same steps: 2 + 1 + 2 at first
+    assert max(shared) == 5 and not executor._mixer.memberships["train"]
+
+
+def test_a_shared_step_that_fails_fails_each_population_in_it(monkeypatch):
+    from cellsearch.train import steps as steps_module
+
+    def broken(self):
+        raise RuntimeError("CUDA out of memory in a shared step")
+
+    monkeypatch.setattr(steps_module.MixedSteps, "_train", broken)
+    executor = InterleavedExecutor(mixed=True)
+    futures = [executor.submit(job("gru", "arith")), executor.submit(job("lstm", "memorize"))]
+    for future in executor.as_completed(futures):
+        assert all(r.status == "failed" and "out of memory in a shared step" in r.reason
+                   for r in future.result())
+
+
+def test_a_stopped_run_stops_asking_for_its_step():
+    from cellsearch.train.steps import Mixer
+
+    mixer = Mixer(capture=False)
+    population = object()
+    run = mixer.step(population, "train")
+    next(run)
+    assert mixer.waiting["train"] == [population]
+    run.close()
+    assert mixer.waiting["train"] == []
+
+
+def test_a_search_through_the_mixed_executor_stores_its_evaluations():
+    assignments = [
+        "tasks=[\"arith\"]", "initial_settings=2", "settings_per_task=2",
+        "filter_threshold=0.0", "top_size=4", "max_steps=3", "steps_in_flight=3",
+        'space_overrides={"memorize": {"num_parameters": [3000], "num_layers": [1]},'
+        ' "arith": {"num_parameters": [3000], "num_layers": [1]}}',
+        'evaluation_options={"max_epochs": 1, "epoch_windows": 3, "valid_samples": 40,'
+        ' "test_samples": 40}',
+    ]
+    storage = InMemoryStorage()
+    run_id, config = open_run(storage, assignments=assignments)
+    run_search(storage, run_id, config, InterleavedExecutor(mixed=True))
+    evaluations = contents(storage)[0]
+    assert len(evaluations) > 6

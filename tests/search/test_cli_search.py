@@ -352,3 +352,13 @@ def test_the_progress_line_shows_the_share_of_the_benchs_one_cell_figure(tmp_pat
     share = re.search(r"([\d,.]+)M tokens/s \(([\d,]+)% of bench K=128\)", err)
     assert share and float(share[2].replace(",", "")) == pytest.approx(
         float(share[1]) * 1e6 / 1e3 * 100, rel=0.2)  # (tokens/s shown to 0.01M)
+
+
+def test_the_mixed_executor_trains_a_search_from_the_command_line(tmp_path, capsys):
+    path = tmp_path / "mixed.db"
+    code, out, _ = run_cli(capsys, "search", "--db", str(path), "--preset", "tiny",
+                           "--set", "max_steps=1", "--executor", "mixed", "--device", "cpu")
+    assert code == 0 and "evaluations stored" in out
+    with SQLiteStorage(path) as storage:
+        evaluations = storage.get_evaluations(1)
+    assert evaluations and all(e.result.ok for e in evaluations)

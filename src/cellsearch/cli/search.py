@@ -163,7 +163,7 @@ def run_search_command(args: argparse.Namespace) -> int:
 
 def _bench_reference(args: argparse.Namespace) -> dict | None:
     """This machine's one-cell figure for arith's shapes, when the search trains here."""
-    if args.quiet or args.executor not in ("inprocess", "interleaved", "processes"):
+    if args.quiet or args.executor not in ("inprocess", "interleaved", "mixed", "processes"):
         return None
     from cellsearch.train import reference
 

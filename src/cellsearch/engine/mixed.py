@@ -59,7 +59,8 @@ OPCODES = {op.name: code for code, op in enumerate(
     op for op in ops.OPERATIONS if op.kind in ("activation", "elementwise"))}
 # The reverse mode of the binary operations, which the table leaves to each engine:
 # (gradient of the first operand, of the second), from the output's gradient g and operands a, b.
-BINARY_GRADIENTS = {"add": ("{g}", "{g}"), "sub": ("{g}", "-{g}"), "mul": ("{g} * {b}", "{g} * {a}")}
+BINARY_GRADIENTS = {"add": ("{g}", "{g}"), "sub": ("{g}", "-{g}"),
+                    "mul": ("{g} * {b}", "{g} * {a}")}
 assert set(ops.names("elementwise")) == set(BINARY_GRADIENTS), "a new binary op needs its gradient"
 
 ZERO = 0  # slot 0 holds zeros: the second operand of an activation, the start of a negated sum

@@ -30,7 +30,7 @@ __all__ = [
     "run_job",
 ]
 
-EXECUTORS = ("inprocess", "interleaved", "processes", "dask", "dask-local")
+EXECUTORS = ("inprocess", "interleaved", "mixed", "processes", "dask", "dask-local")
 
 
 def make_executor(
@@ -42,15 +42,17 @@ def make_executor(
     scheduler: str | None = None,
 ) -> Executor:
     """The executor `kind` evaluating on `device`: "inprocess", "interleaved" (up to `workers`
-    jobs training at once in this process, default 64), "processes" (`workers` local
+    jobs training at once in this process, default 64), "mixed" (the same, their windows in
+    shared steps of the mixed engine), "processes" (`workers` local
     processes, default 2), "dask" (the cluster at `scheduler`) or "dask-local" (a local Dask
     cluster of `workers` processes, default one per GPU)."""
     if kind == "inprocess":
         return InProcessExecutor(device=device, data_dir=data_dir)
-    if kind == "interleaved":
+    if kind in ("interleaved", "mixed"):
         if workers is not None and workers < 1:
             raise UserError(f"--workers must be at least 1, got {workers}")
-        return InterleavedExecutor(device=device, data_dir=data_dir, max_jobs=workers or 64)
+        return InterleavedExecutor(device=device, data_dir=data_dir, max_jobs=workers or 64,
+                                   mixed=kind == "mixed")
     if kind == "processes":
         workers = 2 if workers is None else workers
         return ProcessExecutor(workers=workers, device=device, data_dir=data_dir)

@@ -1,5 +1,8 @@
-"""`InterleavedExecutor` (`--executor interleaved`): every submitted job trains in this process at
-once, its populations advanced a training window at a time in turn, each on its own CUDA stream.
+"""`InterleavedExecutor` (`--executor interleaved`, and `--executor mixed`): every submitted job
+trains in this process at once, its populations advanced a training window at a time in turn,
+each on its own CUDA stream — or, mixed, all of them in shared steps (`train.steps.Mixer`): each
+round, the windows of every population in training run as one step of the mixed engine
+(`engine.mixed`), different cells and hidden sizes in the same launches.
 
 One thread, so no CUDA-graph capture races with another (threads with a stream per cell broke
 at 16 cells); one small population leaves most of a GPU idle, and the windows of many, queued on
@@ -13,8 +16,9 @@ Jobs of the default trainer run this way (`train.evaluate.evaluation`); a job na
 evaluator runs whole when it starts. Results are the ones `run_job` gives: the same numbers, as
 every population is independent of the others. A killed search loses the jobs in training.
 
-Measured on a CPU only (where it changes nothing but the order of the work); its GPU speed is
-not measured yet.
+Measured on a CPU only (where interleaving changes nothing but the order of the work, and the
+mixed engine's instructions run as torch operations, slower than each cell's own step); neither
+way's GPU speed is measured yet.
 """
 
 from __future__ import annotations
@@ -51,12 +55,23 @@ class _JobFuture(Future):
 class InterleavedExecutor(Executor):
     """Trains up to `max_jobs` submitted jobs at once in this process (see the module docstring)."""
 
-    def __init__(self, device: str = "cpu", data_dir: str | None = None, max_jobs: int = 64):
+    def __init__(self, device: str = "cpu", data_dir: str | None = None, max_jobs: int = 64,
+                 mixed: bool = False):
         self.device, self.data_dir, self.max_jobs = device, data_dir, max_jobs
         if device.startswith(("cuda", "auto")):
             os.environ.setdefault("CUDA_DEVICE_MAX_CONNECTIONS", CUDA_CONNECTIONS)
         self._waiting: deque[_JobFuture] = deque()
         self._training: dict[_JobFuture, Generator[None, None, list]] = {}
+        self._mixer = self._new_mixer() if mixed else None
+
+    def _new_mixer(self):
+        import torch
+
+        from cellsearch.train.steps import Mixer
+
+        cuda = self.device.startswith("cuda") or (self.device == "auto"
+                                                   and torch.cuda.is_available())
+        return Mixer(capture=cuda)
 
     def submit(self, job: EvaluationJob) -> Future:
         future = _JobFuture(job)
@@ -111,9 +126,12 @@ class InterleavedExecutor(Executor):
         return free > FREE_MEMORY_TO_ADMIT * total
 
     def _advance(self) -> None:
-        """One window of every job in training; settle those that end."""
+        """One window of every job in training; settle those that end. Mixed, the windows asked
+        for then train together."""
         for future in list(self._training):
             self._step(future)
+        if self._mixer is not None:
+            self._mixer.flush()
 
     def _step(self, future: _JobFuture) -> None:
         try:
@@ -132,5 +150,5 @@ class InterleavedExecutor(Executor):
         graph = CellGraph.from_json(job.graph_json)
         return (yield from evaluation(
             graph, job.task, list(job.settings), device=self.device, data_dir=self.data_dir,
-            **job.options,
+            mixer=self._mixer, **job.options,
         ))

@@ -23,6 +23,7 @@ from cellsearch.evaluation.settings import LOSS_NORMALIZATIONS, Settings
 from cellsearch.tasks import Task, shared_task, task_options
 from cellsearch.train.model import default_engine, input_kind
 from cellsearch.train.packing import population_limit
+from cellsearch.train.steps import Mixer
 from cellsearch.train.trainer import Progress, population_run, train_population
 
 
@@ -141,13 +142,16 @@ def evaluation(
     engine: str | None = None,
     stop_at: float | None = None,
     loss_normalization: str = "minibatch",
+    mixer: Mixer | None = None,
 ) -> Generator[None, None, list[Result]]:
     """`evaluate` as a generator that yields after every training window of its populations,
     which it advances in turn, each shape on its own CUDA stream on a GPU (a shape's populations,
     when it needs several, one after another, as `evaluate` trains them); it returns the Results.
     One thread can so advance many evaluations together (`executors.interleaved`): their windows
     queue on different streams, which the GPU may run at once, and no population waits for
-    another to finish. The Results are those `evaluate` gives."""
+    another to finish. With a `mixer`, every population's windows instead train in steps shared
+    with all others' (`steps.Mixer`), on the current stream. The Results are those `evaluate`
+    gives."""
     _check_normalization(loss_normalization)
     if not settings:
         return []
@@ -166,7 +170,7 @@ def evaluation(
                 results = yield from population_run(
                     graph, task, members, hidden, count, device=torch_device, schedule=schedule,
                     max_epochs=max_epochs, capture=capture, engine=engine, stop_at=stop_at,
-                    loss_normalization=loss_normalization,
+                    loss_normalization=loss_normalization, mixer=mixer,
                 )
             except Exception as error:  # noqa: BLE001 - a broken run is a recorded result
                 results = _failed(task, members, hidden, count, error, torch_device)
@@ -174,8 +178,9 @@ def evaluation(
         return done
 
     # [stream or None, the shape's lane]: the shapes train at once, each on its own stream
-    lanes = [[torch.cuda.Stream(torch_device) if torch_device.type == "cuda" else None,
-              lane(populations)] for populations in shapes]
+    streams = torch_device.type == "cuda" and mixer is None
+    lanes = [[torch.cuda.Stream(torch_device) if streams else None, lane(populations)]
+             for populations in shapes]
     trained: list[tuple[list[int], list[Result]]] = []
     while lanes:
         for entry in list(lanes):

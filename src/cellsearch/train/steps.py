@@ -41,12 +41,13 @@ _LIGHT_CAPTURE = True  # (see Captured._captured)
 
 
 class Captured:
-    """Calls `body()`; with `capture`, the first WARMUP_CALLS run eagerly on a side stream, the
+    """Calls `body()`; with `capture`, the first `warmup` calls run eagerly on a side stream, the
     next one is captured into a CUDA graph, and every call from then on replays it."""
 
-    def __init__(self, body: Callable[[], None], capture: bool):
+    def __init__(self, body: Callable[[], None], capture: bool, warmup: int = WARMUP_CALLS):
         self.body = body
         self.capture = capture
+        self.warmup = warmup
         self.calls = 0
         self.graph: torch.cuda.CUDAGraph | None = None
         self.stream: torch.cuda.Stream | None = None
@@ -61,7 +62,7 @@ class Captured:
             # state per capture). A launch holds the lock only briefly.
             with _CAPTURE_LOCK:
                 self.graph.replay()
-        elif self.calls < WARMUP_CALLS:
+        elif self.calls < self.warmup:
             # Warm up on the stream that will capture: cuBLAS sets up its workspace per stream.
             self.stream = self.stream or torch.cuda.Stream()
             self.stream.wait_stream(torch.cuda.current_stream())
@@ -133,7 +134,10 @@ class PopulationSteps:
         dropout: Dropout | None,
         capture: bool,
         loss_normalization: str = "minibatch",
+        mixer: Mixer | None = None,
     ):
+        """With a `mixer`, the population's windows train and evaluate in steps shared with
+        other populations (`Mixer`) instead of its own."""
         if loss_normalization not in LOSS_NORMALIZATIONS:
             raise ValueError(
                 f"loss_normalization must be one of {', '.join(LOSS_NORMALIZATIONS)},"
@@ -164,6 +168,7 @@ class PopulationSteps:
         self.totals: dict[str, torch.Tensor] | None = None
         self.train_step = Captured(self._train, capture)
         self.eval_step = Captured(self._evaluate, capture)
+        self.mixer = mixer
 
     def load(self, batch: Batch | list[torch.Tensor]) -> None:
         """Copy one window (a Batch, or its fields as tensors from `uploaded`) into the step's
@@ -259,29 +264,39 @@ class PopulationSteps:
     @torch.no_grad()
     def _evaluate(self) -> None:
         self.model.eval()
-        stats, _ = self._forward(None)
+        self._add_to_totals(self._forward(None)[0])
+
+    def _add_to_totals(self, stats: dict[str, torch.Tensor]) -> None:
         if self.totals is None:  # the first call is eager (see Captured), never captured
             self.totals = {name: torch.zeros_like(value) for name, value in stats.items()}
         for name, value in stats.items():
             self.totals[name].add_(value)
 
+    def _step(self, phase: str) -> Iterator[None]:
+        """The loaded window's "train" or "eval" step, then one yield: the population's own
+        step, or a shared one, which runs when the mixer is next flushed."""
+        if self.mixer is not None:
+            yield from self.mixer.step(self, phase)
+        else:
+            (self.train_step if phase == "train" else self.eval_step)()
+            yield
+
     # -- passes ---------------------------------------------------------------------------------
 
     def train_windows(
         self, epoch: int, learning_rates: list[float], on_window=None
-    ) -> Iterator[int]:
-        """One pass over the training windows, a window at a time: yields each window's number
-        once it is queued, so that a caller can interleave several populations' windows; `finite`
-        then says per member whether its loss stayed finite."""
+    ) -> Iterator[None]:
+        """One pass over the training windows, a window at a time: yields once each window is
+        queued, so that a caller can interleave several populations' windows; `finite` then says
+        per member whether its loss stayed finite."""
         self.learning_rates.copy_(torch.tensor(learning_rates))
         self.finite.fill_(True)
         batches = self.task.batches("train", self.mask.shape[1], self.mask.shape[0], epoch=epoch)
         for window, batch in enumerate(self.uploaded(batches)):
             self.load(batch)
-            self.train_step()
+            yield from self._step("train")
             if on_window is not None:
                 on_window(window + 1)
-            yield window + 1
 
     def evaluate(self, split: str) -> dict[str, list[float]]:
         """Metrics of every member over `split` (see `tasks.metrics.summarize`)."""
@@ -296,8 +311,7 @@ class PopulationSteps:
         batches = self.task.batches(split, self.mask.shape[1], self.mask.shape[0])
         for batch in self.uploaded(batches):
             self.load(batch)
-            self.eval_step()
-            yield
+            yield from self._step("eval")
         yield from self.settled()
         summary = task_metrics.summarize(self.totals)
         return {name: [float(v) for v in values.tolist()] for name, values in summary.items()}
@@ -322,28 +336,106 @@ class MixedSteps:
     loads its own window (`PopulationSteps.load`) beforehand; the windows share their shape.
     The numbers are those of each population's own step, to float rounding."""
 
-    def __init__(self, populations: list[PopulationSteps], capture: bool):
+    def __init__(self, populations: list[PopulationSteps], capture: bool,
+                 warmup: int = WARMUP_CALLS):
         shapes = {tuple(p.mask.shape) for p in populations}
         if len(shapes) != 1:
             raise ValueError(f"populations trained together share their window shape, got "
                              f"{sorted(shapes)}")
         self.populations = populations
-        self.layouts: dict = {}  # the mixes' tables, alive as long as the captured step
-        self.train_step = Captured(self._train, capture)
+        self.layouts: dict = {}  # the mixes' tables, alive as long as the captured steps
+        self.train_step = Captured(self._train, capture, warmup)
+        self.eval_step = Captured(self._evaluate, capture, warmup)
+
+    def _forward(self, training: bool):
+        return forward_together(
+            [p.model for p in self.populations], [p.inputs for p in self.populations],
+            [p._carried_state() for p in self.populations],
+            [p.dropout if training else None for p in self.populations],
+            [not p.loss_kernels for p in self.populations], self.layouts)
 
     def _train(self) -> None:
         populations = self.populations
         for p in populations:
             p.model.train()
-        results = forward_together(
-            [p.model for p in populations], [p.inputs for p in populations],
-            [p._carried_state() for p in populations], [p.dropout for p in populations],
-            [not p.loss_kernels for p in populations], self.layouts)
+        results = self._forward(training=True)
         objectives = [p._objective(p._scored(logits, final)[1])
                       for p, (logits, final) in zip(populations, results)]
         torch.stack(objectives).sum().backward()
         for p in populations:
             p._clipped_sgd_step()
+
+    @torch.no_grad()
+    def _evaluate(self) -> None:
+        for p in self.populations:
+            p.model.eval()
+        for p, (logits, final) in zip(self.populations, self._forward(training=False)):
+            p._add_to_totals(p._scored(logits, final)[0])
+
+
+class Mixer:
+    """The windows that populations of different cells ask for, trained together.
+
+    A population with a mixer (`PopulationSteps(mixer=...)`) loads its window and asks for its
+    step (`step`, a generator that yields until the step has run); whoever advances the
+    populations (`executors.interleaved` with `mixed`) calls `flush` after giving each its turn:
+    one `MixedSteps` step for every population that asked to train, one for those that asked to
+    evaluate. Populations join and leave between windows, so no slow one holds back the rest.
+
+    Each membership (the populations asking, in order) gets its own MixedSteps, which on CUDA
+    captures its step after `warmup` eager calls, so a membership that lasts only a few windows
+    is never captured; the last `kept` memberships of each phase stay ready (each captured one
+    holds its own activation memory), and a population that `leave`s takes every membership it
+    was in with it. Both defaults are guesses until measured on a GPU. All work goes to the
+    current CUDA stream, which the populations' loads must share. A shared step that fails fails
+    every population in it, with the error.
+    """
+
+    def __init__(self, capture: bool, warmup: int = 4, kept: int = 2):
+        self.capture, self.warmup, self.kept = capture, warmup, kept
+        self.waiting: dict[str, list[PopulationSteps]] = {"train": [], "eval": []}
+        self.memberships: dict[str, dict[tuple, MixedSteps]] = {"train": {}, "eval": {}}
+        self.failures: dict[int, Exception] = {}  # id(population) -> why its step failed
+
+    def step(self, population: PopulationSteps, phase: str) -> Iterator[None]:
+        self.waiting[phase].append(population)
+        try:
+            while any(p is population for p in self.waiting[phase]):
+                yield
+        except GeneratorExit:  # its run was stopped: nothing to do for it
+            self.waiting[phase] = [p for p in self.waiting[phase] if p is not population]
+            raise
+        error = self.failures.pop(id(population), None)
+        if error is not None:
+            raise error
+
+    def flush(self) -> None:
+        """Run the steps asked for since the last flush."""
+        for phase, populations in self.waiting.items():
+            if not populations:
+                continue
+            self.waiting[phase] = []
+            try:
+                together = self._membership(phase, populations)
+                (together.train_step if phase == "train" else together.eval_step)()
+            except Exception as error:  # noqa: BLE001 - each population's run records it
+                self.failures.update((id(p), error) for p in populations)
+
+    def leave(self, population: PopulationSteps) -> None:
+        """Forget `population` (its training ended): its memberships, and their CUDA graphs."""
+        for kept in self.memberships.values():
+            for key in [key for key, together in kept.items()
+                        if any(p is population for p in together.populations)]:
+                del kept[key]
+
+    def _membership(self, phase: str, populations: list[PopulationSteps]) -> MixedSteps:
+        kept = self.memberships[phase]
+        key = tuple(id(p) for p in populations)  # unique while kept: kept holds them
+        together = kept.pop(key, None) or MixedSteps(populations, self.capture, self.warmup)
+        kept[key] = together  # the most recent last
+        while len(kept) > self.kept:
+            del kept[next(iter(kept))]
+        return together
 
 
 def drive(run: Generator[None, None, Any]) -> Any:

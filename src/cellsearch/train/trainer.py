@@ -27,7 +27,7 @@ from cellsearch.evaluation.settings import Settings
 from cellsearch.tasks import Task
 from cellsearch.train.model import Dropout, PopulationModel, default_engine, input_kind
 from cellsearch.train.schedules import schedule_for
-from cellsearch.train.steps import PopulationSteps, drive
+from cellsearch.train.steps import Mixer, PopulationSteps, drive
 
 BATCH_SIZE, NUM_STEPS = 20, 35  # §3.5
 
@@ -59,10 +59,12 @@ def population_steps(
     capture: bool = True,
     engine: str | None = None,
     loss_normalization: str = "minibatch",
+    mixer: Mixer | None = None,
 ) -> PopulationSteps:
     """The settings' population (all with the same num_layers) on `device`, each member
     initialized from its own scale and seed, with its clip norm and dropout: its steps, ready
-    for a window. `capture` applies on CUDA only."""
+    for a window. `capture` applies on CUDA only; a `mixer` trains it in steps shared with
+    other populations (`steps.Mixer`)."""
     layers = {s.num_layers for s in settings}
     if len(layers) != 1:
         raise ValueError(f"a population shares its number of layers, got {sorted(layers)}")
@@ -83,7 +85,7 @@ def population_steps(
     return PopulationSteps(model, task, batch_size, num_steps,
                            per_member([s.max_grad_norm for s in settings]), dropout,
                            capture=capture and device.type == "cuda",
-                           loss_normalization=loss_normalization)
+                           loss_normalization=loss_normalization, mixer=mixer)
 
 
 def population_run(
@@ -103,6 +105,7 @@ def population_run(
     stop_at: float | None = None,
     loss_normalization: str = "minibatch",
     on_progress: Callable[[Progress], None] | None = None,
+    mixer: Mixer | None = None,
 ) -> Generator[None, None, list[Result]]:
     """Train every setting (all with the same num_layers); the generator yields after every
     training and evaluation window, and on a GPU while the population's queued work runs before
@@ -114,77 +117,82 @@ def population_run(
     ends a member's training once its validation metric reaches that value (accuracy at least,
     or nll at most): the memorization filter only asks whether a cell gets to 95%.
     `loss_normalization` (`steps.LOSS_NORMALIZATIONS`) says what a window's summed loss is divided
-    by: the minibatch size (the paper's words) or its scored targets."""
+    by: the minibatch size (the paper's words) or its scored targets. With a `mixer`, its windows
+    train in steps shared with other populations (`steps.Mixer`), to the same numbers."""
     started = time.perf_counter()
     device = torch.device(device)
-    K = len(settings)
     steps = population_steps(graph, task, settings, hidden_size, device=device,
                              batch_size=batch_size, num_steps=num_steps, capture=capture,
-                             engine=engine, loss_normalization=loss_normalization)
-    schedules = [schedule_for(schedule, s) for s in settings]
-    active = [True] * K
-    status = [OK] * K
-    reasons: list[str | None] = [None] * K
-    best_valid: list[dict[str, float]] = [{} for _ in range(K)]
-    best_test: list[dict[str, float]] = [{} for _ in range(K)]
-    histories: list[list[dict[str, float]]] = [[] for _ in range(K)]
-    epochs_run = [0] * K
-    tokens = [0] * K  # timesteps of training data each member has read
+                             engine=engine, loss_normalization=loss_normalization, mixer=mixer)
+    try:
+        K = len(settings)
+        schedules = [schedule_for(schedule, s) for s in settings]
+        active = [True] * K
+        status = [OK] * K
+        reasons: list[str | None] = [None] * K
+        best_valid: list[dict[str, float]] = [{} for _ in range(K)]
+        best_test: list[dict[str, float]] = [{} for _ in range(K)]
+        histories: list[list[dict[str, float]]] = [[] for _ in range(K)]
+        epochs_run = [0] * K
+        tokens = [0] * K  # timesteps of training data each member has read
 
-    epoch = 0
-    while any(active) and (max_epochs is None or epoch < max_epochs):
-        rates = [sch.learning_rate if a else 0.0 for sch, a in zip(schedules, active)]
-        training = sum(active)
+        epoch = 0
+        while any(active) and (max_epochs is None or epoch < max_epochs):
+            rates = [sch.learning_rate if a else 0.0 for sch, a in zip(schedules, active)]
+            training = sum(active)
 
-        windows = [0]
+            windows = [0]
 
-        def on_window(window: int) -> None:
-            windows[0] = window
-            if on_progress is not None:
-                on_progress(Progress(epoch + 1, window, training))
+            def on_window(window: int) -> None:
+                windows[0] = window
+                if on_progress is not None:
+                    on_progress(Progress(epoch + 1, window, training))
 
-        for _ in steps.train_windows(epoch, rates, on_window):
-            yield
-        yield from steps.settled()
-        finite = steps.finite.tolist()
-        valid = yield from steps.evaluation_windows("valid")
-        improved = []
-        for k in range(K):
-            if not active[k]:
-                continue
-            epochs_run[k] = epoch + 1
-            tokens[k] += windows[0] * batch_size * num_steps
-            histories[k].append({"epoch": epoch + 1, "learning_rate": rates[k],
-                                 **{name: values[k] for name, values in valid.items()}})
-            loss = valid["nll"][k]
-            if not finite[k] or not math.isfinite(loss):
-                active[k], status[k] = False, DIVERGED
-                reasons[k] = f"the training loss became NaN or infinite in epoch {epoch + 1}"
-                continue
-            schedules[k].end_epoch(loss)
-            reached = stop_at is not None and (
-                valid[task.metric][k] <= stop_at if task.metric in LOWER_IS_BETTER
-                else valid[task.metric][k] >= stop_at)
-            # The epoch that reaches `stop_at` is the one reported, even if an earlier epoch had
-            # a lower validation loss: the filter asks whether the cell got there.
-            if schedules[k].is_best or reached:
-                best_valid[k] = {name: values[k] for name, values in valid.items()}
-                improved.append(k)
-            if schedules[k].done or reached:
-                active[k] = False
-        if improved:
-            test = yield from steps.evaluation_windows("test")
-            for k in improved:
-                best_test[k] = {name: values[k] for name, values in test.items()}
-        epoch += 1
+            for _ in steps.train_windows(epoch, rates, on_window):
+                yield
+            yield from steps.settled()
+            finite = steps.finite.tolist()
+            valid = yield from steps.evaluation_windows("valid")
+            improved = []
+            for k in range(K):
+                if not active[k]:
+                    continue
+                epochs_run[k] = epoch + 1
+                tokens[k] += windows[0] * batch_size * num_steps
+                histories[k].append({"epoch": epoch + 1, "learning_rate": rates[k],
+                                     **{name: values[k] for name, values in valid.items()}})
+                loss = valid["nll"][k]
+                if not finite[k] or not math.isfinite(loss):
+                    active[k], status[k] = False, DIVERGED
+                    reasons[k] = f"the training loss became NaN or infinite in epoch {epoch + 1}"
+                    continue
+                schedules[k].end_epoch(loss)
+                reached = stop_at is not None and (
+                    valid[task.metric][k] <= stop_at if task.metric in LOWER_IS_BETTER
+                    else valid[task.metric][k] >= stop_at)
+                # The epoch that reaches `stop_at` is the one reported, even if an earlier epoch had
+                # a lower validation loss: the filter asks whether the cell got there.
+                if schedules[k].is_best or reached:
+                    best_valid[k] = {name: values[k] for name, values in valid.items()}
+                    improved.append(k)
+                if schedules[k].done or reached:
+                    active[k] = False
+            if improved:
+                test = yield from steps.evaluation_windows("test")
+                for k in improved:
+                    best_test[k] = {name: values[k] for name, values in test.items()}
+            epoch += 1
 
-    wall = time.perf_counter() - started
-    return [
-        Result(
-            task=task.name, settings=s, hidden_size=hidden_size, num_parameters=num_parameters,
-            metric=task.metric, status=status[k], reason=reasons[k], valid=best_valid[k],
-            test=best_test[k], epochs=epochs_run[k], wall_seconds=wall, device=str(device),
-            history=tuple(histories[k]), tokens=tokens[k],
-        )
-        for k, s in enumerate(settings)
-    ]
+        wall = time.perf_counter() - started
+        return [
+            Result(
+                task=task.name, settings=s, hidden_size=hidden_size, num_parameters=num_parameters,
+                metric=task.metric, status=status[k], reason=reasons[k], valid=best_valid[k],
+                test=best_test[k], epochs=epochs_run[k], wall_seconds=wall, device=str(device),
+                history=tuple(histories[k]), tokens=tokens[k],
+            )
+            for k, s in enumerate(settings)
+        ]
+    finally:
+        if mixer is not None:
+            mixer.leave(steps)  # and the CUDA graphs it shared
