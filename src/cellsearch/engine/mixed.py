@@ -19,15 +19,16 @@ setting finishes. Instead the elementwise part of every cell is data for one fix
   program in reverse. On a CPU the same instructions run as torch operations.
 
 So a step of any mix of cells is, per stage, one gather, one matmul, one scatter and one kernel
-forward, whatever the cells, and no combination is ever compiled. The recurrent weights'
-gradient is formed once per window (`plan.WeightSink`), as the single-cell engine does. The
-values and gradients are the eager engine's (`plan.run`) to float rounding. Every slot is
-written once a step, but for a sum's running total (only `add` and `sub`, whose derivatives
-read no values), so the backward reads every value it needs from the forward's output.
+forward, whatever the cells, and no combination is ever compiled. A step is one autograd node
+(`_Step`) whose backward runs the stages in reverse on one tensor of the slots' gradients; the
+recurrent weights' gradient is formed once per window (`plan.WeightSink`), as the single-cell
+engine does. The values and gradients are the eager engine's (`plan.run`) to float rounding.
+Every slot is written once a step, but for a sum's running total (only `add` and `sub`, whose
+derivatives read no values), so the backward reads every value it needs from the forward's.
 
 Its speed on a GPU is not measured yet (`cellsearch bench --mixed N`). What it costs beyond the
-arithmetic: a few copies of the (M, R, B, N) slots per stage and step, and a kernel whose
-instructions pass their values through memory (L1/L2) rather than registers.
+arithmetic: zeroing the (M, R, B, N) slots and their gradients once a step each, and a kernel
+whose instructions pass their values through memory (L1/L2) rather than registers.
 """
 
 from __future__ import annotations
@@ -38,13 +39,13 @@ from typing import Sequence
 
 import torch
 import torch.nn.functional as F
+from torch.autograd.function import once_differentiable
 
 from cellsearch.cells import ops
 from cellsearch.engine.kernels import codegen
 from cellsearch.engine.plan import (
     MatmulGroup,
     Plan,
-    RecordedMatmul,
     Sum,
     WeightSink,
     pre_name,
@@ -188,7 +189,7 @@ def run_mixed(layers: Sequence[Layer], kernel: str | None = None,
         layout = _cached_layout(*key)
     else:
         layout = layouts[key] if key in layouts else layouts.setdefault(key, _layout(*key))
-    I, R, M = layout.inputs, layout.slots, sum(sizes)
+    I = layout.inputs
 
     def padded(value: torch.Tensor) -> torch.Tensor:
         return F.pad(value, (0, N - value.shape[-1]))
@@ -208,8 +209,8 @@ def run_mixed(layers: Sequence[Layer], kernel: str | None = None,
     instructions = _INSTRUCTIONS[kernel]
 
     # Per stage the (M*J, N, N) transposed matrices; their gradient forms once per window: each
-    # stage's matmul records its operands and output gradients, and a sink upstream of every
-    # step turns the records into dW.
+    # step's backward records the stage's operands and product gradients, and a sink upstream of
+    # every step turns the records into dW.
     stages = []
     for table in layout.stages:
         weights = _stage_weights(table, [group for _, group in windows], sizes, widths, state)
@@ -220,21 +221,11 @@ def run_mixed(layers: Sequence[Layer], kernel: str | None = None,
             weights = weights.detach()
         stages.append((table, weights, record))
 
-    member, zeros = layout.member, state.new_zeros(M, 1, B, N)
-    rest = state.new_zeros(M, R - 1 - S - I, B, N)
+    # (unbound once: autograd then stacks the steps' input gradients once, not once a step)
+    step_inputs = inputs.unbind(1) if I else [None] * T
     outputs = []
     for t in range(T):
-        values = torch.cat([zeros, state, *([inputs[:, t]] if I else []), rest], dim=1)
-        for table, weights, record in stages:
-            if weights is not None:
-                J = table.operands.shape[1]
-                operands = values[member[:, None], table.operands].view(M * J, B, N)
-                product = (RecordedMatmul.apply(None, operands, weights, record)
-                           if record is not None else torch.bmm(operands, weights))
-                values = values.index_put((member[:, None], table.products),
-                                          product.view(M, J, B, N))
-            values = instructions(values, table.program, table.lengths, layout.columns)
-        state = values[member[:, None], layout.outputs]
+        state = _Step.apply(layout, stages, instructions, state, step_inputs[t])
         outputs.append(state[:, 0])
     outputs = torch.stack(outputs, dim=1)  # (M, T, B, N)
     results, start = [], 0
@@ -244,6 +235,63 @@ def run_mixed(layers: Sequence[Layer], kernel: str | None = None,
         results.append((outputs[rows, ..., :n], final))
         start += K
     return results
+
+
+class _Step(torch.autograd.Function):
+    """One step of a mix: (state (M, S, B, N), step inputs (M, I, B, N) or None) -> new state.
+
+    Forward fills one (M, R, B, N) tensor of slots: the states and inputs, then per stage the
+    products (gathered operands times the stage's matrices, scattered to their slots) and the
+    instructions, in place. Backward runs the same in reverse on one tensor of the slots'
+    gradients, from the forward's slots: the instructions' reverse, then each product's gradient
+    back to its operand (and recorded, for dW once per window). So a step writes its slots once
+    each way rather than copying all of them at every operation."""
+
+    @staticmethod
+    def forward(ctx, layout, stages, instructions, state, inputs):
+        M, S, B, N = state.shape
+        I = layout.inputs
+        member = layout.member[:, None]
+        # zeros: slot 0, the scratch slot, and the columns past a member's size stay 0
+        values = state.new_zeros(M, layout.slots, B, N)
+        values[:, 1:1 + S] = state
+        if I:
+            values[:, 1 + S:1 + S + I] = inputs
+        for table, weights, _ in stages:
+            if weights is not None:
+                J = table.operands.shape[1]
+                operands = values[member, table.operands].view(M * J, B, N)
+                values[member, table.products] = torch.bmm(operands, weights).view(M, J, B, N)
+            instructions.forward(values, table.program, table.lengths, layout.columns)
+        ctx.save_for_backward(values)
+        ctx.layout, ctx.stages, ctx.instructions, ctx.has_inputs = layout, stages, instructions, I
+        return values[member, layout.outputs]
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad_state):
+        (values,) = ctx.saved_tensors
+        layout = ctx.layout
+        M, _, B, N = values.shape
+        S = grad_state.shape[1]
+        member = layout.member[:, None]
+        grads = torch.zeros_like(values)
+        grads.index_put_((member, layout.outputs), grad_state, accumulate=True)
+        for table, weights, record in reversed(ctx.stages):
+            ctx.instructions.backward(grads, values, table.program, table.lengths,
+                                      layout.columns)
+            if weights is not None:
+                J = table.operands.shape[1]
+                product_grads = grads[member, table.products].reshape(M * J, B, N)
+                if record is not None:
+                    record.append((values[member, table.operands].view(M * J, B, N),
+                                   product_grads))
+                operand_grads = torch.bmm(product_grads, weights.transpose(1, 2))
+                grads.index_put_((member, table.operands), operand_grads.view(M, J, B, N),
+                                 accumulate=True)
+        I = layout.inputs
+        return (None, None, None, grads[:, 1:1 + S],
+                grads[:, 1 + S:1 + S + I] if ctx.has_inputs else None)
 
 
 @dataclass(frozen=True)
@@ -332,35 +380,77 @@ def _stage_weights(table: _StageTable, group_weights, sizes, widths,
 
 # -- the instructions in torch --------------------------------------------------------------------
 
-_TORCH = {op.name: (getattr(torch, op.torch_function) if op.torch_function else (lambda v: v))
-          for op in ops.OPERATIONS if op.kind == "activation"}
-_TORCH.update(add=torch.add, sub=torch.sub, mul=torch.mul)
+
+class _TorchLanguage:
+    """What the operation table's Triton expressions call, in torch: the table's derivatives
+    then serve the torch instructions too."""
+
+    exp = staticmethod(torch.exp)
+    maximum = staticmethod(torch.maximum)
+    where = staticmethod(torch.where)
 
 
-def torch_instructions(values: torch.Tensor, program: torch.Tensor, lengths: torch.Tensor,
-                       columns: torch.Tensor) -> torch.Tensor:
-    """Every member's instructions on its slots, as torch operations (autograd differentiates
-    them): instruction i of all members at once, each operation that some member runs there
-    computed for all and the member's own kept. A CPU's engine, and the reference of the
-    kernels."""
-    M, _, _, N = values.shape
+def _expression(text: str, **names) -> torch.Tensor:
+    return eval(text, {"tl": _TorchLanguage}, names)  # the operation table's own text
+
+
+class TorchInstructions:
+    """Every member's instructions on its slots as torch operations, in place, as the kernel
+    runs them: instruction i of all members at once, each operation that some member runs there
+    computed for all and each member's own kept (a host copy of the opcodes per instruction:
+    this is the CPU's way, and the kernel's reference)."""
+
+    @staticmethod
+    def forward(values, program, lengths, columns) -> None:
+        member, keep = _rows(values, columns)
+        for i in range(program.shape[1]):
+            op, dst, a, b = program[:, i].long().unbind(1)
+            first, second = values[member, a], values[member, b]
+            result = first
+            for name in _present(op):
+                operation = ops.BY_NAME[name]
+                value = (getattr(torch, operation.torch_function)(first)
+                         if operation.kind == "activation" and operation.torch_function
+                         else _expression(operation.triton.format("a", "b"), a=first, b=second))
+                result = torch.where((op == OPCODES[name]).view(-1, 1, 1), value, result)
+            values[member, dst] = torch.where(keep, result, values[member, dst])
+
+    @staticmethod
+    def backward(grads, values, program, lengths, columns) -> None:
+        member, keep = _rows(values, columns)
+        for i in reversed(range(program.shape[1])):
+            op, dst, a, b = program[:, i].long().unbind(1)
+            g, y = grads[member, dst], values[member, dst]
+            first, second = values[member, a], values[member, b]
+            first_grad, second_grad = torch.zeros_like(g), torch.zeros_like(g)
+            for name in _present(op):
+                chosen = (op == OPCODES[name]).view(-1, 1, 1)
+                for target, text in zip((first_grad, second_grad), _gradients(name)):
+                    value = _expression(text, g=g, y=y, a=first, b=second)
+                    target.copy_(torch.where(chosen, value, target))
+            grads[member, dst] = 0.0  # the slot's value before: read by nothing
+            grads.index_put_((member, a), first_grad * keep, accumulate=True)
+            grads.index_put_((member, b), second_grad * keep, accumulate=True)
+
+
+def _rows(values, columns):
+    """(member indices, (M, 1, N) which columns are a member's own)."""
+    M, N = values.shape[0], values.shape[-1]
     member = torch.arange(M, device=values.device)
-    keep = (torch.arange(N, device=values.device) < columns[:, None]).to(values.dtype)[:, None]
-    codes = program.long()
-    values = values.clone()  # then written in place: no operation here saves `values` itself
-    for i in range(program.shape[1]):
-        op, dst, a, b = codes[:, i].unbind(1)
-        first, second = values[member, a], values[member, b]
-        result = first
-        present = set(op.tolist())  # (a host copy: this path is the CPU's)
-        for name, code in OPCODES.items():
-            if code not in present:
-                continue
-            function = _TORCH[name]
-            value = function(first) if name in ops.names("activation") else function(first, second)
-            result = torch.where((op == code).view(M, 1, 1), value, result)
-        values.index_put_((member, dst), result * keep)
-    return values
+    return member, (torch.arange(N, device=values.device) < columns[:, None])[:, None]
+
+
+def _present(op: torch.Tensor) -> list[str]:
+    codes = set(op.tolist())
+    return [name for name, code in OPCODES.items() if code in codes]
+
+
+def _gradients(name: str) -> tuple[str, str]:
+    """The operation's reverse mode as the table's expressions: (first operand's, second's)."""
+    operation = ops.BY_NAME[name]
+    if operation.kind == "activation":
+        return operation.triton_gradient.format(g="g", y="y"), "0.0 * g"
+    return tuple(text.format(g="g", a="a", b="b") for text in BINARY_GRADIENTS[name])
 
 
 # -- the instructions in one Triton kernel --------------------------------------------------------
@@ -447,28 +537,17 @@ def _launch(kernel: str, program, lengths, columns, *tensors) -> None:
                                   program.stride(0), N, size, BLOCK=BLOCK)
 
 
-class _TritonInstructions(torch.autograd.Function):
-    """`torch_instructions` in the kernel: forward on a copy of the slots; backward runs the
-    program in reverse on a copy of the slots' gradient, from the forward's output."""
+class TritonInstructions:
+    """`TorchInstructions` in the generated kernel (`instructions_source`)."""
 
     @staticmethod
-    def forward(ctx, values, program, lengths, columns):
-        out = values.contiguous().clone()
-        _launch("forward_kernel", program, lengths, columns, out)
-        ctx.save_for_backward(out, program, lengths, columns)
-        return out
+    def forward(values, program, lengths, columns) -> None:
+        _launch("forward_kernel", program, lengths, columns, values)
 
     @staticmethod
-    def backward(ctx, grad):
-        out, program, lengths, columns = ctx.saved_tensors
-        grad = grad.contiguous().clone()
-        _launch("backward_kernel", program, lengths, columns, grad, out)
-        return grad, None, None, None
+    def backward(grads, values, program, lengths, columns) -> None:
+        _launch("backward_kernel", program, lengths, columns, grads, values)
 
 
-def triton_instructions(values, program, lengths, columns) -> torch.Tensor:
-    return _TritonInstructions.apply(values, program, lengths, columns)
-
-
-_INSTRUCTIONS = {"torch": torch_instructions, "triton": triton_instructions}
+_INSTRUCTIONS = {"torch": TorchInstructions, "triton": TritonInstructions}
 KERNELS = tuple(_INSTRUCTIONS)
