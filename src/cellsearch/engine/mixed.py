@@ -34,6 +34,7 @@ whose instructions pass their values through memory (L1/L2) rather than register
 from __future__ import annotations
 
 import functools
+import itertools
 from dataclasses import dataclass
 from typing import Sequence
 
@@ -251,44 +252,40 @@ class _Step(torch.autograd.Function):
     def forward(ctx, layout, stages, instructions, state, inputs):
         M, S, B, N = state.shape
         I = layout.inputs
-        member = layout.member[:, None]
         # zeros: slot 0, the scratch slot, and the columns past a member's size stay 0
         values = state.new_zeros(M, layout.slots, B, N)
+        rows = values.view(-1, B, N)  # (M * R, B, N), the tables' rows
         values[:, 1:1 + S] = state
         if I:
             values[:, 1 + S:1 + S + I] = inputs
         for table, weights, _ in stages:
             if weights is not None:
-                J = table.operands.shape[1]
-                operands = values[member, table.operands].view(M * J, B, N)
-                values[member, table.products] = torch.bmm(operands, weights).view(M, J, B, N)
+                operands = rows.index_select(0, table.operands)  # (M * J, B, N)
+                rows.index_copy_(0, table.products, torch.bmm(operands, weights))
             instructions.forward(values, table.program, table.lengths, layout.columns)
         ctx.save_for_backward(values)
         ctx.layout, ctx.stages, ctx.instructions, ctx.has_inputs = layout, stages, instructions, I
-        return values[member, layout.outputs]
+        return rows.index_select(0, layout.outputs).view(M, S, B, N)
 
     @staticmethod
     @once_differentiable
     def backward(ctx, grad_state):
         (values,) = ctx.saved_tensors
         layout = ctx.layout
-        M, _, B, N = values.shape
+        _, _, B, N = values.shape
         S = grad_state.shape[1]
-        member = layout.member[:, None]
         grads = torch.zeros_like(values)
-        grads.index_put_((member, layout.outputs), grad_state, accumulate=True)
+        rows, value_rows = grads.view(-1, B, N), values.view(-1, B, N)
+        rows.index_add_(0, layout.outputs, grad_state.reshape(-1, B, N))
         for table, weights, record in reversed(ctx.stages):
             ctx.instructions.backward(grads, values, table.program, table.lengths,
                                       layout.columns)
             if weights is not None:
-                J = table.operands.shape[1]
-                product_grads = grads[member, table.products].reshape(M * J, B, N)
+                product_grads = rows.index_select(0, table.products)
                 if record is not None:
-                    record.append((values[member, table.operands].view(M * J, B, N),
-                                   product_grads))
+                    record.append((value_rows.index_select(0, table.operands), product_grads))
                 operand_grads = torch.bmm(product_grads, weights.transpose(1, 2))
-                grads.index_put_((member, table.operands), operand_grads.view(M, J, B, N),
-                                 accumulate=True)
+                rows.index_add_(0, table.operands, operand_grads)
         I = layout.inputs
         return (None, None, None, grads[:, 1:1 + S],
                 grads[:, 1 + S:1 + S + I] if ctx.has_inputs else None)
@@ -296,13 +293,14 @@ class _Step(torch.autograd.Function):
 
 @dataclass(frozen=True)
 class _StageTable:
-    """One stage of a mix as tensors: per member the operand and product slots of each of
-    `J` matmuls (padding: slot 0 times a zero matrix, written to the scratch slot), each
-    population's matrices (`jobs`: its group operand and chunk, or None), and the instructions
-    (M, L, 4) with their counts (M,)."""
+    """One stage of a mix as tensors: the operand and product slot of each member's `J` matmuls
+    (padding: slot 0 times a zero matrix, written to the scratch slot) as rows of the slots
+    viewed as (M * R, B, N), member-major; each population's matrices (`jobs`: its group operand
+    and chunk, or None); and the instructions (M, L, 4) with their counts (M,)."""
 
-    operands: torch.Tensor
-    products: torch.Tensor
+    J: int
+    operands: torch.Tensor  # (M * J,)
+    products: torch.Tensor  # (M * J,)
     jobs: tuple[tuple[tuple[str, int] | None, ...], ...]
     program: torch.Tensor
     lengths: torch.Tensor
@@ -317,8 +315,7 @@ class _Layout:
     slots: int  # R, the last one the scratch slot padding writes to
     stages: tuple[_StageTable, ...]
     columns: torch.Tensor  # (M,) each member's hidden size
-    outputs: torch.Tensor  # (M, S) each member's new-state slots, padded with the zero slot
-    member: torch.Tensor  # (M,) 0..M-1
+    outputs: torch.Tensor  # (M * S,) rows of each member's new states, padded with its zero slot
 
 
 def _layout(programs: tuple[Program, ...], sizes: tuple[int, ...], widths: tuple[int, ...],
@@ -332,30 +329,33 @@ def _layout(programs: tuple[Program, ...], sizes: tuple[int, ...], widths: tuple
         J = max(len(stage.matmuls) for stage in steps)
         L = max(max(len(stage.instructions) for stage in steps), 1)
         operands, products, jobs, program, lengths = [], [], [], [], []
+        first_rows = iter(range(0, sum(sizes) * R, R))  # each member's slot 0
         for stage, K in zip(steps, sizes):
             padding = J - len(stage.matmuls)
-            operands += [[o for o, _, _ in stage.matmuls] + [ZERO] * padding] * K
-            products += [[p for _, _, p in stage.matmuls] + [scratch] * padding] * K
+            for row in itertools.islice(first_rows, K):
+                operands += [row + o for o, _, _ in stage.matmuls] + [row + ZERO] * padding
+                products += [row + p for _, _, p in stage.matmuls] + [row + scratch] * padding
             jobs.append(tuple(key for _, key, _ in stage.matmuls) + (None,) * padding)
             nop = (OPCODES["identity"], scratch, ZERO, ZERO)
             program += [list(stage.instructions) + [nop] * (L - len(stage.instructions))] * K
             lengths += [len(stage.instructions)] * K
         stages.append(_StageTable(
-            operands=torch.tensor(operands, dtype=torch.long, device=device).view(sum(sizes), J),
-            products=torch.tensor(products, dtype=torch.long, device=device).view(sum(sizes), J),
+            J=J,
+            operands=torch.tensor(operands, dtype=torch.long, device=device),
+            products=torch.tensor(products, dtype=torch.long, device=device),
             jobs=tuple(jobs),
             program=torch.tensor(program, dtype=torch.int32, device=device),
             lengths=torch.tensor(lengths, dtype=torch.int32, device=device),
         ))
-    S_rows = [list(p.outputs) + [ZERO] * (S - len(p.outputs))
-              for p, K in zip(programs, sizes) for _ in range(K)]
+    members = [p for p, K in zip(programs, sizes) for _ in range(K)]
+    outputs = [m * R + slot for m, p in enumerate(members)
+               for slot in list(p.outputs) + [ZERO] * (S - len(p.outputs))]
     return _Layout(
         inputs=max(len(program.inputs) for program in programs),
         slots=R,
         stages=tuple(stages),
         columns=torch.tensor([n for n, K in zip(widths, sizes) for _ in range(K)], device=device),
-        outputs=torch.tensor(S_rows, dtype=torch.long, device=device),
-        member=torch.arange(sum(sizes), device=device),
+        outputs=torch.tensor(outputs, dtype=torch.long, device=device),
     )
 
 
@@ -366,7 +366,7 @@ def _stage_weights(table: _StageTable, group_weights, sizes, widths,
                    like: torch.Tensor) -> torch.Tensor | None:
     """(M*J, N, N): member m's J transposed matrices of the stage, zero-padded (zeros where it
     has fewer); None when the stage has no matmul."""
-    if not table.operands.shape[1]:
+    if not table.J:
         return None
     N = like.shape[-1]
     blocks = []
