@@ -89,6 +89,7 @@ def test_overrides_replace_value_tuples():
     [
         ("arith", {"num_layers": (0,)}, "num_layers must be an integer >= 1"),
         ("arith", {"num_layers": (1.5,)}, "num_layers must be an integer >= 1"),
+        ("arith", {"num_layers": (10**600,)}, "num_layers must be at most 1,000, got 1000"),
         ("arith", {"num_parameters": (True,)}, "num_parameters must be an integer >= 1"),
         ("arith", {"learning_rate": (-1.0,)}, "learning_rate must be a positive number"),
         ("arith", {"init_scale": (float("nan"),)}, "init_scale must be a positive number"),

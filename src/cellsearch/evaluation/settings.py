@@ -69,6 +69,10 @@ MUSIC_TASKS = tuple(e.name for e in tasks.ENTRIES if e.schedule == "music")
 LOSS_NORMALIZATIONS = ("minibatch", "targets")
 # The largest parameter budget accepted: 2**31 float32 weights are 8 GB, beyond one GPU's training.
 MAX_PARAMETERS = 2**31
+# The deepest stack accepted (the paper's are 1 to 4 layers): a budget spread over more layers
+# leaves each a handful of units, and a number of layers beyond any budget would only make the
+# budget's error about it unreadably long.
+MAX_LAYERS = 1_000
 PARAMETER_BUDGETS: Mapping[str, tuple[int, ...]] = {e.name: e.budgets for e in tasks.ENTRIES}
 TASKS = tasks.NAMES
 
@@ -342,6 +346,8 @@ def _normalize(name: str, value: Any) -> Any:
     # num_layers, num_parameters, max_epoch
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
         raise UserError(f"{name} must be an integer >= 1, got {quoted(value)}")
+    if name == "num_layers" and value > MAX_LAYERS:
+        raise UserError(f"num_layers must be at most {MAX_LAYERS:,}, got {quoted(value)}")
     if name == "num_parameters" and value > MAX_PARAMETERS:
         raise UserError(
             f"num_parameters must be at most {MAX_PARAMETERS:,} (a model of 8 GB), got"
