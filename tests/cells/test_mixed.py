@@ -136,3 +136,17 @@ def test_the_layers_of_a_mix_share_their_window():
     layers = [layer(zoo.get("lstm"), 1, 3, 0, T=4), layer(zoo.get("gru"), 1, 3, 1, T=5)]
     with pytest.raises(ValueError, match="share their window"):
         run_mixed(layers)
+
+
+def test_the_kernel_is_usable_where_it_agrees_and_says_why_where_not(interpreted, monkeypatch):
+    mixed.usable.cache_clear()
+    assert mixed.usable("cpu")
+    mixed.usable.cache_clear()
+    monkeypatch.setitem(mixed.BINARY_GRADIENTS, "mul", ("{g} * {a}", "{g} * {a}"))
+    mixed.instructions_source.cache_clear()
+    try:
+        with pytest.warns(RuntimeWarning, match="disagrees"):
+            assert not mixed.usable("cpu")
+    finally:
+        mixed.usable.cache_clear()
+        mixed.instructions_source.cache_clear()

@@ -7,6 +7,9 @@ from __future__ import annotations
 import math
 import os
 
+import pytest
+import torch
+
 from cellsearch.cells import zoo
 from cellsearch.evaluation.settings import Settings
 from cellsearch.executors import (
@@ -204,3 +207,25 @@ def test_a_search_through_the_mixed_executor_stores_its_evaluations():
     run_search(storage, run_id, config, InterleavedExecutor(mixed=True))
     evaluations = contents(storage)[0]
     assert len(evaluations) > 6
+
+
+def test_where_the_mixed_kernel_does_not_work_populations_take_their_own_steps(monkeypatch):
+    from cellsearch.engine import mixed
+
+    monkeypatch.setenv("CUDA_DEVICE_MAX_CONNECTIONS", "8")
+    monkeypatch.setattr(mixed, "usable", lambda device: False)
+    assert InterleavedExecutor(device="cuda", mixed=True)._mixer is None
+    monkeypatch.setattr(mixed, "usable", lambda device: True)
+    assert InterleavedExecutor(device="cuda", mixed=True)._mixer is not None
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="on a machine without a GPU")
+def test_the_mixed_kernel_is_not_usable_on_a_device_that_is_not_there_and_says_why():
+    from cellsearch.engine import mixed
+
+    mixed.usable.cache_clear()
+    try:
+        with pytest.warns(RuntimeWarning, match="mixed engine's kernel is not usable on cuda"):
+            assert not mixed.usable("cuda")
+    finally:
+        mixed.usable.cache_clear()

@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import functools
 import itertools
+import warnings
 from dataclasses import dataclass
 from typing import Sequence
 
@@ -551,3 +552,45 @@ class TritonInstructions:
 
 _INSTRUCTIONS = {"torch": TorchInstructions, "triton": TritonInstructions}
 KERNELS = tuple(_INSTRUCTIONS)
+
+
+@functools.cache
+def usable(device: str) -> bool:
+    """Whether the instruction kernel works on `device`: Triton imports, and a short mix of an
+    LSTM and a GRU of different sizes gives the eager engine's values and gradients (`plan.run`,
+    each alone). Checked once per process; when not, says why in a warning."""
+    try:
+        import triton  # noqa: F401
+
+        from cellsearch.cells import zoo
+        from cellsearch.engine.plan import plan, run
+
+        generator = torch.Generator().manual_seed(0)
+        layers, leaves = [], []
+        for name, K, n in (("lstm", 2, 8), ("gru", 1, 5)):
+            graph = zoo.get(name)
+            params = {node.param: torch.randn(K, *((n, n) if node.op == "matmul" else (n,)),
+                                               generator=generator) * 0.3
+                      for node in graph.parameters}
+            tensors = [t.to(device).requires_grad_()
+                       for t in (torch.randn(K, 3, 4, n, generator=generator), *params.values())]
+            leaves += tensors
+            state = tuple(torch.zeros(K, 4, n, device=device) for _ in graph.states)
+            layers.append(Layer(plan(graph), dict(zip(params, tensors[1:])), tensors[0], state))
+
+        def values_and_gradients(results):
+            outputs = [o for o, _ in results]
+            loss = sum(o.square().sum() for o in outputs)
+            return [*outputs, *torch.autograd.grad(loss, leaves)]
+
+        alone = [run(layer.plan, layer.params, layer.x, layer.state) for layer in layers]
+        pairs = zip(values_and_gradients(alone),
+                    values_and_gradients(run_mixed(layers, "triton")))
+        if all(torch.allclose(a, b, rtol=2e-2, atol=2e-3) for a, b in pairs):
+            return True
+        problem = "it disagrees with the eager engine"
+    except Exception as error:  # noqa: BLE001 - any failure means: do not use it
+        problem = f"{type(error).__name__}: {error}"
+    warnings.warn(f"the mixed engine's kernel is not usable on {device} ({problem})",
+                  RuntimeWarning, stacklevel=2)
+    return False

@@ -65,12 +65,17 @@ class InterleavedExecutor(Executor):
         self._mixer = self._new_mixer() if mixed else None
 
     def _new_mixer(self):
+        """A mixer for this executor's device; none (each population its own steps, as
+        `interleaved`) on a GPU where the mixed engine's kernel does not work."""
         import torch
 
+        from cellsearch.engine import mixed
         from cellsearch.train.steps import Mixer
 
         cuda = self.device.startswith("cuda") or (self.device == "auto"
                                                    and torch.cuda.is_available())
+        if cuda and not mixed.usable("cuda" if self.device == "auto" else self.device):
+            return None  # (`usable` has said why)
         return Mixer(capture=cuda)
 
     def submit(self, job: EvaluationJob) -> Future:
