@@ -329,12 +329,12 @@ class PopulationSteps:
 
 
 class MixedSteps:
-    """The training steps of several populations, of different cells and hidden sizes, as one
-    step: their layers at each depth run together in the mixed engine (`engine.mixed`), one
-    backward serves all, and each population then takes its own clipped SGD step. On CUDA the
-    whole step is captured once into one CUDA graph, like a population's own. Each population
-    loads its own window (`PopulationSteps.load`) beforehand; the windows share their shape.
-    The numbers are those of each population's own step, to float rounding."""
+    """The training and evaluation steps of several populations, of different cells and hidden
+    sizes, each as one step: their layers at each depth run together in the mixed engine
+    (`engine.mixed`); training, one backward serves all, and each population then takes its own
+    clipped SGD step. On CUDA each step is captured into one CUDA graph, like a population's own.
+    Each population loads its own window (`PopulationSteps.load`) beforehand; the windows share
+    their shape. The numbers are those of each population's own steps, to float rounding."""
 
     def __init__(self, populations: list[PopulationSteps], capture: bool,
                  warmup: int = WARMUP_CALLS):
@@ -398,6 +398,8 @@ class Mixer:
         self.failures: dict[int, Exception] = {}  # id(population) -> why its step failed
 
     def step(self, population: PopulationSteps, phase: str) -> Iterator[None]:
+        """Ask for `population`'s "train" or "eval" step on its loaded window; yields until a
+        flush has run it, and raises what made that step fail."""
         self.waiting[phase].append(population)
         try:
             while any(p is population for p in self.waiting[phase]):
