@@ -150,3 +150,8 @@ def test_the_kernel_is_usable_where_it_agrees_and_says_why_where_not(interpreted
     finally:
         mixed.usable.cache_clear()
         mixed.instructions_source.cache_clear()
+
+
+def test_an_unknown_kernel_is_named():
+    with pytest.raises(ValueError, match="unknown kernel 'cuda'; known: torch, triton"):
+        run_mixed(mix([zoo.get("lstm")]), kernel="cuda")

@@ -175,6 +175,8 @@ def run_mixed(layers: Sequence[Layer], kernel: str | None = None,
         raise ValueError("the layers of a mix share their window: T and B must agree")
     device = layers[0].x.device
     kernel = kernel or ("triton" if device.type == "cuda" else "torch")
+    if kernel not in _INSTRUCTIONS:
+        raise ValueError(f"unknown kernel {kernel!r}; known: {', '.join(_INSTRUCTIONS)}")
     N = max(layer.x.shape[3] for layer in layers)
     S = max(len(layer.plan.graph.states) for layer in layers)
     windows = [window_inputs(layer.plan, layer.params, layer.x) for layer in layers]
@@ -551,7 +553,6 @@ class TritonInstructions:
 
 
 _INSTRUCTIONS = {"torch": TorchInstructions, "triton": TritonInstructions}
-KERNELS = tuple(_INSTRUCTIONS)
 
 
 @functools.cache
