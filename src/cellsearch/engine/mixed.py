@@ -452,7 +452,7 @@ def _gradients(name: str) -> tuple[str, str]:
     """The operation's reverse mode as the table's expressions: (first operand's, second's)."""
     operation = ops.BY_NAME[name]
     if operation.kind == "activation":
-        return operation.triton_gradient.format(g="g", y="y"), "0.0 * g"
+        return operation.triton_gradient.format(g="g", y="y"), "0.0 * g"  # (a tensor, in torch)
     return tuple(text.format(g="g", a="a", b="b") for text in BINARY_GRADIENTS[name])
 
 
@@ -466,14 +466,8 @@ def instructions_source() -> str:
     next instruction reads it back (a barrier between). The operations come from the table."""
     forward, first, second = "0.0", "0.0", "0.0"
     for name, code in reversed(OPCODES.items()):
-        op = ops.BY_NAME[name]
-        if op.kind == "activation":
-            value = op.triton.format("a")
-            gradient_a, gradient_b = op.triton_gradient.format(g="g", y="y"), "0.0"
-        else:
-            value = op.triton.format("a", "b")
-            gradient_a, gradient_b = (text.format(g="g", a="a", b="b")
-                                      for text in BINARY_GRADIENTS[name])
+        value = ops.BY_NAME[name].triton.format("a", "b")  # (an activation reads only {0})
+        gradient_a, gradient_b = _gradients(name)
         forward = f"tl.where(op == {code}, {value}, {forward})"
         first = f"tl.where(op == {code}, {gradient_a}, {first})"
         second = f"tl.where(op == {code}, {gradient_b}, {second})"
