@@ -45,17 +45,18 @@ from torch.autograd.function import once_differentiable
 
 from cellsearch.cells import ops
 from cellsearch.engine.kernels import codegen
+from cellsearch.engine.nn import State, parameter_shape
 from cellsearch.engine.plan import (
     MatmulGroup,
     Plan,
     Sum,
     WeightSink,
+    plan,
     pre_name,
+    run,
     static_sum_name,
     window_inputs,
 )
-
-State = tuple[torch.Tensor, ...]
 
 # The instruction set: every activation and elementwise operation of the table, in its order.
 OPCODES = {op.name: code for code, op in enumerate(
@@ -192,7 +193,9 @@ def run_mixed(layers: Sequence[Layer], kernel: str | None = None,
     if layouts is None:
         layout = _cached_layout(*key)
     else:
-        layout = layouts[key] if key in layouts else layouts.setdefault(key, _layout(*key))
+        if key not in layouts:
+            layouts[key] = _layout(*key)
+        layout = layouts[key]
     I = layout.inputs
 
     def padded(value: torch.Tensor) -> torch.Tensor:
@@ -267,7 +270,7 @@ class _Step(torch.autograd.Function):
                 rows.index_copy_(0, table.products, torch.bmm(operands, weights))
             instructions.forward(values, table.program, table.lengths, layout.columns)
         ctx.save_for_backward(values)
-        ctx.layout, ctx.stages, ctx.instructions, ctx.has_inputs = layout, stages, instructions, I
+        ctx.layout, ctx.stages, ctx.instructions = layout, stages, instructions
         return rows.index_select(0, layout.outputs).view(M, S, B, N)
 
     @staticmethod
@@ -290,8 +293,7 @@ class _Step(torch.autograd.Function):
                 operand_grads = torch.bmm(product_grads, weights.transpose(1, 2))
                 rows.index_add_(0, table.operands, operand_grads)
         I = layout.inputs
-        return (None, None, None, grads[:, 1:1 + S],
-                grads[:, 1 + S:1 + S + I] if ctx.has_inputs else None)
+        return None, None, None, grads[:, 1:1 + S], grads[:, 1 + S:1 + S + I] if I else None
 
 
 @dataclass(frozen=True)
@@ -405,7 +407,7 @@ class TorchInstructions:
 
     @staticmethod
     def forward(values, program, lengths, columns) -> None:
-        member, keep = _rows(values, columns)
+        member, keep = _members_and_columns(values, columns)
         for i in range(program.shape[1]):
             op, dst, a, b = program[:, i].long().unbind(1)
             first, second = values[member, a], values[member, b]
@@ -420,7 +422,7 @@ class TorchInstructions:
 
     @staticmethod
     def backward(grads, values, program, lengths, columns) -> None:
-        member, keep = _rows(values, columns)
+        member, keep = _members_and_columns(values, columns)
         for i in reversed(range(program.shape[1])):
             op, dst, a, b = program[:, i].long().unbind(1)
             g, y = grads[member, dst], values[member, dst]
@@ -436,7 +438,7 @@ class TorchInstructions:
             grads.index_put_((member, b), second_grad * keep, accumulate=True)
 
 
-def _rows(values, columns):
+def _members_and_columns(values, columns):
     """(member indices, (M, 1, N) which columns are a member's own)."""
     M, N = values.shape[0], values.shape[-1]
     member = torch.arange(M, device=values.device)
@@ -558,15 +560,13 @@ def usable(device: str) -> bool:
         import triton  # noqa: F401
 
         from cellsearch.cells import zoo
-        from cellsearch.engine.plan import plan, run
 
         generator = torch.Generator().manual_seed(0)
         layers, leaves = [], []
         for name, K, n in (("lstm", 2, 8), ("gru", 1, 5)):
             graph = zoo.get(name)
-            params = {node.param: torch.randn(K, *((n, n) if node.op == "matmul" else (n,)),
-                                               generator=generator) * 0.3
-                      for node in graph.parameters}
+            params = {node.param: torch.randn(K, *parameter_shape(node, n), generator=generator)
+                      * 0.3 for node in graph.parameters}
             tensors = [t.to(device).requires_grad_()
                        for t in (torch.randn(K, 3, 4, n, generator=generator), *params.values())]
             leaves += tensors
