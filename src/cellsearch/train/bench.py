@@ -206,9 +206,10 @@ def throughput(task: str = "arith", cell: str = "lstm", device: str = "cuda",
 def mixed(cells: int, task: str = "arith", device: str = "cuda", population: int = 4,
           windows: int = 200) -> list[dict]:
     """Training tokens/s of `cells` different cells at K=`population` each, trained together by
-    `--executor interleaved`'s executor, against one of them at K=`population` and at K=`cells` x
-    `population`, in the same run: one epoch of `windows` windows each, on the task's bench
-    shape. Rows: what, cells, K, seconds, tokens, tokens/s."""
+    `--executor interleaved`'s executor and by `--executor mixed`'s (the mixed engine), against
+    one of them at K=`population` and at K=`cells` x `population`, in the same run: one epoch of
+    `windows` windows each, on the task's bench shape. Rows: what, cells, K, seconds, tokens,
+    tokens/s."""
     from cellsearch.evaluation.settings import Settings
     from cellsearch.executors import EvaluationJob, InterleavedExecutor
 
@@ -230,8 +231,8 @@ def mixed(cells: int, task: str = "arith", device: str = "cuda", population: int
         return EvaluationJob(graph.canonical_hash(), graph.to_json(), real_task, settings,
                              options)
 
-    def timed(jobs: list[EvaluationJob]) -> tuple[float, int]:
-        executor = InterleavedExecutor(device=device)
+    def timed(jobs: list[EvaluationJob], mixed: bool = False) -> tuple[float, int]:
+        executor = InterleavedExecutor(device=device, mixed=mixed)
         started = time.perf_counter()
         futures = [executor.submit(item) for item in jobs]
         results = [r for future in executor.as_completed(futures) for r in future.result()]
@@ -239,63 +240,21 @@ def mixed(cells: int, task: str = "arith", device: str = "cuda", population: int
             raise RuntimeError(f"a bench run failed: {results[0].reason}")
         return time.perf_counter() - started, sum(result.tokens for result in results)
 
-    timed([job(graphs[0], population)])  # warm-up
+    for mixed in (False, True):  # warm-up, the mixed engine's kernel and check included
+        timed([job(graphs[0], population)], mixed)
+    together = [job(graph, population, 100 * i) for i, graph in enumerate(graphs)]
     rows = []
-    for what, jobs, count, k in (
-        ("one cell", [job(graphs[0], population)], 1, population),
-        ("different cells together",
-         [job(graph, population, 100 * i) for i, graph in enumerate(graphs)], cells, population),
-        ("one cell, every member", [job(graphs[0], cells * population)], 1, cells * population),
+    for what, jobs, count, k, mixed in (
+        ("one cell", [job(graphs[0], population)], 1, population, False),
+        ("different cells together", together, cells, population, False),
+        ("one cell, every member", [job(graphs[0], cells * population)], 1, cells * population,
+         False),
+        ("different cells, mixed engine", together, cells, population, True),
     ):
-        seconds, tokens = timed(jobs)
+        seconds, tokens = timed(jobs, mixed)
         rows.append({"what": what, "cells": count, "K": k, "seconds": round(seconds, 3),
                      "tokens": tokens, "tokens_per_second": tokens / seconds})
-    seconds, tokens = _mixed_engine_epoch(
-        [job(graph, population, 100 * i) for i, graph in enumerate(graphs)], options, device)
-    rows.append({"what": "different cells, mixed engine", "cells": cells, "K": population,
-                 "seconds": round(seconds, 3), "tokens": tokens,
-                 "tokens_per_second": tokens / seconds})
     return rows
-
-
-def _mixed_engine_epoch(jobs, options: dict, device: str) -> tuple[float, int]:
-    """(seconds, training tokens) of one training epoch of every job's settings as populations
-    trained together by the mixed engine (`steps.MixedSteps`), after three warm-up windows
-    (which capture its step on a GPU); no validation pass."""
-    from cellsearch.cells.graph import CellGraph
-    from cellsearch.tasks import shared_task
-    from cellsearch.train.evaluate import model_shape
-    from cellsearch.train.steps import MixedSteps
-    from cellsearch.train.trainer import BATCH_SIZE, NUM_STEPS, population_steps
-
-    torch_device = torch.device(device)
-    capture = torch_device.type == "cuda"
-    task = shared_task(jobs[0].task, epoch_windows=options["epoch_windows"],
-                       valid_samples=options["valid_samples"], test_samples=options["test_samples"])
-    populations = []
-    for job in jobs:
-        graph = CellGraph.from_json(job.graph_json)
-        hidden, _ = model_shape(graph, task, job.settings[0])
-        steps = population_steps(graph, task, job.settings, hidden, device=torch_device)
-        steps.learning_rates.copy_(torch.tensor([s.learning_rate for s in job.settings]))
-        populations.append(steps)
-    together = MixedSteps(populations, capture)
-    batches = list(task.batches("train", BATCH_SIZE, NUM_STEPS, epoch=0))
-
-    def window(batch) -> None:
-        for steps in populations:
-            steps.load(batch)
-        together.train_step()
-
-    for batch in batches[:3]:
-        window(batch)
-    _synchronize(torch_device)
-    started = time.perf_counter()
-    for batch in batches:
-        window(batch)
-    _synchronize(torch_device)
-    members = sum(steps.model.population_size for steps in populations)
-    return time.perf_counter() - started, members * len(batches) * BATCH_SIZE * NUM_STEPS
 
 
 def search_costs(device: str = "cuda", settings_count: int = 20, seed: int = 0,
