@@ -106,13 +106,13 @@ def test_random_graphs_together(graphs, seed):
 
 def test_a_wrong_derivative_would_be_caught(interpreted, monkeypatch):
     monkeypatch.setitem(mixed.BINARY_GRADIENTS, "mul", ("{g} * {a}", "{g} * {a}"))
-    mixed.instructions_source.cache_clear()
+    mixed.kernels_source.cache_clear()
     try:
         layers = mix([zoo.get("lstm"), zoo.get("gru")])
         expected = values_and_gradients(layers, alone)
         actual = values_and_gradients(layers, together("triton"))
     finally:
-        mixed.instructions_source.cache_clear()
+        mixed.kernels_source.cache_clear()
     assert not all(torch.allclose(a, b) for a, b in zip(expected, actual))
 
 
@@ -143,15 +143,65 @@ def test_the_kernel_is_usable_where_it_agrees_and_says_why_where_not(interpreted
     assert mixed.usable("cpu")
     mixed.usable.cache_clear()
     monkeypatch.setitem(mixed.BINARY_GRADIENTS, "mul", ("{g} * {a}", "{g} * {a}"))
-    mixed.instructions_source.cache_clear()
+    mixed.kernels_source.cache_clear()
     try:
         with pytest.warns(RuntimeWarning, match="disagrees"):
             assert not mixed.usable("cpu")
     finally:
         mixed.usable.cache_clear()
-        mixed.instructions_source.cache_clear()
+        mixed.kernels_source.cache_clear()
 
 
 def test_an_unknown_kernel_is_named():
     with pytest.raises(ValueError, match="unknown kernel 'cuda'; known: torch, triton"):
         run_mixed(mix([zoo.get("lstm")]), kernel="cuda")
+
+
+def test_the_kernels_across_several_tiles_of_a_matmul(interpreted):
+    # B = 70 rows > 64 and n = 70 columns > 64 (and > 32, the kernel's inner block): two row
+    # tiles and two column tiles per member, each reducing over three blocks, some padding
+    layers = [layer(zoo.get("lstm"), 1, 70, 0, T=2, B=70), layer(zoo.get("gru"), 1, 20, 1, T=2, B=70)]
+    assert_same(values_and_gradients(layers, alone), values_and_gradients(layers, together("triton")))
+
+
+def test_a_step_launches_its_kernels_only(monkeypatch):
+    # Per step and stage one matmul and one instruction kernel each way; everything else the
+    # window runs (its slots in and out, the matrices' gradient) runs once, whatever T.
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class Count(TorchDispatchMode):
+        kernels = others = 0
+        in_kernel = False
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            self.others += not self.in_kernel
+            return func(*args, **(kwargs or {}))
+
+    count = Count()
+    for name in ("matmul", "matmul_backward", "instructions", "instructions_backward"):
+        def kernel(*args, real=getattr(mixed.TorchKernels, name), **kwargs):
+            count.kernels += 1
+            count.in_kernel = True
+            try:
+                return real(*args, **kwargs)
+            finally:
+                count.in_kernel = False
+        monkeypatch.setattr(mixed.TorchKernels, name, staticmethod(kernel))
+
+    def counted(T):
+        layers = [layer(zoo.get("lstm"), 2, 5, 0, T=T), layer(zoo.get("gru"), 1, 3, 1, T=T)]
+        results = run_mixed(layers)  # (the placing and reading out happen outside the count)
+        loss = sum(outputs.sum() + sum(f.sum() for f in final) for outputs, final in results)
+        count.kernels = count.others = 0
+        with count:
+            loss.backward()
+        backward = (count.kernels, count.others)
+        count.kernels = count.others = 0
+        with count:
+            run_mixed(layers)
+        return (count.kernels, count.others), backward
+
+    (forward3, backward3), (forward6, backward6) = counted(3), counted(6)
+    assert forward3[0] == backward3[0] == 3 * 2 * 2  # T x two stages (the GRU's) x two kernels
+    assert forward6[0] == backward6[0] == 6 * 2 * 2
+    assert forward3[1] == forward6[1] and backward3[1] == backward6[1]

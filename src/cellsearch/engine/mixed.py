@@ -11,24 +11,26 @@ setting finishes. Instead the elementwise part of every cell is data for one fix
   numbered slots, every activation, sum and product is an `(op, dst, a, b)` instruction on slots,
   and the step is cut into stages wherever a matrix multiplies a value formed in the same step
   (an LSTM has one stage, a GRU two).
-- All members' slots at a step form one tensor (M, R, B, N): M members of all cells, R slots,
-  B rows, N the largest hidden size (a member's columns past its own size stay 0).
-- Per stage, one batched matmul forms every member's recurrent products (a member with fewer
-  matrices multiplies zeros), and one kernel runs every member's instructions, looping over its
-  own program (`instructions_source`, generated from the operation table); its backward runs the
-  program in reverse. On a CPU the same instructions run as torch operations.
+- All members' slots over the window form one tensor (T + 1, R, M, B, N): per step R slots of M
+  members of all cells, B rows, N the largest hidden size (a member's columns past its own size
+  stay 0). Slot-major, so slot R + r of a step is slot r of the next: a step's last
+  instructions copy its new states there, and no step needs a launch of its own for that.
+- Per step and stage, one kernel forms every member's recurrent products, reading the operands
+  from their slots and writing the products to theirs (each member loops over its own
+  matrices), and one kernel runs every member's instructions, looping over its own program
+  (`kernels_source`, generated from the operation table). Backward runs them in reverse, and
+  forms each matrix's gradient once per window from all steps' operands and product gradients.
+  On a CPU the same work runs as torch operations (`TorchKernels`).
 
-So a step of any mix of cells is, per stage, one gather, one matmul, one scatter and one kernel
-forward, whatever the cells, and no combination is ever compiled. A step is one autograd node
-(`_Step`) whose backward runs the stages in reverse on one tensor of the slots' gradients; the
-recurrent weights' gradient is formed once per window (`plan.WeightSink`), as the single-cell
-engine does. The values and gradients are the eager engine's (`plan.run`) to float rounding.
+So a step of any mix of cells launches, per stage, two kernels forward and two backward,
+whatever the cells, and no combination is ever compiled. The whole window is one autograd node
+(`_Window`). The values and gradients are the eager engine's (`plan.run`) to float rounding.
 Every slot is written once a step, but for a sum's running total (only `add` and `sub`, whose
 derivatives read no values), so the backward reads every value it needs from the forward's.
 
 Its speed on a GPU is not measured yet (`cellsearch bench --mixed N`). What it costs beyond the
-arithmetic: zeroing the (M, R, B, N) slots and their gradients once a step each, and a kernel
-whose instructions pass their values through memory (L1/L2) rather than registers.
+arithmetic: the window's slots and their gradients (zeroed once a window, kept for backward),
+and an instruction kernel whose values pass through memory (L1/L2) rather than registers.
 """
 
 from __future__ import annotations
@@ -50,12 +52,11 @@ from cellsearch.engine.plan import (
     MatmulGroup,
     Plan,
     Sum,
-    WeightSink,
     plan,
     pre_name,
     run,
     static_sum_name,
-    window_inputs,
+    step_inputs,
 )
 
 # The instruction set: every activation and elementwise operation of the table, in its order.
@@ -82,7 +83,7 @@ class Stage:
 @dataclass(frozen=True)
 class Program:
     """One cell's step on slots. States occupy slots 1.. in the graph's order, the step inputs
-    (`window_inputs`' names, a wide input one slot per chunk) `input_base`.., then every value
+    (`step_inputs`' names, a wide input one slot per chunk) `input_base`.., then every value
     the step forms; `outputs` are the new states' slots (h first)."""
 
     inputs: tuple[tuple[str, int], ...]  # slot input_base + i holds chunk c of input name
@@ -168,7 +169,7 @@ def run_mixed(layers: Sequence[Layer], kernel: str | None = None,
               layouts: dict | None = None) -> list[tuple[torch.Tensor, State]]:
     """Every layer over its window at once; per layer what `plan.run` returns, (outputs (K, T, B,
     n), final state). The layers share T and B; cells, K and n may differ. `kernel`: "triton" or
-    "torch" for the instructions (default: Triton on CUDA, torch elsewhere). `layouts`: where
+    "torch" for the step's work (default: Triton on CUDA, torch elsewhere). `layouts`: where
     the mix's integer tables are kept, for a caller that captures this run into a CUDA graph and
     so must keep them alive as long as the graph (default: a bounded cache)."""
     T, B = layers[0].x.shape[1:3]
@@ -176,134 +177,181 @@ def run_mixed(layers: Sequence[Layer], kernel: str | None = None,
         raise ValueError("the layers of a mix share their window: T and B must agree")
     device = layers[0].x.device
     kernel = kernel or ("triton" if device.type == "cuda" else "torch")
-    if kernel not in _INSTRUCTIONS:
-        raise ValueError(f"unknown kernel {kernel!r}; known: {', '.join(_INSTRUCTIONS)}")
-    N = max(layer.x.shape[3] for layer in layers)
+    if kernel not in _KERNELS:
+        raise ValueError(f"unknown kernel {kernel!r}; known: {', '.join(_KERNELS)}")
     S = max(len(layer.plan.graph.states) for layer in layers)
-    windows = [window_inputs(layer.plan, layer.params, layer.x) for layer in layers]
+    inputs = [step_inputs(layer.plan, layer.params, layer.x) for layer in layers]
     # a wide input (a group's static addends) one slot per chunk; a constant may be (1, 1, 1, 1)
-    chunked = [tuple((name, c) for name, value in inputs.items()
-                     for c in range(max(value.shape[-1] // layer.x.shape[3], 1)))
-               for layer, (inputs, _) in zip(layers, windows)]
-    programs = tuple(compile_program(layer.plan, 1 + S, keys)
-                     for layer, keys in zip(layers, chunked))
+    chunks = [{name: max(value.shape[-1] // layer.x.shape[3], 1) for name, value in mine.items()}
+              for layer, mine in zip(layers, inputs)]
+    programs = tuple(
+        compile_program(layer.plan, 1 + S, tuple((name, c) for name, C in mine.items()
+                                                 for c in range(C)))
+        for layer, mine in zip(layers, chunks))
     sizes = tuple(layer.x.shape[0] for layer in layers)
     widths = tuple(layer.x.shape[3] for layer in layers)
-    key = (programs, sizes, widths, S, device)
+    key = (programs, sizes, widths, device)  # (the programs place the inputs after S states)
     if layouts is None:
         layout = _cached_layout(*key)
     else:
         if key not in layouts:
             layouts[key] = _layout(*key)
         layout = layouts[key]
-    I = layout.inputs
 
-    def padded(value: torch.Tensor) -> torch.Tensor:
-        return F.pad(value, (0, N - value.shape[-1]))
-
-    # (M, T, I, B, N): every member's step inputs for the window
-    inputs = torch.cat([
-        torch.stack([padded(windows[p][0][name][..., c * n:(c + 1) * n].expand(K, T, B, n))
-                     for name, c in keys]
-                    + [layer.x.new_zeros(K, T, B, N)] * (I - len(keys)), dim=2)
-        for p, (layer, keys, K, n) in enumerate(zip(layers, chunked, sizes, widths))
-    ], dim=0) if I else None
-    state = torch.cat([
-        torch.stack([padded(s) for s in layer.state]
-                    + [layer.x.new_zeros(K, B, N)] * (S - len(layer.state)), dim=1)
-        for layer, K in zip(layers, sizes)
-    ], dim=0)  # (M, S, B, N)
-    instructions = _INSTRUCTIONS[kernel]
-
-    # Per stage the (M*J, N, N) transposed matrices; their gradient forms once per window: each
-    # step's backward records the stage's operands and product gradients, and a sink upstream of
-    # every step turns the records into dW.
-    stages = []
-    for table in layout.stages:
-        weights = _stage_weights(table, [group for _, group in windows], sizes, widths, state)
-        record = None
-        if weights is not None and torch.is_grad_enabled() and weights.requires_grad:
-            record = []
-            (state,) = WeightSink.apply(weights, record, state)
-            weights = weights.detach()
-        stages.append((table, weights, record))
-
-    # (unbound once: autograd then stacks the steps' input gradients once, not once a step)
-    step_inputs = inputs.unbind(1) if I else [None] * T
-    outputs = []
-    for t in range(T):
-        state = _Step.apply(layout, stages, instructions, state, step_inputs[t])
-        outputs.append(state[:, 0])
-    outputs = torch.stack(outputs, dim=1)  # (M, T, B, N)
-    results, start = [], 0
-    for layer, K, n in zip(layers, sizes, widths):
-        rows = slice(start, start + K)
-        final = tuple(state[rows, i, :, :n] for i in range(len(layer.state)))
-        results.append((outputs[rows, ..., :n], final))
-        start += K
-    return results
+    # Every tensor the window reads, and where it goes: states, step inputs, matrices.
+    places, tensors = [], []
+    for p, (layer, mine, program) in enumerate(zip(layers, inputs, programs)):
+        places += [("state", p, 1 + i) for i in range(len(layer.state))]
+        tensors += layer.state
+        slots = iter(range(1 + S, 1 + S + len(program.inputs)))
+        for name, value in mine.items():
+            places.append(("input", p, next(slots), chunks[p][name]))
+            tensors.append(value)
+            for _ in range(chunks[p][name] - 1):
+                next(slots)
+        matrices = {item.operand: item.params for item in layer.plan.loop
+                    if isinstance(item, MatmulGroup)}
+        for s, table in enumerate(layout.stages):
+            for j, job in enumerate(table.jobs[p]):
+                if job is not None:
+                    places.append(("matrix", p, s, j))
+                    tensors.append(layer.params[matrices[job[0]][job[1]]])
+    results = iter(_Window.apply(layout, _KERNELS[kernel], (T, B), tuple(places), *tensors))
+    return [(next(results), tuple(itertools.islice(results, len(layer.state))))
+            for layer in layers]
 
 
-class _Step(torch.autograd.Function):
-    """One step of a mix: (state (M, S, B, N), step inputs (M, I, B, N) or None) -> new state.
+class _Window(torch.autograd.Function):
+    """A mix over its window: (the states (K, B, n), step inputs (K, T, B, w) or broadcastable,
+    and the stages' matrices (K, n, n) of every population, each placed as `places` says) ->
+    per population its outputs (K, T, B, n) and final states (K, B, n).
 
-    Forward fills one (M, R, B, N) tensor of slots: the states and inputs, then per stage the
-    products (gathered operands times the stage's matrices, scattered to their slots) and the
-    instructions, in place. Backward runs the same in reverse on one tensor of the slots'
-    gradients, from the forward's slots: the instructions' reverse, then each product's gradient
-    back to its operand (and recorded, for dW once per window). So a step writes its slots once
-    each way rather than copying all of them at every operation."""
+    Forward fills one tensor of slots for the whole window, (T + 1, R, M, B, N), slot-major so
+    that slot R + r of a step is slot r of the next: the states and inputs go in once, then per
+    step and stage the kernels form the products and run the instructions, the last of which
+    copy each member's new states into the next step's state slots. Backward runs the same in
+    reverse on one tensor of the slots' gradients, then forms each stage's matrices' gradient
+    from all steps at once. So a step launches per stage one matmul kernel and one instruction
+    kernel each way, and writes its slots once each way; and a population's tensors enter and
+    leave the window in one copy each, with no padding on the way."""
 
     @staticmethod
-    def forward(ctx, layout, stages, instructions, state, inputs):
-        M, S, B, N = state.shape
-        I = layout.inputs
+    def forward(ctx, layout, kernels, window, places, *tensors):
+        (T, B), M, N, R = window, layout.members, layout.width, layout.slots
         # zeros: slot 0, the scratch slot, and the columns past a member's size stay 0
-        values = state.new_zeros(M, layout.slots, B, N)
-        rows = values.view(-1, B, N)  # (M * R, B, N), the tables' rows
-        values[:, 1:1 + S] = state
-        if I:
-            values[:, 1 + S:1 + S + I] = inputs
-        for table, weights, _ in stages:
-            if weights is not None:
-                operands = rows.index_select(0, table.operands)  # (M * J, B, N)
-                rows.index_copy_(0, table.products, torch.bmm(operands, weights))
-            instructions.forward(values, table.program, table.lengths, layout.columns)
-        ctx.save_for_backward(values)
-        ctx.layout, ctx.stages, ctx.instructions = layout, stages, instructions
-        return rows.index_select(0, layout.outputs).view(M, S, B, N)
+        values = tensors[0].new_zeros(T + 1, R, M, B, N)
+        matrices = [values.new_zeros(M, table.J, N, N) for table in layout.stages]
+        for place, tensor in zip(places, tensors):
+            _region(layout, place, values, matrices, T).copy_(_arranged(place, tensor))
+        matrices = [m.view(-1, N, N) if table.J else None
+                    for m, table in zip(matrices, layout.stages)]
+        for t in range(T):
+            for table, weights in zip(layout.stages, matrices):
+                if weights is not None:
+                    kernels.matmul(values, t, layout, table, weights)
+                kernels.instructions(values, t, layout, table)
+        ctx.save_for_backward(values, *(m for m in matrices if m is not None))
+        ctx.layout, ctx.kernels, ctx.places = layout, kernels, places
+        ctx.shapes = [tensor.shape for tensor in tensors]
+        return tuple(region.contiguous() for region in _results(layout, values))
 
     @staticmethod
     @once_differentiable
-    def backward(ctx, grad_state):
-        (values,) = ctx.saved_tensors
-        layout = ctx.layout
-        _, _, B, N = values.shape
-        S = grad_state.shape[1]
+    def backward(ctx, *result_grads):
+        values, *saved = ctx.saved_tensors
+        layout, kernels, places = ctx.layout, ctx.kernels, ctx.places
+        T = values.shape[0] - 1
         grads = torch.zeros_like(values)
-        rows, value_rows = grads.view(-1, B, N), values.view(-1, B, N)
-        rows.index_add_(0, layout.outputs, grad_state.reshape(-1, B, N))
-        for table, weights, record in reversed(ctx.stages):
-            ctx.instructions.backward(grads, values, table.program, table.lengths,
-                                      layout.columns)
-            if weights is not None:
-                product_grads = rows.index_select(0, table.products)
-                if record is not None:
-                    record.append((value_rows.index_select(0, table.operands), product_grads))
-                operand_grads = torch.bmm(product_grads, weights.transpose(1, 2))
-                rows.index_add_(0, table.operands, operand_grads)
-        I = layout.inputs
-        return None, None, None, grads[:, 1:1 + S], grads[:, 1 + S:1 + S + I] if I else None
+        for region, grad in zip(_results(layout, grads), result_grads):
+            region += grad
+        saved = iter(saved)
+        matrices = [next(saved) if table.J else None for table in layout.stages]
+        for t in reversed(range(T)):
+            for table, weights in reversed(list(zip(layout.stages, matrices))):
+                kernels.instructions_backward(grads, values, t, layout, table)
+                if weights is not None:
+                    kernels.matmul_backward(grads, t, layout, table, weights)
+        needed = ctx.needs_input_grad[4:]
+        wanted = {place[2] for place, need in zip(places, needed) if need and place[0] == "matrix"}
+        matrix_grads = [_matrix_gradient(values, grads, table).view(layout.members, table.J,
+                                                                     *weights.shape[1:])
+                        if s in wanted else None
+                        for s, (table, weights) in enumerate(zip(layout.stages, matrices))]
+        return (None, None, None, None, *(
+            _arranged_back(place, _region(layout, place, grads, matrix_grads, T), shape, T)
+            if need else None for place, shape, need in zip(places, ctx.shapes, needed)))
+
+
+def _members(layout, population: int) -> slice:
+    start = layout.starts[population]
+    return slice(start, start + layout.sizes[population])
+
+
+def _region(layout, place, values, matrices, T) -> torch.Tensor:
+    """Where a placed tensor goes in the window's slots (T + 1, R, M, B, N) or a stage's
+    matrices (M, J, N, N), in the layout `_arranged` puts it in."""
+    kind, population = place[:2]
+    members, n = _members(layout, population), layout.widths[population]
+    if kind == "state":
+        return values[0, place[2], members, :, :n]  # (K, B, n)
+    if kind == "input":
+        slot, count = place[2:]
+        return values[:T, slot:slot + count, members, :, :n]  # (T, C, K, B, n)
+    stage, j = place[2:]
+    return matrices[stage][members, j, :n, :n]  # (K, n, n)
+
+
+def _arranged(place, tensor) -> torch.Tensor:
+    """A placed tensor as its region is laid out: a step input (K, T, B, C*n), or broadcastable
+    to it, becomes (T, C, K, B, n)."""
+    if place[0] != "input":
+        return tensor
+    K, t, B, width = tensor.shape
+    count = place[3]
+    return tensor.reshape(K, t, B, count, width // count).permute(1, 3, 0, 2, 4)
+
+
+def _arranged_back(place, grad, shape, T) -> torch.Tensor:
+    """A region's gradient in its tensor's shape, summed where the tensor was broadcast."""
+    if place[0] != "input":
+        return grad
+    _, count, K, B, n = grad.shape
+    grad = grad.permute(2, 0, 3, 1, 4).reshape(K, T, B, count * n)  # (one copy)
+    return grad if grad.shape == shape else grad.sum_to_size(shape)
+
+
+def _results(layout, values) -> list[torch.Tensor]:
+    """Per population, where its outputs (K, T, B, n) and final states (K, B, n) lie."""
+    T = values.shape[0] - 1
+    results = []
+    for population, states in enumerate(layout.states):
+        members, n = _members(layout, population), layout.widths[population]
+        results.append(values[1:, 1, members, :, :n].transpose(0, 1))
+        results += [values[T, 1 + i, members, :, :n] for i in range(states)]
+    return results
+
+
+def _matrix_gradient(values, grads, table) -> torch.Tensor:
+    """(M*J, N, N): each matrix's gradient over the whole window, product grads^T @ operands
+    (a product is `operand @ W.T`)."""
+    steps, B, N = values.shape[0] - 1, *values.shape[3:]
+    operands = values[:steps].flatten(1, 2).index_select(1, table.operands)  # (T, M*J, B, N)
+    products = grads[:steps].flatten(1, 2).index_select(1, table.products)
+    return torch.bmm(products.permute(1, 3, 0, 2).reshape(-1, N, steps * B),
+                     operands.transpose(0, 1).reshape(-1, steps * B, N))
 
 
 @dataclass(frozen=True)
 class _StageTable:
-    """One stage of a mix as tensors: the operand and product slot of each member's `J` matmuls
-    (padding: slot 0 times a zero matrix, written to the scratch slot) as rows of the slots
-    viewed as (M * R, B, N), member-major; each population's matrices (`jobs`: its group operand
-    and chunk, or None); and the instructions (M, L, 4) with their counts (M,)."""
+    """One stage of a mix as tensors: each member's `J` matmuls as operand and product slots
+    (M, J) and counts (M,), and as rows of a step's slots viewed as (R * M, B, N), padded
+    (slot 0 times a zero matrix, written to the scratch slot); each population's matrices
+    (`jobs`: its group operand and chunk, or None); the instructions (M, L, 4) with counts."""
 
     J: int
+    operand_slots: torch.Tensor  # (M, J)
+    product_slots: torch.Tensor  # (M, J)
+    matmuls: torch.Tensor  # (M,)
     operands: torch.Tensor  # (M * J,)
     products: torch.Tensor  # (M * J,)
     jobs: tuple[tuple[tuple[str, int] | None, ...], ...]
@@ -316,74 +364,80 @@ class _Layout:
     """A mix's integer tables, made once per mix (not while a CUDA graph captures: a captured
     step's first, eager calls make them)."""
 
-    inputs: int  # I: step-input slots
     slots: int  # R, the last one the scratch slot padding writes to
     stages: tuple[_StageTable, ...]
     columns: torch.Tensor  # (M,) each member's hidden size
-    outputs: torch.Tensor  # (M * S,) rows of each member's new states, padded with its zero slot
+    sizes: tuple[int, ...]  # per population: K
+    widths: tuple[int, ...]  # and n
+    starts: tuple[int, ...]  # and its first member
+    states: tuple[int, ...]  # and its number of states
+
+    @property
+    def members(self) -> int:
+        return sum(self.sizes)
+
+    @property
+    def width(self) -> int:  # N
+        return max(self.widths)
 
 
 def _layout(programs: tuple[Program, ...], sizes: tuple[int, ...], widths: tuple[int, ...],
-            S: int, device: torch.device) -> _Layout:
+            device: torch.device) -> _Layout:
     R = max(program.slots for program in programs) + 1
     scratch = R - 1
+    M = sum(sizes)
+    count = max(len(program.stages) for program in programs)
     stages = []
-    for s in range(max(len(program.stages) for program in programs)):
+    for s in range(count):
         steps = [program.stages[s] if s < len(program.stages) else Stage((), ())
                  for program in programs]
+        # a member's last stage ends copying its new states to the next step's state slots
+        carries = [[(OPCODES["identity"], R + 1 + i, slot, ZERO)
+                    for i, slot in enumerate(program.outputs)]
+                   if s == len(program.stages) - 1 else [] for program in programs]
         J = max(len(stage.matmuls) for stage in steps)
-        L = max(max(len(stage.instructions) for stage in steps), 1)
-        operands, products, jobs, program, lengths = [], [], [], [], []
-        first_rows = iter(range(0, sum(sizes) * R, R))  # each member's slot 0
-        for stage, K in zip(steps, sizes):
+        L = max(max(len(stage.instructions) + len(carry)
+                    for stage, carry in zip(steps, carries)), 1)
+        operand_slots, product_slots, matmuls, jobs, program, lengths = [], [], [], [], [], []
+        for stage, carry, K in zip(steps, carries, sizes):
             padding = J - len(stage.matmuls)
-            for row in itertools.islice(first_rows, K):
-                operands += [row + o for o, _, _ in stage.matmuls] + [row + ZERO] * padding
-                products += [row + p for _, _, p in stage.matmuls] + [row + scratch] * padding
+            operand_slots += [[o for o, _, _ in stage.matmuls] + [ZERO] * padding] * K
+            product_slots += [[p for _, _, p in stage.matmuls] + [scratch] * padding] * K
+            matmuls += [len(stage.matmuls)] * K
             jobs.append(tuple(key for _, key, _ in stage.matmuls) + (None,) * padding)
+            code = list(stage.instructions) + carry
             nop = (OPCODES["identity"], scratch, ZERO, ZERO)
-            program += [list(stage.instructions) + [nop] * (L - len(stage.instructions))] * K
-            lengths += [len(stage.instructions)] * K
+            program += [code + [nop] * (L - len(code))] * K
+            lengths += [len(code)] * K
+        member = torch.arange(M).view(M, 1)
+        operand_slots = torch.tensor(operand_slots, dtype=torch.long).view(M, J)
+        product_slots = torch.tensor(product_slots, dtype=torch.long).view(M, J)
         stages.append(_StageTable(
             J=J,
-            operands=torch.tensor(operands, dtype=torch.long, device=device),
-            products=torch.tensor(products, dtype=torch.long, device=device),
+            operand_slots=operand_slots.to(device, torch.int32),
+            product_slots=product_slots.to(device, torch.int32),
+            matmuls=torch.tensor(matmuls, dtype=torch.int32, device=device),
+            operands=(operand_slots * M + member).flatten().to(device),
+            products=(product_slots * M + member).flatten().to(device),
             jobs=tuple(jobs),
             program=torch.tensor(program, dtype=torch.int32, device=device),
             lengths=torch.tensor(lengths, dtype=torch.int32, device=device),
         ))
-    members = [p for p, K in zip(programs, sizes) for _ in range(K)]
-    outputs = [m * R + slot for m, p in enumerate(members)
-               for slot in list(p.outputs) + [ZERO] * (S - len(p.outputs))]
     return _Layout(
-        inputs=max(len(program.inputs) for program in programs),
         slots=R,
         stages=tuple(stages),
         columns=torch.tensor([n for n, K in zip(widths, sizes) for _ in range(K)], device=device),
-        outputs=torch.tensor(outputs, dtype=torch.long, device=device),
+        sizes=sizes,
+        widths=widths,
+        starts=tuple(itertools.accumulate(sizes, initial=0))[:-1],
+        states=tuple(len(program.outputs) for program in programs),
     )
 
 
 _cached_layout = functools.lru_cache(maxsize=64)(_layout)
 
 
-def _stage_weights(table: _StageTable, group_weights, sizes, widths,
-                   like: torch.Tensor) -> torch.Tensor | None:
-    """(M*J, N, N): member m's J transposed matrices of the stage, zero-padded (zeros where it
-    has fewer); None when the stage has no matmul."""
-    if not table.J:
-        return None
-    N = like.shape[-1]
-    blocks = []
-    for jobs, weights, K, n in zip(table.jobs, group_weights, sizes, widths):
-        blocks.append(torch.stack([
-            F.pad(weights[key[0]][..., key[1] * n:(key[1] + 1) * n], (0, N - n, 0, N - n))
-            if key is not None else like.new_zeros(K, N, N)
-            for key in jobs], dim=1))  # (K, J, N, N)
-    return torch.cat(blocks).flatten(0, 1)
-
-
-# -- the instructions in torch --------------------------------------------------------------------
+# -- a step's work in torch -----------------------------------------------------------------------
 
 
 class _TorchLanguage:
@@ -399,18 +453,32 @@ def _expression(text: str, **names) -> torch.Tensor:
     return eval(text, {"tl": _TorchLanguage}, names)  # the operation table's own text
 
 
-class TorchInstructions:
-    """Every member's instructions on its slots as torch operations, in place, as the kernel
-    runs them: instruction i of all members at once, each operation that some member runs there
-    computed for all and each member's own kept (a host copy of the opcodes per instruction:
-    this is the CPU's way, and the kernel's reference)."""
+class TorchKernels:
+    """A step's work as torch operations, in place. The matmuls: the stage's operand rows
+    gathered, one batched matmul, the products scattered. The instructions: instruction i of all
+    members at once, each operation that some member runs there computed for all and each
+    member's own kept (a host copy of the opcodes per instruction: this is the CPU's way, and
+    the kernels' reference)."""
 
     @staticmethod
-    def forward(values, program, lengths, columns) -> None:
-        member, keep = _members_and_columns(values, columns)
-        for i in range(program.shape[1]):
-            op, dst, a, b = program[:, i].long().unbind(1)
-            first, second = values[member, a], values[member, b]
+    def matmul(values, t, layout, table, weights) -> None:
+        rows = values[t].flatten(0, 1)  # (R * M, B, N)
+        rows.index_copy_(0, table.products, torch.bmm(rows.index_select(0, table.operands),
+                                                      weights.transpose(1, 2)))
+
+    @staticmethod
+    def matmul_backward(grads, t, layout, table, weights) -> None:
+        rows = grads[t].flatten(0, 1)
+        rows.index_add_(0, table.operands, torch.bmm(rows.index_select(0, table.products),
+                                                     weights))
+
+    @staticmethod
+    def instructions(values, t, layout, table) -> None:
+        values = values[t:t + 2].flatten(0, 1)  # (2R, M, B, N): this step's slots, the next's
+        member, keep = _members_and_columns(values, layout.columns)
+        for i in range(table.program.shape[1]):
+            op, dst, a, b = table.program[:, i].long().unbind(1)
+            first, second = values[a, member], values[b, member]
             result = first
             for name in _present(op):
                 operation = ops.BY_NAME[name]
@@ -418,29 +486,30 @@ class TorchInstructions:
                          if operation.kind == "activation" and operation.torch_function
                          else _expression(operation.triton.format("a", "b"), a=first, b=second))
                 result = torch.where((op == OPCODES[name]).view(-1, 1, 1), value, result)
-            values[member, dst] = torch.where(keep, result, values[member, dst])
+            values[dst, member] = torch.where(keep, result, values[dst, member])
 
     @staticmethod
-    def backward(grads, values, program, lengths, columns) -> None:
-        member, keep = _members_and_columns(values, columns)
-        for i in reversed(range(program.shape[1])):
-            op, dst, a, b = program[:, i].long().unbind(1)
-            g, y = grads[member, dst], values[member, dst]
-            first, second = values[member, a], values[member, b]
+    def instructions_backward(grads, values, t, layout, table) -> None:
+        grads, values = grads[t:t + 2].flatten(0, 1), values[t:t + 2].flatten(0, 1)
+        member, keep = _members_and_columns(values, layout.columns)
+        for i in reversed(range(table.program.shape[1])):
+            op, dst, a, b = table.program[:, i].long().unbind(1)
+            g, y = grads[dst, member], values[dst, member]
+            first, second = values[a, member], values[b, member]
             first_grad, second_grad = torch.zeros_like(g), torch.zeros_like(g)
             for name in _present(op):
                 chosen = (op == OPCODES[name]).view(-1, 1, 1)
                 for target, text in zip((first_grad, second_grad), _gradients(name)):
                     value = _expression(text, g=g, y=y, a=first, b=second)
                     target.copy_(torch.where(chosen, value, target))
-            grads[member, dst] = 0.0  # the slot's value before: read by nothing
-            grads.index_put_((member, a), first_grad * keep, accumulate=True)
-            grads.index_put_((member, b), second_grad * keep, accumulate=True)
+            grads[dst, member] = 0.0  # the slot's value before: read by nothing
+            grads.index_put_((a, member), first_grad * keep, accumulate=True)
+            grads.index_put_((b, member), second_grad * keep, accumulate=True)
 
 
 def _members_and_columns(values, columns):
-    """(member indices, (M, 1, N) which columns are a member's own)."""
-    M, N = values.shape[0], values.shape[-1]
+    """(member indices, (M, 1, N) which columns are a member's own) of slots (R, M, B, N)."""
+    M, N = values.shape[1], values.shape[-1]
     member = torch.arange(M, device=values.device)
     return member, (torch.arange(N, device=values.device) < columns[:, None])[:, None]
 
@@ -458,14 +527,18 @@ def _gradients(name: str) -> tuple[str, str]:
     return tuple(text.format(g="g", a="a", b="b") for text in BINARY_GRADIENTS[name])
 
 
-# -- the instructions in one Triton kernel --------------------------------------------------------
+# -- a step's work in Triton kernels --------------------------------------------------------------
 
 
 @functools.cache
-def instructions_source() -> str:
-    """A module with `forward_kernel` and `backward_kernel`: one program per member and block of
-    its (B, N) slot, looping over the member's instructions; each value goes to memory, and the
-    next instruction reads it back (a barrier between). The operations come from the table."""
+def kernels_source() -> str:
+    """A module with the step's four kernels. `instructions_kernel` and its backward: one program
+    per member and block of its (B, N) slot, looping over the member's instructions; each value
+    goes to memory, and the next instruction reads it back (a barrier between); the operations
+    come from the table. `matmul_kernel` and its backward: one program per member and (B, N)
+    tile, looping over the member's own matmuls (no padding), operands and products read and
+    written in the slots themselves. Slots are addressed `start + slot * slot_stride + member *
+    member_stride`, so slot R + r is the next step's r."""
     forward, first, second = "0.0", "0.0", "0.0"
     for name, code in reversed(OPCODES.items()):
         value = ops.BY_NAME[name].triton.format("a", "b")  # (an activation reads only {0})
@@ -473,82 +546,168 @@ def instructions_source() -> str:
         forward = f"tl.where(op == {code}, {value}, {forward})"
         first = f"tl.where(op == {code}, {gradient_a}, {first})"
         second = f"tl.where(op == {code}, {gradient_b}, {second})"
-    return f'''"""Generated by cellsearch.engine.mixed: every member's instructions, one kernel."""
+    return f'''"""Generated by cellsearch.engine.mixed: a mix's step in four kernels."""
 import triton
 import triton.language as tl
 
 
 @triton.jit
-def forward_kernel(values, program, lengths, columns, member_stride, program_stride, N, size,
-                   BLOCK: tl.constexpr):
+def instructions_kernel(values, start, program, lengths, columns, member_stride, slot_stride,
+                        program_stride, N, size, BLOCK: tl.constexpr):
     m = tl.program_id(0).to(tl.int64)
     offsets = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
     mask = (offsets < size) & (offsets % N < tl.load(columns + m))
-    base = values + m * member_stride
+    base = values + start + m * member_stride + offsets
     code = program + m * program_stride
     for i in range(tl.load(lengths + m)):
         op = tl.load(code + 4 * i)
-        a = tl.load(base + tl.load(code + 4 * i + 2) * size + offsets, mask=mask, other=0.0)
-        b = tl.load(base + tl.load(code + 4 * i + 3) * size + offsets, mask=mask, other=0.0)
-        tl.store(base + tl.load(code + 4 * i + 1) * size + offsets, {forward}, mask=mask)
+        a = tl.load(base + tl.load(code + 4 * i + 2).to(tl.int64) * slot_stride, mask=mask,
+                    other=0.0)
+        b = tl.load(base + tl.load(code + 4 * i + 3).to(tl.int64) * slot_stride, mask=mask,
+                    other=0.0)
+        tl.store(base + tl.load(code + 4 * i + 1).to(tl.int64) * slot_stride, {forward},
+                 mask=mask)
         tl.debug_barrier()
 
 
 @triton.jit
-def backward_kernel(grads, values, program, lengths, columns, member_stride, program_stride, N,
-                    size, BLOCK: tl.constexpr):
+def instructions_backward_kernel(grads, values, start, program, lengths, columns, member_stride,
+                                 slot_stride, program_stride, N, size, BLOCK: tl.constexpr):
     m = tl.program_id(0).to(tl.int64)
     offsets = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
     mask = (offsets < size) & (offsets % N < tl.load(columns + m))
-    base = values + m * member_stride
-    grad_base = grads + m * member_stride
+    base = start + m * member_stride + offsets
     code = program + m * program_stride
     length = tl.load(lengths + m)
     for j in range(length):
         i = length - 1 - j
         op = tl.load(code + 4 * i)
-        dst = tl.load(code + 4 * i + 1) * size + offsets
-        first = tl.load(code + 4 * i + 2) * size + offsets
-        second = tl.load(code + 4 * i + 3) * size + offsets
-        g = tl.load(grad_base + dst, mask=mask, other=0.0)
-        y = tl.load(base + dst, mask=mask, other=0.0)
-        a = tl.load(base + first, mask=mask, other=0.0)
-        b = tl.load(base + second, mask=mask, other=0.0)
-        tl.store(grad_base + dst, g * 0.0, mask=mask)  # dst's value before: unread
+        dst = base + tl.load(code + 4 * i + 1).to(tl.int64) * slot_stride
+        first = base + tl.load(code + 4 * i + 2).to(tl.int64) * slot_stride
+        second = base + tl.load(code + 4 * i + 3).to(tl.int64) * slot_stride
+        g = tl.load(grads + dst, mask=mask, other=0.0)
+        y = tl.load(values + dst, mask=mask, other=0.0)
+        a = tl.load(values + first, mask=mask, other=0.0)
+        b = tl.load(values + second, mask=mask, other=0.0)
+        tl.store(grads + dst, g * 0.0, mask=mask)  # dst's value before: unread
         tl.debug_barrier()
-        tl.store(grad_base + first, tl.load(grad_base + first, mask=mask, other=0.0) + {first},
+        tl.store(grads + first, tl.load(grads + first, mask=mask, other=0.0) + {first},
                  mask=mask)
         tl.debug_barrier()
-        tl.store(grad_base + second, tl.load(grad_base + second, mask=mask, other=0.0) + {second},
+        tl.store(grads + second, tl.load(grads + second, mask=mask, other=0.0) + {second},
                  mask=mask)
+        tl.debug_barrier()
+
+
+@triton.jit
+def matmul_kernel(values, start, weights, operands, products, counts, columns, J, member_stride,
+                  slot_stride, B, N, PRECISION: tl.constexpr, BB: tl.constexpr,
+                  BN: tl.constexpr, BK: tl.constexpr):
+    """product[b, c] = sum_k operand[b, k] * W[c, k], for each of member m's matmuls."""
+    m = tl.program_id(0).to(tl.int64)
+    rows = tl.program_id(1) * BB + tl.arange(0, BB)
+    cols = tl.program_id(2) * BN + tl.arange(0, BN)
+    n = tl.load(columns + m)
+    base = values + start + m * member_stride
+    for j in range(tl.load(counts + m)):
+        operand = base + tl.load(operands + m * J + j).to(tl.int64) * slot_stride
+        matrix = weights + (m * J + j) * N * N
+        total = tl.full([BB, BN], 0.0, values.dtype.element_ty)
+        for k in range(0, n, BK):
+            ks = k + tl.arange(0, BK)
+            a = tl.load(operand + rows[:, None] * N + ks[None, :],
+                        mask=(rows[:, None] < B) & (ks[None, :] < n), other=0.0)
+            w = tl.load(matrix + cols[None, :] * N + ks[:, None],
+                        mask=(ks[:, None] < n) & (cols[None, :] < n), other=0.0)
+            total = tl.dot(a, w, total, input_precision=PRECISION)
+        product = base + tl.load(products + m * J + j).to(tl.int64) * slot_stride
+        tl.store(product + rows[:, None] * N + cols[None, :], total,
+                 mask=(rows[:, None] < B) & (cols[None, :] < n))
+
+
+@triton.jit
+def matmul_backward_kernel(grads, start, weights, operands, products, counts, columns, J,
+                           member_stride, slot_stride, B, N, PRECISION: tl.constexpr,
+                           BB: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr):
+    """operand_grad[b, c] += sum_k product_grad[b, k] * W[k, c], for each of member m's matmuls
+    in turn (several may share an operand)."""
+    m = tl.program_id(0).to(tl.int64)
+    rows = tl.program_id(1) * BB + tl.arange(0, BB)
+    cols = tl.program_id(2) * BN + tl.arange(0, BN)
+    n = tl.load(columns + m)
+    base = grads + start + m * member_stride
+    tile = (rows[:, None] < B) & (cols[None, :] < n)
+    for j in range(tl.load(counts + m)):
+        product = base + tl.load(products + m * J + j).to(tl.int64) * slot_stride
+        matrix = weights + (m * J + j) * N * N
+        total = tl.full([BB, BN], 0.0, grads.dtype.element_ty)
+        for k in range(0, n, BK):
+            ks = k + tl.arange(0, BK)
+            g = tl.load(product + rows[:, None] * N + ks[None, :],
+                        mask=(rows[:, None] < B) & (ks[None, :] < n), other=0.0)
+            w = tl.load(matrix + ks[:, None] * N + cols[None, :],
+                        mask=(ks[:, None] < n) & (cols[None, :] < n), other=0.0)
+            total = tl.dot(g, w, total, input_precision=PRECISION)
+        operand = base + tl.load(operands + m * J + j).to(tl.int64) * slot_stride
+        target = operand + rows[:, None] * N + cols[None, :]
+        tl.store(target, tl.load(target, mask=tile, other=0.0) + total, mask=tile)
         tl.debug_barrier()
 '''
 
 
-def _launch(kernel: str, program, lengths, columns, *tensors) -> None:
-    module = codegen.load_module(instructions_source(), "mixed")
-    target = tensors[0]
-    M, _, B, N = target.shape
-    size = B * N
-    BLOCK = min(1024, codegen.block_size(size))
-    grid = (M, -(-size // BLOCK))
-    getattr(module, kernel)[grid](*tensors, program, lengths, columns, target.stride(0),
-                                  program.stride(0), N, size, BLOCK=BLOCK)
+def _module():
+    return codegen.load_module(kernels_source(), "mixed")
 
 
-class TritonInstructions:
-    """`TorchInstructions` in the generated kernel (`instructions_source`)."""
+def _strides(values: torch.Tensor) -> tuple[int, int, int]:
+    """(where step t starts, per member, per slot) in a window's slots (T + 1, R, M, B, N)."""
+    return values.stride(0), values.stride(2), values.stride(1)
+
+
+class TritonKernels:
+    """`TorchKernels` in the generated kernels (`kernels_source`)."""
 
     @staticmethod
-    def forward(values, program, lengths, columns) -> None:
-        _launch("forward_kernel", program, lengths, columns, values)
+    def instructions(values, t, layout, table) -> None:
+        TritonKernels._instructions("instructions_kernel", t, layout, table, values)
 
     @staticmethod
-    def backward(grads, values, program, lengths, columns) -> None:
-        _launch("backward_kernel", program, lengths, columns, grads, values)
+    def instructions_backward(grads, values, t, layout, table) -> None:
+        TritonKernels._instructions("instructions_backward_kernel", t, layout, table, grads,
+                                    values)
+
+    @staticmethod
+    def matmul(values, t, layout, table, weights) -> None:
+        TritonKernels._matmul("matmul_kernel", values, t, layout, table, weights)
+
+    @staticmethod
+    def matmul_backward(grads, t, layout, table, weights) -> None:
+        TritonKernels._matmul("matmul_backward_kernel", grads, t, layout, table, weights)
+
+    @staticmethod
+    def _instructions(kernel, t, layout, table, *tensors) -> None:
+        step, member, slot = _strides(tensors[0])
+        _, _, M, B, N = tensors[0].shape
+        size = B * N
+        BLOCK = min(1024, codegen.block_size(size))
+        getattr(_module(), kernel)[(M, -(-size // BLOCK))](
+            *tensors, t * step, table.program, table.lengths, layout.columns, member, slot,
+            table.program.stride(0), N, size, BLOCK=BLOCK)
+
+    @staticmethod
+    def _matmul(kernel, slots, t, layout, table, weights) -> None:
+        step, member, slot = _strides(slots)
+        _, _, M, B, N = slots.shape
+        BB, BN, BK = min(64, codegen.block_size(B)), min(64, codegen.block_size(N)), 32
+        precision = (codegen.matmul_precision(slots) if slots.dtype == torch.float32
+                     else "ieee")
+        getattr(_module(), kernel)[(M, -(-B // BB), -(-N // BN))](
+            slots, t * step, weights, table.operand_slots, table.product_slots, table.matmuls,
+            layout.columns, table.J, member, slot, B, N, PRECISION=precision, BB=BB, BN=BN,
+            BK=BK)
 
 
-_INSTRUCTIONS = {"torch": TorchInstructions, "triton": TritonInstructions}
+_KERNELS = {"torch": TorchKernels, "triton": TritonKernels}
 
 
 @functools.cache

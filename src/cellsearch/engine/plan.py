@@ -17,7 +17,7 @@ for speed:
   batched matmul written straight in the layout the recurrent matmul adds (`StaticPart`): no
   per-gate sums, concatenation or, going backward, slicing of (K, T, B, m*n) tensors.
 - The gradient of each recurrent matrix is formed once per sequence, by one batched matmul over
-  all timesteps, rather than accumulated step by step (`WeightSink`).
+  all timesteps, rather than accumulated step by step (`_WeightSink`).
 
 Shapes: sequences are (K, T, B, n), states (K, B, n), a matrix (K, n, n) acting as `v @ W.T`,
 a bias (K, n). This module knows nothing of modules, tasks or training.
@@ -292,26 +292,29 @@ def _signed_sum(terms: list[tuple[int, torch.Tensor]], start: torch.Tensor | Non
 def window_inputs(
     plan_: Plan, params: dict[str, torch.Tensor], x: torch.Tensor
 ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
-    """What the time loop reads, computed for the whole window before it.
+    """What the time loop reads, computed for the whole window before it: the step inputs
+    (`step_inputs`) and per recurrent operand its group's matrices side by side, (K, n, m*n)."""
+    return step_inputs(plan_, params, x), {
+        item.operand: _transposed_cat(params, item.params)
+        for item in plan_.loop if isinstance(item, MatmulGroup)}
 
-    Returns the step inputs by name, each (K, T, B, w) when it depends on x and broadcastable
-    to that with a time dimension of 1 otherwise: the static values the loop reads, `pre:<operand>`
-    the static addends of a fused matmul group (w = m*n) and `sum:<name>` the static part of a
-    sum; and per recurrent operand its group's matrices side by side, (K, n, m*n).
-    """
+
+def step_inputs(plan_: Plan, params: dict[str, torch.Tensor], x: torch.Tensor
+                ) -> dict[str, torch.Tensor]:
+    """The step inputs by name, each (K, T, B, w) when it depends on x and broadcastable to that
+    with a time dimension of 1 otherwise: the static values the loop reads, `pre:<operand>` the
+    static addends of a fused matmul group (w = m*n) and `sum:<name>` the static part of a
+    sum."""
     K, T, B, n = x.shape
     static = _static_values(plan_, params, x)
     inputs = {name: static[name] for name in plan_.loop_reads}
     sum_static: dict[str, torch.Tensor] = {}
-    weights: dict[str, torch.Tensor] = {}
     # sums whose static parts a StaticPart computes
     covered = {s for item in plan_.loop if isinstance(item, MatmulGroup)
                and item.static_part for s in item.fused_sums}
     for item in plan_.loop:
         if isinstance(item, Sum) and item.static_terms and item.name not in covered:
             sum_static[item.name] = _signed_sum([(s, static[t]) for s, t in item.static_terms], None)
-        if isinstance(item, MatmulGroup):
-            weights[item.operand] = _transposed_cat(params, item.params)
     fused: set[str] = set(covered)
     for item in plan_.loop:
         if isinstance(item, MatmulGroup) and item.static_part:
@@ -327,7 +330,7 @@ def window_inputs(
     for name, part in sum_static.items():
         if name not in fused:
             inputs[static_sum_name(name)] = part
-    return inputs, weights
+    return inputs
 
 
 def run(
@@ -350,12 +353,12 @@ def run(
                    for name, value in inputs.items()}
 
     # The recurrent matmuls see detached weights; their weight gradient is formed once per
-    # sequence by the sinks (see `WeightSink`) instead of once per step.
+    # sequence by the sinks (see `_WeightSink`) instead of once per step.
     records = {operand: [] for operand in group_weights}
     deferred = step is step_eagerly  # (a compiled step differentiates as traced instead)
     if deferred and torch.is_grad_enabled() and any(w.requires_grad for w in group_weights.values()):
         for operand, weights in group_weights.items():
-            state = WeightSink.apply(weights, records[operand], *state)
+            state = _WeightSink.apply(weights, records[operand], *state)
         group_weights = {o: _Recorded(w.detach(), records[o]) for o, w in group_weights.items()}
     outputs = []
     for t in range(T):
@@ -400,7 +403,7 @@ def step_eagerly(
             pre = inputs.get(pre_name(item.operand))
             weight = weights[item.operand]
             if isinstance(weight, _Recorded):
-                product = RecordedMatmul.apply(pre, operand, weight.weight, weight.record)
+                product = _RecordedMatmul.apply(pre, operand, weight.weight, weight.record)
             elif pre is not None:
                 product = torch.baddbmm(pre, operand, weight)
             else:
@@ -433,7 +436,7 @@ class _Recorded:
     record: list
 
 
-class RecordedMatmul(torch.autograd.Function):
+class _RecordedMatmul(torch.autograd.Function):
     @staticmethod
     def forward(ctx, pre, operand, weight, record):
         ctx.save_for_backward(operand, weight)
@@ -447,7 +450,7 @@ class RecordedMatmul(torch.autograd.Function):
         return (grad if ctx.has_pre else None), torch.bmm(grad, weight.transpose(1, 2)), None, None
 
 
-class WeightSink(torch.autograd.Function):
+class _WeightSink(torch.autograd.Function):
     """Passes the initial state through; its backward turns the records into dW."""
 
     @staticmethod

@@ -110,6 +110,13 @@ class Captured:
         return graph
 
 
+def _gradients(objective: torch.Tensor, parameters: list[torch.Tensor]) -> list:
+    """The objective's gradient for each parameter (None where it depends on none), as autograd
+    forms it: not through `.grad`, whose accumulation would copy each gradient into its
+    parameter's strides (the columns of the flat parameters), a launch per parameter a step."""
+    return list(torch.autograd.grad(objective, parameters, allow_unused=True))
+
+
 def _flatten(parameters: list[torch.Tensor]) -> torch.Tensor:
     """Moves the parameters, each (K, ...), into the columns of one (K, P) tensor, each parameter
     becoming a view of its columns; returns that tensor. (So the model must not move to another
@@ -222,8 +229,7 @@ class PopulationSteps:
     def _train(self) -> None:
         self.model.train()
         _, loss_sums = self._forward(self.dropout)
-        self._objective(loss_sums).backward()
-        self._clipped_sgd_step()
+        self._clipped_sgd_step(_gradients(self._objective(loss_sums), self.parameters))
 
     def _objective(self, loss_sums: torch.Tensor) -> torch.Tensor:
         """What a training step differentiates. Each member's loss depends on its own parameters
@@ -238,14 +244,11 @@ class PopulationSteps:
         return loss_sums.sum() / divisor
 
     @torch.no_grad()
-    def _clipped_sgd_step(self) -> None:
+    def _clipped_sgd_step(self, grads: list[torch.Tensor | None]) -> None:
         """p[k] -= rate[k] * g[k] * min(1, max_norm[k] / |g[k]|), |g[k]| over all of member k's
         parameters. Non-finite gradients (a diverged member) become 0, so frozen members stay
         put and nothing non-finite reaches the norms of the others. A parameter no output
-        depends on (a state that never reaches h) gets no gradient."""
-        grads = [p.grad for p in self.parameters]
-        for p in self.parameters:
-            p.grad = None
+        depends on (a state that never reaches h) gets no gradient (None)."""
         if self.sgd_kernels:  # the same update in Triton kernels, without the copies
             from cellsearch.engine.kernels.sgd import clipped_sgd_  # (imports Triton)
 
@@ -361,9 +364,10 @@ class MixedSteps:
         results = self._forward(training=True)
         objectives = [p._objective(p._scored(logits, final)[1])
                       for p, (logits, final) in zip(populations, results)]
-        torch.stack(objectives).sum().backward()
+        grads = iter(_gradients(torch.stack(objectives).sum(),
+                                [q for p in populations for q in p.parameters]))
         for p in populations:
-            p._clipped_sgd_step()
+            p._clipped_sgd_step(list(itertools.islice(grads, len(p.parameters))))
 
     @torch.no_grad()
     def _evaluate(self) -> None:

@@ -1,0 +1,116 @@
+"""What one training step of the mixed engine launches, counted on any device: the operations of
+a `MixedSteps` training step of C populations of different cells (K=4 each, arith's 250K budget,
+each cell its own hidden size, 20 x 35 windows), split into the windows' own (`mixed._Window`,
+the recurrence) and everything else (each population's embedding, static parts, output layer,
+loss, clipped SGD and their backward). At the paper's small shapes a step is bound by its
+launches, so this count, which needs no GPU, says what a mix costs beyond its arithmetic.
+
+Counted: aten operations that compute (views left out), with each call of one of the step's
+kernels (`mixed.TorchKernels`' methods: one Triton kernel each on a GPU) counted as one.
+
+    python benchmarks/mixed_launches.py [--cells 1,4,8,16] [--layers 2]
+"""
+
+import argparse
+
+import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+
+from cellsearch.cells import zoo
+from cellsearch.engine import mixed
+from cellsearch.evaluation.budget import hidden_size_for_budget
+from cellsearch.train import bench
+from cellsearch.train.model import PopulationModel
+from cellsearch.train.steps import MixedSteps, PopulationSteps
+
+VIEWS = ("aten::view", "aten::_unsafe_view", "aten::t", "aten::transpose", "aten::permute",
+         "aten::expand", "aten::select", "aten::slice", "aten::unsqueeze", "aten::squeeze",
+         "aten::unbind", "aten::as_strided", "aten::detach", "aten::alias", "aten::split",
+         "aten::reshape", "aten::flatten")
+
+
+class Launches(TorchDispatchMode):
+    """Counts the operations run under it, in `window` while a window runs, else in `rest`."""
+
+    def __init__(self):
+        super().__init__()
+        self.window = self.rest = 0
+        self.inside = self.in_kernel = False
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        if not self.in_kernel and not func._schema.name.startswith(VIEWS):
+            self.add(1)
+        return func(*args, **(kwargs or {}))
+
+    def add(self, count: int) -> None:
+        if self.inside:
+            self.window += count
+        else:
+            self.rest += count
+
+
+def _counting(launches: Launches) -> None:
+    """Routes the step kernels and the window's forward and backward through `launches`."""
+    for name in ("matmul", "matmul_backward", "instructions", "instructions_backward"):
+        def kernel(*args, real=getattr(mixed.TorchKernels, name), **kwargs):
+            launches.add(1)
+            launches.in_kernel = True
+            try:
+                return real(*args, **kwargs)
+            finally:
+                launches.in_kernel = False
+        setattr(mixed.TorchKernels, name, staticmethod(kernel))
+    for name in ("forward", "backward"):
+        def window(*args, real=getattr(mixed._Window, name), **kwargs):
+            launches.inside = True
+            try:
+                return real(*args, **kwargs)
+            finally:
+                launches.inside = False
+        setattr(mixed._Window, name, staticmethod(window))
+
+
+def population(graph, task, layers: int, seed: int, K: int = 4) -> PopulationSteps:
+    _, _, budget = bench.SHAPES["arith"]
+    hidden = hidden_size_for_budget(budget, matrices_per_layer=graph.num_matrices,
+                                    biases_per_layer=graph.num_biases, num_layers=layers,
+                                    input_size=task.input_size, output_size=task.output_size,
+                                    input_kind="embedding")
+    model = PopulationModel(graph, K, task.input_size, task.output_size, hidden, layers,
+                            "embedding")
+    model.reset_parameters([1.0] * K, [seed + k for k in range(K)])
+    return PopulationSteps(model, task, bench.BATCH, bench.STEPS, torch.ones(K), None,
+                           capture=False)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--cells", default="1,4,8,16")
+    parser.add_argument("--layers", type=int, default=2)
+    args = parser.parse_args()
+    launches = Launches()
+    _counting(launches)
+    task = bench._RandomTokens(40)
+    names = list(zoo.PAPER_CELLS)
+    print(f"# torch {torch.__version__}; a mixed training step, {args.layers} layers, K=4 each")
+    print("| cells | operations | in the windows | the rest | the rest per population |")
+    print("|---:|---:|---:|---:|---:|")
+    for cells in (int(c) for c in args.cells.split(",")):
+        graphs = [zoo.get(names[i % len(names)]) if i < len(names) else bench.mutated_graph(i)
+                  for i in range(cells)]
+        populations = [population(graph, task, args.layers, 10 * i)
+                       for i, graph in enumerate(graphs)]
+        steps = MixedSteps(populations, capture=False)
+        for steps_of_one in populations:
+            steps_of_one.load(task.batch)
+        steps.train_step()  # the first call makes the mix's tables
+        launches.window = launches.rest = 0
+        with launches:
+            steps.train_step()
+        total = launches.window + launches.rest
+        print(f"| {cells} | {total:,} | {launches.window:,} | {launches.rest:,} | "
+              f"{launches.rest / cells:.0f} |")
+
+
+if __name__ == "__main__":
+    main()
