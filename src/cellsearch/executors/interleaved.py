@@ -1,8 +1,9 @@
 """`InterleavedExecutor` (`--executor interleaved`, and `--executor mixed`): every submitted job
 trains in this process at once, its populations advanced a training window at a time in turn,
-each on its own CUDA stream — or, mixed, all of them in shared steps (`train.steps.Mixer`): each
-round, the windows of every population in training run as one step of the mixed engine
-(`engine.mixed`), different cells and hidden sizes in the same launches.
+each on its own CUDA stream — or, mixed, in shared steps (`train.steps.Mixer`): each round, the
+windows of the populations of a task that started their epoch together run as one step of the
+mixed engine (`engine.mixed`), different cells and hidden sizes in the same launches, the same
+step from window to window and epoch to epoch (captured once on a GPU).
 
 One thread, so no CUDA-graph capture races with another (threads with a stream per cell broke
 at 16 cells); one small population leaves most of a GPU idle, and the windows of many, queued on

@@ -275,11 +275,12 @@ class PopulationSteps:
         for name, value in stats.items():
             self.totals[name].add_(value)
 
-    def _step(self, phase: str) -> Iterator[None]:
-        """The loaded window's "train" or "eval" step, then one yield: the population's own
-        step, or a shared one, which runs when the mixer is next flushed."""
+    def _step(self, phase: str, first: bool = False) -> Iterator[None]:
+        """The loaded window's step — "train", or the evaluation split's — then one yield: the
+        population's own step, or a shared one, which runs when the mixer is next flushed
+        (`first`: the epoch's first training window)."""
         if self.mixer is not None:
-            yield from self.mixer.step(self, phase)
+            yield from self.mixer.step(self, phase, first)
         else:
             (self.train_step if phase == "train" else self.eval_step)()
             yield
@@ -297,7 +298,7 @@ class PopulationSteps:
         batches = self.task.batches("train", self.mask.shape[1], self.mask.shape[0], epoch=epoch)
         for window, batch in enumerate(self.uploaded(batches)):
             self.load(batch)
-            yield from self._step("train")
+            yield from self._step("train", first=window == 0)
             if on_window is not None:
                 on_window(window + 1)
 
@@ -314,7 +315,7 @@ class PopulationSteps:
         batches = self.task.batches(split, self.mask.shape[1], self.mask.shape[0])
         for batch in self.uploaded(batches):
             self.load(batch)
-            yield from self._step("eval")
+            yield from self._step(split)
         yield from self.settled()
         summary = task_metrics.summarize(self.totals)
         return {name: [float(v) for v in values.tolist()] for name, values in summary.items()}
@@ -382,65 +383,119 @@ class Mixer:
 
     A population with a mixer (`PopulationSteps(mixer=...)`) loads its window and asks for its
     step (`step`, a generator that yields until the step has run); whoever advances the
-    populations (`executors.interleaved` with `mixed`) calls `flush` after giving each its turn:
-    one `MixedSteps` step for every population that asked to train, one for those that asked to
-    evaluate. Populations join and leave between windows, so no slow one holds back the rest.
+    populations (`executors.interleaved` with `mixed`) calls `flush` after giving each its turn.
+    A flush runs one `MixedSteps` step per cohort and phase asked for.
 
-    Each membership (the populations asking, in order) gets its own MixedSteps, which on CUDA
-    captures its step after `warmup` eager calls, so a membership that lasts only a few windows
-    is never captured; the last `kept` memberships of each phase stay ready (each captured one
-    holds its own activation memory), and a population that `leave`s takes every membership it
-    was in with it. Both defaults are guesses until measured on a GPU. All work goes to the
-    current CUDA stream, which the populations' loads must share. A shared step that fails fails
-    every population in it, with the error.
+    Cohorts keep a shared step the same from window to window, so that it is captured once and
+    replayed (on CUDA, after `warmup` eager calls), instead of changing whenever some population
+    ends an epoch: populations of one task that start an epoch at the same flush form a cohort,
+    and train it in lockstep. At its next epoch a population waits (a few evaluation windows,
+    when its mates run a test pass it does not) until every mate still training is back, and the
+    cohort forms again, with any other population of its task starting an epoch then; it is
+    the same step as before, still captured, unless someone left. Each population leaves when its
+    training ends (`leave`), at once, taking its shared steps (and their CUDA graphs) with it. A
+    population joining mid-epoch starts a cohort of its own, which never disturbs the others'.
+
+    The shared steps kept are those of the live cohorts, `kept` a cohort (train, valid, test);
+    each captured one holds its own activation memory. All work goes to the current CUDA
+    stream, which the populations' loads must share. A shared step that fails fails every
+    population in it, with the error. Waiting changes when a population trains, never what.
     """
 
-    def __init__(self, capture: bool, warmup: int = 4, kept: int = 2):
+    def __init__(self, capture: bool, warmup: int = 4, kept: int = 3):
         self.capture, self.warmup, self.kept = capture, warmup, kept
-        self.waiting: dict[str, list[PopulationSteps]] = {"train": [], "eval": []}
-        self.memberships: dict[str, dict[tuple, MixedSteps]] = {"train": {}, "eval": {}}
+        self.waiting: list[tuple[PopulationSteps, str, bool]] = []  # (population, phase, first)
+        self.cohorts: dict[int, tuple[PopulationSteps, ...]] = {}  # id(population) -> cohort
+        self.memberships: dict[tuple[str, tuple[int, ...]], MixedSteps] = {}
         self.failures: dict[int, Exception] = {}  # id(population) -> why its step failed
+        self.arrivals: dict[int, int] = {}  # id(population) -> when it first asked: its order
+        self._arrival = itertools.count()
 
-    def step(self, population: PopulationSteps, phase: str) -> Iterator[None]:
-        """Ask for `population`'s "train" or "eval" step on its loaded window; yields until a
-        flush has run it, and raises what made that step fail."""
-        self.waiting[phase].append(population)
+    def step(self, population: PopulationSteps, phase: str, first: bool = False
+             ) -> Iterator[None]:
+        """Ask for `population`'s step on its loaded window, "train" (`first`: the epoch's first
+        window) or an evaluation split; yields until a flush has run it, and raises what made
+        that step fail."""
+        if id(population) not in self.arrivals:
+            self.arrivals[id(population)] = next(self._arrival)
+        self.waiting.append((population, phase, first))
         try:
-            while any(p is population for p in self.waiting[phase]):
+            while any(p is population for p, _, _ in self.waiting):
                 yield
         except GeneratorExit:  # its run was stopped: nothing to do for it
-            self.waiting[phase] = [p for p in self.waiting[phase] if p is not population]
+            self.waiting = [entry for entry in self.waiting if entry[0] is not population]
             raise
         error = self.failures.pop(id(population), None)
         if error is not None:
             raise error
 
     def flush(self) -> None:
-        """Run the steps asked for since the last flush."""
-        for phase, populations in self.waiting.items():
-            if not populations:
+        """Run the steps asked for since the last flush, but for those of populations that
+        wait for their cohort."""
+        starting = [p for p, phase, first in self.waiting if phase == "train" and first]
+        back = {id(p) for p in starting}
+        ready = [p for p in starting if all(id(q) in back for q in self.cohort(p))]
+        self._form_cohorts(ready)
+        ready_ids = {id(p) for p in ready}
+        groups: dict[tuple[str, tuple[int, ...]], list[PopulationSteps]] = {}
+        held = []
+        for entry in self.waiting:
+            population, phase, first = entry
+            if phase == "train" and first and id(population) not in ready_ids:
+                held.append(entry)
                 continue
-            self.waiting[phase] = []
+            cohort = tuple(id(q) for q in self.cohort(population))
+            groups.setdefault((phase, cohort), []).append(population)
+        self.waiting = held
+        for (phase, _), populations in groups.items():
+            populations.sort(key=lambda p: self.arrivals[id(p)])  # a step's members in one order
             try:
                 together = self._membership(phase, populations)
                 (together.train_step if phase == "train" else together.eval_step)()
             except Exception as error:  # noqa: BLE001 - each population's run records it
                 self.failures.update((id(p), error) for p in populations)
 
+    def cohort(self, population: PopulationSteps) -> tuple[PopulationSteps, ...]:
+        """The populations `population` trains with (itself alone before its first epoch)."""
+        return self.cohorts.get(id(population), (population,))
+
     def leave(self, population: PopulationSteps) -> None:
-        """Forget `population` (its training ended): its memberships, and their CUDA graphs."""
-        for kept in self.memberships.values():
-            for key in [key for key, together in kept.items()
-                        if any(p is population for p in together.populations)]:
-                del kept[key]
+        """Forget `population` (its training ended): its cohort and shared steps."""
+        mates = tuple(p for p in self.cohort(population) if p is not population)
+        self.cohorts.pop(id(population), None)
+        self.arrivals.pop(id(population), None)
+        for mate in mates:
+            self.cohorts[id(mate)] = mates
+        self._drop(lambda members: id(population) in members)
+
+    def _form_cohorts(self, ready: list[PopulationSteps]) -> None:
+        """The populations starting an epoch together, as one cohort per task."""
+        by_task: dict[str, list[PopulationSteps]] = {}
+        for population in sorted(ready, key=lambda p: self.arrivals[id(p)]):
+            by_task.setdefault(population.task.name, []).append(population)
+        for group in by_task.values():
+            cohort = tuple(group)
+            ids = {id(p) for p in cohort}
+            if all(self.cohorts.get(id(p)) == cohort for p in cohort):
+                continue  # the same cohort as before: its steps stay
+            for population in cohort:
+                self.cohorts[id(population)] = cohort
+            # its members' steps with others are of no use now
+            self._drop(lambda members: bool(ids & set(members)) and not set(members) <= ids)
+
+    def _drop(self, stale) -> None:
+        for key in [key for key in self.memberships if stale(key[1])]:
+            del self.memberships[key]
 
     def _membership(self, phase: str, populations: list[PopulationSteps]) -> MixedSteps:
-        kept = self.memberships[phase]
-        key = tuple(id(p) for p in populations)  # unique while kept: kept holds them
-        together = kept.pop(key, None) or MixedSteps(populations, self.capture, self.warmup)
-        kept[key] = together  # the most recent last
-        while len(kept) > self.kept:
-            del kept[next(iter(kept))]
+        key = (phase, tuple(id(p) for p in populations))  # unique while kept: kept holds them
+        together = self.memberships.pop(key, None) or MixedSteps(populations, self.capture,
+                                                                 self.warmup)
+        self.memberships[key] = together  # the most recent last
+        cohorts = {tuple(id(q) for q in self.cohort(p)) for p in populations}
+        live = len({tuple(id(q) for q in c) for c in self.cohorts.values()} | cohorts)
+        while len(self.memberships) > self.kept * live:
+            del self.memberships[next(iter(self.memberships))]
         return together
 
 

@@ -1,0 +1,114 @@
+"""`steps.Mixer`: which populations share a step. Populations of a task that start an epoch
+together form a cohort and keep one shared step (captured once on a GPU) from epoch to epoch; a
+population back early waits for its mates, one joining mid-epoch gets a step of its own, and one
+that leaves takes its shared steps with it."""
+
+from types import SimpleNamespace
+
+import pytest
+
+from cellsearch.train import steps as steps_module
+from cellsearch.train.steps import Mixer
+
+
+class Shared:
+    """Stands in for MixedSteps: counts the steps each shared step runs."""
+
+    def __init__(self, populations, capture, warmup):
+        self.populations, self.calls = populations, 0
+        self.train_step = self.eval_step = self.run
+
+    def run(self):
+        self.calls += 1
+
+
+@pytest.fixture
+def mixer(monkeypatch):
+    monkeypatch.setattr(steps_module, "MixedSteps", Shared)
+    return Mixer(capture=False)
+
+
+def population(task="arith"):
+    return SimpleNamespace(task=SimpleNamespace(name=task))
+
+
+def ask(mixer, population, phase, first=False):
+    """The population's request, asked (keep it: a request dropped is a run stopped)."""
+    run = mixer.step(population, phase, first)
+    next(run)
+    return run
+
+
+def ran(run) -> bool:
+    """Whether the flush ran the step asked for (else the population still waits)."""
+    try:
+        next(run)
+    except StopIteration:
+        return True
+    return False
+
+
+def shared(mixer, phase, *populations):
+    return mixer.memberships[(phase, tuple(id(p) for p in populations))]
+
+
+def test_a_cohort_keeps_its_shared_step_from_epoch_to_epoch(mixer):
+    a, b = population(), population()
+    runs = [ask(mixer, a, "train", first=True), ask(mixer, b, "train", first=True)]
+    mixer.flush()
+    assert all(ran(run) for run in runs)
+    train = shared(mixer, "train", a, b)
+    runs = [ask(mixer, a, "train"), ask(mixer, b, "train")]
+    mixer.flush()
+    assert all(ran(run) for run in runs) and train.calls == 2
+    runs = [ask(mixer, a, "valid"), ask(mixer, b, "valid")]
+    mixer.flush()
+    assert all(ran(run) for run in runs)
+
+    # a runs a test pass that b does not: b, back first, waits for it
+    b_back = ask(mixer, b, "train", first=True)
+    a_test = ask(mixer, a, "test")
+    mixer.flush()
+    assert ran(a_test) and not ran(b_back)
+    a_back = ask(mixer, a, "train", first=True)
+    mixer.flush()
+    assert ran(a_back) and ran(b_back)
+    assert shared(mixer, "train", a, b) is train and train.calls == 3  # the same step, again
+
+
+def test_a_population_joining_mid_epoch_gets_a_step_of_its_own(mixer):
+    a, b, late, other_task = population(), population(), population(), population("xml")
+    runs = [ask(mixer, p, "train", first=True) for p in (a, b, other_task)]
+    mixer.flush()
+    assert all(ran(run) for run in runs)
+    train = shared(mixer, "train", a, b)  # tasks apart: their epochs differ in length
+    assert shared(mixer, "train", other_task).populations == [other_task]
+    runs = [ask(mixer, a, "train"), ask(mixer, late, "train", first=True),
+            ask(mixer, b, "train")]
+    mixer.flush()
+    assert all(ran(run) for run in runs)
+    assert shared(mixer, "train", a, b) is train and train.calls == 2
+    assert shared(mixer, "train", late).calls == 1
+
+
+def test_a_population_that_leaves_frees_its_mates(mixer):
+    a, b = population(), population()
+    runs = [ask(mixer, p, "train", first=True) for p in (a, b)]
+    mixer.flush()
+    assert all(ran(run) for run in runs)
+    b_back = ask(mixer, b, "train", first=True)
+    mixer.flush()
+    assert not ran(b_back)  # waits for a
+    mixer.leave(a)  # a's training ended instead
+    assert not mixer.memberships and mixer.cohort(b) == (b,)
+    mixer.flush()
+    assert ran(b_back)
+    assert shared(mixer, "train", b).calls == 1
+
+
+def test_a_stopped_run_stops_asking_for_its_step(mixer):
+    a = population()
+    run = ask(mixer, a, "train")
+    assert [entry[0] for entry in mixer.waiting] == [a]
+    run.close()
+    assert mixer.waiting == []
