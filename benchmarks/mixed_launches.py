@@ -12,6 +12,7 @@ kernels (`mixed.TorchKernels`' methods: one Triton kernel each on a GPU) counted
 """
 
 import argparse
+import contextlib
 
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
@@ -48,26 +49,39 @@ class Launches(TorchDispatchMode):
         else:
             self.rest += count
 
+    @contextlib.contextmanager
+    def kernel(self):
+        """One launch, whatever the kernel's torch stand-in runs."""
+        self.add(1)
+        self.in_kernel = True
+        try:
+            yield
+        finally:
+            self.in_kernel = False
+
+    @contextlib.contextmanager
+    def window_running(self):
+        self.inside = True
+        try:
+            yield
+        finally:
+            self.inside = False
+
+
+def _within(real, context):
+    def wrapped(*args, **kwargs):
+        with context():
+            return real(*args, **kwargs)
+    return staticmethod(wrapped)
+
 
 def _counting(launches: Launches) -> None:
     """Routes the step kernels and the window's forward and backward through `launches`."""
     for name in ("matmul", "matmul_backward", "instructions", "instructions_backward"):
-        def kernel(*args, real=getattr(mixed.TorchKernels, name), **kwargs):
-            launches.add(1)
-            launches.in_kernel = True
-            try:
-                return real(*args, **kwargs)
-            finally:
-                launches.in_kernel = False
-        setattr(mixed.TorchKernels, name, staticmethod(kernel))
+        setattr(mixed.TorchKernels, name,
+                _within(getattr(mixed.TorchKernels, name), launches.kernel))
     for name in ("forward", "backward"):
-        def window(*args, real=getattr(mixed._Window, name), **kwargs):
-            launches.inside = True
-            try:
-                return real(*args, **kwargs)
-            finally:
-                launches.inside = False
-        setattr(mixed._Window, name, staticmethod(window))
+        setattr(mixed._Window, name, _within(getattr(mixed._Window, name), launches.window_running))
 
 
 def population(graph, task, layers: int, seed: int, K: int = 4) -> PopulationSteps:

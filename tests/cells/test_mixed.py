@@ -178,15 +178,19 @@ def test_a_step_launches_its_kernels_only(monkeypatch):
             return func(*args, **(kwargs or {}))
 
     count = Count()
-    for name in ("matmul", "matmul_backward", "instructions", "instructions_backward"):
-        def kernel(*args, real=getattr(mixed.TorchKernels, name), **kwargs):
+
+    def kernel(real):
+        def counted(*args, **kwargs):
             count.kernels += 1
             count.in_kernel = True
             try:
                 return real(*args, **kwargs)
             finally:
                 count.in_kernel = False
-        monkeypatch.setattr(mixed.TorchKernels, name, staticmethod(kernel))
+        return staticmethod(counted)
+
+    for name in ("matmul", "matmul_backward", "instructions", "instructions_backward"):
+        monkeypatch.setattr(mixed.TorchKernels, name, kernel(getattr(mixed.TorchKernels, name)))
 
     def counted(T):
         layers = [layer(zoo.get("lstm"), 2, 5, 0, T=T), layer(zoo.get("gru"), 1, 3, 1, T=T)]

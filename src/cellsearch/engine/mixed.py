@@ -42,7 +42,6 @@ from dataclasses import dataclass
 from typing import Sequence
 
 import torch
-import torch.nn.functional as F
 from torch.autograd.function import once_differentiable
 
 from cellsearch.cells import ops

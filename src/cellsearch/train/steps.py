@@ -481,7 +481,8 @@ class Mixer:
             for population in cohort:
                 self.cohorts[id(population)] = cohort
             # its members' steps with others are of no use now
-            self._drop(lambda members: bool(ids & set(members)) and not set(members) <= ids)
+            self._drop(lambda members, ids=ids: bool(ids & set(members))
+                       and not set(members) <= ids)
 
     def _drop(self, stale) -> None:
         for key in [key for key in self.memberships if stale(key[1])]:
