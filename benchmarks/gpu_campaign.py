@@ -137,7 +137,8 @@ def search(executor: str):
 def timed_search(args, database: Path, options: list[str], during=None) -> str:
     """`cellsearch search` with the paper's defaults (the initial grid sampled: 20 settings) for
     --search-minutes, then stopped as Ctrl-C stops it; `during(process, fraction of the time
-    gone)` is called every few seconds. Returns the end of its stderr."""
+    gone)` is called every few seconds. Returns the end of its stderr and stdout (which ends
+    with the mixed engine's shared steps, `--executor mixed`)."""
     minutes = 0.3 if args.quick else args.search_minutes
     settings = (["--preset", "tiny", "--set", "max_steps=1000"] if args.quick  # (to the end)
                 else ["--set", "initial_settings=20"])
@@ -156,7 +157,7 @@ def timed_search(args, database: Path, options: list[str], during=None) -> str:
             process.wait(timeout=60)
         except subprocess.TimeoutExpired:
             process.kill()
-    return process.stderr.read()[-500:]
+    return process.stderr.read()[-500:] + process.stdout.read()[-300:]
 
 
 def throughput(database: Path, since: datetime) -> dict:

@@ -362,3 +362,7 @@ def test_the_mixed_executor_trains_a_search_from_the_command_line(tmp_path, caps
     with SQLiteStorage(path) as storage:
         evaluations = storage.get_evaluations(1)
     assert evaluations and all(e.result.ok for e in evaluations)
+    mixing = re.search(r"mixed engine: (\d+) shared steps made, run ([\d,]+) times, (\d+)% past "
+                       r"their warmup, ([\d.]+) populations each", out)
+    assert mixing and 0 < int(mixing[1]) <= int(mixing[2].replace(",", ""))
+    assert float(mixing[4]) >= 1

@@ -11,15 +11,23 @@ from cellsearch.train import steps as steps_module
 from cellsearch.train.steps import Mixer
 
 
+class Counted:
+    calls = 0
+
+    def __call__(self):
+        self.calls += 1
+
+
 class Shared:
     """Stands in for MixedSteps: counts the steps each shared step runs."""
 
     def __init__(self, populations, capture, warmup):
-        self.populations, self.calls = populations, 0
-        self.train_step = self.eval_step = self.run
+        self.populations = populations
+        self.train_step, self.eval_step = Counted(), Counted()
 
-    def run(self):
-        self.calls += 1
+    @property
+    def calls(self) -> int:
+        return self.train_step.calls + self.eval_step.calls
 
 
 @pytest.fixture
@@ -74,6 +82,8 @@ def test_a_cohort_keeps_its_shared_step_from_epoch_to_epoch(mixer):
     mixer.flush()
     assert ran(a_back) and ran(b_back)
     assert shared(mixer, "train", a, b) is train and train.calls == 3  # the same step, again
+    assert mixer.summary() == ("3 shared steps made, run 5 times, 0% past their warmup, "
+                               "1.8 populations each")  # (train, valid, and a's test)
 
 
 def test_a_population_joining_mid_epoch_gets_a_step_of_its_own(mixer):

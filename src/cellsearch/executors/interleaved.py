@@ -79,6 +79,10 @@ class InterleavedExecutor(Executor):
             return None  # (`usable` has said why)
         return Mixer(capture=cuda)
 
+    def summary(self) -> str | None:
+        """Mixed, how its shared steps went (`Mixer.summary`); None before any."""
+        return self._mixer.summary() if self._mixer is not None else None
+
     def submit(self, job: EvaluationJob) -> Future:
         future = _JobFuture(job)
         self._waiting.append(future)

@@ -410,6 +410,7 @@ class Mixer:
         self.failures: dict[int, Exception] = {}  # id(population) -> why its step failed
         self.arrivals: dict[int, int] = {}  # id(population) -> when it first asked: its order
         self._arrival = itertools.count()
+        self.made = self.runs = self.warm_runs = self.members = 0  # for `summary`
 
     def step(self, population: PopulationSteps, phase: str, first: bool = False
              ) -> Iterator[None]:
@@ -451,9 +452,24 @@ class Mixer:
             populations.sort(key=lambda p: self.arrivals[id(p)])  # a step's members in one order
             try:
                 together = self._membership(phase, populations)
-                (together.train_step if phase == "train" else together.eval_step)()
+                step = together.train_step if phase == "train" else together.eval_step
+                self.runs += 1
+                self.warm_runs += step.calls >= self.warmup
+                self.members += len(populations)
+                step()
             except Exception as error:  # noqa: BLE001 - each population's run records it
                 self.failures.update((id(p), error) for p in populations)
+
+    def summary(self) -> str | None:
+        """How the shared steps went (None before any): made, run, how many of their runs came
+        after the warmup (on a GPU replayed from a CUDA graph: the more, the fewer eager
+        launches), members."""
+        if not self.runs:
+            return None
+        return (f"{self.made:,} shared steps made, run {self.runs:,} times, "
+                f"{self.warm_runs / self.runs:.0%} past their warmup"
+                f"{' (replayed from CUDA graphs)' if self.capture else ''}, "
+                f"{self.members / self.runs:.1f} populations each")
 
     def cohort(self, population: PopulationSteps) -> tuple[PopulationSteps, ...]:
         """The populations `population` trains with (itself alone before its first epoch)."""
@@ -490,8 +506,10 @@ class Mixer:
 
     def _membership(self, phase: str, populations: list[PopulationSteps]) -> MixedSteps:
         key = (phase, tuple(id(p) for p in populations))  # unique while kept: kept holds them
-        together = self.memberships.pop(key, None) or MixedSteps(populations, self.capture,
-                                                                 self.warmup)
+        together = self.memberships.pop(key, None)
+        if together is None:
+            together = MixedSteps(populations, self.capture, self.warmup)
+            self.made += 1
         self.memberships[key] = together  # the most recent last
         cohorts = {tuple(id(q) for q in self.cohort(p)) for p in populations}
         live = len({tuple(id(q) for q in c) for c in self.cohorts.values()} | cohorts)
