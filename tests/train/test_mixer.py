@@ -1,7 +1,7 @@
 """`steps.Mixer`: which populations share a step. Populations of a task that start an epoch
 together form a cohort and keep one shared step (captured once on a GPU) from epoch to epoch; a
-population back early waits for its mates, one joining mid-epoch gets a step of its own, and one
-that leaves takes its shared steps with it."""
+population back early waits for its mates, one arriving mid-epoch waits (so long) to join its
+task's cohort at its next epoch, and one that leaves takes its shared steps with it."""
 
 from types import SimpleNamespace
 
@@ -86,19 +86,41 @@ def test_a_cohort_keeps_its_shared_step_from_epoch_to_epoch(mixer):
                                "1.8 populations each")  # (train, valid, and a's test)
 
 
-def test_a_population_joining_mid_epoch_gets_a_step_of_its_own(mixer):
+def test_a_population_arriving_mid_epoch_waits_to_join_its_tasks_cohort(mixer):
     a, b, late, other_task = population(), population(), population(), population("xml")
     runs = [ask(mixer, p, "train", first=True) for p in (a, b, other_task)]
     mixer.flush()
     assert all(ran(run) for run in runs)
     train = shared(mixer, "train", a, b)  # tasks apart: their epochs differ in length
     assert shared(mixer, "train", other_task).populations == [other_task]
-    runs = [ask(mixer, a, "train"), ask(mixer, late, "train", first=True),
-            ask(mixer, b, "train")]
+    late_run = ask(mixer, late, "train", first=True)
+    runs = [ask(mixer, a, "train"), ask(mixer, b, "train")]
     mixer.flush()
-    assert all(ran(run) for run in runs)
+    assert all(ran(run) for run in runs) and not ran(late_run)
     assert shared(mixer, "train", a, b) is train and train.calls == 2
-    assert shared(mixer, "train", late).calls == 1
+    runs = [ask(mixer, a, "train", first=True), ask(mixer, b, "train", first=True)]
+    mixer.flush()  # a and b's next epoch: late joins them
+    assert all(ran(run) for run in runs) and ran(late_run)
+    assert mixer.cohort(late) == (a, b, late)
+    assert shared(mixer, "train", a, b, late).calls == 1
+
+
+def test_a_population_arriving_mid_epoch_waits_only_so_long(monkeypatch):
+    monkeypatch.setattr(steps_module, "MixedSteps", Shared)
+    mixer = Mixer(capture=False, join_within=2)
+    a, late = population(), population()
+    run = ask(mixer, a, "train", first=True)
+    mixer.flush()
+    assert ran(run)
+    late_run = ask(mixer, late, "train", first=True)
+    for _ in range(2):
+        run = ask(mixer, a, "train")
+        mixer.flush()
+        assert ran(run) and not ran(late_run)
+    run = ask(mixer, a, "train")
+    mixer.flush()
+    assert ran(run) and ran(late_run)
+    assert mixer.cohort(late) == (late,) and shared(mixer, "train", a).calls == 4
 
 
 def test_a_population_that_leaves_frees_its_mates(mixer):

@@ -394,7 +394,9 @@ class Mixer:
     cohort forms again, with any other population of its task starting an epoch then; it is
     the same step as before, still captured, unless someone left. Each population leaves when its
     training ends (`leave`), at once, taking its shared steps (and their CUDA graphs) with it. A
-    population joining mid-epoch starts a cohort of its own, which never disturbs the others'.
+    new population whose task has cohorts training waits for one of them to form again, to join
+    it (fewer, larger cohorts: fewer launches), but no more than `join_within` flushes; then it
+    starts a cohort of its own. Either way it never disturbs the others' steps.
 
     The shared steps kept are those of the live cohorts, `kept` a cohort (train, valid, test);
     each captured one holds its own activation memory. All work goes to the current CUDA
@@ -402,14 +404,17 @@ class Mixer:
     population in it, with the error. Waiting changes when a population trains, never what.
     """
 
-    def __init__(self, capture: bool, warmup: int = 4, kept: int = 3):
+    def __init__(self, capture: bool, warmup: int = 4, kept: int = 3, join_within: int = 200):
         self.capture, self.warmup, self.kept = capture, warmup, kept
+        self.join_within = join_within
         self.waiting: list[tuple[PopulationSteps, str, bool]] = []  # (population, phase, first)
         self.cohorts: dict[int, tuple[PopulationSteps, ...]] = {}  # id(population) -> cohort
         self.memberships: dict[tuple[str, tuple[int, ...]], MixedSteps] = {}
         self.failures: dict[int, Exception] = {}  # id(population) -> why its step failed
-        self.arrivals: dict[int, int] = {}  # id(population) -> when it first asked: its order
+        # id(population) -> (the flush it first asked at, a count): its order, and its wait
+        self.arrivals: dict[int, tuple[int, int]] = {}
         self._arrival = itertools.count()
+        self.flushes = 0
         self.made = self.runs = self.warm_runs = self.members = 0  # for `summary`
 
     def step(self, population: PopulationSteps, phase: str, first: bool = False
@@ -418,7 +423,7 @@ class Mixer:
         window) or an evaluation split; yields until a flush has run it, and raises what made
         that step fail."""
         if id(population) not in self.arrivals:
-            self.arrivals[id(population)] = next(self._arrival)
+            self.arrivals[id(population)] = (self.flushes, next(self._arrival))
         self.waiting.append((population, phase, first))
         try:
             while any(p is population for p, _, _ in self.waiting):
@@ -433,9 +438,16 @@ class Mixer:
     def flush(self) -> None:
         """Run the steps asked for since the last flush, but for those of populations that
         wait for their cohort."""
+        self.flushes += 1
         starting = [p for p, phase, first in self.waiting if phase == "train" and first]
         back = {id(p) for p in starting}
         ready = [p for p in starting if all(id(q) in back for q in self.cohort(p))]
+        # A new population waits a while for a cohort of its task to form again, to join it.
+        forming = {p.task.name for p in ready if id(p) in self.cohorts}
+        training = {p.task.name for cohort in self.cohorts.values() for p in cohort}
+        ready = [p for p in ready if id(p) in self.cohorts or p.task.name in forming
+                 or p.task.name not in training
+                 or self.flushes - self.arrivals[id(p)][0] > self.join_within]
         self._form_cohorts(ready)
         ready_ids = {id(p) for p in ready}
         groups: dict[tuple[str, tuple[int, ...]], list[PopulationSteps]] = {}
