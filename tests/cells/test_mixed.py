@@ -192,9 +192,10 @@ def test_a_step_launches_its_kernels_only(monkeypatch):
     for name in ("matmul", "matmul_backward", "instructions", "instructions_backward"):
         monkeypatch.setattr(mixed.TorchKernels, name, kernel(getattr(mixed.TorchKernels, name)))
 
-    def counted(T):
+    def launches(T):
+        """(kernels, other operations) of a forward, and of a backward, over T steps."""
         layers = [layer(zoo.get("lstm"), 2, 5, 0, T=T), layer(zoo.get("gru"), 1, 3, 1, T=T)]
-        results = run_mixed(layers)  # (the placing and reading out happen outside the count)
+        results = run_mixed(layers)  # (uncounted: the first run makes the mix's tables)
         loss = sum(outputs.sum() + sum(f.sum() for f in final) for outputs, final in results)
         count.kernels = count.others = 0
         with count:
@@ -205,7 +206,7 @@ def test_a_step_launches_its_kernels_only(monkeypatch):
             run_mixed(layers)
         return (count.kernels, count.others), backward
 
-    (forward3, backward3), (forward6, backward6) = counted(3), counted(6)
+    (forward3, backward3), (forward6, backward6) = launches(3), launches(6)
     assert forward3[0] == backward3[0] == 3 * 2 * 2  # T x two stages (the GRU's) x two kernels
     assert forward6[0] == backward6[0] == 6 * 2 * 2
     assert forward3[1] == forward6[1] and backward3[1] == backward6[1]

@@ -444,7 +444,7 @@ class Mixer:
         ready = [p for p in starting if all(id(q) in back for q in self.cohort(p))]
         # A new population waits a while for a cohort of its task to form again, to join it.
         forming = {p.task.name for p in ready if id(p) in self.cohorts}
-        training = {p.task.name for cohort in self.cohorts.values() for p in cohort}
+        training = {cohort[0].task.name for cohort in self.cohorts.values()}  # (one task each)
         ready = [p for p in ready if id(p) in self.cohorts or p.task.name in forming
                  or p.task.name not in training
                  or self.flushes - self.arrivals[id(p)][0] > self.join_within]
