@@ -14,8 +14,6 @@ from cellsearch.search import open_run, run_search
 from cellsearch.storage import InMemoryStorage
 from cellsearch.train import steps
 
-WARMUP = 4  # `Mixer`'s eager calls before a shared step is captured
-
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -43,10 +41,10 @@ def main() -> None:
     run_id, config = open_run(storage, assignments=assignments)
     started = time.perf_counter()
     run_search(storage, run_id, config, InterleavedExecutor(mixed=True))
-    counts = [step.calls for shared in made for step in (shared.train_step, shared.eval_step)]
-    calls = sum(counts)
-    eager = sum(min(count, WARMUP) for count in counts)
-    captures = sum(count > WARMUP for count in counts)
+    stepped = [step for shared in made for step in (shared.train_step, shared.eval_step)]
+    calls = sum(step.calls for step in stepped)
+    eager = sum(min(step.calls, step.warmup) for step in stepped)
+    captures = sum(step.calls > step.warmup for step in stepped)
     replays = calls - eager - captures
     members = sum(len(shared.populations) * (shared.train_step.calls + shared.eval_step.calls)
                   for shared in made)

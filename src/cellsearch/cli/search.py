@@ -17,9 +17,11 @@ progress and prints.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
 import time
+from collections.abc import Iterator
 
 from cellsearch.errors import UserError, gathered
 from cellsearch.executors import DEFAULT_EVALUATOR, EXECUTORS, make_executor
@@ -119,37 +121,34 @@ def run_search_command(args: argparse.Namespace) -> int:
         args.executor, workers=args.workers, device=args.device, data_dir=args.data_dir,
         scheduler=args.scheduler,
     )
-    try:
-        # Nothing is written before every check has passed and the executor has started (a Dask
-        # scheduler reached): a failed start leaves no file behind, or the database as it was.
-        with executor:
-            checked, mutate = None, None
-            if not has_data(args.db):
-                checked = load_config(
-                    preset=args.preset, path=args.config, assignments=args.assignments
+    # Nothing is written before every check has passed and the executor has started (a Dask
+    # scheduler reached): a failed start leaves no file behind, or the database as it was.
+    with executor, _summary_printed(executor):
+        checked, mutate = None, None
+        if not has_data(args.db):
+            checked = load_config(
+                preset=args.preset, path=args.config, assignments=args.assignments
+            )
+            executor.start()  # worker processes start up while the driver checks
+            mutate = _check_start(checked, args)
+        with open_storage(args.db, sole_writer=True) as storage:
+            plan = plan_run(
+                storage, preset=args.preset, config_path=args.config, assignments=args.assignments
+            )
+            executor.start()
+            if plan.config != checked:
+                mutate = _check_start(plan.config, args)
+            run_id = start_run(storage, plan)
+            with _Display(args.quiet, _bench_reference(args)) as display:
+                summary = run_search(
+                    storage,
+                    run_id,
+                    plan.config,
+                    executor,
+                    mutate=mutate,
+                    on_event=display.show,
+                    evaluator_checked=True,
                 )
-                executor.start()  # worker processes start up while the driver checks
-                mutate = _check_start(checked, args)
-            with open_storage(args.db, sole_writer=True) as storage:
-                plan = plan_run(storage, preset=args.preset, config_path=args.config,
-                                assignments=args.assignments)
-                executor.start()
-                if plan.config != checked:
-                    mutate = _check_start(plan.config, args)
-                run_id = start_run(storage, plan)
-                with _Display(args.quiet, _bench_reference(args)) as display:
-                    summary = run_search(
-                        storage,
-                        run_id,
-                        plan.config,
-                        executor,
-                        mutate=mutate,
-                        on_event=display.show,
-                        evaluator_checked=True,
-                    )
-    finally:  # (also when interrupted: how the GPU was used so far)
-        if (mixing := getattr(executor, "summary", lambda: None)()) is not None:
-            print(f"mixed engine: {mixing}")
     best = summary.top_list[0] if summary.top_list else None
     print(
         f"run {summary.run_id}: {summary.steps_run} step{'' if summary.steps_run == 1 else 's'}"
@@ -162,6 +161,17 @@ def run_search_command(args: argparse.Namespace) -> int:
             f"  (cellsearch top --db {args.db})"
         )
     return 0
+
+
+@contextlib.contextmanager
+def _summary_printed(executor) -> Iterator[None]:
+    """On the way out, also when interrupted, the executor's line on how the work went (the
+    mixed executor's: how the GPU was used so far)."""
+    try:
+        yield
+    finally:
+        if (summary := executor.summary()) is not None:
+            print(summary)
 
 
 def _bench_reference(args: argparse.Namespace) -> dict | None:

@@ -135,6 +135,11 @@ class Executor(abc.ABC):
     def as_completed(self, futures: Sequence[Future]) -> Iterator[Future]:
         """Yield each of `futures` (from this executor's `submit`) once it is done."""
 
+    def summary(self) -> str | None:
+        """A line on how the work went beyond its results (the mixed executor's shared steps),
+        or None."""
+        return None
+
     def shutdown(self, cancel: bool = False) -> None:
         """Release workers; with `cancel`, abandon jobs that have not finished."""
 

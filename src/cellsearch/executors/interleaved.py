@@ -81,7 +81,8 @@ class InterleavedExecutor(Executor):
 
     def summary(self) -> str | None:
         """Mixed, how its shared steps went (`Mixer.summary`); None before any."""
-        return self._mixer.summary() if self._mixer is not None else None
+        mixing = self._mixer.summary() if self._mixer is not None else None
+        return None if mixing is None else f"mixed engine: {mixing}"
 
     def submit(self, job: EvaluationJob) -> Future:
         future = _JobFuture(job)
