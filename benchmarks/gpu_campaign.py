@@ -4,7 +4,7 @@
 
 Parts, in priority order (each writes OUT/<part>.json when done, and a later call skips it):
 
-    gpu-tests          `pytest -m gpu` (the mixed engine's kernel compiled for the GPU; issue 19:
+    gpu-tests          `pytest -m gpu` (the mixed engine's kernels compiled for the GPU; issue 19:
                        the same results after the layout change)
     bench-mixed        `cellsearch bench --mixed 16`: 16 different cells at K=4 together, by the
                        interleaved executor and by the mixed engine, against one cell at K=4 and

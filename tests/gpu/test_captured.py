@@ -187,7 +187,7 @@ def test_capturing_a_population_keeps_the_memory_others_have_cached():
 
 
 def test_the_mixed_engines_kernel_and_captured_step_on_the_gpu():
-    """The instruction kernel compiled for the GPU gives the eager engine's values and gradients
+    """The mixed engine's kernels compiled for the GPU give the eager engine's values and gradients
     (float32, TF32 matmuls: loose tolerances), and a mixed step captured into a CUDA graph trains
     as the same step run eagerly."""
     from cellsearch.engine.mixed import Layer, run_mixed

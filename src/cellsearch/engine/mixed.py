@@ -711,7 +711,7 @@ _KERNELS = {"torch": TorchKernels, "triton": TritonKernels}
 
 @functools.cache
 def usable(device: str) -> bool:
-    """Whether the instruction kernel works on `device`: Triton imports, and a short mix of an
+    """Whether the kernels work on `device`: Triton imports, and a short mix of an
     LSTM and a GRU of different sizes gives the eager engine's values and gradients (`plan.run`,
     each alone). Checked once per process; when not, says why in a warning."""
     try:

@@ -67,7 +67,7 @@ class InterleavedExecutor(Executor):
 
     def _new_mixer(self):
         """A mixer for this executor's device; none (each population its own steps, as
-        `interleaved`) on a GPU where the mixed engine's kernel does not work."""
+        `interleaved`) on a GPU where the mixed engine's kernels do not work."""
         import torch
 
         from cellsearch.engine import mixed

@@ -240,7 +240,7 @@ def mixed(cells: int, task: str = "arith", device: str = "cuda", population: int
             raise RuntimeError(f"a bench run failed: {results[0].reason}")
         return time.perf_counter() - started, sum(result.tokens for result in results)
 
-    for mixed in (False, True):  # warm-up, the mixed engine's kernel and check included
+    for mixed in (False, True):  # warm-up, the mixed engine's kernels and check included
         timed([job(graphs[0], population)], mixed)
     together = [job(graph, population, 100 * i) for i, graph in enumerate(graphs)]
     rows = []
