@@ -225,7 +225,7 @@ def filter_pass_rates(args, out: Path) -> dict | None:
 
 def scaling(args, out: Path) -> dict | None:
     """Issue 17: the search with `--executor dask-local` on 1 GPU, then on 2 (and on every GPU,
-    when there are more), for --search-minutes each: evaluations per hour from the database, each
+    when there are more), each worker training up to 16 jobs together, for --search-minutes each: evaluations per hour from the database, each
     GPU's busy fraction from nvidia-smi, the ratio to one GPU. In the widest run one worker is
     killed halfway; its jobs must be rerun elsewhere, nothing lost or repeated."""
     gpus = 2 if args.quick else gpu_count()
@@ -252,8 +252,10 @@ def scaling(args, out: Path) -> dict | None:
                     killed_at.append(datetime.now(timezone.utc))
 
         started = datetime.now(timezone.utc)
-        stderr = timed_search(args, database, ["--executor", "dask-local", "--workers",
-                                               str(count)], during)
+        # each worker fed as `--executor mixed` feeds its one GPU (16 steps in flight)
+        stderr = timed_search(args, database, [
+            "--executor", "dask-local", "--workers", str(count), "--jobs-per-worker", "16",
+            "--set", f"steps_in_flight={16 * count}"], during)
         runs[count] = {**throughput(database, started), **integrity(database),
                        "busy": busy_fractions(samples), "killed_worker": killed,
                        "stderr_tail": stderr}

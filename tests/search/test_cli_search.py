@@ -4,6 +4,7 @@ bad input as one line with exit code 2 that leaves the database as it was."""
 from __future__ import annotations
 
 import json
+import os
 import re
 import sqlite3
 
@@ -366,3 +367,32 @@ def test_the_mixed_executor_trains_a_search_from_the_command_line(tmp_path, caps
                        r"their warmup, ([\d.]+) populations each", out)
     assert mixing and 0 < int(mixing[1]) <= int(mixing[2].replace(",", ""))
     assert float(mixing[4]) >= 1
+
+
+@pytest.mark.slow
+def test_dask_workers_train_jobs_together_from_the_command_line(tmp_path, capsys):
+    pytest.importorskip("distributed")
+    saved = dict(os.environ)  # a Dask nanny sets OMP_NUM_THREADS and friends in this process
+    path = tmp_path / "together.db"
+    try:
+        code, out, _ = run_cli(capsys, "search", "--db", str(path), "--preset", "tiny", "--set",
+                               "max_steps=1", "--executor", "dask-local", "--workers", "1",
+                               "--jobs-per-worker", "6", "--device", "cpu", "--quiet")
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
+    assert code == 0 and "evaluations stored" in out
+    together = re.search(r"jobs trained together on each worker:\n  tcp://\S+: (\d+) jobs, "
+                         r"up to (\d+) at once", out)
+    assert together and int(together[1]) >= int(together[2]) > 1
+
+
+@pytest.mark.parametrize("executor", ["inprocess", "mixed", "processes"])
+def test_jobs_per_worker_is_for_dask_only(tmp_path, capsys, executor):
+    code, out, err = run_cli(capsys, "search", "--db", str(tmp_path / "x.db"), "--preset", "tiny",
+                             "--executor", executor, "--jobs-per-worker", "4")
+    assert code == 2 and out == "" and "--jobs-per-worker is for --executor dask" in err
+    code, _, err = run_cli(capsys, "search", "--db", str(tmp_path / "x.db"), "--preset", "tiny",
+                           "--executor", "dask-local", "--jobs-per-worker", "0")
+    assert code == 2 and "--jobs-per-worker must be at least 1, got 0" in err
+    assert not (tmp_path / "x.db").exists()

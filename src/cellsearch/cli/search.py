@@ -1,7 +1,8 @@
 """`cellsearch search | top | stats`: run or resume an architecture search, and report on it.
 
     cellsearch search --db FILE [--preset tiny] [--config FILE] [--set key=value ...]
-                      [--device auto|cpu|cuda] [--executor inprocess|processes|dask|dask-local] [--workers N] [--scheduler ADDRESS]
+                      [--device auto|cpu|cuda] [--executor inprocess|interleaved|mixed|processes|dask|dask-local]
+                      [--workers N] [--jobs-per-worker N] [--scheduler ADDRESS]
                       [--data-dir DIR] [--quiet]
     cellsearch top --db FILE [-n N] [--json]
     cellsearch stats --db FILE [--json]
@@ -82,7 +83,12 @@ def register(subparsers) -> None:
     search.add_argument(
         "--workers", type=int, default=None,
         help="worker processes for --executor processes (default 2) or dask-local "
-             "(default one per GPU)",
+             "(default one per GPU); jobs training at once for interleaved and mixed (default 64)",
+    )
+    search.add_argument(
+        "--jobs-per-worker", type=int, default=None, metavar="N",
+        help="with --executor dask or dask-local: each worker trains up to N jobs at once,"
+             " together (on a GPU in the mixed engine's shared launches; default 1)",
     )
     search.add_argument(
         "--scheduler", metavar="ADDRESS",
@@ -119,7 +125,7 @@ def run_search_command(args: argparse.Namespace) -> int:
         raise UserError("search needs --db FILE (or --list-settings)")
     executor = make_executor(
         args.executor, workers=args.workers, device=args.device, data_dir=args.data_dir,
-        scheduler=args.scheduler,
+        scheduler=args.scheduler, jobs_per_worker=args.jobs_per_worker,
     )
     # Nothing is written before every check has passed and the executor has started (a Dask
     # scheduler reached): a failed start leaves no file behind, or the database as it was.

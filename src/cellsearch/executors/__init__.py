@@ -40,12 +40,17 @@ def make_executor(
     device: str = "cpu",
     data_dir: str | None = None,
     scheduler: str | None = None,
+    jobs_per_worker: int | None = None,
 ) -> Executor:
     """The executor `kind` evaluating on `device`: "inprocess", "interleaved" (up to `workers`
     jobs training at once in this process, default 64), "mixed" (the same, their windows in
     shared steps of the mixed engine), "processes" (`workers` local
     processes, default 2), "dask" (the cluster at `scheduler`) or "dask-local" (a local Dask
-    cluster of `workers` processes, default one per GPU)."""
+    cluster of `workers` processes, default one per GPU); for these two, `jobs_per_worker` N
+    makes each worker train up to N jobs at once, together (`executors.resident`)."""
+    if jobs_per_worker is not None and kind not in ("dask", "dask-local"):
+        raise UserError("--jobs-per-worker is for --executor dask or dask-local; in one process,"
+                        " --executor mixed trains up to --workers jobs together")
     if kind == "inprocess":
         return InProcessExecutor(device=device, data_dir=data_dir)
     if kind in ("interleaved", "mixed"):
@@ -65,5 +70,6 @@ def make_executor(
         )
 
         address = scheduler if kind == "dask" else None
-        return DaskExecutor(address, workers=workers, device=device, data_dir=data_dir)
+        return DaskExecutor(address, workers=workers, device=device, data_dir=data_dir,
+                            jobs_per_worker=jobs_per_worker)
     raise UserError(f"unknown executor {kind!r}; known: {', '.join(EXECUTORS)}")

@@ -3,7 +3,10 @@ a `LocalCluster` it starts itself (`--executor dask-local --workers N`).
 
 The unit of work is one `EvaluationJob` (an architecture, a task, a shape, K settings trained as a
 population); a worker runs `run_job` and sends back plain dicts, never touching the storage: the
-driver alone writes the database, as with every executor.
+driver alone writes the database, as with every executor. With `jobs_per_worker` N (N > 1) a
+worker trains up to N jobs at once, together, in its resident engine (`executors.resident`:
+on a GPU the mixed engine, different cells in the same launches); Dask's N threads of a worker
+each hand it one job and wait.
 
 Failures, as Dask handles them and as the search sees them:
 
@@ -21,8 +24,8 @@ Failures, as Dask handles them and as the search sees them:
   reattaches to the cluster and resumes from the database.
 
 The local cluster started here (what `LocalCluster` starts, but built as a `SpecCluster`, because
-LocalCluster gives every worker the same environment) has one single-threaded worker process per
-visible GPU, each pinned to its GPU through `CUDA_VISIBLE_DEVICES`, so that `--device auto` or
+LocalCluster gives every worker the same environment) has one worker process per visible GPU,
+with one thread (`jobs_per_worker` threads when set), each pinned to its GPU through `CUDA_VISIBLE_DEVICES`, so that `--device auto` or
 `cuda` on a worker means "my GPU"; `workers=N` starts N workers instead, pinned round-robin.
 Without GPUs (or with `device="cpu"`) it starts `workers` CPU workers. Dask sets
 OMP_NUM_THREADS=1 in its workers, so N CPU workers use about N cores.
@@ -41,6 +44,7 @@ from typing import Any, Iterator, Sequence
 from cellsearch.errors import UserError
 from cellsearch.evaluation.job import EvaluationJob, describe, failed_results
 from cellsearch.executors.base import Executor, checked_or_failed, run_job_as_dicts
+from cellsearch.executors.resident import run_job_together, summaries
 
 try:
     import distributed
@@ -84,6 +88,10 @@ class DaskExecutor(Executor):
     machine. `retries` is Dask's count of re-runs for a job that raised; `allowed_failures`
     (a cluster started here only) how many workers may die running one job before it is recorded
     as failed; None keeps Dask's configuration (`distributed.scheduler.allowed-failures`).
+    `jobs_per_worker` (N > 1): each worker trains its jobs together in its resident engine, up
+    to N at once: the threads of a worker started here, a worker's `--nthreads` elsewhere;
+    `mixed` says whether in shared steps of the mixed engine (None: where the worker's device is
+    a GPU).
 
     Nothing starts until `start` or the first `submit`; `shutdown` closes the client and any
     cluster started here, and a later `start` or `submit` connects again.
@@ -99,9 +107,14 @@ class DaskExecutor(Executor):
         retries: int = 2,
         allowed_failures: int | None = None,
         silence_logs: int = logging.WARNING,
+        jobs_per_worker: int | None = None,
+        mixed: bool | None = None,
     ):
         if workers is not None and workers < 1:
             raise UserError(f"--workers must be at least 1, got {workers}")
+        if jobs_per_worker is not None and jobs_per_worker < 1:
+            raise UserError(f"--jobs-per-worker must be at least 1, got {jobs_per_worker}")
+        self.jobs_per_worker, self.mixed = jobs_per_worker or 1, mixed
         if scheduler_address is not None and workers is not None:
             raise UserError("--workers starts a local cluster; with --scheduler, start workers on the cluster instead")
         self.scheduler_address, self.workers = scheduler_address, workers
@@ -127,9 +140,10 @@ class DaskExecutor(Executor):
         outer: Future = Future()
         outer.set_running_or_notify_cancel()
         key = f"evaluate-{job.task}-{job.architecture_hash[:12]}-{uuid.uuid4().hex[:8]}"
-        inner = session.client.submit(
-            run_job_as_dicts, job, self.device, self.data_dir, key=key, pure=False, retries=self.retries
-        )
+        run, arguments = run_job_as_dicts, (job, self.device, self.data_dir)
+        if self.jobs_per_worker > 1:
+            run, arguments = run_job_together, (*arguments, self.mixed)
+        inner = session.client.submit(run, *arguments, key=key, pure=False, retries=self.retries)
         with session.lock:
             session.running[outer] = (job, inner)
         inner.add_done_callback(lambda done: self._finish(session, job, outer, done))
@@ -137,6 +151,19 @@ class DaskExecutor(Executor):
 
     def as_completed(self, futures: Sequence[Future]) -> Iterator[Future]:
         return concurrent_futures.as_completed(futures)
+
+    def summary(self) -> str | None:
+        """With `jobs_per_worker`, how each worker's resident engine went (None before any job,
+        or when the workers cannot be asked)."""
+        if self.jobs_per_worker == 1 or self._session is None:
+            return None
+        try:
+            answers = self._session.client.run(summaries, on_error="return")
+        except Exception:  # noqa: BLE001 - a lost scheduler has been reported already
+            return None
+        lines = [f"  {address}: {'; '.join(answer)}" for address, answer in sorted(answers.items())
+                 if isinstance(answer, list) and answer]
+        return "\n".join(["jobs trained together on each worker:", *lines]) if lines else None
 
     def shutdown(self, cancel: bool = False) -> None:
         session, self._session = self._session, None
@@ -247,7 +274,7 @@ class DaskExecutor(Executor):
         for index in range(count):
             env = {"CUDA_VISIBLE_DEVICES": gpus[index % len(gpus)]} if gpus else {}
             options = {
-                "nthreads": 1,
+                "nthreads": self.jobs_per_worker,
                 "host": "127.0.0.1",
                 "memory_limit": memory_limit,
                 "dashboard": False,

@@ -96,8 +96,24 @@ class InterleavedExecutor(Executor):
                 wanted.remove(future)
                 yield future
             if wanted:
-                self._admit()
-                self._advance()
+                self.advance()
+
+    def advance(self) -> None:
+        """One round: start the waiting jobs there is room for, then one window of every job in
+        training; jobs that end have their futures settled. (`as_completed` runs rounds until
+        what it waits for is done; `executors.resident` runs them from a thread of its own.)"""
+        self._admit()
+        self._advance()
+
+    @property
+    def busy(self) -> bool:
+        """Whether any submitted job has not finished."""
+        return bool(self._waiting or self._training)
+
+    @property
+    def training(self) -> int:
+        """How many jobs train now."""
+        return len(self._training)
 
     def shutdown(self, cancel: bool = False) -> None:
         """Stop what trains (nothing runs in the background, so only a cancelled search leaves
