@@ -155,6 +155,13 @@ def test_local_workers_are_pinned_one_gpu_each(monkeypatch):
         DaskExecutor(device="cuda").submit(job())
 
 
+def test_local_workers_leave_ctrl_c_to_the_driver(executor):
+    # A terminal's Ctrl-C reaches every process of its group: workers would each print a
+    # traceback, while the driver closes the cluster anyway.
+    ignored = executor.client.run(lambda: signal.getsignal(signal.SIGINT) is signal.SIG_IGN)
+    assert list(ignored.values()) == [True, True]
+
+
 def test_bad_arguments_and_an_unreachable_scheduler_are_user_errors():
     with pytest.raises(UserError, match="--workers must be at least 1"):
         DaskExecutor(workers=0)

@@ -5,16 +5,20 @@ jobs together, and a search records what an in-process search records."""
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
+distributed = pytest.importorskip("distributed")
+
 from cellsearch.executors import InProcessExecutor, InterleavedExecutor, run_job
 from cellsearch.executors.resident import ResidentEngine
 from tests.executors.test_dask import FAKE, restore_environment, search  # noqa: F401
-from tests.executors.test_interleaved import close, job, same
+from tests.executors.test_interleaved import TINY, close, job, same
 
 QUIET = logging.CRITICAL
 
@@ -99,3 +103,45 @@ def test_a_search_with_jobs_per_worker_records_what_an_in_process_search_records
     assignments = [*FAKE, "max_steps=6"]
     with DaskExecutor(workers=2, device="cpu", jobs_per_worker=8, silence_logs=QUIET) as executor:
         assert search(executor, assignments) == search(InProcessExecutor(), assignments)
+
+
+def test_a_cancelled_job_stops_at_once_and_the_others_train_on():
+    engine = ResidentEngine(mixed=False)
+    long = dataclasses.replace(job("gru", "arith"), options={**TINY, "epoch_windows": 400})
+    other = job("tanh", "arith", layers=(1,))
+    with ThreadPoolExecutor(2) as threads:
+        stopped = threads.submit(engine.run, long, "stop me")
+        kept = threads.submit(engine.run, other, "keep me")
+        time.sleep(0.5)  # both training
+        engine.cancel(["stop me", "not handed in"])
+        assert all(r.status == "failed" and r.reason == "cancelled"
+                   for r in stopped.result(timeout=10))
+        assert same(kept.result(timeout=60), run_job(other))
+
+
+@pytest.mark.slow
+def test_a_stopped_driver_stops_its_jobs_on_the_workers_at_once():
+    from cellsearch.executors import resident
+    from cellsearch.executors.dask import DaskExecutor
+
+    def engines_busy() -> bool:
+        return any(each._executor.busy for each in resident._ENGINES.values())
+
+    with distributed.LocalCluster(n_workers=1, threads_per_worker=4, dashboard_address=":0",
+                                  silence_logs=QUIET) as cluster, \
+            distributed.Client(cluster) as client:
+        executor = DaskExecutor(cluster.scheduler_address, device="cpu", jobs_per_worker=4,
+                                silence_logs=QUIET)
+        # one epoch of 400 windows: a minute of training, unless stopped
+        long = dataclasses.replace(job("gru", "arith"), options={**TINY, "epoch_windows": 400})
+        futures = [executor.submit(long) for _ in range(2)]
+        deadline = time.monotonic() + 60
+        while not any(client.run(engines_busy).values()):
+            assert time.monotonic() < deadline, "the jobs never started"
+            time.sleep(0.2)
+        executor.shutdown(cancel=True)
+        assert all(r.reason == "cancelled" for future in futures for r in future.result())
+        deadline = time.monotonic() + 10
+        while any(client.run(engines_busy).values()):
+            assert time.monotonic() < deadline, "the worker still trains the stopped jobs"
+            time.sleep(0.2)

@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 import threading
 import uuid
 from concurrent import futures as concurrent_futures
@@ -44,6 +45,7 @@ from typing import Any, Iterator, Sequence
 from cellsearch.errors import UserError
 from cellsearch.evaluation.job import EvaluationJob, describe, failed_results
 from cellsearch.executors.base import Executor, checked_or_failed, run_job_as_dicts
+from cellsearch.executors.resident import cancel as cancel_together
 from cellsearch.executors.resident import run_job_together, summaries
 
 try:
@@ -142,7 +144,7 @@ class DaskExecutor(Executor):
         key = f"evaluate-{job.task}-{job.architecture_hash[:12]}-{uuid.uuid4().hex[:8]}"
         run, arguments = run_job_as_dicts, (job, self.device, self.data_dir)
         if self.jobs_per_worker > 1:
-            run, arguments = run_job_together, (*arguments, self.mixed)
+            run, arguments = run_job_together, (*arguments, self.mixed, key)
         inner = session.client.submit(run, *arguments, key=key, pure=False, retries=self.retries)
         with session.lock:
             session.running[outer] = (job, inner)
@@ -175,9 +177,13 @@ class DaskExecutor(Executor):
             session.closing = True
             running = dict(session.running)
         if running:
-            # A running job cannot be interrupted (Dask runs it in a worker thread), but
-            # cancelling frees the worker for the next driver as soon as it returns.
+            # Dask cannot interrupt a task that runs (in a worker thread), but cancelling frees
+            # the worker for the next driver as soon as it returns; a job in a worker's resident
+            # engine returns at once when told to stop.
+            keys = [inner.key for _, inner in running.values()]
             try:
+                if self.jobs_per_worker > 1:
+                    session.client.run(cancel_together, keys, on_error="ignore")
                 session.client.cancel([inner for _, inner in running.values()], force=True)
             except Exception as error:  # noqa: BLE001 - a lost scheduler forgets them anyway
                 logger.debug("could not cancel %d Dask jobs: %s", len(running), error)
@@ -280,6 +286,7 @@ class DaskExecutor(Executor):
                 "dashboard": False,
                 "env": env,
                 "silence_logs": self.silence_logs,
+                "preload": [__name__],  # `dask_setup` below
             }
             workers[f"cellsearch-{index}"] = {"cls": distributed.Nanny, "options": options}
         # Without a dashboard the scheduler still serves /health and metrics over HTTP: on any free port.
@@ -292,6 +299,15 @@ class DaskExecutor(Executor):
             silence_logs=self.silence_logs,
             name="cellsearch",
         )
+
+
+def dask_setup(worker: distributed.Worker) -> None:
+    """Runs in each worker of a cluster started here, as it starts: Ctrl-C in the terminal
+    reaches every process of its group, and the driver alone should answer it (by closing the
+    cluster), not each worker with a traceback of its own; nor should each job the driver
+    cancels then be logged as a warning."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    logging.getLogger("distributed.worker.state_machine").setLevel(logging.ERROR)
 
 
 def _close_quietly(client: distributed.Client) -> None:

@@ -115,6 +115,15 @@ class InterleavedExecutor(Executor):
         """How many jobs train now."""
         return len(self._training)
 
+    def cancel(self, future: Future) -> None:
+        """Stop `future`'s job now, waiting or training; it comes back as cancelled."""
+        if future in self._training:
+            self._training.pop(future).close()  # (its populations leave the mixer)
+        elif future in self._waiting:
+            self._waiting.remove(future)
+        if not future.done():
+            future.set_result(failed_results(future.job, "cancelled", self.device))
+
     def shutdown(self, cancel: bool = False) -> None:
         """Stop what trains (nothing runs in the background, so only a cancelled search leaves
         anything here)."""

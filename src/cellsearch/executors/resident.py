@@ -8,7 +8,8 @@ so a worker's GPU trains N jobs' populations in the same launches instead of one
 One thread owns the engine, so all of its CUDA work (and CUDA-graph captures) comes from one
 thread, as in the driver's own `--executor mixed`. The engine lives as long as its process; it
 sleeps while it holds no job. A job's Results are the ones `run_job` gives, as every population
-trains independently of the others.
+trains independently of the others. Unlike a job run whole, a job here can be stopped while it
+trains (`cancel`, by the tag it was handed in with): a stopped search frees its workers at once.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from __future__ import annotations
 import queue
 import threading
 from concurrent.futures import Future
-from typing import Any
+from typing import Any, Collection
 
 from cellsearch.evaluation.job import EvaluationJob, describe, failed_results
 from cellsearch.evaluation.result import Result
@@ -36,16 +37,21 @@ class ResidentEngine:
             mixed = _on_gpu(device)
         self.device, self.data_dir, self.mixed, self.max_jobs = device, data_dir, mixed, max_jobs
         self.jobs = self.most_at_once = 0  # for `summary`
-        self._inbox: queue.SimpleQueue[tuple[EvaluationJob, Future]] = queue.SimpleQueue()
+        # (job, the caller's future, its tag), or (None, None, tags to cancel)
+        self._inbox: queue.SimpleQueue[tuple[Any, Any, Any]] = queue.SimpleQueue()
         self._executor = self._new_executor()
         threading.Thread(target=self._serve, name="cellsearch-engine", daemon=True).start()
 
-    def run(self, job: EvaluationJob) -> list[Result]:
-        """Train `job` with whatever else the engine holds; its Results once it has finished
-        (blocks the calling thread meanwhile)."""
+    def run(self, job: EvaluationJob, tag: str | None = None) -> list[Result]:
+        """Train `job` with whatever else the engine holds; its Results once it has finished,
+        or been cancelled by its `tag` (blocks the calling thread meanwhile)."""
         future: Future = Future()
-        self._inbox.put((job, future))
+        self._inbox.put((job, future, tag))
         return future.result()
+
+    def cancel(self, tags: Collection[str]) -> None:
+        """Stop the jobs handed in with these tags (their Results say "cancelled")."""
+        self._inbox.put((None, None, frozenset(tags)))
 
     def summary(self) -> str:
         """How many jobs the engine trained, the most at once, and the mixed engine's line."""
@@ -58,7 +64,8 @@ class ResidentEngine:
                                    mixed=self.mixed)
 
     def _serve(self) -> None:
-        held: dict[Future, tuple[EvaluationJob, Future]] = {}  # the executor's future -> caller's
+        # the executor's future -> (job, the caller's future, tag)
+        held: dict[Future, tuple[EvaluationJob, Future, str | None]] = {}
         while True:
             arrivals = [] if held else [self._inbox.get()]  # sleep while there is nothing to do
             while True:
@@ -66,13 +73,18 @@ class ResidentEngine:
                     arrivals.append(self._inbox.get_nowait())
                 except queue.Empty:
                     break
-            for job, caller in arrivals:
-                held[self._executor.submit(job)] = (job, caller)
-            self.jobs += len(arrivals)
+            for job, caller, tag in arrivals:
+                if job is not None:
+                    held[self._executor.submit(job)] = (job, caller, tag)
+                    self.jobs += 1
+            for job, _, tags in arrivals:
+                if job is None:
+                    for inner in [inner for inner, item in held.items() if item[2] in tags]:
+                        self._executor.cancel(inner)
             try:
                 self._executor.advance()
             except Exception as error:  # noqa: BLE001 - never leave a caller waiting forever
-                for job, caller in held.values():
+                for job, caller, _ in held.values():
                     caller.set_result(failed_results(job, describe(error), self.device))
                 held.clear()
                 self._executor.shutdown(cancel=True)
@@ -107,10 +119,19 @@ def engine(device: str, data_dir: str | None, mixed: bool | None) -> ResidentEng
 
 
 def run_job_together(job: EvaluationJob, device: str, data_dir: str | None,
-                     mixed: bool | None = None) -> list[dict[str, Any]]:
+                     mixed: bool | None = None, tag: str | None = None) -> list[dict[str, Any]]:
     """`run_job_as_dicts`, but trained in this process's resident engine together with the jobs
-    other threads hand it meanwhile (what a Dask worker's task runs with `jobs_per_worker`)."""
-    return [result.to_dict() for result in engine(device, data_dir, mixed).run(job)]
+    other threads hand it meanwhile (what a Dask worker's task runs with `jobs_per_worker`);
+    `tag` names it for `cancel`."""
+    return [result.to_dict() for result in engine(device, data_dir, mixed).run(job, tag)]
+
+
+def cancel(tags: Collection[str]) -> None:
+    """Stop the jobs of this process's engines that were handed in with these tags."""
+    with _ENGINES_LOCK:
+        engines = list(_ENGINES.values())
+    for each in engines:
+        each.cancel(tags)
 
 
 def summaries() -> list[str]:
