@@ -125,7 +125,7 @@ def test_a_stopped_driver_stops_its_jobs_on_the_workers_at_once():
     from cellsearch.executors.dask import DaskExecutor
 
     def engines_busy() -> bool:
-        return any(each._executor.busy for each in resident._ENGINES.values())
+        return any(each._executor.training for each in resident._ENGINES.values())
 
     with distributed.LocalCluster(n_workers=1, threads_per_worker=4, dashboard_address=":0",
                                   silence_logs=QUIET) as cluster, \

@@ -106,11 +106,6 @@ class InterleavedExecutor(Executor):
         self._advance()
 
     @property
-    def busy(self) -> bool:
-        """Whether any submitted job has not finished."""
-        return bool(self._waiting or self._training)
-
-    @property
     def training(self) -> int:
         """How many jobs train now."""
         return len(self._training)

@@ -15,6 +15,7 @@ trains (`cancel`, by the tag it was handed in with): a stopped search frees its 
 from __future__ import annotations
 
 import queue
+import sys
 import threading
 from concurrent.futures import Future
 from typing import Any, Collection
@@ -29,13 +30,15 @@ class ResidentEngine:
 
     `mixed`: train in shared steps of the mixed engine; None, where the device is a GPU (on a
     CPU the mixed engine's instructions run as torch operations, slower than each cell's own).
+    How many jobs train at once is bounded by the threads that hand them in (a Dask worker's
+    `nthreads`) and, on a GPU, by its free memory (`InterleavedExecutor`'s admission).
     """
 
     def __init__(self, device: str = "cpu", data_dir: str | None = None, *,
-                 mixed: bool | None = None, max_jobs: int = 64):
+                 mixed: bool | None = None):
         if mixed is None:
             mixed = _on_gpu(device)
-        self.device, self.data_dir, self.mixed, self.max_jobs = device, data_dir, mixed, max_jobs
+        self.device, self.data_dir, self.mixed = device, data_dir, mixed
         self.jobs = self.most_at_once = 0  # for `summary`
         # (job, the caller's future, its tag), or (None, None, tags to cancel)
         self._inbox: queue.SimpleQueue[tuple[Any, Any, Any]] = queue.SimpleQueue()
@@ -60,7 +63,7 @@ class ResidentEngine:
         return line if mixing is None else f"{line}; {mixing}"
 
     def _new_executor(self) -> InterleavedExecutor:
-        return InterleavedExecutor(self.device, self.data_dir, max_jobs=self.max_jobs,
+        return InterleavedExecutor(self.device, self.data_dir, max_jobs=sys.maxsize,
                                    mixed=self.mixed)
 
     def _serve(self) -> None:
