@@ -105,6 +105,30 @@ def test_a_population_arriving_mid_epoch_waits_to_join_its_tasks_cohort(mixer):
     assert shared(mixer, "train", a, b, late).calls == 1
 
 
+def test_a_late_population_waits_a_whole_epoch_to_join_or_starts_when_no_cohort_is_left(mixer):
+    a, b, late, later = population(), population(), population(), population()
+    runs = [ask(mixer, p, "train", first=True) for p in (a, b)]
+    mixer.flush()
+    assert all(ran(run) for run in runs)
+    late_run = ask(mixer, late, "train", first=True)
+    for _ in range(500):  # an epoch of 500 windows
+        runs = [ask(mixer, a, "train"), ask(mixer, b, "train")]
+        mixer.flush()
+        assert all(ran(run) for run in runs) and not ran(late_run)
+    runs = [ask(mixer, a, "train", first=True), ask(mixer, b, "train", first=True)]
+    mixer.flush()
+    assert all(ran(run) for run in runs) and ran(late_run)
+    assert mixer.cohort(late) == (a, b, late)
+    # a population that arrives while the only cohort of its task ends does not wait for it
+    later_run = ask(mixer, later, "train", first=True)
+    mixer.flush()
+    assert not ran(later_run)
+    for population_ in (a, b, late):
+        mixer.leave(population_)
+    mixer.flush()
+    assert ran(later_run) and mixer.cohort(later) == (later,)
+
+
 def test_a_population_arriving_mid_epoch_waits_only_so_long(monkeypatch):
     monkeypatch.setattr(steps_module, "MixedSteps", Shared)
     mixer = Mixer(capture=False, join_within=2)

@@ -395,7 +395,10 @@ class Mixer:
     the same step as before, still captured, unless someone left. Each population leaves when its
     training ends (`leave`), at once, taking its shared steps (and their CUDA graphs) with it. A
     new population whose task has cohorts training waits for one of them to form again, to join
-    it (fewer, larger cohorts: fewer launches), but no more than `join_within` flushes; then it
+    it: at most an epoch, as every cohort forms again each epoch (or ends). A cohort's step
+    launches as many kernels whatever its size, so fewer, larger cohorts train more per launch,
+    at the cost of the newcomer's wait (its one epoch among the tens it trains, while the GPU
+    trains the others). `join_within` N bounds the wait to N flushes instead, after which it
     starts a cohort of its own. Either way it never disturbs the others' steps.
 
     The shared steps kept are those of the live cohorts, `kept` a cohort (train, valid, test);
@@ -404,7 +407,8 @@ class Mixer:
     population in it, with the error. Waiting changes when a population trains, never what.
     """
 
-    def __init__(self, capture: bool, warmup: int = 4, kept: int = 3, join_within: int = 200):
+    def __init__(self, capture: bool, warmup: int = 4, kept: int = 3,
+                 join_within: int | None = None):
         self.capture, self.warmup, self.kept = capture, warmup, kept
         self.join_within = join_within
         self.waiting: list[tuple[PopulationSteps, str, bool]] = []  # (population, phase, first)
@@ -447,7 +451,8 @@ class Mixer:
         training = {cohort[0].task.name for cohort in self.cohorts.values()}  # (one task each)
         ready = [p for p in ready if id(p) in self.cohorts or p.task.name in forming
                  or p.task.name not in training
-                 or self.flushes - self.arrivals[id(p)][0] > self.join_within]
+                 or (self.join_within is not None
+                     and self.flushes - self.arrivals[id(p)][0] > self.join_within)]
         self._form_cohorts(ready)
         ready_ids = {id(p) for p in ready}
         groups: dict[tuple[str, tuple[int, ...]], list[PopulationSteps]] = {}
