@@ -210,3 +210,33 @@ def test_a_step_launches_its_kernels_only(monkeypatch):
     assert forward3[0] == backward3[0] == 3 * 2 * 2  # T x two stages (the GRU's) x two kernels
     assert forward6[0] == backward6[0] == 6 * 2 * 2
     assert forward3[1] == forward6[1] and backward3[1] == backward6[1]
+
+
+def test_carried_states_start_from_zero_where_reset_and_take_the_final_state():
+    layers = mix([zoo.get("lstm"), zoo.get("gru"), zoo.get("mut2")], seed=3)
+    reset = torch.tensor([True, False, True][:layers[0].x.shape[2]])
+
+    def carried():  # the first two carried (fresh buffers each time), the third not
+        return [Layer(lay.plan, lay.params, lay.x, tuple(s.detach().clone() for s in lay.state),
+                      reset) for lay in layers[:2]] + layers[2:]
+
+    def starting(lay):
+        return tuple(torch.where(reset.view(1, -1, 1), 0.0, s.detach()) for s in lay.state)
+
+    expected = [run(lay.plan, lay.params, lay.x, starting(lay)) for lay in layers[:2]]
+    expected += alone(layers[2:])
+    mixed_layers = carried()
+    results = run_mixed(mixed_layers)
+    for (outputs, final), (theirs, their_final) in zip(results, expected):
+        assert_same([theirs, *their_final], [outputs, *final])
+    assert all(final is lay.state for (_, final), lay in zip(results[:2], mixed_layers))
+    # the gradients of everything but the carried states: those of each layer alone
+    leaves = [t for lay in layers for t in (lay.x, *lay.params.values())]
+
+    def gradients(results):
+        loss = sum((outputs * torch.linspace(-1, 1, outputs.shape[-1], dtype=torch.float64)).sum()
+                   for outputs, _ in results)
+        return list(torch.autograd.grad(loss, leaves, allow_unused=True))
+
+    expected = [run(lay.plan, lay.params, lay.x, starting(lay)) for lay in layers[:2]]
+    assert_same(gradients(expected + alone(layers[2:])), gradients(run_mixed(carried())))

@@ -156,12 +156,18 @@ def compile_program(plan_: Plan, input_base: int, inputs: tuple[tuple[str, int],
 @dataclass
 class Layer:
     """One population's layer in a mix: its plan, parameters (K, ...), input x (K, T, B, n) and
-    state, one (K, B, n) tensor per state."""
+    state, one (K, B, n) tensor per state.
+
+    With `reset` (B,) bool, `state` is the state carried from the last window: the rows `reset`
+    marks start from zero instead, and the final state is written back into `state` (truncated
+    backpropagation: no gradient reaches it or flows from it). The window does both as it copies
+    the state in and out, so carrying costs no launch of its own."""
 
     plan: Plan
     params: dict[str, torch.Tensor]
     x: torch.Tensor
     state: State
+    reset: torch.Tensor | None = None
 
 
 def run_mixed(layers: Sequence[Layer], kernel: str | None = None,
@@ -215,8 +221,12 @@ def run_mixed(layers: Sequence[Layer], kernel: str | None = None,
                 if job is not None:
                     places.append(("matrix", p, s, j))
                     tensors.append(layer.params[matrices[job[0]][job[1]]])
-    results = iter(_Window.apply(layout, _KERNELS[kernel], (T, B), tuple(places), *tensors))
-    return [(next(results), tuple(itertools.islice(results, len(layer.state))))
+    resets = tuple(layer.reset for layer in layers)
+    carried = tuple(layer.state if layer.reset is not None else None for layer in layers)
+    results = iter(_Window.apply(layout, _KERNELS[kernel], (T, B), tuple(places), resets,
+                                 carried, *tensors))
+    return [(next(results), layer.state if layer.reset is not None
+             else tuple(itertools.islice(results, len(layer.state))))
             for layer in layers]
 
 
@@ -232,16 +242,24 @@ class _Window(torch.autograd.Function):
     reverse on one tensor of the slots' gradients, then forms each stage's matrices' gradient
     from all steps at once. So a step launches per stage one matmul kernel and one instruction
     kernel each way, and writes its slots once each way; and a population's tensors enter and
-    leave the window in one copy each, with no padding on the way."""
+    leave the window in one copy each, with no padding on the way. A population whose state is
+    carried (`resets[p]` not None) has the reset rows zeroed on the way in and its final state
+    copied into `carried[p]` on the way out, not returned."""
 
     @staticmethod
-    def forward(ctx, layout, kernels, window, places, *tensors):
+    def forward(ctx, layout, kernels, window, places, resets, carried, *tensors):
         (T, B), M, N, R = window, layout.members, layout.width, layout.slots
         # zeros: slot 0, the scratch slot, and the columns past a member's size stay 0
         values = tensors[0].new_zeros(T + 1, R, M, B, N)
         matrices = [values.new_zeros(M, table.J, N, N) for table in layout.stages]
+        zero = values[0, 0, 0, 0, 0]
         for place, tensor in zip(places, tensors):
-            _region(layout, place, values, matrices, T).copy_(_arranged(place, tensor))
+            region = _region(layout, place, values, matrices, T)
+            reset = resets[place[1]] if place[0] == "state" else None
+            if reset is None:
+                region.copy_(_arranged(place, tensor))
+            else:
+                torch.where(reset.view(1, -1, 1), zero, tensor, out=region)
         matrices = [m.view(-1, N, N) if table.J else None
                     for m, table in zip(matrices, layout.stages)]
         for t in range(T):
@@ -250,9 +268,12 @@ class _Window(torch.autograd.Function):
                     kernels.matmul(values, t, layout, table, weights)
                 kernels.instructions(values, t, layout, table)
         ctx.save_for_backward(values, *(m for m in matrices if m is not None))
-        ctx.layout, ctx.kernels, ctx.places = layout, kernels, places
+        ctx.layout, ctx.kernels, ctx.places, ctx.carried = layout, kernels, places, carried
         ctx.shapes = [tensor.shape for tensor in tensors]
-        return tuple(region.contiguous() for region in _results(layout, values))
+        for buffers, finals in zip(carried, _finals(layout, values)):
+            for buffer, final in zip(buffers or (), finals):
+                buffer.copy_(final)
+        return tuple(region.contiguous() for region in _results(layout, values, carried))
 
     @staticmethod
     @once_differentiable
@@ -261,7 +282,7 @@ class _Window(torch.autograd.Function):
         layout, kernels, places = ctx.layout, ctx.kernels, ctx.places
         T = values.shape[0] - 1
         grads = torch.zeros_like(values)
-        for region, grad in zip(_results(layout, grads), result_grads):
+        for region, grad in zip(_results(layout, grads, ctx.carried), result_grads):
             region += grad
         saved = iter(saved)
         matrices = [next(saved) if table.J else None for table in layout.stages]
@@ -270,13 +291,13 @@ class _Window(torch.autograd.Function):
                 kernels.instructions_backward(grads, values, t, layout, table)
                 if weights is not None:
                     kernels.matmul_backward(grads, t, layout, table, weights)
-        needed = ctx.needs_input_grad[4:]
+        needed = ctx.needs_input_grad[6:]
         wanted = {place[2] for place, need in zip(places, needed) if need and place[0] == "matrix"}
         matrix_grads = [_matrix_gradient(values, grads, table).view(layout.members, table.J,
                                                                      *weights.shape[1:])
                         if s in wanted else None
                         for s, (table, weights) in enumerate(zip(layout.stages, matrices))]
-        return (None, None, None, None, *(
+        return (None, None, None, None, None, None, *(
             _arranged_back(place, _region(layout, place, grads, matrix_grads, T), shape, T)
             if need else None for place, shape, need in zip(places, ctx.shapes, needed)))
 
@@ -319,15 +340,23 @@ def _arranged_back(place, grad, shape, T) -> torch.Tensor:
     return grad if grad.shape == shape else grad.sum_to_size(shape)
 
 
-def _results(layout, values) -> list[torch.Tensor]:
-    """Per population, where its outputs (K, T, B, n) and final states (K, B, n) lie."""
-    T = values.shape[0] - 1
+def _results(layout, values, carried) -> list[torch.Tensor]:
+    """What the window returns, where it lies: per population its outputs (K, T, B, n), then,
+    unless carried, its final states (K, B, n)."""
     results = []
-    for population, states in enumerate(layout.states):
+    for population, finals in enumerate(_finals(layout, values)):
         members, n = _members(layout, population), layout.widths[population]
         results.append(values[1:, 1, members, :, :n].transpose(0, 1))
-        results += [values[T, 1 + i, members, :, :n] for i in range(states)]
+        if carried[population] is None:
+            results += finals
     return results
+
+
+def _finals(layout, values) -> list[list[torch.Tensor]]:
+    """Per population, where its final states (K, B, n) lie."""
+    T = values.shape[0] - 1
+    return [[values[T, 1 + i, _members(layout, population), :, :layout.widths[population]]
+             for i in range(states)] for population, states in enumerate(layout.states)]
 
 
 def _matrix_gradient(values, grads, table) -> torch.Tensor:

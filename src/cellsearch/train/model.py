@@ -141,17 +141,22 @@ def forward_together(
     dropouts: Sequence[Dropout | None],
     add_output_bias: Sequence[bool],
     layouts: dict | None = None,
+    resets: Sequence[torch.Tensor] | None = None,
 ) -> list[tuple[torch.Tensor, list[State]]]:
     """What each model's `forward` returns, with the layers of all models at each depth run
     together by the mixed engine (`engine.mixed`): different cells and hidden sizes in the same
-    launches. The models share the window's shape (T, B); `layouts` as `mixed.run_mixed`'s."""
+    launches. The models share the window's shape (T, B); `layouts` as `mixed.run_mixed`'s.
+    With `resets` (each (B,) bool), `states` are the states carried from the last window:
+    the rows a reset marks start from zero, and each final state is written back into them
+    (`mixed.Layer`)."""
     xs = [model.embed(x, dropout) for model, x, dropout in zip(models, inputs, dropouts)]
     finals: list[list[State]] = [[] for _ in models]
     for depth in range(max(len(model.layers) for model in models)):
         here = [i for i, model in enumerate(models) if depth < len(model.layers)]
         results = run_mixed([
             Layer(models[i].layers[depth].plan, models[i].layers[depth].population_parameters(),
-                  xs[i], states[i][depth]) for i in here], layouts=layouts)
+                  xs[i], states[i][depth], resets[i] if resets is not None else None)
+            for i in here], layouts=layouts)
         for i, (outputs, final) in zip(here, results):
             xs[i] = dropouts[i](outputs, depth + 1) if dropouts[i] is not None else outputs
             finals[i].append(final)

@@ -218,6 +218,10 @@ class PopulationSteps:
             for old, new in zip(self.state, new_state):
                 for buffer, value in zip(old, new):
                     buffer.copy_(value)  # carried into the next window (truncated BPTT)
+        return self._stats(logits)
+
+    def _stats(self, logits):
+        """(The window's metric sums per member, each member's summed loss.)"""
         if self.task.output_kind == "softmax":
             bias = self.model.output_bias if self.loss_kernels else None
             stats = task_metrics.softmax_stats(logits, self.targets, self.mask, bias,
@@ -352,19 +356,23 @@ class MixedSteps:
         self.eval_step = Captured(self._evaluate, capture, warmup)
 
     def _forward(self, training: bool):
-        return forward_together(
-            [p.model for p in self.populations], [p.inputs for p in self.populations],
-            [p._carried_state() for p in self.populations],
-            [p.dropout if training else None for p in self.populations],
-            [not p.loss_kernels for p in self.populations], self.layouts)
+        """Each population's logits; its final state is already in its state buffers (the mixed
+        engine carries it there, and zeroes the reset rows on the way in)."""
+        populations = self.populations
+        results = forward_together(
+            [p.model for p in populations], [p.inputs for p in populations],
+            [p.state for p in populations],
+            [p.dropout if training else None for p in populations],
+            [not p.loss_kernels for p in populations], self.layouts,
+            resets=[p.reset for p in populations])
+        return [logits for logits, _ in results]
 
     def _train(self) -> None:
         populations = self.populations
         for p in populations:
             p.model.train()
-        results = self._forward(training=True)
-        objectives = [p._objective(p._scored(logits, final)[1])
-                      for p, (logits, final) in zip(populations, results)]
+        objectives = [p._objective(p._stats(logits)[1])
+                      for p, logits in zip(populations, self._forward(training=True))]
         grads = iter(_gradients(torch.stack(objectives).sum(),
                                 [q for p in populations for q in p.parameters]))
         for p in populations:
@@ -374,8 +382,8 @@ class MixedSteps:
     def _evaluate(self) -> None:
         for p in self.populations:
             p.model.eval()
-        for p, (logits, final) in zip(self.populations, self._forward(training=False)):
-            p._add_to_totals(p._scored(logits, final)[0])
+        for p, logits in zip(self.populations, self._forward(training=False)):
+            p._add_to_totals(p._stats(logits)[0])
 
 
 class Mixer:
