@@ -225,9 +225,10 @@ def filter_pass_rates(args, out: Path) -> dict | None:
 
 def scaling(args, out: Path) -> dict | None:
     """Issue 17: the search with `--executor dask-local` on 1 GPU, then on 2 (and on every GPU,
-    when there are more), each worker training up to 16 jobs together, for --search-minutes each: evaluations per hour from the database, each
-    GPU's busy fraction from nvidia-smi, the ratio to one GPU. In the widest run one worker is
-    killed halfway; its jobs must be rerun elsewhere, nothing lost or repeated."""
+    when there are more), each worker training up to 16 jobs together, for --search-minutes
+    each: evaluations per hour from the database, each GPU's busy fraction from nvidia-smi, the
+    ratio to one GPU. In the widest run one worker is killed halfway; its jobs must be rerun
+    elsewhere, nothing lost or repeated."""
     gpus = 2 if args.quick else gpu_count()
     if gpus < 2:
         print(f"scaling: needs a machine of 2 or more GPUs; this one has {gpus}: next call")

@@ -25,8 +25,9 @@ Failures, as Dask handles them and as the search sees them:
 
 The local cluster started here (what `LocalCluster` starts, but built as a `SpecCluster`, because
 LocalCluster gives every worker the same environment) has one worker process per visible GPU,
-with one thread (`jobs_per_worker` threads when set), each pinned to its GPU through `CUDA_VISIBLE_DEVICES`, so that `--device auto` or
-`cuda` on a worker means "my GPU"; `workers=N` starts N workers instead, pinned round-robin.
+with one thread (`jobs_per_worker` threads when set), each pinned to its GPU through
+`CUDA_VISIBLE_DEVICES`, so that `--device auto` or `cuda` on a worker means "my GPU";
+`workers=N` starts N workers instead, pinned round-robin.
 Without GPUs (or with `device="cpu"`) it starts `workers` CPU workers. Dask sets
 OMP_NUM_THREADS=1 in its workers, so N CPU workers use about N cores.
 """
@@ -116,9 +117,9 @@ class DaskExecutor(Executor):
             raise UserError(f"--workers must be at least 1, got {workers}")
         if jobs_per_worker is not None and jobs_per_worker < 1:
             raise UserError(f"--jobs-per-worker must be at least 1, got {jobs_per_worker}")
-        self.jobs_per_worker, self.mixed = jobs_per_worker or 1, mixed
         if scheduler_address is not None and workers is not None:
             raise UserError("--workers starts a local cluster; with --scheduler, start workers on the cluster instead")
+        self.jobs_per_worker, self.mixed = jobs_per_worker or 1, mixed
         self.scheduler_address, self.workers = scheduler_address, workers
         self.device, self.data_dir = device, data_dir
         self.retries, self.allowed_failures, self.silence_logs = retries, allowed_failures, silence_logs
