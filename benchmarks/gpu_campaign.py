@@ -37,6 +37,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections import Counter
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -161,7 +162,9 @@ def timed_search(args, database: Path, options: list[str], during=None) -> str:
 
 
 def throughput(database: Path, since: datetime) -> dict:
-    """Evaluations stored since `since`, and their rate over the time from `since` to the last."""
+    """Evaluations stored since `since`, and their rate over the time from `since` to the last;
+    the failed ones counted by the start of their reason (a shared step out of memory fails
+    every population in it: the figure must say so)."""
     sys.path.insert(0, str(ROOT / "src"))
     from cellsearch.storage import open_storage
 
@@ -179,6 +182,8 @@ def throughput(database: Path, since: datetime) -> dict:
             "tokens_per_second": round(sum(r.result.tokens for r in records) / seconds),
             "by_task": {task: sum(1 for r in records if r.task == task)
                         for task in sorted({r.task for r in records})},
+            "failed": dict(Counter(f"{r.result.status}: {(r.result.reason or '')[:60]}"
+                                   for r in records if not r.result.ok)),
             "last_completed_step": steps}
 
 
