@@ -217,3 +217,18 @@ def test_the_mixed_kernel_is_not_usable_on_a_device_that_is_not_there_and_says_w
             assert not mixed.usable("cuda")
     finally:
         mixed.usable.cache_clear()
+
+
+def test_on_a_gpu_the_mixed_summary_says_how_much_memory_was_held(monkeypatch):
+    from cellsearch.engine import mixed
+    from cellsearch.train.steps import Mixer
+
+    monkeypatch.setattr(mixed, "usable", lambda device: True)
+    monkeypatch.setattr(torch.cuda, "max_memory_reserved", lambda: 23.25 * 2**30)
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda: (10 * 2**30, 80 * 2**30))
+    monkeypatch.setattr(Mixer, "summary", lambda self: "3 shared steps made")
+    executor = InterleavedExecutor(device="cuda", mixed=True)
+    assert executor.summary() == ("mixed engine: 3 shared steps made; GPU memory held at most "
+                                  "23.2 of 80.0 GiB")
+    assert InterleavedExecutor(device="cpu", mixed=True).summary() == (
+        "mixed engine: 3 shared steps made")

@@ -80,9 +80,17 @@ class InterleavedExecutor(Executor):
         return Mixer(capture=cuda)
 
     def summary(self) -> str | None:
-        """Mixed, how its shared steps went (`Mixer.summary`); None before any."""
+        """Mixed, how its shared steps went (`Mixer.summary`) and, on a GPU, the most memory
+        its allocator held (captured shared steps keep theirs); None before any."""
         mixing = self._mixer.summary() if self._mixer is not None else None
-        return None if mixing is None else f"mixed engine: {mixing}"
+        if mixing is None:
+            return None
+        if self._mixer.capture:
+            import torch
+
+            held, total = torch.cuda.max_memory_reserved(), torch.cuda.mem_get_info()[1]
+            mixing += f"; GPU memory held at most {held / 2**30:.1f} of {total / 2**30:.1f} GiB"
+        return f"mixed engine: {mixing}"
 
     def submit(self, job: EvaluationJob) -> Future:
         future = _JobFuture(job)
