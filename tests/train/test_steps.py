@@ -128,3 +128,50 @@ def test_populations_trained_together_share_their_window_shape():
     other = PopulationSteps(model, task, 5, 10, torch.ones(1), None, capture=False)
     with pytest.raises(ValueError, match="share their window shape"):
         MixedSteps([first, other], capture=False)
+
+
+class _Graph:
+    def __init__(self, body):
+        self.body = body
+
+    def replay(self):
+        self.body()
+
+
+def test_a_capture_out_of_gpu_memory_runs_eagerly_and_is_tried_again_later(monkeypatch):
+    from cellsearch.train import steps
+
+    ran, attempts = [], []
+
+    def captured(self):
+        attempts.append(self.calls)
+        if len(attempts) == 1:  # as ending a capture that the allocation broke raises again
+            try:
+                raise torch.cuda.OutOfMemoryError("CUDA out of memory")
+            except torch.cuda.OutOfMemoryError:
+                raise RuntimeError("operation failed due to a previous error during capture")
+        return _Graph(lambda: ran.append("replayed"))
+
+    monkeypatch.setattr(steps.Captured, "_captured", captured)
+    monkeypatch.setattr(steps.Captured, "_eagerly", lambda self: ran.append("eager"))
+    monkeypatch.setattr(steps, "CAPTURE_RETRY_CALLS", 3)
+    step = steps.Captured(lambda: None, capture=True, warmup=2)
+    with pytest.warns(RuntimeWarning, match="ran out of GPU memory; it runs eagerly"):
+        for _ in range(9):
+            step()
+    assert attempts == [2, 6]  # the capture at call 2, then 3 eager calls, then again
+    assert ran == ["eager"] * 6 + ["replayed"] * 3
+
+
+def test_a_capture_that_fails_otherwise_still_raises(monkeypatch):
+    from cellsearch.train import steps
+
+    def captured(self):
+        raise RuntimeError("an illegal memory access was encountered")
+
+    monkeypatch.setattr(steps.Captured, "_captured", captured)
+    monkeypatch.setattr(steps.Captured, "_eagerly", lambda self: None)
+    step = steps.Captured(lambda: None, capture=True, warmup=1)
+    step()
+    with pytest.raises(RuntimeError, match="illegal memory access"):
+        step()

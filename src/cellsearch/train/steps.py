@@ -35,6 +35,9 @@ WARMUP_CALLS = 2  # eager calls before capture (lazy initialisation of cuBLAS, a
 # it they win: arith K=512 (128M) 14.27M against 14.05M tokens/s, ptb K=64 (300M) +8%).
 SGD_KERNEL_PARAMETERS = 32 * 2**20
 WINDOWS_PER_UPLOAD = 64
+# After a capture that ran out of GPU memory, the step runs eagerly this many calls before it
+# tries again (memory frees as other jobs end).
+CAPTURE_RETRY_CALLS = 100
 _FIELDS = ("inputs", "targets", "mask", "reset")
 _CAPTURE_LOCK = threading.Lock()
 _LIGHT_CAPTURE = True  # (see Captured._captured)
@@ -42,13 +45,16 @@ _LIGHT_CAPTURE = True  # (see Captured._captured)
 
 class Captured:
     """Calls `body()`; with `capture`, the first `warmup` calls run eagerly on a side stream, the
-    next one is captured into a CUDA graph, and every call from then on replays it."""
+    next one is captured into a CUDA graph, and every call from then on replays it. A capture
+    that runs out of GPU memory (a graph keeps a pool of its own) is not an error: the call runs
+    eagerly, and so do the next CAPTURE_RETRY_CALLS before the capture is tried again."""
 
     def __init__(self, body: Callable[[], None], capture: bool, warmup: int = WARMUP_CALLS):
         self.body = body
         self.capture = capture
         self.warmup = warmup
         self.calls = 0
+        self.capture_at = warmup  # the call that captures
         self.graph: torch.cuda.CUDAGraph | None = None
         self.stream: torch.cuda.Stream | None = None
 
@@ -62,18 +68,32 @@ class Captured:
             # state per capture). A launch holds the lock only briefly.
             with _CAPTURE_LOCK:
                 self.graph.replay()
-        elif self.calls < self.warmup:
-            # Warm up on the stream that will capture: cuBLAS sets up its workspace per stream.
-            self.stream = self.stream or torch.cuda.Stream()
-            self.stream.wait_stream(torch.cuda.current_stream())
-            with torch.cuda.stream(self.stream):
-                self.body()
-            torch.cuda.current_stream().wait_stream(self.stream)
+        elif self.calls < self.capture_at:
+            self._eagerly()
         else:
             with _CAPTURE_LOCK:
-                self.graph = self._captured()
+                try:
+                    self.graph = self._captured()
+                except Exception as error:
+                    if not _out_of_memory(error):
+                        raise
+                    warnings.warn("capturing a training step ran out of GPU memory; it runs "
+                                  "eagerly (slower) and tries again later", RuntimeWarning,
+                                  stacklevel=2)
+                    self.capture_at = self.calls + 1 + CAPTURE_RETRY_CALLS
+            if self.graph is None:
+                self._eagerly()  # (a failed capture recorded the work without doing it)
+            else:
                 self.graph.replay()  # capturing records the work without doing it
         self.calls += 1
+
+    def _eagerly(self) -> None:
+        # On the stream that will capture: cuBLAS sets up its workspace per stream.
+        self.stream = self.stream or torch.cuda.Stream()
+        self.stream.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(self.stream):
+            self.body()
+        torch.cuda.current_stream().wait_stream(self.stream)
 
     def _captured(self) -> torch.cuda.CUDAGraph:
         """The body captured on this step's side stream, without what `torch.cuda.graph` does
@@ -97,6 +117,8 @@ class Captured:
                 torch.cuda.current_stream().wait_stream(self.stream)
                 return graph
             except RuntimeError as error:
+                if _out_of_memory(error):
+                    raise  # not the light capture's fault
                 _LIGHT_CAPTURE = False
                 warnings.warn(f"capturing a training step without synchronizing the device "
                               f"failed ({error}); capturing as torch.cuda.graph does from now",
@@ -108,6 +130,16 @@ class Captured:
         with torch.cuda.graph(graph, stream=self.stream, capture_error_mode="relaxed"):
             self.body()
         return graph
+
+
+def _out_of_memory(error: BaseException | None) -> bool:
+    """Whether `error`, or one it was raised while handling (ending a capture the error broke
+    raises again), is CUDA's out of memory."""
+    while error is not None:
+        if isinstance(error, torch.cuda.OutOfMemoryError):
+            return True
+        error = error.__context__
+    return False
 
 
 def _gradients(objective: torch.Tensor, parameters: list[torch.Tensor]) -> list:
@@ -479,9 +511,11 @@ class Mixer:
                 together = self._membership(phase, populations)
                 step = together.train_step if phase == "train" else together.eval_step
                 self.runs += 1
-                self.warm_runs += step.calls >= self.warmup
+                warm = step.calls >= self.warmup
                 self.members += len(populations)
                 step()
+                # (on CUDA: replayed, or just captured; a capture out of memory runs eagerly)
+                self.warm_runs += step.graph is not None if self.capture else warm
             except Exception as error:  # noqa: BLE001 - each population's run records it
                 self.failures.update((id(p), error) for p in populations)
 
