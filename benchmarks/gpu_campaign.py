@@ -13,6 +13,8 @@ Parts, in priority order (each writes OUT/<part>.json when done, and a later cal
                        (`initial_settings=20`) for --search-minutes; evaluations per hour and
                        tokens/s from the evaluations stored in that time (issue 22)
     search-inprocess   the same with the default executor, the sequential search (issue 22)
+    search-mixed-64    search-mixed with 64 steps in flight instead of 16 (issue 22: whether
+                       16 jobs in flight leave the GPU short of work)
     search-interleaved the same with `--executor interleaved` (issue 22)
     bench-layout       `cellsearch bench` from --baseline-src and from this tree, alternating,
                        two rounds (issue 19; skipped without --baseline-src)
@@ -42,11 +44,11 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-PARTS = ("gpu-tests", "bench-mixed", "search-mixed", "search-inprocess", "search-interleaved",
-         "bench-layout", "filter-pass-rates", "scaling")
+PARTS = ("gpu-tests", "bench-mixed", "search-mixed", "search-inprocess", "search-mixed-64",
+         "search-interleaved", "bench-layout", "filter-pass-rates", "scaling")
 ESTIMATES = {"gpu-tests": 4, "bench-mixed": 5, "search-mixed": 9, "search-inprocess": 9,
-             "search-interleaved": 9, "bench-layout": 6, "filter-pass-rates": 10,
-             "scaling": 27}  # minutes
+             "search-mixed-64": 9, "search-interleaved": 9, "bench-layout": 6,
+             "filter-pass-rates": 10, "scaling": 27}  # minutes
 
 
 def main() -> int:
@@ -125,12 +127,17 @@ def bench_mixed(args, out: Path) -> dict:
     return {"bench": figures}
 
 
-def search(executor: str):
+def search(executor: str, steps_in_flight: int | None = None):
+    """A search part; with `steps_in_flight`, that many (the default, 16, may leave a GPU
+    short of work: one job in flight per step)."""
     def run(args, out: Path) -> dict:
-        database = out / f"search-{executor}.db"
+        name = executor if steps_in_flight is None else f"{executor}-{steps_in_flight}"
+        database = out / f"search-{name}.db"
         started = datetime.now(timezone.utc)
-        stderr = timed_search(args, database, ["--executor", executor])
-        return {"executor": executor, **throughput(database, started), "stderr_tail": stderr}
+        wider = [] if steps_in_flight is None else ["--set", f"steps_in_flight={steps_in_flight}"]
+        stderr = timed_search(args, database, ["--executor", executor, *wider])
+        return {"executor": executor, "steps_in_flight": steps_in_flight or 16,
+                **throughput(database, started), "stderr_tail": stderr}
 
     return run
 
@@ -327,6 +334,7 @@ def integrity(database: Path) -> dict:
 
 
 RUNNERS = {"bench-mixed": bench_mixed, "search-mixed": search("mixed"),
+           "search-mixed-64": search("mixed", steps_in_flight=64),
            "search-interleaved": search("interleaved"),
            "search-inprocess": search("inprocess"), "gpu-tests": gpu_tests,
            "bench-layout": bench_layout, "filter-pass-rates": filter_pass_rates,

@@ -45,3 +45,16 @@ def test_the_scaling_run_kills_a_worker_halfway_and_loses_and_repeats_nothing(tm
         assert run["evaluations"] > 0 and run["integrity_check"] == "ok"
         assert run["repeated_evaluations"] == 0
     assert record["ratio_to_one_gpu"]["1"] == 1.0
+
+
+@pytest.mark.slow
+def test_the_wider_search_part_runs_with_64_steps_in_flight(tmp_path):
+    import sqlite3
+
+    campaign(tmp_path, "--quick", "--parts", "search-mixed-64")
+    record = json.loads((tmp_path / "search-mixed-64.json").read_text())
+    assert record["executor"] == "mixed" and record["steps_in_flight"] == 64
+    assert "failed" in record  # counted by reason
+    with sqlite3.connect(tmp_path / "search-mixed-64.db") as database:
+        stored = json.loads(database.execute("SELECT config FROM runs").fetchone()[0])
+    assert stored["steps_in_flight"] == 64
