@@ -17,8 +17,9 @@ from __future__ import annotations
 import queue
 import sys
 import threading
+from collections.abc import Collection
 from concurrent.futures import Future
-from typing import Any, Collection
+from typing import Any
 
 from cellsearch.evaluation.job import EvaluationJob, describe, failed_results
 from cellsearch.evaluation.result import Result
