@@ -1,7 +1,8 @@
 """`ResidentEngine`: jobs handed in from several threads train together in the engine's own
 thread and come back with the Results of training each alone; an engine that breaks fails the
-jobs it held and serves the next ones. Through Dask (`jobs_per_worker`), a worker trains its
-jobs together, and a search records what an in-process search records."""
+jobs it held and serves the next ones; a cancelled job stops at once while the others train on.
+Through Dask (`jobs_per_worker`), a worker trains its jobs together, a search records what an
+in-process search records, and a stopped driver stops its jobs on the workers."""
 
 from __future__ import annotations
 
