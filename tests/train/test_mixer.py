@@ -168,3 +168,24 @@ def test_a_stopped_run_stops_asking_for_its_step(mixer):
     assert [entry[0] for entry in mixer.waiting] == [a]
     run.close()
     assert mixer.waiting == []
+
+
+def test_a_population_that_leaves_leaves_no_failure_behind(monkeypatch):
+    class Fails(Counted):
+        def __call__(self):
+            raise RuntimeError("CUDA out of memory in a shared step")
+
+    class Failing(Shared):
+        def __init__(self, *args):
+            super().__init__(*args)
+            self.train_step = self.eval_step = Fails()
+
+    monkeypatch.setattr(steps_module, "MixedSteps", Failing)
+    mixer = Mixer(capture=False)
+    a = population()
+    run = ask(mixer, a, "train", first=True)
+    mixer.flush()
+    assert id(a) in mixer.failures
+    run.close()  # stopped (cancelled) before it learnt of the failure
+    mixer.leave(a)
+    assert not mixer.failures  # (another population may get a's id)

@@ -539,6 +539,7 @@ class Mixer:
         mates = tuple(p for p in self.cohort(population) if p is not population)
         self.cohorts.pop(id(population), None)
         self.arrivals.pop(id(population), None)
+        self.failures.pop(id(population), None)  # (its id may be another's later)
         for mate in mates:
             self.cohorts[id(mate)] = mates
         self._drop(lambda members: id(population) in members)
