@@ -357,9 +357,10 @@ def test_the_progress_line_shows_the_share_of_the_benchs_one_cell_figure(tmp_pat
 
 def test_the_mixed_executor_trains_a_search_from_the_command_line(tmp_path, capsys):
     path = tmp_path / "mixed.db"
-    code, out, _ = run_cli(capsys, "search", "--db", str(path), "--preset", "tiny",
-                           "--set", "max_steps=1", "--executor", "mixed", "--device", "cpu")
+    code, out, err = run_cli(capsys, "search", "--db", str(path), "--preset", "tiny",
+                             "--set", "max_steps=1", "--executor", "mixed", "--device", "cpu")
     assert code == 0 and "evaluations stored" in out
+    assert "note: the mixed engine is made for GPUs" in err  # on a CPU, it says so
     with SQLiteStorage(path) as storage:
         evaluations = storage.get_evaluations(1)
     assert evaluations and all(e.result.ok for e in evaluations)

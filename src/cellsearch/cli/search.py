@@ -21,6 +21,7 @@ import argparse
 import contextlib
 import json
 import math
+import sys
 import time
 from collections.abc import Iterator
 
@@ -127,6 +128,10 @@ def run_search_command(args: argparse.Namespace) -> int:
         args.executor, workers=args.workers, device=args.device, data_dir=args.data_dir,
         scheduler=args.scheduler, jobs_per_worker=args.jobs_per_worker,
     )
+    if args.executor == "mixed" and _device_kind(args.device) == "cpu" and not args.quiet:
+        print("cellsearch: note: the mixed engine is made for GPUs; on a CPU its steps run as"
+              " torch operations, several times slower than --executor interleaved (same"
+              " results)", file=sys.stderr)
     # Nothing is written before every check has passed and the executor has started (a Dask
     # scheduler reached): a failed start leaves no file behind, or the database as it was.
     with executor, _summary_printed(executor):
@@ -186,12 +191,17 @@ def _bench_reference(args: argparse.Namespace) -> dict | None:
         return None
     from cellsearch.train import reference
 
-    kind = args.device.split(":")[0]
+    return reference.load(_device_kind(args.device), "arith")
+
+
+def _device_kind(device: str) -> str:
+    """"cuda" or "cpu": where `--device` trains in this process."""
+    kind = device.split(":")[0]
     if kind == "auto":
         import torch
 
         kind = "cuda" if torch.cuda.is_available() else "cpu"
-    return reference.load(kind, "arith")
+    return kind
 
 
 def _check_start(config: SearchConfig, args: argparse.Namespace) -> MutateFunction:
