@@ -27,6 +27,7 @@ from collections.abc import Iterator
 
 from cellsearch.errors import UserError, gathered
 from cellsearch.executors import DEFAULT_EVALUATOR, EXECUTORS, make_executor
+from cellsearch.executors.interleaved import on_gpu
 from cellsearch.search import (
     Event,
     JobCompleted,
@@ -196,12 +197,7 @@ def _bench_reference(args: argparse.Namespace) -> dict | None:
 
 def _device_kind(device: str) -> str:
     """"cuda" or "cpu": where `--device` trains in this process."""
-    kind = device.split(":")[0]
-    if kind == "auto":
-        import torch
-
-        kind = "cuda" if torch.cuda.is_available() else "cpu"
-    return kind
+    return "cuda" if on_gpu(device) else "cpu"
 
 
 def _check_start(config: SearchConfig, args: argparse.Namespace) -> MutateFunction:

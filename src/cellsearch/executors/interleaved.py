@@ -47,6 +47,15 @@ FREE_MEMORY_TO_ADMIT = 0.25
 CUDA_CONNECTIONS = "32"
 
 
+def on_gpu(device: str) -> bool:
+    """Whether `device` ("auto", "cpu", "cuda[:i]") trains on a GPU in this process."""
+    if device == "auto":
+        import torch
+
+        return torch.cuda.is_available()
+    return device.startswith("cuda")
+
+
 class _JobFuture(Future):
     def __init__(self, job: EvaluationJob):
         super().__init__()
@@ -68,13 +77,10 @@ class InterleavedExecutor(Executor):
     def _new_mixer(self):
         """A mixer for this executor's device; none (each population its own steps, as
         `interleaved`) on a GPU where the mixed engine's kernels do not work."""
-        import torch
-
         from cellsearch.engine import mixed
         from cellsearch.train.steps import Mixer
 
-        cuda = self.device.startswith("cuda") or (self.device == "auto"
-                                                   and torch.cuda.is_available())
+        cuda = on_gpu(self.device)
         if cuda and not mixed.usable("cuda" if self.device == "auto" else self.device):
             return None  # (`usable` has said why)
         return Mixer(capture=cuda)

@@ -23,7 +23,7 @@ from typing import Any
 
 from cellsearch.evaluation.job import EvaluationJob, describe, failed_results
 from cellsearch.evaluation.result import Result
-from cellsearch.executors.interleaved import InterleavedExecutor
+from cellsearch.executors.interleaved import InterleavedExecutor, on_gpu
 
 
 class ResidentEngine:
@@ -38,7 +38,7 @@ class ResidentEngine:
     def __init__(self, device: str = "cpu", data_dir: str | None = None, *,
                  mixed: bool | None = None):
         if mixed is None:
-            mixed = _on_gpu(device)
+            mixed = on_gpu(device)
         self.device, self.data_dir, self.mixed = device, data_dir, mixed
         self.jobs = self.most_at_once = 0  # for `summary`
         # (job, the caller's future, its tag), or (None, None, tags to cancel)
@@ -99,16 +99,6 @@ class ResidentEngine:
                 held.pop(inner)[1].set_result(inner.result())
 
 
-def _on_gpu(device: str) -> bool:
-    if device.startswith("cuda"):
-        return True
-    if device != "auto":
-        return False
-    import torch
-
-    return torch.cuda.is_available()
-
-
 _ENGINES: dict[tuple[Any, ...], ResidentEngine] = {}
 _ENGINES_LOCK = threading.Lock()
 
@@ -132,14 +122,15 @@ def run_job_together(job: EvaluationJob, device: str, data_dir: str | None,
 
 def cancel(tags: Collection[str]) -> None:
     """Stop the jobs of this process's engines that were handed in with these tags."""
-    with _ENGINES_LOCK:
-        engines = list(_ENGINES.values())
-    for each in engines:
+    for each in _engines():
         each.cancel(tags)
 
 
 def summaries() -> list[str]:
     """A line on each engine of this process that has trained something."""
+    return [each.summary() for each in _engines() if each.jobs]
+
+
+def _engines() -> list[ResidentEngine]:
     with _ENGINES_LOCK:
-        engines = list(_ENGINES.values())
-    return [engine.summary() for engine in engines if engine.jobs]
+        return list(_ENGINES.values())
