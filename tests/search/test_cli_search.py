@@ -397,3 +397,24 @@ def test_jobs_per_worker_is_for_dask_only(tmp_path, capsys, executor):
                            "--executor", "dask-local", "--jobs-per-worker", "0")
     assert code == 2 and "--jobs-per-worker must be at least 1, got 0" in err
     assert not (tmp_path / "x.db").exists()
+
+
+def test_a_local_dask_search_on_gpus_compares_with_the_bench_on_each_gpu(monkeypatch):
+    import argparse
+
+    from cellsearch.cli import search as search_cli
+    from cellsearch.train import reference
+
+    reference.save("cuda", "arith", {"tokens_per_second": 1e7, "population": 128})
+    monkeypatch.setattr(search_cli, "on_gpu", lambda device: device != "cpu")
+    monkeypatch.setattr("cellsearch.executors.dask.visible_gpus", lambda: ["0", "1", "2"])
+
+    def figure(executor, workers=None, device="auto"):
+        args = argparse.Namespace(quiet=False, executor=executor, workers=workers, device=device)
+        return search_cli._bench_reference(args)
+
+    assert figure("dask-local")["tokens_per_second"] == 3e7 and figure("dask-local")["gpus"] == 3
+    assert figure("dask-local", workers=2)["gpus"] == 2  # (and 8 workers still share 3 GPUs)
+    assert figure("dask-local", workers=8)["gpus"] == 3
+    assert figure("mixed")["tokens_per_second"] == 1e7 and "gpus" not in figure("mixed")
+    assert figure("dask") is None and figure("dask-local", device="cpu") is None

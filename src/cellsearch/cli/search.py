@@ -187,12 +187,22 @@ def _summary_printed(executor) -> Iterator[None]:
 
 
 def _bench_reference(args: argparse.Namespace) -> dict | None:
-    """This machine's one-cell figure for arith's shapes, when the search trains here."""
-    if args.quiet or args.executor not in ("inprocess", "interleaved", "mixed", "processes"):
+    """This machine's one-cell figure for arith's shapes, when the search trains here; with
+    `dask-local` on GPUs, times the GPUs its workers train on (`gpus`)."""
+    if args.quiet or args.executor == "dask":  # (its workers' machines are not this one)
         return None
     from cellsearch.train import reference
 
-    return reference.load(_device_kind(args.device), "arith")
+    kind = _device_kind(args.device)
+    figure = reference.load(kind, "arith")
+    if figure is None or args.executor != "dask-local":
+        return figure
+    if kind != "cuda":
+        return None  # (CPU workers train on a core each, not as the bench does)
+    from cellsearch.executors.dask import visible_gpus
+
+    gpus = min(args.workers or len(visible_gpus()), len(visible_gpus()))
+    return {**figure, "tokens_per_second": figure["tokens_per_second"] * gpus, "gpus": gpus}
 
 
 def _device_kind(device: str) -> str:
@@ -222,8 +232,9 @@ def _check_start(config: SearchConfig, args: argparse.Namespace) -> MutateFuncti
 
 class _Display:
     """A rich live progress line on stderr and one printed line per completed step. With a
-    `reference` (`train.reference`: one cell's throughput in `cellsearch bench` on this machine),
-    the tokens/s are also shown as a share of it: how much of the device the search uses."""
+    `reference` (`train.reference`: one cell's throughput in `cellsearch bench` on this machine,
+    times its `gpus` for a local Dask cluster), the tokens/s are also shown as a share of it:
+    how much of the devices the search uses."""
 
     def __init__(self, quiet: bool, reference: dict | None = None):
         self.quiet, self.reference = quiet, reference
@@ -286,8 +297,10 @@ class _Display:
             seconds = time.monotonic() - self.started
             share = ""
             if self.reference is not None:
+                gpus = self.reference.get("gpus", 1)
                 share = (f" ({self.tokens / seconds / self.reference['tokens_per_second']:.0%}"
-                         f" of bench K={self.reference['population']})")
+                         f" of bench K={self.reference['population']}"
+                         f"{f' x {gpus} GPUs' if gpus > 1 else ''})")
             progress.update(
                 self.task,
                 description=f"{event.steps_in_flight} steps running,"
