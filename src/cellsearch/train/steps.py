@@ -486,7 +486,7 @@ class Mixer:
         starting = [p for p, phase, first in self.waiting if phase == "train" and first]
         back = {id(p) for p in starting}
         ready = [p for p in starting if all(id(q) in back for q in self.cohort(p))]
-        # A new population waits a while for a cohort of its task to form again, to join it.
+        # A new population waits for a cohort of its task to form again, to join it.
         forming = {p.task.name for p in ready if id(p) in self.cohorts}
         training = {cohort[0].task.name for cohort in self.cohorts.values()}  # (one task each)
         ready = [p for p in ready if id(p) in self.cohorts or p.task.name in forming
@@ -511,11 +511,11 @@ class Mixer:
                 together = self._membership(phase, populations)
                 step = together.train_step if phase == "train" else together.eval_step
                 self.runs += 1
-                warm = step.calls >= self.warmup
                 self.members += len(populations)
                 step()
                 # (on CUDA: replayed, or just captured; a capture out of memory runs eagerly)
-                self.warm_runs += step.graph is not None if self.capture else warm
+                self.warm_runs += (step.graph is not None if self.capture
+                                   else step.calls > self.warmup)
             except Exception as error:  # noqa: BLE001 - each population's run records it
                 self.failures.update((id(p), error) for p in populations)
 
