@@ -6,19 +6,26 @@ loss, clipped SGD and their backward). At the paper's small shapes a step is bou
 launches, so this count, which needs no GPU, says what a mix costs beyond its arithmetic.
 
 Counted: aten operations that compute (views left out), with each call of one of the step's
-kernels (`mixed.TorchKernels`' methods: one Triton kernel each on a GPU) counted as one.
+kernels (`mixed.TorchKernels`' methods: one Triton kernel each on a GPU) counted as one. The
+clipped SGD is, as on a GPU, the grouped kernels of `kernels.sgd` (each launch counted, run in
+Triton's interpreter here; on a GPU one launch more: the copy of their table to the device), or
+with `--sgd own` each population's update in torch.
 
-    python benchmarks/mixed_launches.py [--cells 1,4,8,16] [--layers 2]
+    python benchmarks/mixed_launches.py [--cells 1,4,8,16] [--layers 2] [--sgd grouped|own]
 """
 
 import argparse
 import contextlib
+import os
+
+os.environ.setdefault("TRITON_INTERPRET", "1")  # (before Triton is imported; for the grouped SGD)
 
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from cellsearch.cells import zoo
 from cellsearch.engine import mixed
+from cellsearch.engine.kernels import sgd
 from cellsearch.evaluation.budget import hidden_size_for_budget
 from cellsearch.train import bench
 from cellsearch.train.model import PopulationModel
@@ -82,6 +89,21 @@ def _counting(launches: Launches) -> None:
                 _within(getattr(mixed.TorchKernels, name), launches.kernel))
     for name in ("forward", "backward"):
         setattr(mixed._Window, name, _within(getattr(mixed._Window, name), launches.window_running))
+    for name in ("_grouped_square_sums_kernel", "_grouped_scales_kernel", "_grouped_update_kernel"):
+        setattr(sgd, name, _Launched(getattr(sgd, name), launches))
+
+
+class _Launched:
+    """A Triton kernel whose every launch `launches` counts as one."""
+
+    def __init__(self, kernel, launches: Launches):
+        self.kernel, self.launches = kernel, launches
+
+    def __getitem__(self, grid):
+        def launch(*args, **kwargs):
+            with self.launches.kernel():
+                return self.kernel[grid](*args, **kwargs)
+        return launch
 
 
 def population(graph, task, layers: int, seed: int, K: int = 4) -> PopulationSteps:
@@ -101,12 +123,14 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--cells", default="1,4,8,16")
     parser.add_argument("--layers", type=int, default=2)
+    parser.add_argument("--sgd", choices=("grouped", "own"), default="grouped")
     args = parser.parse_args()
     launches = Launches()
     _counting(launches)
     task = bench._RandomTokens(40)
     names = list(zoo.PAPER_CELLS)
-    print(f"# torch {torch.__version__}; a mixed training step, {args.layers} layers, K=4 each")
+    print(f"# torch {torch.__version__}; a mixed training step, {args.layers} layers, K=4 each, "
+          f"{args.sgd} SGD")
     print("| cells | operations | in the windows | the rest | the rest per population |")
     print("|---:|---:|---:|---:|---:|")
     for cells in (int(c) for c in args.cells.split(",")):
@@ -114,7 +138,7 @@ def main() -> None:
                   for i in range(cells)]
         populations = [population(graph, task, args.layers, 10 * i)
                        for i, graph in enumerate(graphs)]
-        steps = MixedSteps(populations, capture=False)
+        steps = MixedSteps(populations, capture=False, grouped_sgd=args.sgd == "grouped")
         for steps_of_one in populations:
             steps_of_one.load(task.batch)
         steps.train_step()  # the first call makes the mix's tables

@@ -141,6 +141,24 @@ def test_the_sgd_kernels_match_torch():
     check_update(device="cuda")
 
 
+def test_the_grouped_sgd_kernels_match_torch():
+    from tests.train.sgd_checks import (
+        check_grouped_equals_the_single_kernels,
+        check_grouped_update,
+    )
+
+    check_grouped_update(device="cuda")
+    check_grouped_equals_the_single_kernels(device="cuda")
+
+
+@pytest.mark.parametrize("capture", [False, True])
+def test_mixed_steps_train_alike_with_the_grouped_sgd(capture):
+    """Captured, the grouped update replays its table of gradient addresses from the capture."""
+    from tests.train.sgd_checks import check_mixed_steps_train_alike_with_grouped_sgd
+
+    check_mixed_steps_train_alike_with_grouped_sgd(device="cuda", capture=capture)
+
+
 @pytest.mark.parametrize("name", ["lstm", "gru"])
 def test_training_with_the_sgd_kernels_follows_torchs_update(name, monkeypatch):
     from cellsearch.train import steps

@@ -1,6 +1,7 @@
 """`engine.kernels.sgd`'s kernels against the clipped SGD written out in torch (non-finite elements,
 clipped and unclipped members, a missing and a non-contiguous gradient, rows of several blocks),
-in Triton's CPU interpreter (see sgd_checks.py)."""
+the grouped update of several populations too, and a mixed step trained with it, in Triton's CPU
+interpreter (see sgd_checks.py)."""
 
 import pytest
 

@@ -372,17 +372,24 @@ class MixedSteps:
     """The training and evaluation steps of several populations, of different cells and hidden
     sizes, each as one step: their layers at each depth run together in the mixed engine
     (`engine.mixed`); training, one backward serves all, and each population then takes its own
-    clipped SGD step. On CUDA each step is captured into one CUDA graph, like a population's own.
+    clipped SGD step, all of them in one `kernels.sgd.GroupedSGD` with `grouped_sgd` (default:
+    on CUDA). On CUDA each step is captured into one CUDA graph, like a population's own.
     Each population loads its own window (`PopulationSteps.load`) beforehand; the windows share
     their shape. The numbers are those of each population's own steps, to float rounding."""
 
     def __init__(self, populations: list[PopulationSteps], capture: bool,
-                 warmup: int = WARMUP_CALLS):
+                 warmup: int = WARMUP_CALLS, grouped_sgd: bool | None = None):
         shapes = {tuple(p.mask.shape) for p in populations}
         if len(shapes) != 1:
             raise ValueError(f"populations trained together share their window shape, got "
                              f"{sorted(shapes)}")
         self.populations = populations
+        self.grouped_sgd = None
+        if grouped_sgd if grouped_sgd is not None else populations[0].mask.is_cuda:
+            from cellsearch.engine.kernels.sgd import GroupedSGD  # (imports Triton)
+
+            self.grouped_sgd = GroupedSGD([(p.parameters, p.learning_rates, p.max_norms)
+                                           for p in populations])
         self.layouts: dict = {}  # the mixes' tables, alive as long as the captured steps
         self.train_step = Captured(self._train, capture, warmup)
         self.eval_step = Captured(self._evaluate, capture, warmup)
@@ -405,10 +412,14 @@ class MixedSteps:
             p.model.train()
         objectives = [p._objective(p._stats(logits)[1])
                       for p, logits in zip(populations, self._forward(training=True))]
-        grads = iter(_gradients(torch.stack(objectives).sum(),
-                                [q for p in populations for q in p.parameters]))
+        grads = _gradients(torch.stack(objectives).sum(),
+                           [q for p in populations for q in p.parameters])
+        if self.grouped_sgd is not None:
+            self.grouped_sgd(grads)
+            return
+        rest = iter(grads)
         for p in populations:
-            p._clipped_sgd_step(list(itertools.islice(grads, len(p.parameters))))
+            p._clipped_sgd_step(list(itertools.islice(rest, len(p.parameters))))
 
     @torch.no_grad()
     def _evaluate(self) -> None:

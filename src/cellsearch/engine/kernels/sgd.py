@@ -12,9 +12,17 @@ gradient applies the update, so a step reads each gradient twice and writes only
 arith's K=512 (128M parameters) or PTB's K=64 (300M) that is most of the update's memory traffic.
 The block sums add up in a fixed order, so the update is deterministic. Same values as the torch
 code to float rounding.
+
+`GroupedSGD` updates many populations at once, as a mixed step's (`steps.MixedSteps`) must: in
+three launches whatever their number, where the torch update launches about eight per
+population, plus a copy of every gradient that autograd leaves strided (a group's matrices,
+concatenated for one product; a narrow population's corner of a mix's padded matrices). Each
+program finds its gradient through a table of addresses and strides, filled anew each call.
 """
 
 from __future__ import annotations
+
+from collections.abc import Sequence
 
 import torch
 import triton
@@ -73,3 +81,123 @@ def _rows(grad: torch.Tensor, K: int) -> torch.Tensor:
     """`grad` as (K, size) rows whose elements are contiguous (the kernels step rows only)."""
     rows = grad.reshape(K, -1)
     return rows if rows.stride(1) == 1 else rows.contiguous()
+
+
+# -- many populations at once ---------------------------------------------------------------------
+
+# A gradient's table row: address, strides (member, row, column), rows, columns, then its
+# parameter's address and member stride (a member's elements contiguous).
+ITEM = tl.constexpr(8)
+SCALE_CHUNK = 1024  # block sums a scale's program adds per pass
+
+
+@triton.jit
+def _gradient_block(item, k, start, BLOCK: tl.constexpr):
+    """Member k's gradient elements start.. of table row `item` (non-finite ones as 0), their
+    indexes and mask."""
+    grad = tl.load(item).to(tl.pointer_type(tl.float32))
+    columns = tl.load(item + 5)
+    offsets = start + tl.arange(0, BLOCK)
+    mask = offsets < tl.load(item + 4) * columns
+    g = tl.load(grad + k * tl.load(item + 1) + offsets // columns * tl.load(item + 2)
+                + offsets % columns * tl.load(item + 3), mask=mask, other=0.0)
+    return tl.where(tl.abs(g) < float("inf"), g, 0.0), offsets, mask
+
+
+@triton.jit
+def _grouped_square_sums_kernel(programs, items, sums, BLOCK: tl.constexpr):
+    program = programs + tl.program_id(0).to(tl.int64) * 4  # (item, member, start, sum slot)
+    g, _, _ = _gradient_block(items + tl.load(program) * ITEM, tl.load(program + 1),
+                              tl.load(program + 2), BLOCK)
+    tl.store(sums + tl.load(program + 3), tl.sum(g * g, 0))
+
+
+@triton.jit
+def _grouped_scales_kernel(sums, members, scales, width, CHUNK: tl.constexpr):
+    m = tl.program_id(0).to(tl.int64)
+    member = members + m * 3  # (its rate's address, its max norm's, its count of block sums)
+    count = tl.load(member + 2)
+    total = tl.zeros((CHUNK,), tl.float32)
+    for start in range(0, count, CHUNK):
+        offsets = start + tl.arange(0, CHUNK)
+        total += tl.load(sums + m * width + offsets, mask=offsets < count, other=0.0)
+    norm = tl.sqrt(tl.sum(total, 0))
+    rate = tl.load(tl.load(member).to(tl.pointer_type(tl.float32)))
+    max_norm = tl.load(tl.load(member + 1).to(tl.pointer_type(tl.float32)))
+    tl.store(scales + m, rate * tl.minimum(max_norm / (norm + 1e-6), 1.0))
+
+
+@triton.jit
+def _grouped_update_kernel(programs, items, scales, width, BLOCK: tl.constexpr):
+    program = programs + tl.program_id(0).to(tl.int64) * 4
+    item, k = items + tl.load(program) * ITEM, tl.load(program + 1)
+    g, offsets, mask = _gradient_block(item, k, tl.load(program + 2), BLOCK)
+    param = tl.load(item + 6).to(tl.pointer_type(tl.float32)) + k * tl.load(item + 7) + offsets
+    scale = tl.load(scales + tl.load(program + 3) // width)
+    tl.store(param, tl.load(param, mask=mask) - scale * g, mask=mask)
+
+
+class GroupedSGD:
+    """The clipped SGD of several populations, each with its own parameters, learning rates and
+    max norms, in three launches (and one copy of a small table) whatever their number; the same
+    update as `clipped_sgd_` per population. Built once for the populations (each parameter
+    (K, ...) float32 with each member's elements contiguous, as `steps`' flat parameters are;
+    rates and norms (K,) tensors that stay put), then called with every population's gradients
+    in turn, in its parameters' order."""
+
+    def __init__(self, populations: Sequence[tuple[Sequence[torch.Tensor], torch.Tensor,
+                                                    torch.Tensor]]):
+        self.parameters = [p for parameters, _, _ in populations for p in parameters]
+        if any(p.dtype != torch.float32 or not p[0].is_contiguous() for p in self.parameters):
+            raise ValueError("grouped SGD takes float32 parameters, each member's contiguous")
+        programs, members, first = [], [], 0
+        for parameters, rates, max_norms in populations:
+            for k in range(rates.shape[0]):
+                count = 0
+                for index, p in enumerate(parameters, start=first):
+                    for start in range(0, p[0].numel(), BLOCK):
+                        programs.append([index, k, start, len(members), count])
+                        count += 1
+                members.append([_address(rates, k), _address(max_norms, k), count])
+            first += len(parameters)
+        device = self.parameters[0].device
+        self.width = max(count for _, _, count in members)  # block sums a member, at most
+        for program in programs:  # its block sum's slot: (member, count) in rows of `width`
+            program[3:] = [program[3] * self.width + program[4]]
+        self.programs = torch.tensor(programs, dtype=torch.int64, device=device)
+        self.members = torch.tensor(members, dtype=torch.int64, device=device)
+        self.sums = torch.empty(len(members) * self.width, device=device)
+        self.scales = torch.empty(len(members), device=device)
+        self.table: torch.Tensor | None = None  # (a captured copy reads it at every replay)
+
+    def __call__(self, grads: Sequence[torch.Tensor | None]) -> None:
+        items = self._items(grads)
+        _grouped_square_sums_kernel[(len(self.programs),)](self.programs, items, self.sums,
+                                                           BLOCK=BLOCK)
+        _grouped_scales_kernel[(len(self.members),)](self.sums, self.members, self.scales,
+                                                     self.width, CHUNK=SCALE_CHUNK)
+        _grouped_update_kernel[(len(self.programs),)](self.programs, items, self.scales,
+                                                      self.width, BLOCK=BLOCK)
+
+    def _items(self, grads: Sequence[torch.Tensor | None]) -> torch.Tensor:
+        """The gradients' table on the device. Their addresses change from call to call but for
+        a captured step, whose copy of the table replays from the same host memory."""
+        rows = []
+        for p, g in zip(self.parameters, grads, strict=True):
+            if g is None:  # no gradient: no elements (its block sums are 0)
+                rows.append([0, 0, 0, 0, 0, 1, p.data_ptr(), p.stride(0)])
+                continue
+            if g.dtype != torch.float32 or g.shape != p.shape:
+                raise ValueError(f"a gradient {g.dtype} {tuple(g.shape)} for a parameter "
+                                 f"{p.dtype} {tuple(p.shape)}")
+            g = g.unsqueeze(1) if g.dim() == 2 else g if g.dim() == 3 else g.reshape(len(g), 1, -1)
+            rows.append([g.data_ptr(), *g.stride(), *g.shape[1:], p.data_ptr(), p.stride(0)])
+        table = torch.tensor(rows, dtype=torch.int64)
+        if self.programs.device.type != "cuda":
+            return table
+        self.table = table.pin_memory()
+        return self.table.to(self.programs.device, non_blocking=True)
+
+
+def _address(tensor: torch.Tensor, index: int) -> int:
+    return tensor.data_ptr() + index * tensor.stride(0) * tensor.element_size()
