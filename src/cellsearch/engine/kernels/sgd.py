@@ -168,7 +168,13 @@ class GroupedSGD:
         self.members = torch.tensor(members, dtype=torch.int64, device=device)
         self.sums = torch.empty(len(members) * self.width, device=device)
         self.scales = torch.empty(len(members), device=device)
-        self.table: torch.Tensor | None = None  # (a captured copy reads it at every replay)
+        # The gradients' table, written on the host and copied to the device each call. The
+        # host side is allocated once, pinned: a captured step's copy replays from it.
+        cuda = device.type == "cuda"
+        self.host = torch.empty(len(self.parameters), ITEM.value, dtype=torch.int64,
+                                pin_memory=cuda)
+        self.items = self.host.to(device) if cuda else self.host
+        self.copied: torch.cuda.Event | None = None  # the last eager call's copy
 
     def __call__(self, grads: Sequence[torch.Tensor | None]) -> None:
         items = self._items(grads)
@@ -180,8 +186,8 @@ class GroupedSGD:
                                                       self.width, BLOCK=BLOCK)
 
     def _items(self, grads: Sequence[torch.Tensor | None]) -> torch.Tensor:
-        """The gradients' table on the device. Their addresses change from call to call but for
-        a captured step, whose copy of the table replays from the same host memory."""
+        """The gradients' table on the device. Their addresses change from call to call, but
+        for a captured step's replays, which copy the table written when it was captured."""
         rows = []
         for p, g in zip(self.parameters, grads, strict=True):
             if g is None:  # no gradient: no elements (its block sums are 0)
@@ -192,11 +198,20 @@ class GroupedSGD:
                                  f"{p.dtype} {tuple(p.shape)}")
             g = g.unsqueeze(1) if g.dim() == 2 else g if g.dim() == 3 else g.reshape(len(g), 1, -1)
             rows.append([g.data_ptr(), *g.stride(), *g.shape[1:], p.data_ptr(), p.stride(0)])
-        table = torch.tensor(rows, dtype=torch.int64)
-        if self.programs.device.type != "cuda":
-            return table
-        self.table = table.pin_memory()
-        return self.table.to(self.programs.device, non_blocking=True)
+        if not self.items.is_cuda:
+            self.items.copy_(torch.tensor(rows, dtype=torch.int64))
+            return self.items
+        capturing = torch.cuda.is_current_stream_capturing()
+        if self.copied is not None and not capturing:
+            self.copied.synchronize()  # the last call's copy has read the host table
+        self.host.copy_(torch.tensor(rows, dtype=torch.int64))
+        self.items.copy_(self.host, non_blocking=True)
+        # (no event in a capture: one recorded there cannot be waited for outside it; a capture
+        # that failed ran no copy, and after one that succeeded only replays copy the table)
+        self.copied = None if capturing else torch.cuda.Event()
+        if self.copied is not None:
+            self.copied.record()
+        return self.items
 
 
 def _address(tensor: torch.Tensor, index: int) -> int:
