@@ -147,8 +147,11 @@ def test_the_grouped_sgd_kernels_match_torch():
         check_grouped_update,
     )
 
+    from cellsearch.engine.kernels.sgd import grouped_usable
+
     check_grouped_update(device="cuda")
     check_grouped_equals_the_single_kernels(device="cuda")
+    assert grouped_usable("cuda")  # (else mixed steps update each population alone)
 
 
 @pytest.mark.parametrize("capture", [False, True])

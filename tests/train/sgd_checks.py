@@ -142,10 +142,30 @@ def check_mixed_steps_train_alike_with_grouped_sgd(device: str = "cpu", capture:
         torch.testing.assert_close(grouped, own, rtol=1e-4, atol=1e-5)
 
 
+def check_usable_where_it_agrees_and_says_why_where_not() -> None:
+    import warnings
+
+    from cellsearch.engine.kernels import sgd
+
+    assert sgd.grouped_usable("cpu")
+    sgd.grouped_usable.cache_clear()
+    real = sgd.GroupedSGD.__call__
+    sgd.GroupedSGD.__call__ = lambda self, grads: None  # an update that does nothing
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            assert not sgd.grouped_usable("cpu")
+        assert "disagrees with torch's update" in str(caught[0].message)
+    finally:
+        sgd.GroupedSGD.__call__ = real
+        sgd.grouped_usable.cache_clear()
+
+
 if __name__ == "__main__":
     check_update()
     check_zero_gradient_keeps_parameters()
     check_grouped_update()
     check_grouped_equals_the_single_kernels()
     check_mixed_steps_train_alike_with_grouped_sgd()
+    check_usable_where_it_agrees_and_says_why_where_not()
     print("all checks passed")

@@ -142,6 +142,12 @@ def _out_of_memory(error: BaseException | None) -> bool:
     return False
 
 
+def _grouped_usable(device: str) -> bool:
+    from cellsearch.engine.kernels.sgd import grouped_usable  # (imports Triton)
+
+    return grouped_usable(device)
+
+
 def _gradients(objective: torch.Tensor, parameters: list[torch.Tensor]) -> list:
     """The objective's gradient for each parameter (None where it depends on none), as autograd
     forms it: not through `.grad`, whose accumulation would copy each gradient into its
@@ -373,9 +379,10 @@ class MixedSteps:
     sizes, each as one step: their layers at each depth run together in the mixed engine
     (`engine.mixed`); training, one backward serves all, and each population then takes its own
     clipped SGD step, all of them in one `kernels.sgd.GroupedSGD` with `grouped_sgd` (default:
-    on CUDA). On CUDA each step is captured into one CUDA graph, like a population's own.
-    Each population loads its own window (`PopulationSteps.load`) beforehand; the windows share
-    their shape. The numbers are those of each population's own steps, to float rounding."""
+    on CUDA, where its kernels work). On CUDA each step is captured into one CUDA graph, like a
+    population's own. Each population loads its own window (`PopulationSteps.load`) beforehand;
+    the windows share their shape. The numbers are those of each population's own steps, to
+    float rounding."""
 
     def __init__(self, populations: list[PopulationSteps], capture: bool,
                  warmup: int = WARMUP_CALLS, grouped_sgd: bool | None = None):
@@ -385,7 +392,10 @@ class MixedSteps:
                              f"{sorted(shapes)}")
         self.populations = populations
         self.grouped_sgd = None
-        if grouped_sgd if grouped_sgd is not None else populations[0].mask.is_cuda:
+        device = populations[0].mask.device
+        if grouped_sgd is None:
+            grouped_sgd = device.type == "cuda" and _grouped_usable(str(device))
+        if grouped_sgd:
             from cellsearch.engine.kernels.sgd import GroupedSGD  # (imports Triton)
 
             self.grouped_sgd = GroupedSGD([(p.parameters, p.learning_rates, p.max_norms)

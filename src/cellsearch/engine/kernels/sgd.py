@@ -22,6 +22,8 @@ program finds its gradient through a table of addresses and strides, filled anew
 
 from __future__ import annotations
 
+import functools
+import warnings
 from collections.abc import Sequence
 
 import torch
@@ -216,3 +218,32 @@ class GroupedSGD:
 
 def _address(tensor: torch.Tensor, index: int) -> int:
     return tensor.data_ptr() + index * tensor.stride(0) * tensor.element_size()
+
+
+@functools.cache
+def grouped_usable(device: str) -> bool:
+    """Whether `GroupedSGD` works on `device`: two small populations, one clipped, one gradient
+    strided, give the torch update's parameters. Checked once per process; when not, says why
+    in a warning."""
+    try:
+        generator = torch.Generator().manual_seed(0)
+        populations, expected = [], []
+        for K, shape in ((2, (3, 5)), (1, (4,))):
+            parameters = torch.randn(K, *shape, generator=generator).to(device)
+            grad = torch.randn(K, *shape[::-1], generator=generator).to(device).transpose(1, -1)
+            rates = torch.full((K,), 0.5, device=device)
+            max_norms = torch.full((K,), 1.0, device=device)
+            norms = grad.flatten(1).norm(dim=1)
+            scale = rates * torch.clamp(max_norms / (norms + 1e-6), max=1.0)
+            expected.append(parameters - scale.view(-1, *[1] * len(shape)) * grad)
+            populations.append(([parameters], rates, max_norms, grad))
+        GroupedSGD([(ps, r, n) for ps, r, n, _ in populations])([g for *_, g in populations])
+        if all(torch.allclose(ps[0], e, rtol=1e-4, atol=1e-6)
+               for (ps, *_), e in zip(populations, expected)):
+            return True
+        problem = "it disagrees with torch's update"
+    except Exception as error:  # noqa: BLE001 - any failure means: do not use it
+        problem = f"{type(error).__name__}: {error}"
+    warnings.warn(f"the grouped SGD kernels are not usable on {device} ({problem}); each "
+                  f"population of a mixed step takes its own update", RuntimeWarning, stacklevel=2)
+    return False
