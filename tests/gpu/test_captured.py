@@ -142,12 +142,11 @@ def test_the_sgd_kernels_match_torch():
 
 
 def test_the_grouped_sgd_kernels_match_torch():
+    from cellsearch.engine.kernels.sgd import grouped_usable
     from tests.train.sgd_checks import (
         check_grouped_equals_the_single_kernels,
         check_grouped_update,
     )
-
-    from cellsearch.engine.kernels.sgd import grouped_usable
 
     check_grouped_update(device="cuda")
     check_grouped_equals_the_single_kernels(device="cuda")
