@@ -58,3 +58,19 @@ def test_the_wider_search_part_runs_with_64_steps_in_flight(tmp_path):
     with sqlite3.connect(tmp_path / "search-mixed-64.db") as database:
         stored = json.loads(database.execute("SELECT config FROM runs").fetchone()[0])
     assert stored["steps_in_flight"] == 64
+
+
+
+def test_the_command_without_the_grouped_sgd_runs_the_cli_with_the_mixed_steps_own_updates():
+    sys.path.insert(0, str(CAMPAIGN.parent))
+    try:
+        import gpu_campaign
+    finally:
+        sys.path.remove(str(CAMPAIGN.parent))
+    setup = gpu_campaign.OWN_SGD.split("from cellsearch.cli")[0]
+    probe = subprocess.run([sys.executable, "-c", setup + "print(steps._grouped_usable('cuda'))"],
+                           capture_output=True, text=True, check=True)
+    assert probe.stdout.strip() == "False"
+    listed = gpu_campaign.cellsearch("cells", "list", own_sgd=True, check=True)
+    assert listed.stdout == gpu_campaign.cellsearch("cells", "list", check=True).stdout
+    assert "lstm" in listed.stdout
