@@ -130,6 +130,17 @@ def test_populations_trained_together_share_their_window_shape():
         MixedSteps([first, other], capture=False)
 
 
+def test_a_mixed_step_runs_eagerly_before_it_is_captured():
+    """(Its first training step builds the grouped SGD's tables, which a capture cannot.)"""
+    from cellsearch.train.steps import MixedSteps
+
+    task = Memorize(seed=0, epoch_windows=2, valid_samples=30, test_samples=30)
+    population = _population(task, zoo.get("lstm"), 1, 4, 1, 0)
+    with pytest.raises(ValueError, match="eagerly at least once"):
+        MixedSteps([population], capture=True, warmup=0)
+    assert MixedSteps([population], capture=False, warmup=0).use_grouped_sgd is False  # (a CPU)
+
+
 class _Graph:
     def __init__(self, body):
         self.body = body

@@ -390,16 +390,14 @@ class MixedSteps:
         if len(shapes) != 1:
             raise ValueError(f"populations trained together share their window shape, got "
                              f"{sorted(shapes)}")
+        if capture and warmup < 1:
+            raise ValueError("a mixed step runs eagerly at least once before it is captured")
         self.populations = populations
-        self.grouped_sgd = None
         device = populations[0].mask.device
         if grouped_sgd is None:
             grouped_sgd = device.type == "cuda" and _grouped_usable(str(device))
-        if grouped_sgd:
-            from cellsearch.engine.kernels.sgd import GroupedSGD  # (imports Triton)
-
-            self.grouped_sgd = GroupedSGD([(p.parameters, p.learning_rates, p.max_norms)
-                                           for p in populations])
+        self.use_grouped_sgd = grouped_sgd
+        self.grouped_sgd = None  # made by the first training step, which runs eagerly
         self.layouts: dict = {}  # the mixes' tables, alive as long as the captured steps
         self.train_step = Captured(self._train, capture, warmup)
         self.eval_step = Captured(self._evaluate, capture, warmup)
@@ -424,7 +422,12 @@ class MixedSteps:
                       for p, logits in zip(populations, self._forward(training=True))]
         grads = _gradients(torch.stack(objectives).sum(),
                            [q for p in populations for q in p.parameters])
-        if self.grouped_sgd is not None:
+        if self.use_grouped_sgd:
+            if self.grouped_sgd is None:
+                from cellsearch.engine.kernels.sgd import GroupedSGD  # (imports Triton)
+
+                self.grouped_sgd = GroupedSGD([(p.parameters, p.learning_rates, p.max_norms)
+                                               for p in populations])
             self.grouped_sgd(grads)
             return
         rest = iter(grads)
