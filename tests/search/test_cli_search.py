@@ -370,6 +370,20 @@ def test_the_mixed_executor_trains_a_search_from_the_command_line(tmp_path, caps
     assert float(mixing[4]) >= 1
 
 
+def test_the_default_executor_on_a_gpu_points_to_the_mixed_one(tmp_path, capsys, monkeypatch):
+    from cellsearch.cli import search as search_cli
+
+    argv = ["search", "--preset", "tiny", *FAKES, "--set", "max_steps=0", "--device", "cpu"]
+    code, _, err = run_cli(capsys, *argv, "--db", str(tmp_path / "cpu.db"))
+    assert code == 0 and "note:" not in err
+    monkeypatch.setattr(search_cli, "_device_kind", lambda device: "cuda")
+    code, _, err = run_cli(capsys, *argv, "--db", str(tmp_path / "gpu.db"))
+    assert code == 0 and "leaves a GPU mostly idle; --executor mixed" in err
+    code, _, err = run_cli(capsys, *argv, "--db", str(tmp_path / "chosen.db"),
+                           "--executor", "inprocess")
+    assert code == 0 and "note:" not in err  # (chosen, not defaulted to)
+
+
 @pytest.mark.slow
 def test_dask_workers_train_jobs_together_from_the_command_line(tmp_path, capsys):
     pytest.importorskip("distributed")

@@ -80,7 +80,8 @@ def register(subparsers) -> None:
     )
     search.add_argument("--device", default="auto", help="auto, cpu or cuda (default auto)")
     search.add_argument(
-        "--executor", choices=EXECUTORS, default="inprocess", help="where evaluations run"
+        "--executor", choices=EXECUTORS, default=None,
+        help="where evaluations run (default inprocess: one step's evaluations at a time)",
     )
     search.add_argument(
         "--workers", type=int, default=None,
@@ -125,6 +126,13 @@ def run_search_command(args: argparse.Namespace) -> int:
         return 0
     if not args.db:
         raise UserError("search needs --db FILE (or --list-settings)")
+    if args.executor is None:
+        args.executor = "inprocess"
+        if _device_kind(args.device) == "cuda" and not args.quiet:
+            print("cellsearch: note: the default executor trains one step's evaluations at a"
+                  " time, which leaves a GPU mostly idle; --executor mixed trains many steps'"
+                  " together in shared launches (see the README's Commands)",
+                  file=sys.stderr)
     executor = make_executor(
         args.executor, workers=args.workers, device=args.device, data_dir=args.data_dir,
         scheduler=args.scheduler, jobs_per_worker=args.jobs_per_worker,
