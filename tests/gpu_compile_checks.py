@@ -1,0 +1,147 @@
+"""Every kind of Triton kernel the package launches on a GPU, compiled for an H100 (sm_90) on a
+machine without one, by running the code that launches them: run by test_gpu_compile.py in a
+process of its own. Triton's CPU interpreter, which the other kernel tests use, runs what the
+compiler may refuse (types that do not unify, unsupported operations); a GPU session is too
+scarce to find that out there.
+
+Triton's active driver is replaced by one that only names the target, and every launch only
+compiles (as `JITFunction.warmup` does): the kernels run nowhere, so the values computed here
+mean nothing; what counts is that each kernel compiled to a cubin."""
+
+from __future__ import annotations
+
+import os
+import random
+
+assert "TRITON_INTERPRET" not in os.environ, "compiles, so not under the interpreter"
+
+import torch
+from triton.backends.compiler import GPUTarget
+from triton.runtime import driver, jit
+
+TARGET = GPUTarget("cuda", 90, 32)  # an H100
+
+
+class CompileOnly:
+    """The little of a driver that compiling asks for."""
+
+    def get_current_device(self) -> int:
+        return 0
+
+    def get_current_stream(self, device=None) -> int:
+        return 0
+
+    def get_current_target(self) -> GPUTarget:
+        return TARGET
+
+    def is_active(self) -> bool:
+        return True
+
+
+compiled: dict[str, bool] = {}  # kernel name -> whether every compile of it gave a cubin
+
+
+def compiling_only() -> None:
+    driver.set_active(CompileOnly())
+    launch = jit.JITFunction.run
+
+    def run(self, *args, grid, warmup, **kwargs):
+        kernel = launch(self, *args, grid=grid, warmup=True, **kwargs)
+        name = self.fn.__name__
+        compiled[name] = compiled.get(name, True) and "cubin" in kernel.asm
+        return kernel
+
+    jit.JITFunction.run = run
+
+
+def graphs():
+    from cellsearch.cells import zoo
+    from cellsearch.cells.mutate import mutate
+
+    yield from (zoo.get(name) for name in ("lstm", "gru", "mut1"))
+    yield mutate(zoo.get("gru"), random.Random(1)).graph
+
+
+def parameters(graph, K: int, n: int) -> dict[str, torch.Tensor]:
+    from cellsearch.engine.nn import parameter_shape
+
+    return {node.param: torch.randn(K, *parameter_shape(node, n)).requires_grad_()
+            for node in graph.parameters}
+
+
+def backward(outputs) -> None:
+    leaves = [t for t in outputs if t.requires_grad]
+    torch.autograd.backward(leaves, [torch.ones_like(t) for t in leaves])
+
+
+def check_the_fused_kernels() -> None:
+    """Each mode's forward and backward kernels (`kernels.fused`, `kernels.persistent`)."""
+    from cellsearch.engine.kernels.fused import MODES, run_fused
+    from cellsearch.engine.plan import plan
+
+    for graph in graphs():
+        for mode in MODES:
+            x = torch.randn(2, 3, 4, 16).requires_grad_()
+            state = tuple(torch.zeros(2, 4, 16) for _ in graph.states)
+            outputs, final = run_fused(plan(graph), parameters(graph, 2, 16), x, state, mode=mode)
+            backward([outputs, *final])
+
+
+def check_the_mixed_kernels() -> None:
+    """The mixed engine's step kernels, forward and backward, float32 (TF32 products)."""
+    from cellsearch.engine.mixed import Layer, run_mixed
+    from cellsearch.engine.plan import plan
+
+    layers = []
+    for index, graph in enumerate(graphs()):
+        K, n = 1 + index % 3, 8 + 5 * index
+        x = torch.randn(K, 3, 4, n).requires_grad_()
+        state = tuple(torch.zeros(K, 4, n) for _ in graph.states)
+        layers.append(Layer(plan(graph), parameters(graph, K, n), x, state))
+    backward([t for outputs, final in run_mixed(layers, kernel="triton")
+              for t in (outputs, *final)])
+
+
+def check_the_loss_kernels() -> None:
+    from cellsearch.engine.kernels.cross_entropy import softmax_cross_entropy
+
+    for bias in (None, torch.randn(2, 40).requires_grad_()):
+        logits = torch.randn(3, 2, 4, 40).requires_grad_()
+        nll, _ = softmax_cross_entropy(logits, torch.randint(0, 40, (3, 4)), bias)
+        backward([nll])
+
+
+def check_the_sgd_kernels() -> None:
+    from cellsearch.engine.kernels.sgd import GroupedSGD, clipped_sgd_
+
+    flat = torch.randn(2, 30)
+    grads = [torch.randn(2, 5, 4).transpose(1, 2), torch.randn(2, 10)]
+    clipped_sgd_(flat, [20, 10], grads, torch.ones(2), torch.ones(2))
+    parameters_ = [flat[:, :20].view(2, 4, 5), flat[:, 20:]]
+    GroupedSGD([(parameters_, torch.ones(2), torch.ones(2))])(grads)
+
+
+def in_tf32(check) -> None:
+    """`check` with the products in TF32, as training on a GPU runs them (`train.evaluate` allows
+    TF32), where a CPU tensor's would be IEEE."""
+    from cellsearch.engine.kernels import codegen, fused
+
+    ieee = codegen.matmul_precision
+    codegen.matmul_precision = fused.matmul_precision = lambda reference: "tf32"
+    try:
+        check()
+    finally:
+        codegen.matmul_precision = fused.matmul_precision = ieee
+
+
+if __name__ == "__main__":
+    compiling_only()
+    for products in (lambda check: check(), in_tf32):
+        products(check_the_fused_kernels)
+        products(check_the_mixed_kernels)
+    check_the_loss_kernels()
+    check_the_sgd_kernels()
+    failed = sorted(name for name, ok in compiled.items() if not ok)
+    assert not failed, f"compiled without a cubin: {failed}"
+    print(f"compiled for sm_90: {', '.join(sorted(compiled))}")
+    print("all checks passed")
