@@ -203,15 +203,15 @@ class GroupedSGD:
         if not self.items.is_cuda:
             self.items.copy_(torch.tensor(rows, dtype=torch.int64))
             return self.items
-        capturing = torch.cuda.is_current_stream_capturing()
-        if self.copied is not None and not capturing:
-            self.copied.synchronize()  # the last call's copy has read the host table
+        if self.copied is not None:  # (also while capturing: the steps capture "relaxed")
+            self.copied.synchronize()  # the last eager call's copy has read the host table
         self.host.copy_(torch.tensor(rows, dtype=torch.int64))
         self.items.copy_(self.host, non_blocking=True)
-        # (no event in a capture: one recorded there cannot be waited for outside it; a capture
-        # that failed ran no copy, and after one that succeeded only replays copy the table)
-        self.copied = None if capturing else torch.cuda.Event()
-        if self.copied is not None:
+        # No event in a capture: one recorded there cannot be waited for outside it. A capture
+        # that failed copied nothing, and after one that succeeded only its replays copy.
+        self.copied = None
+        if not torch.cuda.is_current_stream_capturing():
+            self.copied = torch.cuda.Event()
             self.copied.record()
         return self.items
 
