@@ -6,7 +6,11 @@ scarce to find that out there.
 
 Triton's active driver is replaced by one that only names the target, and every launch only
 compiles (as `JITFunction.warmup` does): the kernels run nowhere, so the values computed here
-mean nothing; what counts is that each kernel compiled to a cubin."""
+mean nothing; what counts is that each kernel compiled to a cubin.
+
+    python -m tests.gpu_compile_checks              (the test's checks)
+    python -m tests.gpu_compile_checks --sweep 40   (the zoo and 3 x 40 mutants' kernels)
+"""
 
 from __future__ import annotations
 
@@ -74,17 +78,48 @@ def backward(outputs) -> None:
     torch.autograd.backward(leaves, [torch.ones_like(t) for t in leaves])
 
 
-def check_the_fused_kernels() -> None:
+def check_the_fused_kernels(cells=None) -> None:
     """Each mode's forward and backward kernels (`kernels.fused`, `kernels.persistent`)."""
-    from cellsearch.engine.kernels.fused import MODES, run_fused
+    from cellsearch.engine.kernels.fused import MODES
+
+    for graph in cells or graphs():
+        for mode in MODES:
+            compile_fused(graph, mode)
+
+
+def compile_fused(graph, mode: str) -> None:
+    from cellsearch.engine.kernels.fused import run_fused
     from cellsearch.engine.plan import plan
 
-    for graph in graphs():
-        for mode in MODES:
-            x = torch.randn(2, 3, 4, 16).requires_grad_()
-            state = tuple(torch.zeros(2, 4, 16) for _ in graph.states)
-            outputs, final = run_fused(plan(graph), parameters(graph, 2, 16), x, state, mode=mode)
-            backward([outputs, *final])
+    x = torch.randn(2, 3, 4, 16).requires_grad_()
+    state = tuple(torch.zeros(2, 4, 16) for _ in graph.states)
+    outputs, final = run_fused(plan(graph), parameters(graph, 2, 16), x, state, mode=mode)
+    backward([outputs, *final])
+
+
+def sweep(mutants: int) -> None:
+    """Wider than the test: every zoo cell and `mutants` mutants each of the GRU, MUT3 and the
+    LSTM (a search meets thousands), every mode, IEEE and TF32; prints each failure and a
+    count instead of stopping at the first (benchmarks/RESULTS.md records a run)."""
+    from cellsearch.cells import zoo
+    from cellsearch.cells.equations import format_graph
+    from cellsearch.cells.mutate import mutate
+    from cellsearch.engine.kernels.fused import MODES
+
+    cells = [zoo.get(name) for name in zoo.names()] + [
+        mutate(zoo.get(parent), random.Random(seed)).graph
+        for parent in ("gru", "mut3", "lstm") for seed in range(mutants)]
+    failures = 0
+    for products in (lambda check: check(), in_tf32):
+        for graph in cells:
+            for mode in MODES:
+                try:
+                    products(lambda graph=graph, mode=mode: compile_fused(graph, mode))
+                except Exception as error:  # noqa: BLE001 - each failure reported, then counted
+                    failures += 1
+                    print(f"FAILED {mode}: {format_graph(graph)!r}: {str(error)[:300]}")
+    print(f"{len(cells)} cells x {len(MODES)} modes x 2 precisions: {failures} failed; "
+          f"{len(compiled)} kernels by name")
 
 
 def check_the_mixed_kernels() -> None:
@@ -135,7 +170,12 @@ def in_tf32(check) -> None:
 
 
 if __name__ == "__main__":
+    import sys
+
     compiling_only()
+    if sys.argv[1:2] == ["--sweep"]:
+        sweep(int(sys.argv[2]))
+        raise SystemExit(0)
     for products in (lambda check: check(), in_tf32):
         products(check_the_fused_kernels)
         products(check_the_mixed_kernels)
