@@ -152,21 +152,23 @@ class GroupedSGD:
         self.parameters = [p for parameters, _, _ in populations for p in parameters]
         if any(p.dtype != torch.float32 or not p[0].is_contiguous() for p in self.parameters):
             raise ValueError("grouped SGD takes float32 parameters, each member's contiguous")
-        programs, members, first = [], [], 0
+        # (the tables below hold the rates' and norms' addresses: kept alive with them)
+        self.rates = [(rates, max_norms) for _, rates, max_norms in populations]
+        programs, members, first = [], [], 0  # programs: (item, member k, start, m, its count)
         for parameters, rates, max_norms in populations:
             for k in range(rates.shape[0]):
                 count = 0
                 for index, p in enumerate(parameters, start=first):
                     for start in range(0, p[0].numel(), BLOCK):
-                        programs.append([index, k, start, len(members), count])
+                        programs.append((index, k, start, len(members), count))
                         count += 1
                 members.append([_address(rates, k), _address(max_norms, k), count])
             first += len(parameters)
         device = self.parameters[0].device
         self.width = max(count for _, _, count in members)  # block sums a member, at most
-        for program in programs:  # its block sum's slot: (member, count) in rows of `width`
-            program[3:] = [program[3] * self.width + program[4]]
-        self.programs = torch.tensor(programs, dtype=torch.int64, device=device)
+        # each program's block sum goes to slot (m, count) of rows of `width`
+        self.programs = torch.tensor([(i, k, s, m * self.width + c) for i, k, s, m, c in programs],
+                                     dtype=torch.int64, device=device)
         self.members = torch.tensor(members, dtype=torch.int64, device=device)
         self.sums = torch.empty(len(members) * self.width, device=device)
         self.scales = torch.empty(len(members), device=device)
@@ -222,17 +224,17 @@ def _address(tensor: torch.Tensor, index: int) -> int:
 
 @functools.cache
 def grouped_usable(device: str) -> bool:
-    """Whether `GroupedSGD` works on `device`: two small populations, one clipped, one gradient
+    """Whether `GroupedSGD` works on `device`: two small populations, one clipped, a gradient
     strided, give the torch update's parameters. Checked once per process; when not, says why
     in a warning."""
     try:
         generator = torch.Generator().manual_seed(0)
         populations, expected = [], []
-        for K, shape in ((2, (3, 5)), (1, (4,))):
+        for K, shape, max_norm in ((2, (3, 5), 1e3), (1, (4,), 1.0)):  # the second clipped
             parameters = torch.randn(K, *shape, generator=generator).to(device)
             grad = torch.randn(K, *shape[::-1], generator=generator).to(device).transpose(1, -1)
             rates = torch.full((K,), 0.5, device=device)
-            max_norms = torch.full((K,), 1.0, device=device)
+            max_norms = torch.full((K,), max_norm, device=device)
             norms = grad.flatten(1).norm(dim=1)
             scale = rates * torch.clamp(max_norms / (norms + 1e-6), max=1.0)
             expected.append(parameters - scale.view(-1, *[1] * len(shape)) * grad)
