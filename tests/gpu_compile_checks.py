@@ -43,6 +43,14 @@ class CompileOnly:
 
 
 compiled: dict[str, bool] = {}  # kernel name -> whether every compile of it gave a cubin
+EXPECTED = {  # every kernel function of the package (the generated ones by their names)
+    "forward_kernel", "backward_kernel",  # fused, per step and persistent
+    "instructions_kernel", "instructions_backward_kernel", "matmul_kernel",
+    "matmul_backward_kernel",  # mixed
+    "_forward_kernel", "_backward_kernel",  # cross_entropy
+    "_square_sums_kernel", "_update_kernel", "_grouped_square_sums_kernel",
+    "_grouped_scales_kernel", "_grouped_update_kernel",  # sgd
+}
 
 
 def compiling_only() -> None:
@@ -110,11 +118,11 @@ def sweep(mutants: int) -> None:
         mutate(zoo.get(parent), random.Random(seed)).graph
         for parent in ("gru", "mut3", "lstm") for seed in range(mutants)]
     failures = 0
-    for products in (lambda check: check(), in_tf32):
+    for precision in (in_ieee, in_tf32):
         for graph in cells:
             for mode in MODES:
                 try:
-                    products(lambda graph=graph, mode=mode: compile_fused(graph, mode))
+                    precision(lambda graph=graph, mode=mode: compile_fused(graph, mode))
                 except Exception as error:  # noqa: BLE001 - each failure reported, then counted
                     failures += 1
                     print(f"FAILED {mode}: {format_graph(graph)!r}: {str(error)[:300]}")
@@ -156,6 +164,10 @@ def check_the_sgd_kernels() -> None:
     GroupedSGD([(parameters_, torch.ones(2), torch.ones(2))])(grads)
 
 
+def in_ieee(check) -> None:
+    check()
+
+
 def in_tf32(check) -> None:
     """`check` with the products in TF32, as training on a GPU runs them (`train.evaluate` allows
     TF32), where a CPU tensor's would be IEEE."""
@@ -176,12 +188,14 @@ if __name__ == "__main__":
     if sys.argv[1:2] == ["--sweep"]:
         sweep(int(sys.argv[2]))
         raise SystemExit(0)
-    for products in (lambda check: check(), in_tf32):
-        products(check_the_fused_kernels)
-        products(check_the_mixed_kernels)
+    for precision in (in_ieee, in_tf32):
+        precision(check_the_fused_kernels)
+        precision(check_the_mixed_kernels)
     check_the_loss_kernels()
     check_the_sgd_kernels()
     failed = sorted(name for name, ok in compiled.items() if not ok)
     assert not failed, f"compiled without a cubin: {failed}"
+    missing = EXPECTED - set(compiled)
+    assert not missing, f"never launched: {sorted(missing)}"
     print(f"compiled for sm_90: {', '.join(sorted(compiled))}")
     print("all checks passed")
