@@ -8,8 +8,8 @@ launches, so this count, which needs no GPU, says what a mix costs beyond its ar
 Counted: aten operations that compute (views left out), with each call of one of the step's
 kernels (`mixed.TorchKernels`' methods: one Triton kernel each on a GPU) counted as one. The
 clipped SGD is, as on a GPU, the grouped kernels of `kernels.sgd` (each launch counted, run in
-Triton's interpreter here; on a GPU one launch more: the copy of their table to the device), or
-with `--sgd own` each population's update in torch.
+Triton's interpreter here) and the copy of their table, or with `--sgd own` each population's
+update in torch.
 
     python benchmarks/mixed_launches.py [--cells 1,4,8,16] [--layers 2] [--sgd grouped|own]
 """
