@@ -9,9 +9,11 @@ Counted: aten operations that compute (views left out), with each call of one of
 kernels (`mixed.TorchKernels`' methods: one Triton kernel each on a GPU) counted as one. The
 clipped SGD is, as on a GPU, the grouped kernels of `kernels.sgd` (each launch counted, run in
 Triton's interpreter here) and the copy of their table, or with `--sgd own` each population's
-update in torch.
+update in torch. With `--loss-kernels` the softmax loss runs as on a GPU too, in the two Triton
+kernels of `kernels.cross_entropy` (each launch counted), instead of torch's operations.
 
     python benchmarks/mixed_launches.py [--cells 1,4,8,16] [--layers 2] [--sgd grouped|own]
+                                        [--loss-kernels]
 """
 
 import argparse
@@ -25,7 +27,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 from cellsearch.cells import zoo
 from cellsearch.engine import mixed
-from cellsearch.engine.kernels import sgd
+from cellsearch.engine.kernels import cross_entropy, sgd
 from cellsearch.evaluation.budget import hidden_size_for_budget
 from cellsearch.train import bench
 from cellsearch.train.model import PopulationModel
@@ -91,6 +93,8 @@ def _counting(launches: Launches) -> None:
         setattr(mixed._Window, name, _within(getattr(mixed._Window, name), launches.window_running))
     for name in ("_grouped_square_sums_kernel", "_grouped_scales_kernel", "_grouped_update_kernel"):
         setattr(sgd, name, _Launched(getattr(sgd, name), launches))
+    for name in ("_forward_kernel", "_backward_kernel"):
+        setattr(cross_entropy, name, _Launched(getattr(cross_entropy, name), launches))
 
 
 class _Launched:
@@ -106,14 +110,15 @@ class _Launched:
         return launch
 
 
-def population(graph, task, layers: int, seed: int, K: int = 4) -> PopulationSteps:
+def population(graph, task, layers: int, seed: int, K: int = 4, loss_kernels: bool = False
+               ) -> PopulationSteps:
     _, _, budget = bench.SHAPES["arith"]
     hidden = hidden_size_for_budget(budget, matrices_per_layer=graph.num_matrices,
                                     biases_per_layer=graph.num_biases, num_layers=layers,
                                     input_size=task.input_size, output_size=task.output_size,
                                     input_kind="embedding")
     model = PopulationModel(graph, K, task.input_size, task.output_size, hidden, layers,
-                            "embedding")
+                            "embedding", engine="fused" if loss_kernels else "eager")
     model.reset_parameters([1.0] * K, [seed + k for k in range(K)])
     return PopulationSteps(model, task, bench.BATCH, bench.STEPS, torch.ones(K), None,
                            capture=False)
@@ -124,19 +129,21 @@ def main() -> None:
     parser.add_argument("--cells", default="1,4,8,16")
     parser.add_argument("--layers", type=int, default=2)
     parser.add_argument("--sgd", choices=("grouped", "own"), default="grouped")
+    parser.add_argument("--loss-kernels", action="store_true")
     args = parser.parse_args()
     launches = Launches()
     _counting(launches)
     task = bench._RandomTokens(40)
     names = list(zoo.PAPER_CELLS)
     print(f"# torch {torch.__version__}; a mixed training step, {args.layers} layers, K=4 each, "
-          f"{args.sgd} SGD")
+          f"{args.sgd} SGD{', the loss in its kernels' if args.loss_kernels else ''}")
     print("| cells | operations | in the windows | the rest | the rest per population |")
     print("|---:|---:|---:|---:|---:|")
     for cells in (int(c) for c in args.cells.split(",")):
         graphs = [zoo.get(names[i % len(names)]) if i < len(names) else bench.mutated_graph(i)
                   for i in range(cells)]
-        populations = [population(graph, task, args.layers, 10 * i)
+        populations = [population(graph, task, args.layers, 10 * i,
+                                  loss_kernels=args.loss_kernels)
                        for i, graph in enumerate(graphs)]
         steps = MixedSteps(populations, capture=False, grouped_sgd=args.sgd == "grouped")
         for steps_of_one in populations:
