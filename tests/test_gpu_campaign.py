@@ -60,7 +60,6 @@ def test_the_wider_search_part_runs_with_64_steps_in_flight(tmp_path):
     assert stored["steps_in_flight"] == 64
 
 
-
 def test_the_command_without_the_grouped_sgd_runs_the_cli_with_the_mixed_steps_own_updates():
     sys.path.insert(0, str(CAMPAIGN.parent))
     try:
