@@ -5,34 +5,39 @@ the recurrence) and everything else (each population's embedding, static parts, 
 loss, clipped SGD and their backward). At the paper's small shapes a step is bound by its
 launches, so this count, which needs no GPU, says what a mix costs beyond its arithmetic.
 
-Counted: aten operations that compute (views left out), with each call of one of the step's
+Counted: aten operations that compute (views and allocations left out), with each call of one of the step's
 kernels (`mixed.TorchKernels`' methods: one Triton kernel each on a GPU) counted as one. The
 clipped SGD is, as on a GPU, the grouped kernels of `kernels.sgd` (each launch counted, run in
 Triton's interpreter here) and the copy of their table, or with `--sgd own` each population's
-update in torch. With `--loss-kernels` the softmax loss runs as on a GPU too, in the two Triton
-kernels of `kernels.cross_entropy` (each launch counted), instead of torch's operations.
+update in torch. The static parts and output layers are, as on a GPU, formed together by
+`kernels.products` (each launch counted, its table's copy too), or with `--products own` each
+population's in torch. With `--loss-kernels` the softmax loss runs as on a GPU too, in the two
+Triton kernels of `kernels.cross_entropy` (each launch counted), instead of torch's operations.
 
     python benchmarks/mixed_launches.py [--cells 1,4,8,16] [--layers 2] [--sgd grouped|own]
-                                        [--loss-kernels]
+                                        [--products grouped|own] [--loss-kernels]
+                                        [--skip-kernels]
 """
 
 import argparse
 import contextlib
 import os
 
-os.environ.setdefault("TRITON_INTERPRET", "1")  # (before Triton is imported; for the grouped SGD)
+os.environ.setdefault("TRITON_INTERPRET", "1")  # (before Triton is imported; grouped kernels)
 
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from cellsearch.cells import zoo
 from cellsearch.engine import mixed
-from cellsearch.engine.kernels import cross_entropy, sgd
+from cellsearch.engine.kernels import cross_entropy, products, sgd
 from cellsearch.evaluation.budget import hidden_size_for_budget
 from cellsearch.train import bench
 from cellsearch.train.model import PopulationModel
 from cellsearch.train.steps import MixedSteps, PopulationSteps
 
+# Allocations launch nothing (and a captured step's are made once, at its capture).
+ALLOCATIONS = ("aten::empty", "aten::new_empty")
 VIEWS = ("aten::view", "aten::_unsafe_view", "aten::t", "aten::transpose", "aten::permute",
          "aten::expand", "aten::select", "aten::slice", "aten::unsqueeze", "aten::squeeze",
          "aten::unbind", "aten::as_strided", "aten::detach", "aten::alias", "aten::split",
@@ -48,7 +53,7 @@ class Launches(TorchDispatchMode):
         self.inside = self.in_kernel = False
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        if not self.in_kernel and not func._schema.name.startswith(VIEWS):
+        if not self.in_kernel and not func._schema.name.startswith(VIEWS + ALLOCATIONS):
             self.add(1)
         return func(*args, **(kwargs or {}))
 
@@ -95,10 +100,20 @@ def _counting(launches: Launches) -> None:
         setattr(sgd, name, _Launched(getattr(sgd, name), launches))
     for name in ("_forward_kernel", "_backward_kernel"):
         setattr(cross_entropy, name, _Launched(getattr(cross_entropy, name), launches))
+    products._products_kernel = _Launched(products._products_kernel, launches)
+    upload = products.Table.upload
+
+    def counted_upload(table, *args):  # one copy on a GPU, none here
+        with launches.kernel():
+            return upload(table, *args)
+
+    products.Table.upload = counted_upload
 
 
 class _Launched:
-    """A Triton kernel whose every launch `launches` counts as one."""
+    """A Triton kernel whose every launch `launches` counts as one (and runs, unless `skip`)."""
+
+    skip = False
 
     def __init__(self, kernel, launches: Launches):
         self.kernel, self.launches = kernel, launches
@@ -106,7 +121,7 @@ class _Launched:
     def __getitem__(self, grid):
         def launch(*args, **kwargs):
             with self.launches.kernel():
-                return self.kernel[grid](*args, **kwargs)
+                return None if self.skip else self.kernel[grid](*args, **kwargs)
         return launch
 
 
@@ -129,14 +144,21 @@ def main() -> None:
     parser.add_argument("--cells", default="1,4,8,16")
     parser.add_argument("--layers", type=int, default=2)
     parser.add_argument("--sgd", choices=("grouped", "own"), default="grouped")
+    parser.add_argument("--products", choices=("grouped", "own"), default="grouped")
     parser.add_argument("--loss-kernels", action="store_true")
+    parser.add_argument("--skip-kernels", action="store_true",
+                        help="count the Triton kernels' launches without running them in the "
+                             "interpreter (slow): a step's values are then garbage, its launches "
+                             "the same (none depends on a value)")
     args = parser.parse_args()
     launches = Launches()
     _counting(launches)
+    _Launched.skip = args.skip_kernels
     task = bench._RandomTokens(40)
     names = list(zoo.PAPER_CELLS)
     print(f"# torch {torch.__version__}; a mixed training step, {args.layers} layers, K=4 each, "
-          f"{args.sgd} SGD{', the loss in its kernels' if args.loss_kernels else ''}")
+          f"{args.sgd} SGD, {args.products} products"
+          f"{', the loss in its kernels' if args.loss_kernels else ''}")
     print("| cells | operations | in the windows | the rest | the rest per population |")
     print("|---:|---:|---:|---:|---:|")
     for cells in (int(c) for c in args.cells.split(",")):
@@ -145,7 +167,8 @@ def main() -> None:
         populations = [population(graph, task, args.layers, 10 * i,
                                   loss_kernels=args.loss_kernels)
                        for i, graph in enumerate(graphs)]
-        steps = MixedSteps(populations, capture=False, grouped_sgd=args.sgd == "grouped")
+        steps = MixedSteps(populations, capture=False, grouped_sgd=args.sgd == "grouped",
+                           products_kernel="triton" if args.products == "grouped" else "torch")
         for steps_of_one in populations:
             steps_of_one.load(task.batch)
         steps.train_step()  # the first call makes the mix's tables

@@ -50,6 +50,7 @@ EXPECTED = {  # every kernel function of the package (the generated ones by thei
     "_forward_kernel", "_backward_kernel",  # cross_entropy
     "_square_sums_kernel", "_update_kernel", "_grouped_square_sums_kernel",
     "_grouped_scales_kernel", "_grouped_update_kernel",  # sgd
+    "_products_kernel",  # products
 }
 
 
@@ -145,6 +146,15 @@ def check_the_mixed_kernels() -> None:
               for t in (outputs, *final)])
 
 
+def check_the_products_kernel() -> None:
+    """The grouped products, forward and backward: inputs, matrices and biases' gradients."""
+    from cellsearch.engine.kernels.products import together
+    from cellsearch.engine.products import Product
+
+    x, w, b = (torch.randn(*shape).requires_grad_() for shape in ((2, 70, 8), (2, 8, 5), (2, 5)))
+    backward(together([Product(x, [w, w[:, :, :3]], [b, None])]))
+
+
 def check_the_loss_kernels() -> None:
     from cellsearch.engine.kernels.cross_entropy import softmax_cross_entropy
 
@@ -191,6 +201,7 @@ if __name__ == "__main__":
     for precision in (in_ieee, in_tf32):
         precision(check_the_fused_kernels)
         precision(check_the_mixed_kernels)
+        precision(check_the_products_kernel)
     check_the_loss_kernels()
     check_the_sgd_kernels()
     failed = sorted(name for name, ok in compiled.items() if not ok)

@@ -161,6 +161,26 @@ def test_mixed_steps_train_alike_with_the_grouped_sgd(capture):
     check_mixed_steps_train_alike_with_grouped_sgd(device="cuda", capture=capture)
 
 
+def test_the_grouped_products_kernel_matches_torch():
+    from cellsearch.engine.kernels.products import usable
+    from tests.cells.products_checks import (
+        check_kept_tables_are_rewritten_each_call,
+        check_products_match_torch,
+    )
+
+    check_products_match_torch(device="cuda")
+    check_kept_tables_are_rewritten_each_call(device="cuda")
+    assert usable("cuda")  # (else mixed steps form each population's products alone)
+
+
+@pytest.mark.parametrize("capture", [False, True])
+def test_mixed_steps_train_alike_with_the_grouped_products(capture):
+    """Captured, the training and the evaluation step each replay their own tables."""
+    from tests.cells.products_checks import check_mixed_steps_train_alike_with_grouped_products
+
+    check_mixed_steps_train_alike_with_grouped_products(device="cuda", capture=capture)
+
+
 @pytest.mark.parametrize("name", ["lstm", "gru"])
 def test_training_with_the_sgd_kernels_follows_torchs_update(name, monkeypatch):
     from cellsearch.train import steps

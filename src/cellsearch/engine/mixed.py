@@ -54,9 +54,12 @@ from cellsearch.engine.plan import (
     plan,
     pre_name,
     run,
+    static_products,
     static_sum_name,
+    static_values,
     step_inputs,
 )
+from cellsearch.engine.products import Product, in_torch
 
 # The instruction set: every activation and elementwise operation of the table, in its order.
 OPCODES = {op.name: code for code, op in enumerate(
@@ -171,12 +174,15 @@ class Layer:
 
 
 def run_mixed(layers: Sequence[Layer], kernel: str | None = None,
-              layouts: dict | None = None) -> list[tuple[torch.Tensor, State]]:
+              layouts: dict | None = None, products_kernel: str | None = None,
+              tables: dict | None = None, site=None) -> list[tuple[torch.Tensor, State]]:
     """Every layer over its window at once; per layer what `plan.run` returns, (outputs (K, T, B,
     n), final state). The layers share T and B; cells, K and n may differ. `kernel`: "triton" or
     "torch" for the step's work (default: Triton on CUDA, torch elsewhere). `layouts`: where
     the mix's integer tables are kept, for a caller that captures this run into a CUDA graph and
-    so must keep them alive as long as the graph (default: a bounded cache)."""
+    so must keep them alive as long as the graph (default: a bounded cache). The layers' static
+    parts are formed together before the window, by `form_products(..., products_kernel, tables,
+    site)`."""
     T, B = layers[0].x.shape[1:3]
     if any(layer.x.shape[1:3] != (T, B) for layer in layers):
         raise ValueError("the layers of a mix share their window: T and B must agree")
@@ -185,7 +191,14 @@ def run_mixed(layers: Sequence[Layer], kernel: str | None = None,
     if kernel not in _KERNELS:
         raise ValueError(f"unknown kernel {kernel!r}; known: {', '.join(_KERNELS)}")
     S = max(len(layer.plan.graph.states) for layer in layers)
-    inputs = [step_inputs(layer.plan, layer.params, layer.x) for layer in layers]
+    statics = [static_values(layer.plan, layer.params, layer.x) for layer in layers]
+    wanted = [static_products(layer.plan, layer.params, static)
+              for layer, static in zip(layers, statics)]
+    formed = iter(form_products([p for mine in wanted for p in mine.values()],
+                                products_kernel, tables, site))
+    inputs = [step_inputs(layer.plan, layer.params, layer.x, static,
+                          {operand: next(formed) for operand in mine})
+              for layer, static, mine in zip(layers, statics, wanted)]
     # a wide input (a group's static addends) one slot per chunk; a constant may be (1, 1, 1, 1)
     chunks = [{name: max(value.shape[-1] // layer.x.shape[3], 1) for name, value in mine.items()}
               for layer, mine in zip(layers, inputs)]
@@ -228,6 +241,34 @@ def run_mixed(layers: Sequence[Layer], kernel: str | None = None,
     return [(next(results), layer.state if layer.reset is not None
              else tuple(itertools.islice(results, len(layer.state))))
             for layer in layers]
+
+
+PRODUCTS_KERNELS = ("torch", "triton")
+
+
+def form_products(products: Sequence[Product], kernel: str | None = None,
+                  tables: dict | None = None, site=None) -> list[torch.Tensor]:
+    """Each product's value, in torch or in one launch of `kernels.products` ("triton"; default
+    on CUDA where it works; float32 only, others go to torch). A step captured into a CUDA graph
+    keeps the kernel's tables in `tables`, one entry per call `site`."""
+    if not products:
+        return []
+    device = products[0].x.device
+    if kernel is None:
+        kernel = "triton" if device.type == "cuda" and _products_usable(str(device)) else "torch"
+    if kernel not in PRODUCTS_KERNELS:
+        raise ValueError(f"unknown kernel {kernel!r}; known: {', '.join(PRODUCTS_KERNELS)}")
+    if kernel == "torch" or any(p.x.dtype != torch.float32 for p in products):
+        return [in_torch(p) for p in products]
+    from cellsearch.engine.kernels import products as grouped  # (imports Triton)
+
+    return grouped.together(products, tables, site)
+
+
+def _products_usable(device: str) -> bool:
+    from cellsearch.engine.kernels import products as grouped  # (imports Triton)
+
+    return grouped.usable(device)
 
 
 class _Window(torch.autograd.Function):

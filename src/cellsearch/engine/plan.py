@@ -32,6 +32,7 @@ import torch
 
 from cellsearch.cells import ops
 from cellsearch.cells.graph import INPUT, CellGraph, Node, is_anonymous
+from cellsearch.engine.products import Product, in_torch
 
 _ACTIVATIONS = {  # from the operation table; no torch function: the identity
     op.name: getattr(torch, op.torch_function) if op.torch_function else (lambda v: v)
@@ -237,7 +238,7 @@ def _transposed_cat(params: dict[str, torch.Tensor], names: tuple[str, ...]) -> 
     return torch.cat([params[name].transpose(1, 2) for name in names], dim=2)
 
 
-def _static_values(plan_: Plan, params, x: torch.Tensor) -> dict[str, torch.Tensor]:
+def static_values(plan_: Plan, params, x: torch.Tensor) -> dict[str, torch.Tensor]:
     """Every static node, as (K, T, B, n) if it depends on x, else broadcastable (K, 1, 1, n).
     The matrices applied to one static operand run as one bmm, at the first of them."""
     K, T, B, n = x.shape
@@ -299,14 +300,20 @@ def window_inputs(
         for item in plan_.loop if isinstance(item, MatmulGroup)}
 
 
-def step_inputs(plan_: Plan, params: dict[str, torch.Tensor], x: torch.Tensor
-                ) -> dict[str, torch.Tensor]:
+def step_inputs(plan_: Plan, params: dict[str, torch.Tensor], x: torch.Tensor,
+                static: dict[str, torch.Tensor] | None = None,
+                parts: dict[str, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
     """The step inputs by name, each (K, T, B, w) when it depends on x and broadcastable to that
     with a time dimension of 1 otherwise: the static values the loop reads, `pre:<operand>` the
     static addends of a fused matmul group (w = m*n) and `sum:<name>` the static part of a
-    sum."""
+    sum. `static` (`static_values`) and `parts`, each group's static part by operand
+    ((K, T*B, m*n), `static_products`' values), when formed elsewhere (with other populations'
+    in one launch, `mixed.run_mixed`)."""
     K, T, B, n = x.shape
-    static = _static_values(plan_, params, x)
+    static = static if static is not None else static_values(plan_, params, x)
+    if parts is None:
+        parts = {operand: in_torch(product)
+                 for operand, product in static_products(plan_, params, static).items()}
     inputs = {name: static[name] for name in plan_.loop_reads}
     sum_static: dict[str, torch.Tensor] = {}
     # sums whose static parts a StaticPart computes
@@ -318,7 +325,7 @@ def step_inputs(plan_: Plan, params: dict[str, torch.Tensor], x: torch.Tensor
     fused: set[str] = set(covered)
     for item in plan_.loop:
         if isinstance(item, MatmulGroup) and item.static_part:
-            inputs[pre_name(item.operand)] = _static_part(item.static_part, params, static)
+            inputs[pre_name(item.operand)] = parts[item.operand].view(K, T, B, -1)
         elif isinstance(item, MatmulGroup) and any(item.fused_sums):
             chunks = [
                 sum_static[s].expand(K, T, B, n) if s is not None
@@ -331,6 +338,27 @@ def step_inputs(plan_: Plan, params: dict[str, torch.Tensor], x: torch.Tensor
         if name not in fused:
             inputs[static_sum_name(name)] = part
     return inputs
+
+
+def static_products(plan_: Plan, params: dict[str, torch.Tensor],
+                    static: dict[str, torch.Tensor]) -> dict[str, Product]:
+    """Per recurrent operand whose group has a static part, that part as one product over the
+    window's rows: every chunk's `W X + constants` (`StaticPart`)."""
+    found, rows = {}, {}  # rows: each operand's (K, T*B, n) view, one for all its parts
+    for item in plan_.loop:
+        if not (isinstance(item, MatmulGroup) and item.static_part):
+            continue
+        part = item.static_part
+        operand = static[part.operand]
+        K, T, B, n = operand.shape
+        if part.operand not in rows:
+            rows[part.operand] = operand.reshape(K, T * B, n)
+        constants = [_signed_sum([(s, static[t]) for s, t in terms], None).expand(K, 1, 1, n)
+                     .reshape(K, n) if terms else None for terms in part.constants]
+        found[item.operand] = Product(rows[part.operand],
+                                      [params[name].transpose(1, 2) for name in part.matrices],
+                                      constants)
+    return found
 
 
 def run(
@@ -365,23 +393,6 @@ def run(
         state = step(plan_, group_weights, {name: v[t] for name, v in step_inputs.items()}, state)
         outputs.append(state[0])
     return torch.stack(outputs, dim=1), state
-
-
-def _static_part(part: StaticPart, params, static: dict) -> torch.Tensor:
-    """(K, T, B, m*n): every chunk's `W X + constants`, from one batched matmul over all steps."""
-    operand = static[part.operand]
-    K, T, B, n = operand.shape
-    product = torch.bmm(operand.reshape(K, T * B, n), _transposed_cat(params, part.matrices))
-    if any(part.constants):
-        constants = torch.cat([
-            _signed_sum([(s, static[t]) for s, t in terms], None).expand(K, 1, 1, n) if terms
-            else operand.new_zeros(K, 1, 1, n)
-            for terms in part.constants
-        ], dim=-1)
-        # Added in place: `baddbmm` with a broadcast addend first copies it into its whole
-        # output, a slower pass (H100, arith's LSTM at K=512: 1.9 ms against 1.4 ms this way).
-        product.add_(constants.view(K, 1, -1))
-    return product.view(K, T, B, -1)
 
 
 def step_eagerly(

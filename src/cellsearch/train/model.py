@@ -18,9 +18,10 @@ from torch import nn
 
 from cellsearch.cells.graph import CellGraph
 from cellsearch.engine.kernels import fused
-from cellsearch.engine.mixed import Layer, run_mixed
+from cellsearch.engine.mixed import Layer, form_products, run_mixed
 from cellsearch.engine.nn import PopulationCell, State, initial_values, uniform
 from cellsearch.engine.plan import compiled_step, run
+from cellsearch.engine.products import Product
 from cellsearch.evaluation.options import (
     ENGINES,  # the engines, listed where torch is not needed
 )
@@ -142,13 +143,16 @@ def forward_together(
     add_output_bias: Sequence[bool],
     layouts: dict | None = None,
     resets: Sequence[torch.Tensor] | None = None,
+    products_kernel: str | None = None,
+    tables: dict | None = None,
 ) -> list[tuple[torch.Tensor, list[State]]]:
     """What each model's `forward` returns, with the layers of all models at each depth run
     together by the mixed engine (`engine.mixed`): different cells and hidden sizes in the same
-    launches. The models share the window's shape (T, B); `layouts` as `mixed.run_mixed`'s.
-    With `resets` (each (B,) bool), `states` are the states carried from the last window:
-    the rows a reset marks start from zero, and each final state is written back into them
-    (`mixed.Layer`)."""
+    launches, and so their static parts and output layers (`mixed.form_products`, with
+    `products_kernel`; a captured caller keeps the kernel's `tables` there).
+    The models share the window's shape (T, B); `layouts` as `mixed.run_mixed`'s. With `resets`
+    (each (B,) bool), `states` are the states carried from the last window: the rows a reset
+    marks start from zero, and each final state is written back into them (`mixed.Layer`)."""
     xs = [model.embed(x, dropout) for model, x, dropout in zip(models, inputs, dropouts)]
     finals: list[list[State]] = [[] for _ in models]
     for depth in range(max(len(model.layers) for model in models)):
@@ -156,12 +160,19 @@ def forward_together(
         results = run_mixed([
             Layer(models[i].layers[depth].plan, models[i].layers[depth].population_parameters(),
                   xs[i], states[i][depth], resets[i] if resets is not None else None)
-            for i in here], layouts=layouts)
+            for i in here], layouts=layouts, products_kernel=products_kernel, tables=tables,
+            site=depth)
         for i, (outputs, final) in zip(here, results):
             xs[i] = dropouts[i](outputs, depth + 1) if dropouts[i] is not None else outputs
             finals[i].append(final)
-    return [(model.output(x, bias), final)
-            for model, x, bias, final in zip(models, xs, add_output_bias, finals)]
+    T, B = xs[0].shape[1:3]
+    logits = form_products(
+        [Product(x.reshape(x.shape[0], T * B, -1), [model.output_weight],
+                 [model.output_bias if bias else None])
+         for model, x, bias in zip(models, xs, add_output_bias)],
+        products_kernel, tables, "output")
+    return [(value.view(value.shape[0], T, B, -1).transpose(0, 1), final)
+            for value, final in zip(logits, finals)]
 
 
 class Dropout:

@@ -377,15 +377,17 @@ class PopulationSteps:
 class MixedSteps:
     """The training and evaluation steps of several populations, of different cells and hidden
     sizes, each as one step: their layers at each depth run together in the mixed engine
-    (`engine.mixed`); training, one backward serves all, and each population then takes its own
-    clipped SGD step, all of them in one `kernels.sgd.GroupedSGD` with `grouped_sgd` (default:
-    on CUDA, where its kernels work). On CUDA each step is captured into one CUDA graph, like a
-    population's own. Each population loads its own window (`PopulationSteps.load`) beforehand;
-    the windows share their shape. The numbers are those of each population's own steps, to
+    (`engine.mixed`), and so do their static parts and output layers (`products_kernel`, see
+    `mixed.form_products`); training, one backward serves all, and each population then takes
+    its own clipped SGD step, all of them in one `kernels.sgd.GroupedSGD` with `grouped_sgd`
+    (default: on CUDA, where its kernels work). On CUDA each step is captured into one CUDA
+    graph, like a population's own. Each population loads its own window
+    (`PopulationSteps.load`) beforehand; the windows share their shape. The numbers are those of each population's own steps, to
     float rounding."""
 
     def __init__(self, populations: list[PopulationSteps], capture: bool,
-                 warmup: int = WARMUP_CALLS, grouped_sgd: bool | None = None):
+                 warmup: int = WARMUP_CALLS, grouped_sgd: bool | None = None,
+                 products_kernel: str | None = None):
         shapes = {tuple(p.mask.shape) for p in populations}
         if len(shapes) != 1:
             raise ValueError(f"populations trained together share their window shape, got "
@@ -397,8 +399,10 @@ class MixedSteps:
         if grouped_sgd is None:
             grouped_sgd = device.type == "cuda" and _grouped_usable(str(device))
         self.use_grouped_sgd = grouped_sgd
+        self.products_kernel = products_kernel
         self.grouped_sgd = None  # made by the first training step, which runs eagerly
         self.layouts: dict = {}  # the mixes' tables, alive as long as the captured steps
+        self.tables: dict[bool, dict] = {True: {}, False: {}}  # the products', each step its own
         self.train_step = Captured(self._train, capture, warmup)
         self.eval_step = Captured(self._evaluate, capture, warmup)
 
@@ -411,7 +415,8 @@ class MixedSteps:
             [p.state for p in populations],
             [p.dropout if training else None for p in populations],
             [not p.loss_kernels for p in populations], self.layouts,
-            resets=[p.reset for p in populations])
+            resets=[p.reset for p in populations], products_kernel=self.products_kernel,
+            tables=self.tables[training])
         return [logits for logits, _ in results]
 
     def _train(self) -> None:

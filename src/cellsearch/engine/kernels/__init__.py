@@ -1,3 +1,4 @@
 """Generated and hand-written Triton kernels: a layer's window per timestep (`fused`) or per
-member (`persistent`), the softmax loss (`cross_entropy`) and the clipped SGD update (`sgd`).
+member (`persistent`), the softmax loss (`cross_entropy`), the clipped SGD update (`sgd`) and the
+matmuls of a mixed step outside its recurrence (`products`).
 Importing a kernel module imports Triton; nothing else in the package does."""
