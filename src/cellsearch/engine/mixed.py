@@ -54,9 +54,10 @@ from cellsearch.engine.plan import (
     plan,
     pre_name,
     run,
+    answer_requests,
     static_products,
+    static_requests,
     static_sum_name,
-    static_values,
     step_inputs,
 )
 from cellsearch.engine.products import Product, in_torch
@@ -181,8 +182,8 @@ def run_mixed(layers: Sequence[Layer], kernel: str | None = None,
     "torch" for the step's work (default: Triton on CUDA, torch elsewhere). `layouts`: where
     the mix's integer tables are kept, for a caller that captures this run into a CUDA graph and
     so must keep them alive as long as the graph (default: a bounded cache). The layers' static
-    parts are formed together before the window, by `form_products(..., products_kernel, tables,
-    site)`."""
+    values and parts are formed together before the window, their products a round at a time
+    by `form_products(..., products_kernel, tables, (site, ...))`."""
     T, B = layers[0].x.shape[1:3]
     if any(layer.x.shape[1:3] != (T, B) for layer in layers):
         raise ValueError("the layers of a mix share their window: T and B must agree")
@@ -191,11 +192,14 @@ def run_mixed(layers: Sequence[Layer], kernel: str | None = None,
     if kernel not in _KERNELS:
         raise ValueError(f"unknown kernel {kernel!r}; known: {', '.join(_KERNELS)}")
     S = max(len(layer.plan.graph.states) for layer in layers)
-    statics = [static_values(layer.plan, layer.params, layer.x) for layer in layers]
+    statics = answer_requests(
+        [static_requests(layer.plan, layer.params, layer.x) for layer in layers],
+        lambda products, round_: form_products(products, products_kernel, tables,
+                                               (site, round_)))
     wanted = [static_products(layer.plan, layer.params, static)
               for layer, static in zip(layers, statics)]
     formed = iter(form_products([p for mine in wanted for p in mine.values()],
-                                products_kernel, tables, site))
+                                products_kernel, tables, (site, "parts")))
     inputs = [step_inputs(layer.plan, layer.params, layer.x, static,
                           {operand: next(formed) for operand in mine})
               for layer, static, mine in zip(layers, statics, wanted)]

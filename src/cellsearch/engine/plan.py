@@ -26,6 +26,7 @@ a bias (K, n). This module knows nothing of modules, tasks or training.
 from __future__ import annotations
 
 import functools
+from collections.abc import Callable, Generator
 from dataclasses import dataclass
 
 import torch
@@ -240,7 +241,18 @@ def _transposed_cat(params: dict[str, torch.Tensor], names: tuple[str, ...]) -> 
 
 def static_values(plan_: Plan, params, x: torch.Tensor) -> dict[str, torch.Tensor]:
     """Every static node, as (K, T, B, n) if it depends on x, else broadcastable (K, 1, 1, n).
-    The matrices applied to one static operand run as one bmm, at the first of them."""
+    The matrices applied to one static operand run as one product, at the first of them."""
+    [values] = answer_requests([static_requests(plan_, params, x)],
+                               lambda products, _: [in_torch(p) for p in products])
+    return values
+
+
+StaticRequests = Generator[list[Product], list[torch.Tensor], dict[str, torch.Tensor]]
+
+
+def static_requests(plan_: Plan, params, x: torch.Tensor) -> StaticRequests:
+    """`static_values` a product at a time: yields the products it needs next and is sent their
+    values, so that a mix forms its populations' together (`answer_requests`)."""
     K, T, B, n = x.shape
     values: dict[str, torch.Tensor] = {INPUT: x}
     x_groups = dict(plan_.x_groups)
@@ -255,11 +267,37 @@ def static_values(plan_: Plan, params, x: torch.Tensor) -> dict[str, torch.Tenso
         # A matrix applied to a constant (a bias, 1) gives a constant: keep it (K, 1, 1, n).
         t, b = (T, B) if operand in plan_.timed else (1, 1)
         source = values[operand].expand(K, t, b, n).reshape(K, t * b, n)
-        product = torch.bmm(source, _transposed_cat(params, tuple(params_of[m] for m in members)))
+        [product] = yield [Product(source, [params[params_of[m]].transpose(1, 2)
+                                            for m in members], [None] * len(members))]
         product = product.view(K, t, b, len(members) * n)
         for index, member in enumerate(members):
             values[member] = product[..., index * n:(index + 1) * n]
     return values
+
+
+def answer_requests(requests: list[StaticRequests],
+                    form: Callable[[list[Product], int], list[torch.Tensor]]) -> list[dict]:
+    """Runs `static_requests` generators side by side, round after round, the products all
+    ask for in a round formed at once by `form(products, round)`; their values."""
+    results: list = [None] * len(requests)
+    asked: dict[int, list[Product]] = {}
+
+    def advance(index: int, answer: list[torch.Tensor] | None) -> None:
+        try:
+            asked[index] = requests[index].send(answer)  # (the first: None, as `next` sends)
+        except StopIteration as stop:
+            results[index] = stop.value
+            asked.pop(index, None)
+
+    for index in range(len(requests)):
+        advance(index, None)
+    round_ = 0
+    while asked:
+        formed = iter(form([p for products in asked.values() for p in products], round_))
+        for index, products in list(asked.items()):
+            advance(index, [next(formed) for _ in products])
+        round_ += 1
+    return results
 
 
 def _apply(node: Node, params, values: dict, K: int) -> torch.Tensor:
