@@ -8,8 +8,8 @@ Parts, in priority order (each writes OUT/<part>.json when done, and a later cal
                        the same results after the layout change)
     bench-mixed        `cellsearch bench --mixed 16`: 16 different cells at K=4 together, by the
                        interleaved executor and by the mixed engine, against one cell at K=4 and
-                       at K=64; again with each population's own SGD in the mixed steps
-                       instead of the grouped one, side by side (issue 22)
+                       at K=64; again with each population's own SGD, and its own products,
+                       in the mixed steps instead of the grouped ones, side by side (issue 22)
     search-mixed       `cellsearch search --executor mixed` with the paper's defaults
                        (`initial_settings=20`) for --search-minutes; evaluations per hour and
                        tokens/s from the evaluations stored in that time (issue 22)
@@ -47,7 +47,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 PARTS = ("gpu-tests", "bench-mixed", "search-mixed", "search-inprocess", "search-mixed-64",
          "search-interleaved", "bench-layout", "filter-pass-rates", "scaling")
-ESTIMATES = {"gpu-tests": 4, "bench-mixed": 7, "search-mixed": 9, "search-inprocess": 9,
+ESTIMATES = {"gpu-tests": 4, "bench-mixed": 9, "search-mixed": 9, "search-inprocess": 9,
              "search-mixed-64": 9, "search-interleaved": 9, "bench-layout": 6,
              "filter-pass-rates": 10, "scaling": 27}  # minutes
 
@@ -107,34 +107,41 @@ def machine(device: str) -> dict:
             "date": datetime.now(timezone.utc).isoformat(timespec="seconds")}
 
 
-# The command with every mixed step's populations taking their own SGD updates, as before the
-# grouped update (`steps.MixedSteps`), to measure the grouped one against.
-OWN_SGD = ("import sys; from cellsearch.train import steps; "
-           "steps._grouped_usable = lambda device: False; "
-           "from cellsearch.cli import main; sys.exit(main(sys.argv[1:]))")
+# What the command does without one of the mixed steps' grouped kernels, to measure it against:
+# each population's own SGD update, or its own static parts' and output layer's products
+# (`steps.MixedSteps`, `mixed.form_products`).
+WITHOUT = {"grouped-sgd": "from cellsearch.train import steps; "
+                          "steps._grouped_usable = lambda device: False; ",
+           "grouped-products": "from cellsearch.engine import mixed; "
+                               "mixed._products_usable = lambda device: False; "}
 
 
-def cellsearch(*arguments: str, src: str | None = None, own_sgd: bool = False,
+def cellsearch(*arguments: str, src: str | None = None, without: tuple[str, ...] = (),
                **kwargs) -> subprocess.CompletedProcess:
     env = dict(os.environ)
     if src is not None:
         env["PYTHONPATH"] = src
-    command = ["-c", OWN_SGD] if own_sgd else ["-m", "cellsearch"]
+    command = ["-m", "cellsearch"]
+    if without:
+        command = ["-c", "import sys; " + "".join(WITHOUT[name] for name in without)
+                   + "from cellsearch.cli import main; sys.exit(main(sys.argv[1:]))"]
     return subprocess.run([sys.executable, *command, *arguments], env=env,
                           capture_output=True, text=True, **kwargs)
 
 
 def bench_mixed(args, out: Path) -> dict:
     """With the interleaved executor's 32 hardware queues, with CUDA's default 8, and with 32
-    and each population's own SGD update in the mixed steps."""
+    and each population's own SGD update, or its own products, in the mixed steps."""
     cells, windows = ("3", "5") if args.quick else ("16", "200")
     figures = {}
-    for name, connections, own_sgd in (("connections_32", "32", False),
-                                       ("connections_8", "8", False),
-                                       ("connections_32_own_sgd", "32", True)):
+    for name, connections, without in (("connections_32", "32", ()),
+                                       ("connections_8", "8", ()),
+                                       ("connections_32_own_sgd", "32", ("grouped-sgd",)),
+                                       ("connections_32_own_products", "32",
+                                        ("grouped-products",))):
         os.environ["CUDA_DEVICE_MAX_CONNECTIONS"] = connections
         done = cellsearch("bench", "--mixed", cells, "--windows", windows, "--device",
-                          args.device, "--json", own_sgd=own_sgd, check=True)
+                          args.device, "--json", without=without, check=True)
         figures[name] = json.loads(done.stdout)
     del os.environ["CUDA_DEVICE_MAX_CONNECTIONS"]
     return {"bench": figures}

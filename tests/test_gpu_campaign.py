@@ -60,16 +60,19 @@ def test_the_wider_search_part_runs_with_64_steps_in_flight(tmp_path):
     assert stored["steps_in_flight"] == 64
 
 
-def test_the_command_without_the_grouped_sgd_runs_the_cli_with_the_mixed_steps_own_updates():
+def test_the_command_without_the_grouped_kernels_runs_the_cli_with_the_mixed_steps_own():
     sys.path.insert(0, str(CAMPAIGN.parent))
     try:
         import gpu_campaign
     finally:
         sys.path.remove(str(CAMPAIGN.parent))
-    setup = gpu_campaign.OWN_SGD.split("from cellsearch.cli")[0]
-    probe = subprocess.run([sys.executable, "-c", setup + "print(steps._grouped_usable('cuda'))"],
-                           capture_output=True, text=True, check=True)
-    assert probe.stdout.strip() == "False"
-    listed = gpu_campaign.cellsearch("cells", "list", own_sgd=True, check=True)
+    setup = "".join(gpu_campaign.WITHOUT.values())
+    probe = subprocess.run(
+        [sys.executable, "-c", setup + "print(steps._grouped_usable('cuda'), "
+                                       "mixed._products_usable('cuda'))"],
+        capture_output=True, text=True, check=True)
+    assert probe.stdout.strip() == "False False"
+    listed = gpu_campaign.cellsearch("cells", "list", without=tuple(gpu_campaign.WITHOUT),
+                                     check=True)
     assert listed.stdout == gpu_campaign.cellsearch("cells", "list", check=True).stdout
     assert "lstm" in listed.stdout
