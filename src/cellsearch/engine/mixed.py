@@ -23,7 +23,9 @@ setting finishes. Instead the elementwise part of every cell is data for one fix
   On a CPU the same work runs as torch operations (`TorchKernels`).
 
 So a step of any mix of cells launches, per stage, two kernels forward and two backward,
-whatever the cells, and no combination is ever compiled. The whole window is one autograd node
+whatever the cells, and no combination is ever compiled. Before the window, what the layers
+compute from their inputs alone (their matrices applied to all steps at once) is formed for
+all of them together too (`form_products`: one launch a round on a GPU). The whole window is one autograd node
 (`_Window`). The values and gradients are the eager engine's (`plan.run`) to float rounding.
 Every slot is written once a step, but for a sum's running total (only `add` and `sub`, whose
 derivatives read no values), so the backward reads every value it needs from the forward's.
@@ -51,10 +53,10 @@ from cellsearch.engine.plan import (
     MatmulGroup,
     Plan,
     Sum,
+    answer_requests,
     plan,
     pre_name,
     run,
-    answer_requests,
     static_products,
     static_requests,
     static_sum_name,

@@ -1,5 +1,6 @@
-"""The batched matmuls of a window that need no recurrence: a layer's static parts (its matrices
-applied to the layer's input at every step at once, plus their constants) and the output layer.
+"""The batched matmuls of a window that need no recurrence: a layer's matrices applied to its
+input, or to values formed from it alone, at every step at once (plus their constants), and the
+output layer.
 
 A mixed step (`mixed.run_mixed`, `train.model.forward_together`) forms those of all its
 populations together (`mixed.form_products`): in torch one product after another (a few
@@ -26,6 +27,7 @@ class Product(NamedTuple):
 
 
 def in_torch(product: Product) -> torch.Tensor:
+    """The product's value in torch: one batched matmul, and one addition of its constants."""
     x, weights, biases = product
     out = torch.bmm(x, weights[0] if len(weights) == 1 else torch.cat(list(weights), dim=2))
     if any(b is not None for b in biases):
