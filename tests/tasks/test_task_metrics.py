@@ -79,6 +79,20 @@ def test_sigmoid_stats_match_a_loop():
     np.testing.assert_allclose(metrics["frame_accuracy"].numpy(), tp / (tp + fp + fn), rtol=1e-6)
 
 
+def test_a_training_step_gets_the_loss_alone_the_same():
+    rng = np.random.default_rng(3)
+    mask = torch.tensor(random_mask(rng))
+    softmax = (torch.tensor(rng.normal(size=(T, K, B, V)), dtype=torch.float32),
+               torch.tensor(rng.integers(0, V, size=(T, B))), mask)
+    sigmoid = (torch.tensor(rng.normal(size=(T, K, B, 88)), dtype=torch.float32),
+               torch.tensor((rng.random((T, B, 88)) < 0.1).astype(np.float32)), mask)
+    for stats, arguments, loss in ((softmax_stats, softmax, "loss_sum"),
+                                   (sigmoid_stats, sigmoid, "nll_sum")):
+        alone = stats(*arguments, loss_only=True)
+        assert list(alone) == [loss]
+        torch.testing.assert_close(alone[loss], stats(*arguments)[loss])
+
+
 def test_accumulating_windows_equals_one_pass():
     rng = np.random.default_rng(2)
     logits = torch.tensor(rng.normal(size=(2 * T, K, B, V)), dtype=torch.float32)

@@ -28,6 +28,7 @@ def softmax_stats(
     mask: torch.Tensor,
     bias: torch.Tensor | None = None,
     kernels: bool = False,
+    loss_only: bool = False,
 ) -> dict[str, torch.Tensor]:
     """logits (T, K, B, V), targets (T, B) int64, mask (T, B) -> per-member sums; bias (K, V)
     when the logits still lack the output layer's bias.
@@ -35,6 +36,7 @@ def softmax_stats(
     Returns loss_sum (K,): summed cross-entropy of the scored predictions; correct (K,): how many
     of them have the target as argmax; count (): the number of scored predictions (mask sum).
     With `kernels` (CUDA, Triton), the cross-entropy and argmax run in `kernels.cross_entropy`.
+    With `loss_only` (a training step, which reports no metric), loss_sum alone.
     """
     T, K, B, V = logits.shape
     weights = mask.to(logits.dtype).unsqueeze(1)  # (T, 1, B)
@@ -50,26 +52,31 @@ def softmax_stats(
         targets = targets.unsqueeze(1).expand(T, K, B)  # (T, K, B)
         nll = F.cross_entropy(logits.reshape(-1, V), targets.reshape(-1), reduction="none")
         nll = nll.view(T, K, B)
-        hits = (logits.detach().argmax(dim=-1) == targets).to(logits.dtype)  # (T, K, B)
+        hits = None if loss_only else (logits.detach().argmax(dim=-1) == targets).to(logits.dtype)
+    loss_sum = (nll * weights).sum(dim=(0, 2))
+    if loss_only:
+        return {"loss_sum": loss_sum}
     return {
-        "loss_sum": (nll * weights).sum(dim=(0, 2)),
+        "loss_sum": loss_sum,
         "correct": (hits * weights).sum(dim=(0, 2)),
         "count": weights.sum().detach(),
     }
 
 
 def sigmoid_stats(
-    logits: torch.Tensor, targets: torch.Tensor, mask: torch.Tensor
+    logits: torch.Tensor, targets: torch.Tensor, mask: torch.Tensor, loss_only: bool = False
 ) -> dict[str, torch.Tensor]:
     """logits (T, K, B, 88), targets (T, B, 88) in {0, 1}, mask (T, B) -> per-member sums.
 
     Returns nll_sum (K,): binary cross-entropy summed over notes and scored timesteps;
     true_pos, false_pos, false_neg (K,): note counts over scored timesteps with p > 0.5 as "on";
-    count (): the number of scored timesteps.
+    count (): the number of scored timesteps. With `loss_only`, nll_sum alone.
     """
     targets = targets.to(logits.dtype).unsqueeze(1).expand_as(logits)  # (T, K, B, 88)
     weights = mask.to(logits.dtype).unsqueeze(1)  # (T, 1, B)
     nll = F.binary_cross_entropy_with_logits(logits, targets, reduction="none").sum(dim=-1)
+    if loss_only:
+        return {"nll_sum": (nll * weights).sum(dim=(0, 2))}
     predicted = (logits.detach() > 0).to(logits.dtype)  # sigmoid(x) > 0.5 exactly when x > 0
     weights4 = weights.unsqueeze(-1)  # (T, 1, B, 1)
     return {

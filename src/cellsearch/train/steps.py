@@ -239,38 +239,39 @@ class PopulationSteps:
 
     # -- the two step bodies: no arguments, no host synchronisation -----------------------------
 
-    def _forward(self, dropout):
+    def _forward(self, dropout, loss_only: bool = False):
         logits, new_state = self.model(self.inputs, self._carried_state(), dropout,
                                        add_output_bias=not self.loss_kernels)
-        return self._scored(logits, new_state)
+        return self._scored(logits, new_state, loss_only)
 
     def _carried_state(self) -> list:
         """The state carried from the last window, zero in the rows that start anew."""
         keep = (~self.reset).to(self.mask.dtype).view(1, -1, 1)
         return [tuple(s * keep for s in layer) for layer in self.state]
 
-    def _scored(self, logits, new_state):
+    def _scored(self, logits, new_state, loss_only: bool = False):
         """Keeps the window's final state for the next window; (the window's metric sums per
-        member, each member's summed loss)."""
+        member, each member's summed loss), as `_stats`."""
         with torch.no_grad():
             for old, new in zip(self.state, new_state):
                 for buffer, value in zip(old, new):
                     buffer.copy_(value)  # carried into the next window (truncated BPTT)
-        return self._stats(logits)
+        return self._stats(logits, loss_only)
 
-    def _stats(self, logits):
-        """(The window's metric sums per member, each member's summed loss.)"""
+    def _stats(self, logits, loss_only: bool = False):
+        """(The window's metric sums per member, each member's summed loss); with `loss_only`
+        (training reports no metric), the loss's sum alone."""
         if self.task.output_kind == "softmax":
             bias = self.model.output_bias if self.loss_kernels else None
             stats = task_metrics.softmax_stats(logits, self.targets, self.mask, bias,
-                                               self.loss_kernels)
+                                               self.loss_kernels, loss_only)
             return stats, stats["loss_sum"]
-        stats = task_metrics.sigmoid_stats(logits, self.targets, self.mask)
+        stats = task_metrics.sigmoid_stats(logits, self.targets, self.mask, loss_only)
         return stats, stats["nll_sum"]
 
     def _train(self) -> None:
         self.model.train()
-        _, loss_sums = self._forward(self.dropout)
+        _, loss_sums = self._forward(self.dropout, loss_only=True)
         self._clipped_sgd_step(_gradients(self._objective(loss_sums), self.parameters))
 
     def _objective(self, loss_sums: torch.Tensor) -> torch.Tensor:
@@ -423,7 +424,7 @@ class MixedSteps:
         populations = self.populations
         for p in populations:
             p.model.train()
-        objectives = [p._objective(p._stats(logits)[1])
+        objectives = [p._objective(p._stats(logits, loss_only=True)[1])
                       for p, logits in zip(populations, self._forward(training=True))]
         grads = _gradients(torch.stack(objectives).sum(),
                            [q for p in populations for q in p.parameters])
