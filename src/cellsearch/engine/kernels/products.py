@@ -6,9 +6,10 @@ each operand read in place through its own address and strides, found by each pr
 table written anew each call (as `sgd.GroupedSGD`'s). Forward, a product's chunk is one problem
 of one segment, written into its columns of the product. Backward, every gradient is one problem:
 an input's sums the chunks that read it (one segment each), a matrix's is `x^T @ grad` over the
-window's rows, a bias's is `ones @ grad` (ones: an operand at address 0). So a mixed step's
-products launch two kernels whatever the number of populations, where torch launches about a
-dozen a population."""
+window's rows, a bias's sums the gradient's rows (an A at address 0 stands for ones; summed in
+full precision, not in a TF32 product). So each round of a mixed step's products launches one
+kernel forward and one backward (each after a copy of its table) whatever the number of
+populations, where torch launches a few a population."""
 
 from __future__ import annotations
 
