@@ -30,7 +30,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 from cellsearch.cells import zoo
 from cellsearch.engine import mixed
-from cellsearch.engine.kernels import cross_entropy, products, sgd
+from cellsearch.engine.kernels import cross_entropy, products, sgd, tables
 from cellsearch.evaluation.budget import hidden_size_for_budget
 from cellsearch.train import bench
 from cellsearch.train.model import PopulationModel
@@ -101,13 +101,13 @@ def _counting(launches: Launches) -> None:
     for name in ("_forward_kernel", "_backward_kernel"):
         setattr(cross_entropy, name, _Launched(getattr(cross_entropy, name), launches))
     products._products_kernel = _Launched(products._products_kernel, launches)
-    upload = products.Table.upload
+    upload = tables.Table.upload
 
-    def counted_upload(table, *args):  # one copy on a GPU, none here
+    def counted_upload(table, *args):  # a grouped kernel's table: one copy on a GPU
         with launches.kernel():
             return upload(table, *args)
 
-    products.Table.upload = counted_upload
+    tables.Table.upload = counted_upload
 
 
 class _Launched:

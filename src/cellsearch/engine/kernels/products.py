@@ -3,7 +3,7 @@ step outside its recurrence (`engine.products`), for populations of different ce
 
 Every product is a list of problems `C[k] = sum over segments s of A_s[k] @ B_s[k] (+ bias[k])`,
 each operand read in place through its own address and strides, found by each program in a
-table written anew each call (as `sgd.GroupedSGD`'s). Forward, a product's chunk is one problem
+table written anew each call (`tables.Table`, as `sgd.GroupedSGD`'s). Forward, a product's chunk is one problem
 of one segment, written into its columns of the product. Backward, every gradient is one problem:
 an input's sums the chunks that read it (one segment each), a matrix's is `x^T @ grad` over the
 window's rows, a bias's sums the gradient's rows (an A at address 0 stands for ones; summed in
@@ -23,6 +23,7 @@ import triton
 import triton.language as tl
 
 from cellsearch.engine.kernels import codegen
+from cellsearch.engine.kernels.tables import Table
 from cellsearch.engine.products import Product, in_torch
 
 BM, BN, BK = 64, 64, 32  # a program's tile of C, and the reduction's step
@@ -125,35 +126,6 @@ class Launch:
         segments = np.asarray(self.segments, dtype=np.int64).ravel()
         return (np.concatenate([programs, problems, segments]), len(programs),
                 len(programs) + len(problems))
-
-
-class Table:
-    """Where one call site's launch table lives on the device, copied there each call from
-    pinned host memory allocated once: a captured step's copy replays from it, so each step
-    (and each launch in it) keeps a table of its own, as long as its CUDA graph."""
-
-    def __init__(self):
-        self.host: torch.Tensor | None = None
-        self.device: torch.Tensor | None = None
-        self.copied: torch.cuda.Event | None = None  # the last eager call's copy
-
-    def upload(self, values: np.ndarray, device: torch.device) -> torch.Tensor:
-        if device.type != "cuda":  # (Triton's interpreter)
-            return torch.from_numpy(values).to(device)
-        if self.host is None or self.host.numel() != len(values):
-            self.host = torch.empty(len(values), dtype=torch.int64, pin_memory=True)
-            self.device = torch.empty(len(values), dtype=torch.int64, device=device)
-            self.copied = None
-        if self.copied is not None:  # (also while capturing: the steps capture "relaxed")
-            self.copied.synchronize()  # the last eager call's copy has read the host table
-        self.host.copy_(torch.from_numpy(values))
-        self.device.copy_(self.host, non_blocking=True)
-        # No event in a capture: one recorded there cannot be waited for outside it.
-        self.copied = None
-        if not torch.cuda.is_current_stream_capturing():
-            self.copied = torch.cuda.Event()
-            self.copied.record()
-        return self.device
 
 
 def launch(problems: Launch, table: Table | None, device: torch.device, precision: str) -> None:

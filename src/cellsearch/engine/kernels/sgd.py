@@ -26,9 +26,12 @@ import functools
 import warnings
 from collections.abc import Sequence
 
+import numpy as np
 import torch
 import triton
 import triton.language as tl
+
+from cellsearch.engine.kernels.tables import Table
 
 BLOCK = 4096  # gradient elements per program
 
@@ -172,13 +175,7 @@ class GroupedSGD:
         self.members = torch.tensor(members, dtype=torch.int64, device=device)
         self.sums = torch.empty(len(members) * self.width, device=device)
         self.scales = torch.empty(len(members), device=device)
-        # The gradients' table, written on the host and copied to the device each call. The
-        # host side is allocated once, pinned: a captured step's copy replays from it.
-        cuda = device.type == "cuda"
-        self.host = torch.empty(len(self.parameters), ITEM.value, dtype=torch.int64,
-                                pin_memory=cuda)
-        self.items = self.host.to(device) if cuda else self.host
-        self.copied: torch.cuda.Event | None = None  # the last eager call's copy
+        self.table = Table()  # the gradients', written each call
 
     def __call__(self, grads: Sequence[torch.Tensor | None]) -> None:
         items = self._items(grads)
@@ -202,20 +199,7 @@ class GroupedSGD:
                                  f"{p.dtype} {tuple(p.shape)}")
             g = g.unsqueeze(1) if g.dim() == 2 else g if g.dim() == 3 else g.reshape(len(g), 1, -1)
             rows.append([g.data_ptr(), *g.stride(), *g.shape[1:], p.data_ptr(), p.stride(0)])
-        if not self.items.is_cuda:
-            self.items.copy_(torch.tensor(rows, dtype=torch.int64))
-            return self.items
-        if self.copied is not None:  # (also while capturing: the steps capture "relaxed")
-            self.copied.synchronize()  # the last eager call's copy has read the host table
-        self.host.copy_(torch.tensor(rows, dtype=torch.int64))
-        self.items.copy_(self.host, non_blocking=True)
-        # No event in a capture: one recorded there cannot be waited for outside it. A capture
-        # that failed copied nothing, and after one that succeeded only its replays copy.
-        self.copied = None
-        if not torch.cuda.is_current_stream_capturing():
-            self.copied = torch.cuda.Event()
-            self.copied.record()
-        return self.items
+        return self.table.upload(np.array(rows, dtype=np.int64), self.parameters[0].device)
 
 
 def _address(tensor: torch.Tensor, index: int) -> int:
