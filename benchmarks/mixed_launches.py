@@ -5,14 +5,15 @@ the recurrence) and everything else (each population's embedding, static parts, 
 loss, clipped SGD and their backward). At the paper's small shapes a step is bound by its
 launches, so this count, which needs no GPU, says what a mix costs beyond its arithmetic.
 
-Counted: aten operations that compute (views and allocations left out), with each call of one of the step's
-kernels (`mixed.TorchKernels`' methods: one Triton kernel each on a GPU) counted as one. The
-clipped SGD is, as on a GPU, the grouped kernels of `kernels.sgd` (each launch counted, run in
+Counted: aten operations that compute (views and allocations left out), with each call of one of
+the step's kernels (`mixed.TorchKernels`' methods: one Triton kernel each on a GPU) counted as one.
+The clipped SGD is, as on a GPU, the grouped kernels of `kernels.sgd` (each launch counted, run in
 Triton's interpreter here) and the copy of their table, or with `--sgd own` each population's
 update in torch. The static parts and output layers are, as on a GPU, formed together by
 `kernels.products` (each launch counted, its table's copy too), or with `--products own` each
 population's in torch. With `--loss-kernels` the softmax loss runs as on a GPU too, in the two
 Triton kernels of `kernels.cross_entropy` (each launch counted), instead of torch's operations.
+
 
     python benchmarks/mixed_launches.py [--cells 1,4,8,16] [--layers 2] [--sgd grouped|own]
                                         [--products grouped|own] [--loss-kernels]

@@ -22,13 +22,13 @@ setting finishes. Instead the elementwise part of every cell is data for one fix
   forms each matrix's gradient once per window from all steps' operands and product gradients.
   On a CPU the same work runs as torch operations (`TorchKernels`).
 
-So a step of any mix of cells launches, per stage, two kernels forward and two backward,
-whatever the cells, and no combination is ever compiled. Before the window, what the layers
-compute from their inputs alone (their matrices applied to all steps at once) is formed for
-all of them together too (`form_products`: one launch a round on a GPU). The whole window is one autograd node
-(`_Window`). The values and gradients are the eager engine's (`plan.run`) to float rounding.
-Every slot is written once a step, but for a sum's running total (only `add` and `sub`, whose
-derivatives read no values), so the backward reads every value it needs from the forward's.
+So a step of any mix of cells launches, per stage, two kernels forward and two backward, whatever
+the cells, and no combination is ever compiled. Before the window, what the layers compute from
+their inputs alone (their matrices applied to all steps at once) is formed for all of them together
+too (`form_products`: one launch a round on a GPU). The whole window is one autograd node
+(`_Window`). The values and gradients are the eager engine's (`plan.run`) to float rounding. Every
+slot is written once a step, but for a sum's running total (only `add` and `sub`, whose derivatives
+read no values), so the backward reads every value it needs from the forward's.
 
 Its speed on a GPU is not measured yet (`cellsearch bench --mixed N`). What it costs beyond the
 arithmetic: the window's slots and their gradients (zeroed once a window, kept for backward),

@@ -383,8 +383,8 @@ class MixedSteps:
     its own clipped SGD step, all of them in one `kernels.sgd.GroupedSGD` with `grouped_sgd`
     (default: on CUDA, where its kernels work). On CUDA each step is captured into one CUDA
     graph, like a population's own. Each population loads its own window
-    (`PopulationSteps.load`) beforehand; the windows share their shape. The numbers are those of each population's own steps, to
-    float rounding."""
+    (`PopulationSteps.load`) beforehand; the windows share their shape. The numbers are those of
+    each population's own steps, to float rounding."""
 
     def __init__(self, populations: list[PopulationSteps], capture: bool,
                  warmup: int = WARMUP_CALLS, grouped_sgd: bool | None = None,

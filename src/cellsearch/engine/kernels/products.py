@@ -2,14 +2,15 @@
 step outside its recurrence (`engine.products`), for populations of different cells and sizes.
 
 Every product is a list of problems `C[k] = sum over segments s of A_s[k] @ B_s[k] (+ bias[k])`,
-each operand read in place through its own address and strides, found by each program in a
-table written anew each call (`tables.Table`, as `sgd.GroupedSGD`'s). Forward, a product's chunk is one problem
-of one segment, written into its columns of the product. Backward, every gradient is one problem:
-an input's sums the chunks that read it (one segment each), a matrix's is `x^T @ grad` over the
-window's rows, a bias's sums the gradient's rows (an A at address 0 stands for ones; summed in
-full precision, not in a TF32 product). So each round of a mixed step's products launches one
-kernel forward and one backward (each after a copy of its table) whatever the number of
+each operand read in place through its own address and strides, found by each program in a table
+written anew each call (`tables.Table`, as `sgd.GroupedSGD`'s). Forward, a product's chunk is one
+problem of one segment, written into its columns of the product. Backward, every gradient is one
+problem: an input's sums the chunks that read it (one segment each), a matrix's is `x^T @ grad`
+over the window's rows, a bias's sums the gradient's rows (an A at address 0 stands for ones;
+summed in full precision, not in a TF32 product). So each round of a mixed step's products launches
+one kernel forward and one backward (each after a copy of its table) whatever the number of
 populations, where torch launches a few a population."""
+
 
 from __future__ import annotations
 
