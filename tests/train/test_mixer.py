@@ -13,6 +13,7 @@ from cellsearch.train.steps import Mixer
 
 class Counted:
     calls = 0
+    graph = None  # (captured: a CUDA graph)
 
     def __call__(self):
         self.calls += 1
@@ -23,6 +24,7 @@ class Shared:
 
     def __init__(self, populations, capture, warmup):
         self.populations = populations
+        self.device = "cuda"
         self.train_step, self.eval_step = Counted(), Counted()
 
     @property
@@ -189,3 +191,31 @@ def test_a_population_that_leaves_leaves_no_failure_behind(monkeypatch):
     run.close()  # stopped (cancelled) before it learnt of the failure
     mixer.leave(a)
     assert not mixer.failures  # (another population may get a's id)
+
+
+def test_a_captured_step_dropped_is_kept_until_the_gpu_has_run_its_replays(mixer, monkeypatch):
+    class Event:  # the point a stream had reached; the test says when the GPU gets there
+        def __init__(self):
+            self.done = False
+
+        def query(self):
+            return self.done
+
+    events = []
+    monkeypatch.setattr(steps_module, "_queued_so_far",
+                        lambda device: events.append(Event()) or events[-1])
+    a, b, c = population(), population(), population("xml")
+    runs = [ask(mixer, p, "train", first=True) for p in (a, b, c)]
+    mixer.flush()
+    assert all(ran(run) for run in runs)
+    captured = shared(mixer, "train", a, b)
+    captured.train_step.graph = "a CUDA graph"
+    mixer.leave(a)
+    mixer.leave(c)  # its step never captured: no replay of it can be queued
+    assert not mixer.memberships
+    assert [kept for _, kept in mixer.retired] == [captured] and len(events) == 1
+    mixer.flush()
+    assert [kept for _, kept in mixer.retired] == [captured]  # the GPU is not there yet
+    events[0].done = True
+    mixer.flush()
+    assert mixer.retired == []

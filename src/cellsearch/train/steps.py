@@ -396,7 +396,7 @@ class MixedSteps:
         if capture and warmup < 1:
             raise ValueError("a mixed step runs eagerly at least once before it is captured")
         self.populations = populations
-        device = populations[0].mask.device
+        self.device = device = populations[0].mask.device
         if grouped_sgd is None:
             grouped_sgd = device.type == "cuda" and _grouped_usable(str(device))
         self.use_grouped_sgd = grouped_sgd
@@ -488,6 +488,7 @@ class Mixer:
         # id(population) -> (the flush it first asked at, a count): its order, and its wait
         self.arrivals: dict[int, tuple[int, int]] = {}
         self._arrival = itertools.count()
+        self.retired: list[tuple[torch.cuda.Event, MixedSteps]] = []  # (see `_retire`)
         self.flushes = 0
         self.made = self.runs = self.warm_runs = self.members = 0  # for `summary`
 
@@ -513,6 +514,7 @@ class Mixer:
         """Run the steps asked for since the last flush, but for those of populations that
         wait for their cohort."""
         self.flushes += 1
+        self.retired = [(done, kept) for done, kept in self.retired if not done.query()]
         starting = [p for p, phase, first in self.waiting if phase == "train" and first]
         back = {id(p) for p in starting}
         ready = [p for p in starting if all(id(q) in back for q in self.cohort(p))]
@@ -592,7 +594,17 @@ class Mixer:
 
     def _drop(self, stale) -> None:
         for key in [key for key in self.memberships if stale(key[1])]:
-            del self.memberships[key]
+            self._retire(self.memberships.pop(key))
+
+    def _retire(self, together: MixedSteps) -> None:
+        """Forget a shared step, but keep it until the GPU has run the replays queued from it:
+        they copy their launch tables from pinned host memory of its own, which torch's
+        allocator would hand to the next table as soon as the copies it knows of are done
+        (the eager calls', on the step's side stream; replays run on the current one), and
+        whose new values would then reach a queued replay."""
+        if together.train_step.graph is None and together.eval_step.graph is None:
+            return
+        self.retired.append((_queued_so_far(together.device), together))
 
     def _membership(self, phase: str, populations: list[PopulationSteps]) -> MixedSteps:
         key = (phase, tuple(id(p) for p in populations))  # unique while kept: kept holds them
@@ -604,8 +616,15 @@ class Mixer:
         cohorts = {tuple(id(q) for q in self.cohort(p)) for p in populations}
         live = len({tuple(id(q) for q in c) for c in self.cohorts.values()} | cohorts)
         while len(self.memberships) > self.kept * live:
-            del self.memberships[next(iter(self.memberships))]
+            self._retire(self.memberships.pop(next(iter(self.memberships))))
         return together
+
+
+def _queued_so_far(device: torch.device) -> torch.cuda.Event:
+    """An event that completes once `device`'s current stream has run what is queued on it."""
+    done = torch.cuda.Event()
+    done.record(torch.cuda.current_stream(device))
+    return done
 
 
 def drive(run: Generator[None, None, Any]) -> Any:

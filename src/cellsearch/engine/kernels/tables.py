@@ -11,8 +11,9 @@ import torch
 class Table:
     """Where one call site's table lives on the device, copied there each call from pinned host
     memory allocated once: a captured step's copy replays from it, so each step (and each
-    launch in it) keeps a table of its own, as long as its CUDA graph. An eager call waits for
-    the last one's copy to have read the host memory before writing it anew."""
+    launch in it) keeps a table of its own, as long as its CUDA graph, and until the replays
+    queued from that have run (`train.steps.Mixer` keeps a dropped step so long). An eager call
+    waits for the last one's copy to have read the host memory before writing it anew."""
 
     def __init__(self):
         self.host: torch.Tensor | None = None
