@@ -26,7 +26,8 @@ Parts, in priority order (each writes OUT/<part>.json when done, and a later cal
                        run (issue 17; waits for a machine of several GPUs)
 
 A part starts only if its estimate fits in what is left of --minutes; what does not fit runs in
-the next session's call. A search part's database stays in OUT, so the next call resumes it
+the next session's call. A part that fails leaves OUT/<part>.failed.txt (why) and no marker,
+and the call goes on with the next. A search part's database stays in OUT, so the next call resumes it
 (throughput counts only the evaluations stored during the call). `--quick` shrinks every part
 for a check on a CPU (the tests run it so).
 """
@@ -40,6 +41,7 @@ import signal
 import subprocess
 import sys
 import time
+import traceback
 from collections import Counter
 from datetime import datetime, timezone
 from pathlib import Path
@@ -68,6 +70,9 @@ def main() -> int:
     unknown = sorted(set(parts) - set(PARTS))
     if unknown:
         parser.error(f"unknown part(s) {', '.join(unknown)}; known: {', '.join(PARTS)}")
+    if args.baseline_src and not (Path(args.baseline_src) / "cellsearch").is_dir():
+        # (else the baseline would silently import this tree's package)
+        parser.error(f"--baseline-src {args.baseline_src} holds no cellsearch package")
     deadline = time.monotonic() + args.minutes * 60
     for part in parts:
         marker = out / f"{part}.json"
@@ -85,7 +90,12 @@ def main() -> int:
             continue
         print(f"{part}: running (~{estimate:.0f} min)", flush=True)
         started = time.monotonic()
-        result = RUNNERS[part](args, out)
+        try:
+            result = RUNNERS[part](args, out)
+        except Exception as error:  # noqa: BLE001 - a device session is too short to lose
+            (out / f"{part}.failed.txt").write_text(failure(error))
+            print(f"{part}: failed, see {out / f'{part}.failed.txt'}; going on", flush=True)
+            continue
         if result is None:
             continue
         record = {"part": part, "minutes": round((time.monotonic() - started) / 60, 2),
@@ -93,6 +103,14 @@ def main() -> int:
         marker.write_text(json.dumps(record, indent=2))
         print(f"{part}: {json.dumps(result)[:300]}", flush=True)
     return 0
+
+
+def failure(error: Exception) -> str:
+    """What made a part fail: the traceback, and a command's own output when one failed."""
+    text = "".join(traceback.format_exception(error))
+    if isinstance(error, subprocess.CalledProcessError):
+        text += f"\n--- stdout\n{error.stdout}\n--- stderr\n{error.stderr}"
+    return text
 
 
 def machine(device: str) -> dict:
@@ -141,7 +159,10 @@ def bench_mixed(args, out: Path) -> dict:
                                         ("grouped-products",))):
         os.environ["CUDA_DEVICE_MAX_CONNECTIONS"] = connections
         done = cellsearch("bench", "--mixed", cells, "--windows", windows, "--device",
-                          args.device, "--json", without=without, check=True)
+                          args.device, "--json", without=without)
+        if done.returncode:  # the others are still worth having
+            figures[name] = {"returncode": done.returncode, "stderr_tail": done.stderr[-2000:]}
+            continue
         figures[name] = json.loads(done.stdout)
     del os.environ["CUDA_DEVICE_MAX_CONNECTIONS"]
     return {"bench": figures}

@@ -76,3 +76,23 @@ def test_the_command_without_the_grouped_kernels_runs_the_cli_with_the_mixed_ste
                                      check=True)
     assert listed.stdout == gpu_campaign.cellsearch("cells", "list", check=True).stdout
     assert "lstm" in listed.stdout
+
+
+def test_a_part_that_fails_says_why_and_the_call_goes_on(tmp_path):
+    broken = tmp_path / "src" / "cellsearch"
+    broken.mkdir(parents=True)
+    (broken / "__init__.py").write_text("")
+    (broken / "__main__.py").write_text("raise SystemExit('a baseline that does not run')")
+    out = campaign(tmp_path, "--quick", "--parts", "bench-layout,gpu-tests",
+                   "--baseline-src", str(broken.parent))
+    assert "bench-layout: failed" in out and "going on" in out
+    why = (tmp_path / "bench-layout.failed.txt").read_text()
+    assert "CalledProcessError" in why and "a baseline that does not run" in why
+    assert not (tmp_path / "bench-layout.json").exists()  # the next call tries it again
+    assert (tmp_path / "gpu-tests.json").exists()
+
+
+def test_a_baseline_without_the_package_is_refused(tmp_path):
+    refused = subprocess.run([sys.executable, str(CAMPAIGN), "--out", str(tmp_path),
+                              "--baseline-src", str(tmp_path)], capture_output=True, text=True)
+    assert refused.returncode == 2 and "holds no cellsearch package" in refused.stderr
