@@ -92,7 +92,7 @@ def _within(real, context):
 
 def _counting(launches: Launches) -> None:
     """Routes the step kernels and the window's forward and backward through `launches`."""
-    for name in ("matmul", "matmul_backward", "instructions", "instructions_backward"):
+    for name in ("stage", "stage_backward"):
         setattr(mixed.TorchKernels, name,
                 _within(getattr(mixed.TorchKernels, name), launches.kernel))
     for name in ("forward", "backward"):

@@ -45,8 +45,7 @@ class CompileOnly:
 compiled: dict[str, bool] = {}  # kernel name -> whether every compile of it gave a cubin
 EXPECTED = {  # every kernel function of the package (the generated ones by their names)
     "forward_kernel", "backward_kernel",  # fused, per step and persistent
-    "instructions_kernel", "instructions_backward_kernel", "matmul_kernel",
-    "matmul_backward_kernel",  # mixed
+    "stage_kernel", "stage_backward_kernel",  # mixed
     "_forward_kernel", "_backward_kernel",  # cross_entropy
     "_square_sums_kernel", "_update_kernel", "_grouped_square_sums_kernel",
     "_grouped_scales_kernel", "_grouped_update_kernel",  # sgd
@@ -133,6 +132,7 @@ def sweep(mutants: int) -> None:
 
 def check_the_mixed_kernels() -> None:
     """The mixed engine's step kernels, forward and backward, float32 (TF32 products)."""
+    from cellsearch.cells.equations import parse
     from cellsearch.engine.mixed import Layer, run_mixed
     from cellsearch.engine.plan import plan
 
@@ -144,6 +144,11 @@ def check_the_mixed_kernels() -> None:
         layers.append(Layer(plan(graph), parameters(graph, K, n), x, state))
     backward([t for outputs, final in run_mixed(layers, kernel="triton")
               for t in (outputs, *final)])
+    gated = parse("h' = tanh(W_xh x + b_h) * h")  # a stage without matmuls
+    x = torch.randn(2, 3, 4, 8).requires_grad_()
+    outputs, _ = run_mixed([Layer(plan(gated), parameters(gated, 2, 8), x,
+                                  (torch.zeros(2, 4, 8),))], kernel="triton")[0]
+    backward([outputs])
 
 
 def check_the_products_kernel() -> None:

@@ -17,12 +17,14 @@ setting finishes. Instead the elementwise part of every cell is data for one fix
   instructions copy its new states there, and no step needs a launch of its own for that.
 - Per step and stage, one kernel forms every member's recurrent products, reading the operands
   from their slots and writing the products to theirs (each member loops over its own
-  matrices), and one kernel runs every member's instructions, looping over its own program
-  (`kernels_source`, generated from the operation table). Backward runs them in reverse, and
-  forms each matrix's gradient once per window from all steps' operands and product gradients.
-  On a CPU the same work runs as torch operations (`TorchKernels`).
+  matrices), then runs every member's instructions, looping over its own program: a program
+  per member and tile of its slot, as instructions are elementwise (`kernels_source`,
+  generated from the operation table). Backward runs them in reverse, a stage's matmuls with
+  the stage before's instructions, and forms each matrix's gradient once per window from all
+  steps' operands and product gradients. On a CPU the same work runs as torch operations
+  (`TorchKernels`).
 
-So a step of any mix of cells launches, per stage, two kernels forward and two backward, whatever
+So a step of any mix of cells launches one kernel per stage forward and one backward, whatever
 the cells, and no combination is ever compiled. Before the window, what the layers compute from
 their inputs alone (their matrices applied to all steps at once) is formed for all of them together
 too (`form_products`: one launch a round on a GPU). The whole window is one autograd node
@@ -32,7 +34,7 @@ read no values), so the backward reads every value it needs from the forward's.
 
 Its speed on a GPU is not measured yet (`cellsearch bench --mixed N`). What it costs beyond the
 arithmetic: the window's slots and their gradients (zeroed once a window, kept for backward),
-and an instruction kernel whose values pass through memory (L1/L2) rather than registers.
+and instructions whose values pass through memory (L1/L2) rather than registers.
 """
 
 from __future__ import annotations
@@ -287,11 +289,12 @@ class _Window(torch.autograd.Function):
     step and stage the kernels form the products and run the instructions, the last of which
     copy each member's new states into the next step's state slots. Backward runs the same in
     reverse on one tensor of the slots' gradients, then forms each stage's matrices' gradient
-    from all steps at once. So a step launches per stage one matmul kernel and one instruction
-    kernel each way, and writes its slots once each way; and a population's tensors enter and
-    leave the window in one copy each, with no padding on the way. A population whose state is
-    carried (`resets[p]` not None) has the reset rows zeroed on the way in and its final state
-    copied into `carried[p]` on the way out, not returned."""
+    from all steps at once. So a step launches one kernel per stage each way (`stage`, and
+    `stage_backward`: a stage's matmuls' backward with the stage before's instructions'), and
+    writes its slots once each way; and a population's tensors enter and leave the window in
+    one copy each, with no padding on the way. A population whose state is carried (`resets[p]`
+    not None) has the reset rows zeroed on the way in and its final state copied into
+    `carried[p]` on the way out, not returned."""
 
     @staticmethod
     def forward(ctx, layout, kernels, window, places, resets, carried, *tensors):
@@ -311,9 +314,7 @@ class _Window(torch.autograd.Function):
                     for m, table in zip(matrices, layout.stages)]
         for t in range(T):
             for table, weights in zip(layout.stages, matrices):
-                if weights is not None:
-                    kernels.matmul(values, t, layout, table, weights)
-                kernels.instructions(values, t, layout, table)
+                kernels.stage(values, t, layout, table, weights)
         ctx.save_for_backward(values, *(m for m in matrices if m is not None))
         ctx.layout, ctx.kernels, ctx.places, ctx.carried = layout, kernels, places, carried
         ctx.shapes = [tensor.shape for tensor in tensors]
@@ -333,11 +334,13 @@ class _Window(torch.autograd.Function):
             region += grad
         saved = iter(saved)
         matrices = [next(saved) if table.J else None for table in layout.stages]
+        pending = None  # the last stage's matmuls, whose backward goes with the next launch
         for t in reversed(range(T)):
             for table, weights in reversed(list(zip(layout.stages, matrices))):
-                kernels.instructions_backward(grads, values, t, layout, table)
-                if weights is not None:
-                    kernels.matmul_backward(grads, t, layout, table, weights)
+                kernels.stage_backward(grads, values, layout, pending, (t, table))
+                pending = (t, table, weights) if weights is not None else None
+        if pending is not None:
+            kernels.stage_backward(grads, values, layout, pending, None)
         needed = ctx.needs_input_grad[6:]
         wanted = {place[2] for place, need in zip(places, needed) if need and place[0] == "matrix"}
         matrix_grads = [_matrix_gradient(values, grads, table).view(layout.members, table.J,
@@ -536,6 +539,25 @@ class TorchKernels:
     the kernels' reference)."""
 
     @staticmethod
+    def stage(values, t, layout, table, weights) -> None:
+        """A stage of step t: its matmuls (with `weights`, when it has any), then its
+        instructions."""
+        if weights is not None:
+            TorchKernels.matmul(values, t, layout, table, weights)
+        TorchKernels.instructions(values, t, layout, table)
+
+    @staticmethod
+    def stage_backward(grads, values, layout, matmuls, instructions) -> None:
+        """The backward of `matmuls`, a stage's (t, table, weights), then of `instructions`, the
+        stage before's (t, table); either may be None."""
+        if matmuls is not None:
+            t, table, weights = matmuls
+            TorchKernels.matmul_backward(grads, t, layout, table, weights)
+        if instructions is not None:
+            TorchKernels.instructions_backward(grads, values, instructions[0], layout,
+                                               instructions[1])
+
+    @staticmethod
     def matmul(values, t, layout, table, weights) -> None:
         rows = values[t].flatten(0, 1)  # (R * M, B, N)
         rows.index_copy_(0, table.products, torch.bmm(rows.index_select(0, table.operands),
@@ -607,13 +629,16 @@ def _gradients(name: str) -> tuple[str, str]:
 
 @functools.cache
 def kernels_source() -> str:
-    """A module with the step's four kernels. `instructions_kernel` and its backward: one program
-    per member and block of its (B, N) slot, looping over the member's instructions; each value
-    goes to memory, and the next instruction reads it back (a barrier between); the operations
-    come from the table. `matmul_kernel` and its backward: one program per member and (B, N)
-    tile, looping over the member's own matmuls (no padding), operands and products read and
-    written in the slots themselves. Slots are addressed `start + slot * slot_stride + member *
-    member_stride`, so slot R + r is the next step's r."""
+    """A module with the step's two kernels, one program per member and (B, N) tile of its
+    slots. `stage_kernel`: the member's matmuls of a stage on the tile (each loops over its own,
+    no padding: operands read from their slots, products written to theirs), then its
+    instructions on the tile, looping over its program; each value goes to memory, and the next
+    instruction reads it back (a barrier between); the operations come from the table.
+    Instructions are elementwise, so a tile's need only the tile's products: the two share a
+    launch. `stage_backward_kernel`: a stage's matmuls' backward (a tile of the operands'
+    gradients, a sum over all the products' columns, which the launch before formed), then
+    the stage before's instructions' backward on the same tile. Slots are addressed `start +
+    slot * slot_stride + member * member_stride`, so slot R + r is the next step's r."""
     forward, first, second = "0.0", "0.0", "0.0"
     for name, code in reversed(OPCODES.items()):
         value = ops.BY_NAME[name].triton.format("a", "b")  # (an activation reads only {0})
@@ -621,112 +646,106 @@ def kernels_source() -> str:
         forward = f"tl.where(op == {code}, {value}, {forward})"
         first = f"tl.where(op == {code}, {gradient_a}, {first})"
         second = f"tl.where(op == {code}, {gradient_b}, {second})"
-    return f'''"""Generated by cellsearch.engine.mixed: a mix's step in four kernels."""
+    return f'''"""Generated by cellsearch.engine.mixed: a mix's step, a kernel a stage each way."""
 import triton
 import triton.language as tl
 
 
 @triton.jit
-def instructions_kernel(values, start, program, lengths, columns, member_stride, slot_stride,
-                        program_stride, N, size, BLOCK: tl.constexpr):
+def stage_kernel(values, start, weights, operands, products, counts, J, program, lengths,
+                 program_stride, columns, member_stride, slot_stride, B, N,
+                 MATMULS: tl.constexpr, PRECISION: tl.constexpr, BB: tl.constexpr,
+                 BN: tl.constexpr, BK: tl.constexpr):
+    """product[b, c] = sum_k operand[b, k] * W[c, k] for each of member m's matmuls, then its
+    instructions, on the tile."""
     m = tl.program_id(0).to(tl.int64)
-    offsets = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
-    mask = (offsets < size) & (offsets % N < tl.load(columns + m))
-    base = values + start + m * member_stride + offsets
+    rows = tl.program_id(1) * BB + tl.arange(0, BB)
+    cols = tl.program_id(2) * BN + tl.arange(0, BN)
+    n = tl.load(columns + m)
+    tile = (rows[:, None] < B) & (cols[None, :] < n)
+    base = values + start + m * member_stride
+    offsets = rows[:, None] * N + cols[None, :]
+    if MATMULS:
+        for j in range(tl.load(counts + m)):
+            operand = base + tl.load(operands + m * J + j).to(tl.int64) * slot_stride
+            matrix = weights + (m * J + j) * N * N
+            total = tl.full([BB, BN], 0.0, values.dtype.element_ty)
+            for k in range(0, n, BK):
+                ks = k + tl.arange(0, BK)
+                a = tl.load(operand + rows[:, None] * N + ks[None, :],
+                            mask=(rows[:, None] < B) & (ks[None, :] < n), other=0.0)
+                w = tl.load(matrix + cols[None, :] * N + ks[:, None],
+                            mask=(ks[:, None] < n) & (cols[None, :] < n), other=0.0)
+                total = tl.dot(a, w, total, input_precision=PRECISION)
+            product = base + tl.load(products + m * J + j).to(tl.int64) * slot_stride
+            tl.store(product + offsets, total, mask=tile)
+        tl.debug_barrier()
     code = program + m * program_stride
     for i in range(tl.load(lengths + m)):
         op = tl.load(code + 4 * i)
-        a = tl.load(base + tl.load(code + 4 * i + 2).to(tl.int64) * slot_stride, mask=mask,
-                    other=0.0)
-        b = tl.load(base + tl.load(code + 4 * i + 3).to(tl.int64) * slot_stride, mask=mask,
-                    other=0.0)
-        tl.store(base + tl.load(code + 4 * i + 1).to(tl.int64) * slot_stride, {forward},
-                 mask=mask)
+        a = tl.load(base + tl.load(code + 4 * i + 2).to(tl.int64) * slot_stride + offsets,
+                    mask=tile, other=0.0)
+        b = tl.load(base + tl.load(code + 4 * i + 3).to(tl.int64) * slot_stride + offsets,
+                    mask=tile, other=0.0)
+        tl.store(base + tl.load(code + 4 * i + 1).to(tl.int64) * slot_stride + offsets,
+                 {forward}, mask=tile)
         tl.debug_barrier()
 
 
 @triton.jit
-def instructions_backward_kernel(grads, values, start, program, lengths, columns, member_stride,
-                                 slot_stride, program_stride, N, size, BLOCK: tl.constexpr):
-    m = tl.program_id(0).to(tl.int64)
-    offsets = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
-    mask = (offsets < size) & (offsets % N < tl.load(columns + m))
-    base = start + m * member_stride + offsets
-    code = program + m * program_stride
-    length = tl.load(lengths + m)
-    for j in range(length):
-        i = length - 1 - j
-        op = tl.load(code + 4 * i)
-        dst = base + tl.load(code + 4 * i + 1).to(tl.int64) * slot_stride
-        first = base + tl.load(code + 4 * i + 2).to(tl.int64) * slot_stride
-        second = base + tl.load(code + 4 * i + 3).to(tl.int64) * slot_stride
-        g = tl.load(grads + dst, mask=mask, other=0.0)
-        y = tl.load(values + dst, mask=mask, other=0.0)
-        a = tl.load(values + first, mask=mask, other=0.0)
-        b = tl.load(values + second, mask=mask, other=0.0)
-        tl.store(grads + dst, g * 0.0, mask=mask)  # dst's value before: unread
-        tl.debug_barrier()
-        tl.store(grads + first, tl.load(grads + first, mask=mask, other=0.0) + {first},
-                 mask=mask)
-        tl.debug_barrier()
-        tl.store(grads + second, tl.load(grads + second, mask=mask, other=0.0) + {second},
-                 mask=mask)
-        tl.debug_barrier()
-
-
-@triton.jit
-def matmul_kernel(values, start, weights, operands, products, counts, columns, J, member_stride,
-                  slot_stride, B, N, PRECISION: tl.constexpr, BB: tl.constexpr,
-                  BN: tl.constexpr, BK: tl.constexpr):
-    """product[b, c] = sum_k operand[b, k] * W[c, k], for each of member m's matmuls."""
+def stage_backward_kernel(grads, values, matmul_start, weights, operands, products, counts, J,
+                          start, program, lengths, program_stride, columns, member_stride,
+                          slot_stride, B, N, MATMULS: tl.constexpr, INSTRUCTIONS: tl.constexpr,
+                          PRECISION: tl.constexpr, BB: tl.constexpr, BN: tl.constexpr,
+                          BK: tl.constexpr):
+    """operand_grad[b, c] += sum_k product_grad[b, k] * W[k, c] for each of member m's matmuls
+    of the stage at `matmul_start` in turn (several may share an operand), then the backward of
+    its instructions of the stage at `start`, on the tile."""
     m = tl.program_id(0).to(tl.int64)
     rows = tl.program_id(1) * BB + tl.arange(0, BB)
     cols = tl.program_id(2) * BN + tl.arange(0, BN)
     n = tl.load(columns + m)
-    base = values + start + m * member_stride
-    for j in range(tl.load(counts + m)):
-        operand = base + tl.load(operands + m * J + j).to(tl.int64) * slot_stride
-        matrix = weights + (m * J + j) * N * N
-        total = tl.full([BB, BN], 0.0, values.dtype.element_ty)
-        for k in range(0, n, BK):
-            ks = k + tl.arange(0, BK)
-            a = tl.load(operand + rows[:, None] * N + ks[None, :],
-                        mask=(rows[:, None] < B) & (ks[None, :] < n), other=0.0)
-            w = tl.load(matrix + cols[None, :] * N + ks[:, None],
-                        mask=(ks[:, None] < n) & (cols[None, :] < n), other=0.0)
-            total = tl.dot(a, w, total, input_precision=PRECISION)
-        product = base + tl.load(products + m * J + j).to(tl.int64) * slot_stride
-        tl.store(product + rows[:, None] * N + cols[None, :], total,
-                 mask=(rows[:, None] < B) & (cols[None, :] < n))
-
-
-@triton.jit
-def matmul_backward_kernel(grads, start, weights, operands, products, counts, columns, J,
-                           member_stride, slot_stride, B, N, PRECISION: tl.constexpr,
-                           BB: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr):
-    """operand_grad[b, c] += sum_k product_grad[b, k] * W[k, c], for each of member m's matmuls
-    in turn (several may share an operand)."""
-    m = tl.program_id(0).to(tl.int64)
-    rows = tl.program_id(1) * BB + tl.arange(0, BB)
-    cols = tl.program_id(2) * BN + tl.arange(0, BN)
-    n = tl.load(columns + m)
-    base = grads + start + m * member_stride
     tile = (rows[:, None] < B) & (cols[None, :] < n)
-    for j in range(tl.load(counts + m)):
-        product = base + tl.load(products + m * J + j).to(tl.int64) * slot_stride
-        matrix = weights + (m * J + j) * N * N
-        total = tl.full([BB, BN], 0.0, grads.dtype.element_ty)
-        for k in range(0, n, BK):
-            ks = k + tl.arange(0, BK)
-            g = tl.load(product + rows[:, None] * N + ks[None, :],
-                        mask=(rows[:, None] < B) & (ks[None, :] < n), other=0.0)
-            w = tl.load(matrix + ks[:, None] * N + cols[None, :],
-                        mask=(ks[:, None] < n) & (cols[None, :] < n), other=0.0)
-            total = tl.dot(g, w, total, input_precision=PRECISION)
-        operand = base + tl.load(operands + m * J + j).to(tl.int64) * slot_stride
-        target = operand + rows[:, None] * N + cols[None, :]
-        tl.store(target, tl.load(target, mask=tile, other=0.0) + total, mask=tile)
-        tl.debug_barrier()
+    offsets = rows[:, None] * N + cols[None, :]
+    if MATMULS:
+        base = grads + matmul_start + m * member_stride
+        for j in range(tl.load(counts + m)):
+            product = base + tl.load(products + m * J + j).to(tl.int64) * slot_stride
+            matrix = weights + (m * J + j) * N * N
+            total = tl.full([BB, BN], 0.0, grads.dtype.element_ty)
+            for k in range(0, n, BK):
+                ks = k + tl.arange(0, BK)
+                g = tl.load(product + rows[:, None] * N + ks[None, :],
+                            mask=(rows[:, None] < B) & (ks[None, :] < n), other=0.0)
+                w = tl.load(matrix + ks[:, None] * N + cols[None, :],
+                            mask=(ks[:, None] < n) & (cols[None, :] < n), other=0.0)
+                total = tl.dot(g, w, total, input_precision=PRECISION)
+            operand = base + tl.load(operands + m * J + j).to(tl.int64) * slot_stride
+            target = operand + offsets
+            tl.store(target, tl.load(target, mask=tile, other=0.0) + total, mask=tile)
+            tl.debug_barrier()
+    if INSTRUCTIONS:
+        base = start + m * member_stride + offsets
+        code = program + m * program_stride
+        length = tl.load(lengths + m)
+        for j in range(length):
+            i = length - 1 - j
+            op = tl.load(code + 4 * i)
+            dst = base + tl.load(code + 4 * i + 1).to(tl.int64) * slot_stride
+            first = base + tl.load(code + 4 * i + 2).to(tl.int64) * slot_stride
+            second = base + tl.load(code + 4 * i + 3).to(tl.int64) * slot_stride
+            g = tl.load(grads + dst, mask=tile, other=0.0)
+            y = tl.load(values + dst, mask=tile, other=0.0)
+            a = tl.load(values + first, mask=tile, other=0.0)
+            b = tl.load(values + second, mask=tile, other=0.0)
+            tl.store(grads + dst, g * 0.0, mask=tile)  # dst's value before: unread
+            tl.debug_barrier()
+            tl.store(grads + first, tl.load(grads + first, mask=tile, other=0.0) + {first},
+                     mask=tile)
+            tl.debug_barrier()
+            tl.store(grads + second, tl.load(grads + second, mask=tile, other=0.0) + {second},
+                     mask=tile)
+            tl.debug_barrier()
 '''
 
 
@@ -740,46 +759,43 @@ def _strides(values: torch.Tensor) -> tuple[int, int, int]:
 
 
 class TritonKernels:
-    """`TorchKernels` in the generated kernels (`kernels_source`)."""
+    """`TorchKernels` in the generated kernels (`kernels_source`), a launch each."""
 
     @staticmethod
-    def instructions(values, t, layout, table) -> None:
-        TritonKernels._instructions("instructions_kernel", t, layout, table, values)
+    def stage(values, t, layout, table, weights) -> None:
+        step, member, slot = _strides(values)
+        _module().stage_kernel[_grid(values)](
+            values, t * step, weights if weights is not None else values, table.operand_slots,
+            table.product_slots, table.matmuls, table.J, table.program, table.lengths,
+            table.program.stride(0), layout.columns, member, slot, *values.shape[3:],
+            MATMULS=weights is not None, **_blocks(values))
 
     @staticmethod
-    def instructions_backward(grads, values, t, layout, table) -> None:
-        TritonKernels._instructions("instructions_backward_kernel", t, layout, table, grads,
-                                    values)
+    def stage_backward(grads, values, layout, matmuls, instructions) -> None:
+        step, member, slot = _strides(grads)
+        t, table, weights = matmuls if matmuls is not None else (0, instructions[1], grads)
+        at, code = instructions if instructions is not None else (0, table)
+        _module().stage_backward_kernel[_grid(grads)](
+            grads, values, t * step, weights, table.operand_slots, table.product_slots,
+            table.matmuls, table.J, at * step, code.program, code.lengths,
+            code.program.stride(0), layout.columns, member, slot, *grads.shape[3:],
+            MATMULS=matmuls is not None, INSTRUCTIONS=instructions is not None,
+            **_blocks(grads))
 
-    @staticmethod
-    def matmul(values, t, layout, table, weights) -> None:
-        TritonKernels._matmul("matmul_kernel", values, t, layout, table, weights)
 
-    @staticmethod
-    def matmul_backward(grads, t, layout, table, weights) -> None:
-        TritonKernels._matmul("matmul_backward_kernel", grads, t, layout, table, weights)
+def _blocks(slots: torch.Tensor) -> dict:
+    """A program's tile of a slot (BB, BN), the matmuls' inner block and precision."""
+    B, N = slots.shape[3:]
+    precision = codegen.matmul_precision(slots) if slots.dtype == torch.float32 else "ieee"
+    return {"BB": min(64, codegen.block_size(B)), "BN": min(64, codegen.block_size(N)),
+            "BK": 32, "PRECISION": precision}
 
-    @staticmethod
-    def _instructions(kernel, t, layout, table, *tensors) -> None:
-        step, member, slot = _strides(tensors[0])
-        _, _, M, B, N = tensors[0].shape
-        size = B * N
-        BLOCK = min(1024, codegen.block_size(size))
-        getattr(_module(), kernel)[(M, -(-size // BLOCK))](
-            *tensors, t * step, table.program, table.lengths, layout.columns, member, slot,
-            table.program.stride(0), N, size, BLOCK=BLOCK)
 
-    @staticmethod
-    def _matmul(kernel, slots, t, layout, table, weights) -> None:
-        step, member, slot = _strides(slots)
-        _, _, M, B, N = slots.shape
-        BB, BN, BK = min(64, codegen.block_size(B)), min(64, codegen.block_size(N)), 32
-        precision = (codegen.matmul_precision(slots) if slots.dtype == torch.float32
-                     else "ieee")
-        getattr(_module(), kernel)[(M, -(-B // BB), -(-N // BN))](
-            slots, t * step, weights, table.operand_slots, table.product_slots, table.matmuls,
-            layout.columns, table.J, member, slot, B, N, PRECISION=precision, BB=BB, BN=BN,
-            BK=BK)
+def _grid(slots: torch.Tensor) -> tuple[int, int, int]:
+    """A program per member and tile of its slot."""
+    _, _, M, B, N = slots.shape
+    blocks = _blocks(slots)
+    return M, -(-B // blocks["BB"]), -(-N // blocks["BN"])
 
 
 _KERNELS = {"torch": TorchKernels, "triton": TritonKernels}
