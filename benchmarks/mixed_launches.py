@@ -11,7 +11,8 @@ The clipped SGD is, as on a GPU, the grouped kernels of `kernels.sgd` (each laun
 Triton's interpreter here) and the copy of their table, or with `--sgd own` each population's
 update in torch. The static parts and output layers are, as on a GPU, formed together by
 `kernels.products` (each launch counted, its table's copy too), or with `--products own` each
-population's in torch. With `--loss-kernels` the softmax loss runs as on a GPU too, in the two
+population's in torch. The windows' copies in and out are counted as on a GPU too: a launch of
+`kernels.copies` each, and its table's copy (run in torch here). With `--loss-kernels` the softmax loss runs as on a GPU too, in the two
 Triton kernels of `kernels.cross_entropy` (each launch counted), instead of torch's operations.
 
 
@@ -31,7 +32,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 from cellsearch.cells import zoo
 from cellsearch.engine import mixed
-from cellsearch.engine.kernels import cross_entropy, products, sgd, tables
+from cellsearch.engine.kernels import copies, cross_entropy, products, sgd, tables
 from cellsearch.evaluation.budget import hidden_size_for_budget
 from cellsearch.train import bench
 from cellsearch.train.model import PopulationModel
@@ -102,6 +103,15 @@ def _counting(launches: Launches) -> None:
     for name in ("_forward_kernel", "_backward_kernel"):
         setattr(cross_entropy, name, _Launched(getattr(cross_entropy, name), launches))
     products._products_kernel = _Launched(products._products_kernel, launches)
+    launch_copies = copies.Copies.launch
+
+    def counted_copies(batch, table=None, in_torch=False):  # as on a GPU: a table, a kernel
+        if batch.copies:
+            launches.add(1)
+        with launches.kernel():
+            return launch_copies(batch, table, in_torch=True)
+
+    copies.Copies.launch = counted_copies
     upload = tables.Table.upload
 
     def counted_upload(table, *args):  # a grouped kernel's table: one copy on a GPU

@@ -45,7 +45,7 @@ class CompileOnly:
 compiled: dict[str, bool] = {}  # kernel name -> whether every compile of it gave a cubin
 EXPECTED = {  # every kernel function of the package (the generated ones by their names)
     "forward_kernel", "backward_kernel",  # fused, per step and persistent
-    "stage_kernel", "stage_backward_kernel",  # mixed
+    "stage_kernel", "stage_backward_kernel", "copies_kernel",  # mixed
     "_forward_kernel", "_backward_kernel",  # cross_entropy
     "_square_sums_kernel", "_update_kernel", "_grouped_square_sums_kernel",
     "_grouped_scales_kernel", "_grouped_update_kernel",  # sgd

@@ -221,7 +221,10 @@ def test_a_step_launches_its_kernels_only(monkeypatch):
     assert forward3[1] == forward6[1] and backward3[1] == backward6[1]
 
 
-def test_carried_states_start_from_zero_where_reset_and_take_the_final_state():
+@pytest.mark.parametrize("kernel", ["torch", "triton"])
+def test_carried_states_start_from_zero_where_reset_and_take_the_final_state(kernel, request):
+    if kernel == "triton":
+        request.getfixturevalue("interpreted")
     layers = mix([zoo.get("lstm"), zoo.get("gru"), zoo.get("mut2")], seed=3)
     reset = torch.tensor([True, False, True][:layers[0].x.shape[2]])
 
@@ -235,7 +238,7 @@ def test_carried_states_start_from_zero_where_reset_and_take_the_final_state():
     expected = [run(lay.plan, lay.params, lay.x, starting(lay)) for lay in layers[:2]]
     expected += alone(layers[2:])
     mixed_layers = carried()
-    results = run_mixed(mixed_layers)
+    results = run_mixed(mixed_layers, kernel)
     for (outputs, final), (theirs, their_final) in zip(results, expected):
         assert_same([theirs, *their_final], [outputs, *final])
     assert all(final is lay.state for (_, final), lay in zip(results[:2], mixed_layers))
@@ -248,4 +251,4 @@ def test_carried_states_start_from_zero_where_reset_and_take_the_final_state():
         return list(torch.autograd.grad(loss, leaves, allow_unused=True))
 
     expected = [run(lay.plan, lay.params, lay.x, starting(lay)) for lay in layers[:2]]
-    assert_same(gradients(expected + alone(layers[2:])), gradients(run_mixed(carried())))
+    assert_same(gradients(expected + alone(layers[2:])), gradients(run_mixed(carried(), kernel)))

@@ -42,7 +42,7 @@ from __future__ import annotations
 import functools
 import itertools
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Sequence
 
 import torch
@@ -50,6 +50,8 @@ from torch.autograd.function import once_differentiable
 
 from cellsearch.cells import ops
 from cellsearch.engine.kernels import codegen
+from cellsearch.engine.kernels.copies import Copies
+from cellsearch.engine.kernels.tables import Table
 from cellsearch.engine.nn import State, parameter_shape
 from cellsearch.engine.plan import (
     MatmulGroup,
@@ -187,7 +189,8 @@ def run_mixed(layers: Sequence[Layer], kernel: str | None = None,
     the mix's integer tables are kept, for a caller that captures this run into a CUDA graph and
     so must keep them alive as long as the graph (default: a bounded cache). The layers' static
     values and parts are formed together before the window, their products a round at a time
-    by `form_products(..., products_kernel, tables, (site, ...))`."""
+    by `form_products(..., products_kernel, tables, (site, ...))`; the window's copies keep
+    their tables in `tables` too, at (site, "window")."""
     T, B = layers[0].x.shape[1:3]
     if any(layer.x.shape[1:3] != (T, B) for layer in layers):
         raise ValueError("the layers of a mix share their window: T and B must agree")
@@ -244,8 +247,9 @@ def run_mixed(layers: Sequence[Layer], kernel: str | None = None,
                     tensors.append(layer.params[matrices[job[0]][job[1]]])
     resets = tuple(layer.reset for layer in layers)
     carried = tuple(layer.state if layer.reset is not None else None for layer in layers)
+    kept = None if tables is None else tables.setdefault((site, "window"), _WindowTables())
     results = iter(_Window.apply(layout, _KERNELS[kernel], (T, B), tuple(places), resets,
-                                 carried, *tensors))
+                                 carried, kept, *tensors))
     return [(next(results), layer.state if layer.reset is not None
              else tuple(itertools.islice(results, len(layer.state))))
             for layer in layers]
@@ -291,25 +295,25 @@ class _Window(torch.autograd.Function):
     reverse on one tensor of the slots' gradients, then forms each stage's matrices' gradient
     from all steps at once. So a step launches one kernel per stage each way (`stage`, and
     `stage_backward`: a stage's matmuls' backward with the stage before's instructions'), and
-    writes its slots once each way; and a population's tensors enter and leave the window in
-    one copy each, with no padding on the way. A population whose state is carried (`resets[p]`
-    not None) has the reset rows zeroed on the way in and its final state copied into
-    `carried[p]` on the way out, not returned."""
+    writes its slots once each way; and the populations' tensors enter the window in one launch
+    and leave it in one each way (`kernels.copies`; in torch a copy a tensor), with no padding on
+    the way. A population whose state is carried (`resets[p]` not None) has the reset rows
+    zeroed on the way in and its final state copied into `carried[p]` on the way out, not
+    returned. `tables`: the copies' (`_WindowTables`), or None (an eager call's own)."""
 
     @staticmethod
-    def forward(ctx, layout, kernels, window, places, resets, carried, *tensors):
+    def forward(ctx, layout, kernels, window, places, resets, carried, tables, *tensors):
         (T, B), M, N, R = window, layout.members, layout.width, layout.slots
+        tables = tables or _WindowTables()
         # zeros: slot 0, the scratch slot, and the columns past a member's size stay 0
         values = tensors[0].new_zeros(T + 1, R, M, B, N)
         matrices = [values.new_zeros(M, table.J, N, N) for table in layout.stages]
-        zero = values[0, 0, 0, 0, 0]
+        copies = Copies()
         for place, tensor in zip(places, tensors):
-            region = _region(layout, place, values, matrices, T)
             reset = resets[place[1]] if place[0] == "state" else None
-            if reset is None:
-                region.copy_(_arranged(place, tensor))
-            else:
-                torch.where(reset.view(1, -1, 1), zero, tensor, out=region)
+            copies.add(_region(layout, place, values, matrices, T), _arranged(place, tensor),
+                       zero_where=None if reset is None else reset.view(1, -1, 1))
+        copies.launch(tables.into, in_torch=kernels.copies_in_torch)
         matrices = [m.view(-1, N, N) if table.J else None
                     for m, table in zip(matrices, layout.stages)]
         for t in range(T):
@@ -317,21 +321,34 @@ class _Window(torch.autograd.Function):
                 kernels.stage(values, t, layout, table, weights)
         ctx.save_for_backward(values, *(m for m in matrices if m is not None))
         ctx.layout, ctx.kernels, ctx.places, ctx.carried = layout, kernels, places, carried
-        ctx.shapes = [tensor.shape for tensor in tensors]
+        ctx.shapes, ctx.tables = [tensor.shape for tensor in tensors], tables
+        copies = Copies()
         for buffers, finals in zip(carried, _finals(layout, values)):
             for buffer, final in zip(buffers or (), finals):
-                buffer.copy_(final)
-        return tuple(region.contiguous() for region in _results(layout, values, carried))
+                copies.add(buffer, final)
+        results = []
+        for region in _results(layout, values, carried):
+            results.append(region.new_empty(region.shape))
+            copies.add(results[-1], region)
+        copies.launch(tables.out, in_torch=kernels.copies_in_torch)
+        return tuple(results)
 
     @staticmethod
     @once_differentiable
     def backward(ctx, *result_grads):
         values, *saved = ctx.saved_tensors
-        layout, kernels, places = ctx.layout, ctx.kernels, ctx.places
+        layout, kernels, places, tables = ctx.layout, ctx.kernels, ctx.places, ctx.tables
         T = values.shape[0] - 1
         grads = torch.zeros_like(values)
+        # the outputs' gradients, then the final states' added: the last output is the final h
+        outputs, finals = Copies(), Copies()
         for region, grad in zip(_results(layout, grads, ctx.carried), result_grads):
-            region += grad
+            if region.dim() == 4:
+                outputs.add(region, grad)
+            else:
+                finals.add(region, grad, add=True)
+        outputs.launch(tables.grads_in, in_torch=kernels.copies_in_torch)
+        finals.launch(tables.finals_in, in_torch=kernels.copies_in_torch)
         saved = iter(saved)
         matrices = [next(saved) if table.J else None for table in layout.stages]
         pending = None  # the last stage's matmuls, whose backward goes with the next launch
@@ -341,15 +358,18 @@ class _Window(torch.autograd.Function):
                 pending = (t, table, weights) if weights is not None else None
         if pending is not None:
             kernels.stage_backward(grads, values, layout, pending, None)
-        needed = ctx.needs_input_grad[6:]
+        needed = ctx.needs_input_grad[7:]
         wanted = {place[2] for place, need in zip(places, needed) if need and place[0] == "matrix"}
         matrix_grads = [_matrix_gradient(values, grads, table).view(layout.members, table.J,
                                                                      *weights.shape[1:])
                         if s in wanted else None
                         for s, (table, weights) in enumerate(zip(layout.stages, matrices))]
-        return (None, None, None, None, None, None, *(
-            _arranged_back(place, _region(layout, place, grads, matrix_grads, T), shape, T)
-            if need else None for place, shape, need in zip(places, ctx.shapes, needed)))
+        copies = Copies()
+        results = [_arranged_back(place, _region(layout, place, grads, matrix_grads, T), shape,
+                                  copies) if need else None
+                   for place, shape, need in zip(places, ctx.shapes, needed)]
+        copies.launch(tables.grads_out, in_torch=kernels.copies_in_torch)
+        return (None, None, None, None, None, None, None, *results)
 
 
 def _members(layout, population: int) -> slice:
@@ -381,13 +401,30 @@ def _arranged(place, tensor) -> torch.Tensor:
     return tensor.reshape(K, t, B, count, width // count).permute(1, 3, 0, 2, 4)
 
 
-def _arranged_back(place, grad, shape, T) -> torch.Tensor:
-    """A region's gradient in its tensor's shape, summed where the tensor was broadcast."""
+def _arranged_back(place, grad, shape, copies: Copies) -> torch.Tensor:
+    """A region's gradient in its tensor's shape, summed where the tensor was broadcast; a step
+    input's copied there by `copies` (when they launch)."""
     if place[0] != "input":
         return grad
-    _, count, K, B, n = grad.shape
-    grad = grad.permute(2, 0, 3, 1, 4).reshape(K, T, B, count * n)  # (one copy)
-    return grad if grad.shape == shape else grad.sum_to_size(shape)
+    T, count, K, B, n = grad.shape
+    if shape != (K, T, B, count * n):  # broadcast (a constant)
+        return grad.permute(2, 0, 3, 1, 4).reshape(K, T, B, count * n).sum_to_size(shape)
+    result = grad.new_empty(shape)
+    copies.add(result.view(K, T, B, count, n).permute(1, 3, 0, 2, 4), grad)
+    return result
+
+
+@dataclass
+class _WindowTables:
+    """The tables of a window's copies (`kernels.copies`), one per launch: kept as long as a
+    captured step (see `tables.Table`)."""
+
+    into: Table = field(default_factory=Table)
+    out: Table = field(default_factory=Table)
+    grads_in: Table = field(default_factory=Table)
+    finals_in: Table = field(default_factory=Table)
+    grads_out: Table = field(default_factory=Table)
+
 
 
 def _results(layout, values, carried) -> list[torch.Tensor]:
@@ -536,7 +573,9 @@ class TorchKernels:
     gathered, one batched matmul, the products scattered. The instructions: instruction i of all
     members at once, each operation that some member runs there computed for all and each
     member's own kept (a host copy of the opcodes per instruction: this is the CPU's way, and
-    the kernels' reference)."""
+    the kernels' reference). The window's copies run in torch too, one a tensor."""
+
+    copies_in_torch = True
 
     @staticmethod
     def stage(values, t, layout, table, weights) -> None:
@@ -759,7 +798,10 @@ def _strides(values: torch.Tensor) -> tuple[int, int, int]:
 
 
 class TritonKernels:
-    """`TorchKernels` in the generated kernels (`kernels_source`), a launch each."""
+    """`TorchKernels` in the generated kernels (`kernels_source`), a launch each; the window's
+    copies a launch each way in and out (`kernels.copies`)."""
+
+    copies_in_torch = False
 
     @staticmethod
     def stage(values, t, layout, table, weights) -> None:
