@@ -160,6 +160,16 @@ def check_the_products_kernel() -> None:
     backward(together([Product(x, [w, w[:, :, :3]], [b, None])]))
 
 
+def check_the_copies_kernel() -> None:
+    """The window's copies in float64 too (the mixed engine's float32 ones compile above)."""
+    from cellsearch.engine.kernels.copies import Copies
+
+    copies = Copies()
+    copies.add(torch.zeros(3, 4, dtype=torch.float64), torch.ones(4, dtype=torch.float64),
+               zero_where=torch.tensor([True, False, True]).view(3, 1))
+    copies.launch()
+
+
 def check_the_loss_kernels() -> None:
     from cellsearch.engine.kernels.cross_entropy import softmax_cross_entropy
 
@@ -207,6 +217,7 @@ if __name__ == "__main__":
         precision(check_the_fused_kernels)
         precision(check_the_mixed_kernels)
         precision(check_the_products_kernel)
+    check_the_copies_kernel()
     check_the_loss_kernels()
     check_the_sgd_kernels()
     failed = sorted(name for name, ok in compiled.items() if not ok)
