@@ -118,6 +118,36 @@ def test_populations_of_different_cells_trained_together_take_their_own_steps(no
     assert len(mixed.layouts) == 2 and engine_mixed._cached_layout.cache_info().currsize == 0
 
 
+def test_a_mixed_steps_objective_is_the_sum_of_each_populations():
+    from cellsearch.train.steps import MixedSteps
+
+    task = Memorize(seed=0, epoch_windows=3, valid_samples=30, test_samples=30)
+    shapes = [(zoo.get("lstm"), 2, 0.3, "targets"), (zoo.get("gru"), 3, None, "minibatch"),
+              (zoo.get("mut1"), 1, None, "targets")]
+
+    def populations():
+        return [_population(task, graph, K, 5, 1, 10 * i, dropout, loss_normalization=how)
+                for i, (graph, K, dropout, how) in enumerate(shapes)]
+
+    alone, together = populations(), populations()
+    batch = next(iter(task.batches("train", 4, 10, epoch=0)))
+    for steps in alone + together:
+        steps.load(batch)
+    losses = [torch.tensor([2.0, float("inf")]), torch.tensor([1.0, 3.0, float("nan")]),
+              torch.tensor([0.5])]
+    expected = sum(steps._objective(loss) for steps, loss in zip(alone, losses))
+    mixed = MixedSteps(together, capture=False)
+    assert torch.isnan(mixed._objective(losses)) and torch.isnan(expected)
+    finite = [loss.isfinite() for loss in losses]
+    finite_losses = [torch.where(f, loss, 0.0) for loss, f in zip(losses, finite)]
+    expected = sum(steps._objective(loss) for steps, loss in zip(alone, finite_losses))
+    torch.testing.assert_close(mixed._objective(finite_losses), expected)  # (divisors kept)
+    for mine, theirs, flags in zip(together, alone, finite):
+        assert torch.equal(mine.finite, flags) and torch.equal(theirs.finite, flags)
+        if mine.dropout is not None:  # each call advances the masks, as each population's does
+            assert mine.dropout.window.item() == theirs.dropout.window.item() == 2
+
+
 def test_populations_trained_together_share_their_window_shape():
     from cellsearch.train.steps import MixedSteps
 

@@ -426,7 +426,6 @@ class _WindowTables:
     grads_out: Table = field(default_factory=Table)
 
 
-
 def _results(layout, values, carried) -> list[torch.Tensor]:
     """What the window returns, where it lies: per population its outputs (K, T, B, n), then,
     unless carried, its final states (K, B, n)."""

@@ -402,6 +402,7 @@ class MixedSteps:
         self.use_grouped_sgd = grouped_sgd
         self.products_kernel = products_kernel
         self.grouped_sgd = None  # made by the first training step, which runs eagerly
+        self.divisors: _Divisors | None = None  # and so are these
         self.layouts: dict = {}  # the mixes' tables, alive as long as the captured steps
         self.tables: dict[bool, dict] = {True: {}, False: {}}  # the products', each step its own
         self.train_step = Captured(self._train, capture, warmup)
@@ -424,9 +425,9 @@ class MixedSteps:
         populations = self.populations
         for p in populations:
             p.model.train()
-        objectives = [p._objective(p._stats(logits, loss_only=True)[1])
-                      for p, logits in zip(populations, self._forward(training=True))]
-        grads = _gradients(torch.stack(objectives).sum(),
+        loss_sums = [p._stats(logits, loss_only=True)[1]
+                     for p, logits in zip(populations, self._forward(training=True))]
+        grads = _gradients(self._objective(loss_sums),
                            [q for p in populations for q in p.parameters])
         if self.use_grouped_sgd:
             if self.grouped_sgd is None:
@@ -440,12 +441,45 @@ class MixedSteps:
         for p in populations:
             p._clipped_sgd_step(list(itertools.islice(rest, len(p.parameters))))
 
+    def _objective(self, loss_sums: list[torch.Tensor]) -> torch.Tensor:
+        """The sum of every population's `PopulationSteps._objective`, in a few launches for
+        all of them instead of a few each: the members' losses as one tensor, each divided by
+        its population's divisor."""
+        populations = self.populations
+        if self.divisors is None:  # (made by the first call, which runs eagerly)
+            self.divisors = _Divisors(populations)
+        losses = torch.cat(loss_sums)
+        finite = torch.isfinite(losses.detach())
+        for p, flags in zip(populations, finite.split([len(s) for s in loss_sums])):
+            p.finite &= flags
+            if p.dropout is not None:
+                p.dropout.window.add_(1)  # fresh masks for the next window
+        return (losses / self.divisors()).sum()
+
     @torch.no_grad()
     def _evaluate(self) -> None:
         for p in self.populations:
             p.model.eval()
         for p, logits in zip(self.populations, self._forward(training=False)):
             p._add_to_totals(p._stats(logits)[0])
+
+
+class _Divisors:
+    """What each member's loss is divided by in its population's objective, (M,): the number
+    of targets its window scores, or the minibatch size (`PopulationSteps._objective`)."""
+
+    def __init__(self, populations: list[PopulationSteps]):
+        device = populations[0].mask.device
+        self.masks = [p.mask for p in populations]
+        self.per_target = torch.tensor([p.per_target for p in populations], device=device)
+        self.batch = torch.tensor([float(p.mask.shape[1]) for p in populations], device=device)
+        self.member = torch.repeat_interleave(
+            torch.arange(len(populations)), torch.tensor([p.model.population_size for p in populations])
+        ).to(device)
+
+    def __call__(self) -> torch.Tensor:
+        targets = torch.stack(self.masks).sum(dim=(1, 2)).clamp(min=1.0)
+        return torch.where(self.per_target, targets, self.batch).index_select(0, self.member)
 
 
 class Mixer:

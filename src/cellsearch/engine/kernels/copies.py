@@ -83,14 +83,10 @@ class Copies:
             return
         if in_torch:
             for destination, source, zero_where, add in self.copies:
-                if zero_where is not None and not add:
-                    torch.where(zero_where, source.new_zeros(()),
-                                source.expand(destination.shape), out=destination)
-                    continue
                 if zero_where is not None:
                     source = torch.where(zero_where, 0.0, source)
                 if add:
-                    destination += source
+                    destination.add_(source)
                 else:
                     destination.copy_(source)
             return
@@ -104,19 +100,18 @@ class Copies:
             count = destination.numel()
             source = source.expand(shape)
             mask = zero_where.expand(shape) if zero_where is not None else None
-            padding = DIMS - len(shape)
             row = [destination.data_ptr(), source.data_ptr(),
                    0 if mask is None else mask.data_ptr(), int(add), count]
-            for d in range(-padding, len(shape)):
-                if d < 0:
-                    row += [1, 0, 0, 0]
-                else:
-                    row += [shape[d], destination.stride(d), source.stride(d),
-                            0 if mask is None else mask.stride(d)]
+            row += [1, 0, 0, 0] * (DIMS - len(shape))  # (leading dimensions of one)
+            for d, size in enumerate(shape):
+                row += [size, destination.stride(d), source.stride(d),
+                        0 if mask is None else mask.stride(d)]
             rows.append(row)
             starts = np.arange(0, count, BLOCK)
             programs.append(np.column_stack([np.full(len(starts), index), starts]))
         programs = np.concatenate(programs).astype(np.int64).ravel()
+        if not len(programs):  # (nothing but empty tensors)
+            return
         values = np.concatenate([programs, np.asarray(rows, dtype=np.int64).ravel()])
         device = self.copies[0][0].device
         on_device = (table or Table()).upload(values, device)
