@@ -96,11 +96,14 @@ class _SoftmaxCrossEntropy(torch.autograd.Function):
                                     BLOCK=_block(V))
         ctx.save_for_backward(logits, targets, lse, bias)
         ctx.mark_non_differentiable(hits)
+        ctx.set_materialize_grads(False)  # (else hits' unused gradient is a fill of zeros)
         return nll, hits
 
     @staticmethod
     @once_differentiable
     def backward(ctx, grad_nll, _grad_hits):
+        if grad_nll is None:  # (nll unused)
+            return None, None, None
         logits, targets, lse, bias = ctx.saved_tensors
         T, K, B, V = logits.shape
         grad = torch.empty_strided(logits.shape, logits.stride(), dtype=logits.dtype,
