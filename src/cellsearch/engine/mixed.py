@@ -845,15 +845,17 @@ _KERNELS = {"torch": TorchKernels, "triton": TritonKernels}
 @functools.cache
 def usable(device: str) -> bool:
     """Whether the kernels work on `device`: Triton imports, and a short mix of an
-    LSTM and a GRU of different sizes gives the eager engine's values and gradients (`plan.run`,
-    each alone). Checked once per process; when not, says why in a warning."""
+    LSTM and a GRU of different sizes, the GRU's state carried with some rows reset, gives the
+    eager engine's values and gradients (`plan.run`, each alone) and final states. Checked once
+    per process; when not, says why in a warning."""
     try:
         import triton  # noqa: F401
 
         from cellsearch.cells import zoo
 
         generator = torch.Generator().manual_seed(0)
-        layers, leaves = [], []
+        reset = torch.tensor([True, False, True, False], device=device)
+        layers, leaves, starts = [], [], []
         for name, K, n in (("lstm", 2, 8), ("gru", 1, 5)):
             graph = zoo.get(name)
             params = {node.param: torch.randn(K, *parameter_shape(node, n), generator=generator)
@@ -861,15 +863,22 @@ def usable(device: str) -> bool:
             tensors = [t.to(device).requires_grad_()
                        for t in (torch.randn(K, 3, 4, n, generator=generator), *params.values())]
             leaves += tensors
-            state = tuple(torch.zeros(K, 4, n, device=device) for _ in graph.states)
-            layers.append(Layer(plan(graph), dict(zip(params, tensors[1:])), tensors[0], state))
+            carried = name == "gru"
+            state = tuple(torch.randn(K, 4, n, generator=generator).to(device) if carried
+                          else torch.zeros(K, 4, n, device=device) for _ in graph.states)
+            starts.append(tuple(torch.where(reset.view(1, -1, 1), 0.0, s) for s in state)
+                          if carried else state)
+            layers.append(Layer(plan(graph), dict(zip(params, tensors[1:])), tensors[0], state,
+                                reset if carried else None))
 
         def values_and_gradients(results):
             outputs = [o for o, _ in results]
             loss = sum(o.square().sum() for o in outputs)
-            return [*outputs, *torch.autograd.grad(loss, leaves)]
+            return [*outputs, *(s for _, final in results for s in final),
+                    *torch.autograd.grad(loss, leaves)]
 
-        alone = [run(layer.plan, layer.params, layer.x, layer.state) for layer in layers]
+        alone = [run(layer.plan, layer.params, layer.x, start)
+                 for layer, start in zip(layers, starts)]
         pairs = zip(values_and_gradients(alone),
                     values_and_gradients(run_mixed(layers, "triton")))
         if all(torch.allclose(a, b, rtol=2e-2, atol=2e-3) for a, b in pairs):
