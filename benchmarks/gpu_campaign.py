@@ -9,7 +9,9 @@ Parts, in priority order (each writes OUT/<part>.json when done, and a later cal
     bench-mixed        `cellsearch bench --mixed 16`: 16 different cells at K=4 together, by the
                        interleaved executor and by the mixed engine, against one cell at K=4 and
                        at K=64; again with each population's own SGD, and its own products,
-                       in the mixed steps instead of the grouped ones, side by side (issue 22)
+                       in the mixed steps instead of the grouped ones, and with the whole
+                       window's kernels, side by side (issue 22); the search parts then use
+                       whichever window kernels trained faster
     search-mixed       `cellsearch search --executor mixed` with the paper's defaults
                        (`initial_settings=20`) for --search-minutes; evaluations per hour and
                        tokens/s from the evaluations stored in that time (issue 22)
@@ -49,7 +51,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 PARTS = ("gpu-tests", "bench-mixed", "search-mixed", "search-inprocess", "search-mixed-64",
          "search-interleaved", "bench-layout", "filter-pass-rates", "scaling")
-ESTIMATES = {"gpu-tests": 4, "bench-mixed": 9, "search-mixed": 9, "search-inprocess": 9,
+ESTIMATES = {"gpu-tests": 4, "bench-mixed": 11, "search-mixed": 9, "search-inprocess": 9,
              "search-mixed-64": 9, "search-interleaved": 9, "bench-layout": 6,
              "filter-pass-rates": 10, "scaling": 27}  # minutes
 
@@ -156,16 +158,32 @@ def bench_mixed(args, out: Path) -> dict:
                                        ("connections_8", "8", ()),
                                        ("connections_32_own_sgd", "32", ("grouped-sgd",)),
                                        ("connections_32_own_products", "32",
-                                        ("grouped-products",))):
+                                        ("grouped-products",)),
+                                       ("connections_32_persistent", "32", ())):
         os.environ["CUDA_DEVICE_MAX_CONNECTIONS"] = connections
+        os.environ["CELLSEARCH_MIXED_KERNEL"] = ("persistent" if name.endswith("persistent")
+                                                 else "triton")
         done = cellsearch("bench", "--mixed", cells, "--windows", windows, "--device",
                           args.device, "--json", without=without)
         if done.returncode:  # the others are still worth having
             figures[name] = {"returncode": done.returncode, "stderr_tail": done.stderr[-2000:]}
             continue
         figures[name] = json.loads(done.stdout)
-    del os.environ["CUDA_DEVICE_MAX_CONNECTIONS"]
+    del os.environ["CUDA_DEVICE_MAX_CONNECTIONS"], os.environ["CELLSEARCH_MIXED_KERNEL"]
     return {"bench": figures}
+
+
+def window_kernel(out: Path) -> str:
+    """The mixed engine's kernels that trained faster in this campaign's bench-mixed part: a
+    stage at a time ("triton", also without that part's figures) or the whole window."""
+    try:
+        bench = json.loads((out / "bench-mixed.json").read_text())["bench"]
+        speed = {name: next(row["tokens_per_second"] for row in bench[name]["mixed"]
+                            if row["what"] == "different cells, mixed engine")
+                 for name in ("connections_32", "connections_32_persistent")}
+    except (OSError, KeyError, StopIteration, ValueError):
+        return "triton"
+    return "persistent" if speed["connections_32_persistent"] > speed["connections_32"] else "triton"
 
 
 def search(executor: str, steps_in_flight: int | None = None):
@@ -176,9 +194,14 @@ def search(executor: str, steps_in_flight: int | None = None):
         database = out / f"search-{name}.db"
         started = datetime.now(timezone.utc)
         wider = [] if steps_in_flight is None else ["--set", f"steps_in_flight={steps_in_flight}"]
-        stderr = timed_search(args, database, ["--executor", executor, *wider])
+        kernel = window_kernel(out)
+        os.environ["CELLSEARCH_MIXED_KERNEL"] = kernel
+        try:
+            stderr = timed_search(args, database, ["--executor", executor, *wider])
+        finally:
+            del os.environ["CELLSEARCH_MIXED_KERNEL"]
         return {"executor": executor, "steps_in_flight": steps_in_flight or 16,
-                **throughput(database, started), "stderr_tail": stderr}
+                "mixed_kernel": kernel, **throughput(database, started), "stderr_tail": stderr}
 
     return run
 

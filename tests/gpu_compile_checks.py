@@ -45,7 +45,8 @@ class CompileOnly:
 compiled: dict[str, bool] = {}  # kernel name -> whether every compile of it gave a cubin
 EXPECTED = {  # every kernel function of the package (the generated ones by their names)
     "forward_kernel", "backward_kernel",  # fused, per step and persistent
-    "stage_kernel", "stage_backward_kernel", "copies_kernel",  # mixed
+    "stage_kernel", "stage_backward_kernel", "window_kernel", "window_backward_kernel",
+    "copies_kernel",  # mixed
     "_forward_kernel", "_backward_kernel",  # cross_entropy
     "_square_sums_kernel", "_update_kernel", "_grouped_square_sums_kernel",
     "_grouped_scales_kernel", "_grouped_update_kernel",  # sgd
@@ -142,13 +143,14 @@ def check_the_mixed_kernels() -> None:
         x = torch.randn(K, 3, 4, n).requires_grad_()
         state = tuple(torch.zeros(K, 4, n) for _ in graph.states)
         layers.append(Layer(plan(graph), parameters(graph, K, n), x, state))
-    backward([t for outputs, final in run_mixed(layers, kernel="triton")
-              for t in (outputs, *final)])
     gated = parse("h' = tanh(W_xh x + b_h) * h")  # a stage without matmuls
-    x = torch.randn(2, 3, 4, 8).requires_grad_()
-    outputs, _ = run_mixed([Layer(plan(gated), parameters(gated, 2, 8), x,
-                                  (torch.zeros(2, 4, 8),))], kernel="triton")[0]
-    backward([outputs])
+    for kernel in ("triton", "persistent"):
+        backward([t for outputs, final in run_mixed(layers, kernel=kernel)
+                  for t in (outputs, *final)])
+        x = torch.randn(2, 3, 4, 8).requires_grad_()
+        outputs, _ = run_mixed([Layer(plan(gated), parameters(gated, 2, 8), x,
+                                      (torch.zeros(2, 4, 8),))], kernel=kernel)[0]
+        backward([outputs])
 
 
 def check_the_products_kernel() -> None:

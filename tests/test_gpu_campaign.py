@@ -97,3 +97,21 @@ def test_a_baseline_without_the_package_is_refused(tmp_path):
                               "--baseline-src", str(tmp_path)], capture_output=True, text=True,
                              check=False)
     assert refused.returncode == 2 and "holds no cellsearch package" in refused.stderr
+
+
+def test_the_search_parts_use_the_window_kernels_that_trained_faster(tmp_path):
+    sys.path.insert(0, str(CAMPAIGN.parent))
+    try:
+        import gpu_campaign
+    finally:
+        sys.path.remove(str(CAMPAIGN.parent))
+    assert gpu_campaign.window_kernel(tmp_path) == "triton"  # (no bench figures yet)
+
+    def bench(speed):
+        return {"mixed": [{"what": "one cell", "tokens_per_second": 1e9},
+                          {"what": "different cells, mixed engine", "tokens_per_second": speed}]}
+
+    for persistent, chosen in ((2e6, "persistent"), (5e5, "triton")):
+        (tmp_path / "bench-mixed.json").write_text(json.dumps({"bench": {
+            "connections_32": bench(1e6), "connections_32_persistent": bench(persistent)}}))
+        assert gpu_campaign.window_kernel(tmp_path) == chosen

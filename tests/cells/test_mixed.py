@@ -75,20 +75,26 @@ def interpreted(monkeypatch):
     monkeypatch.setenv("TRITON_INTERPRET", "1")  # read when the kernel module is loaded
 
 
+@pytest.fixture(params=["triton", "persistent"])
+def kernel(request, interpreted):
+    """The Triton kernels, in Triton's interpreter: a stage at a time, or the whole window."""
+    return request.param
+
+
 def test_the_zoo_together_matches_each_cell_alone():
     layers = mix([zoo.get(name) for name in zoo.names()])
     assert_same(values_and_gradients(layers, alone), values_and_gradients(layers, together("torch")))
 
 
-def test_the_kernel_matches_each_cell_alone(interpreted):
+def test_the_kernel_matches_each_cell_alone(kernel):
     layers = mix([zoo.get(name) for name in zoo.names()] + mutants(4), seed=1)
-    assert_same(values_and_gradients(layers, alone), values_and_gradients(layers, together("triton")))
+    assert_same(values_and_gradients(layers, alone), values_and_gradients(layers, together(kernel)))
 
 
-def test_the_kernel_across_several_blocks_of_a_slot(interpreted):
+def test_the_kernel_across_several_blocks_of_a_slot(kernel):
     # B * N = 9 * 130 > 1024: two programs per member, the second ending in padding
     layers = [layer(zoo.get("gru"), 2, 130, 0, T=2, B=9), layer(zoo.get("lstm"), 1, 70, 1, T=2, B=9)]
-    assert_same(values_and_gradients(layers, alone), values_and_gradients(layers, together("triton")))
+    assert_same(values_and_gradients(layers, alone), values_and_gradients(layers, together(kernel)))
 
 
 def test_shapes_the_zoo_lacks_together():
@@ -104,13 +110,13 @@ def test_random_graphs_together(graphs, seed):
     assert_same(values_and_gradients(layers, alone), values_and_gradients(layers, together("torch")))
 
 
-def test_a_wrong_derivative_would_be_caught(interpreted, monkeypatch):
+def test_a_wrong_derivative_would_be_caught(kernel, monkeypatch):
     monkeypatch.setitem(mixed.BINARY_GRADIENTS, "mul", ("{g} * {a}", "{g} * {a}"))
     mixed.kernels_source.cache_clear()
     try:
         layers = mix([zoo.get("lstm"), zoo.get("gru")])
         expected = values_and_gradients(layers, alone)
-        actual = values_and_gradients(layers, together("triton"))
+        actual = values_and_gradients(layers, together(kernel))
     finally:
         mixed.kernels_source.cache_clear()
     assert not all(torch.allclose(a, b) for a, b in zip(expected, actual))
@@ -153,24 +159,24 @@ def test_the_kernel_is_usable_where_it_agrees_and_says_why_where_not(interpreted
 
 
 def test_an_unknown_kernel_is_named():
-    with pytest.raises(ValueError, match="unknown kernel 'cuda'; known: torch, triton"):
+    with pytest.raises(ValueError, match="unknown kernel 'cuda'; known: torch, triton, persistent"):
         run_mixed(mix([zoo.get("lstm")]), kernel="cuda")
 
 
-def test_the_kernels_across_several_tiles_of_a_matmul(interpreted):
+def test_the_kernels_across_several_tiles_of_a_matmul(kernel):
     # B = 70 rows > 64 and n = 70 columns > 64 (and > 32, the kernel's inner block): two row
     # tiles and two column tiles per member, each reducing over three blocks, some padding
     layers = [layer(zoo.get("lstm"), 1, 70, 0, T=2, B=70), layer(zoo.get("gru"), 1, 20, 1, T=2, B=70)]
-    assert_same(values_and_gradients(layers, alone), values_and_gradients(layers, together("triton")))
+    assert_same(values_and_gradients(layers, alone), values_and_gradients(layers, together(kernel)))
 
 
-def test_the_kernels_where_no_member_multiplies_a_state(interpreted):
+def test_the_kernels_where_no_member_multiplies_a_state(kernel):
     # a step without a matmul: a stage of instructions only, alone and mixed with the LSTM
     gated = parse("h' = tanh(W_xh x + b_h) * h")
     for graphs in ([gated], [gated, zoo.get("lstm")]):
         layers = mix(graphs, seed=5)
         assert_same(values_and_gradients(layers, alone),
-                    values_and_gradients(layers, together("triton")))
+                    values_and_gradients(layers, together(kernel)))
 
 
 def test_a_step_launches_its_kernels_only(monkeypatch):
@@ -221,9 +227,9 @@ def test_a_step_launches_its_kernels_only(monkeypatch):
     assert forward3[1] == forward6[1] and backward3[1] == backward6[1]
 
 
-@pytest.mark.parametrize("kernel", ["torch", "triton"])
+@pytest.mark.parametrize("kernel", ["torch", "triton", "persistent"])
 def test_carried_states_start_from_zero_where_reset_and_take_the_final_state(kernel, request):
-    if kernel == "triton":
+    if kernel != "torch":
         request.getfixturevalue("interpreted")
     layers = mix([zoo.get("lstm"), zoo.get("gru"), zoo.get("mut2")], seed=3)
     reset = torch.tensor([True, False, True][:layers[0].x.shape[2]])
@@ -252,3 +258,23 @@ def test_carried_states_start_from_zero_where_reset_and_take_the_final_state(ker
 
     expected = [run(lay.plan, lay.params, lay.x, starting(lay)) for lay in layers[:2]]
     assert_same(gradients(expected + alone(layers[2:])), gradients(run_mixed(carried(), kernel)))
+
+
+def test_the_persistent_kernels_launch_once_a_window_each_way(interpreted, monkeypatch):
+    launched = []
+    real = mixed._module
+
+    class Counting:
+        def __getattr__(self, name):
+            kernel = getattr(real(), name)
+
+            class Launch:
+                def __getitem__(self, grid):
+                    launched.append(name)
+                    return kernel[grid]
+            return Launch()
+
+    monkeypatch.setattr(mixed, "_module", Counting)
+    layers = mix([zoo.get("gru"), zoo.get("lstm"), *mutants(2)], seed=4, T=5)
+    values_and_gradients(layers, together("persistent"))
+    assert launched == ["window_kernel", "window_backward_kernel"]

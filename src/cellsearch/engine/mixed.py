@@ -41,10 +41,12 @@ from __future__ import annotations
 
 import functools
 import itertools
+import os
 import warnings
 from dataclasses import dataclass, field
 from typing import Sequence
 
+import numpy as np
 import torch
 from torch.autograd.function import once_differentiable
 
@@ -195,7 +197,7 @@ def run_mixed(layers: Sequence[Layer], kernel: str | None = None,
     if any(layer.x.shape[1:3] != (T, B) for layer in layers):
         raise ValueError("the layers of a mix share their window: T and B must agree")
     device = layers[0].x.device
-    kernel = kernel or ("triton" if device.type == "cuda" else "torch")
+    kernel = kernel or (CUDA_KERNEL if device.type == "cuda" else "torch")
     if kernel not in _KERNELS:
         raise ValueError(f"unknown kernel {kernel!r}; known: {', '.join(_KERNELS)}")
     S = max(len(layer.plan.graph.states) for layer in layers)
@@ -316,9 +318,7 @@ class _Window(torch.autograd.Function):
         copies.launch(tables.into, in_torch=kernels.copies_in_torch)
         matrices = [m.view(-1, N, N) if table.J else None
                     for m, table in zip(matrices, layout.stages)]
-        for t in range(T):
-            for table, weights in zip(layout.stages, matrices):
-                kernels.stage(values, t, layout, table, weights)
+        kernels.forward(values, layout, matrices, tables)
         ctx.save_for_backward(values, *(m for m in matrices if m is not None))
         ctx.layout, ctx.kernels, ctx.places, ctx.carried = layout, kernels, places, carried
         ctx.shapes, ctx.tables = [tensor.shape for tensor in tensors], tables
@@ -351,13 +351,7 @@ class _Window(torch.autograd.Function):
         finals.launch(tables.finals_in, in_torch=kernels.copies_in_torch)
         saved = iter(saved)
         matrices = [next(saved) if table.J else None for table in layout.stages]
-        pending = None  # the last stage's matmuls, whose backward goes with the next launch
-        for t in reversed(range(T)):
-            for table, weights in reversed(list(zip(layout.stages, matrices))):
-                kernels.stage_backward(grads, values, layout, pending, (t, table))
-                pending = (t, table, weights) if weights is not None else None
-        if pending is not None:
-            kernels.stage_backward(grads, values, layout, pending, None)
+        kernels.backward(grads, values, layout, matrices, tables)
         needed = ctx.needs_input_grad[7:]
         wanted = {place[2] for place, need in zip(places, needed) if need and place[0] == "matrix"}
         matrix_grads = [_matrix_gradient(values, grads, table).view(layout.members, table.J,
@@ -424,6 +418,8 @@ class _WindowTables:
     grads_in: Table = field(default_factory=Table)
     finals_in: Table = field(default_factory=Table)
     grads_out: Table = field(default_factory=Table)
+    matrices: Table = field(default_factory=Table)  # (`PersistentKernels`: where they are)
+    matrices_backward: Table = field(default_factory=Table)
 
 
 def _results(layout, values, carried) -> list[torch.Tensor]:
@@ -493,6 +489,10 @@ class _Layout:
     @property
     def width(self) -> int:  # N
         return max(self.widths)
+
+    @functools.cached_property
+    def stacked(self) -> _Stacked:
+        return _stacked(self.stages)
 
 
 def _layout(programs: tuple[Program, ...], sizes: tuple[int, ...], widths: tuple[int, ...],
@@ -567,7 +567,28 @@ def _expression(text: str, **names) -> torch.Tensor:
     return eval(text, {"tl": _TorchLanguage}, names)  # the operation table's own text
 
 
-class TorchKernels:
+class _StepByStep:
+    """The window a stage at a time, each way: `stage`, and `stage_backward` (a stage's matmuls'
+    backward with the stage before's instructions')."""
+
+    @classmethod
+    def forward(cls, values, layout, matrices, tables) -> None:
+        for t in range(values.shape[0] - 1):
+            for table, weights in zip(layout.stages, matrices):
+                cls.stage(values, t, layout, table, weights)
+
+    @classmethod
+    def backward(cls, grads, values, layout, matrices, tables) -> None:
+        pending = None  # the last stage's matmuls, whose backward goes with the next launch
+        for t in reversed(range(values.shape[0] - 1)):
+            for table, weights in reversed(list(zip(layout.stages, matrices))):
+                cls.stage_backward(grads, values, layout, pending, (t, table))
+                pending = (t, table, weights) if weights is not None else None
+        if pending is not None:
+            cls.stage_backward(grads, values, layout, pending, None)
+
+
+class TorchKernels(_StepByStep):
     """A step's work as torch operations, in place. The matmuls: the stage's operand rows
     gathered, one batched matmul, the products scattered. The instructions: instruction i of all
     members at once, each operation that some member runs there computed for all and each
@@ -784,6 +805,138 @@ def stage_backward_kernel(grads, values, matmul_start, weights, operands, produc
             tl.store(grads + second, tl.load(grads + second, mask=tile, other=0.0) + {second},
                      mask=tile)
             tl.debug_barrier()
+
+
+@triton.jit
+def window_kernel(values, T, step_stride, stages, matrices, counts, operands, products, J,
+                  program, lengths, L, columns, M, member_stride, slot_stride, B, N,
+                  FLOAT64: tl.constexpr, PRECISION: tl.constexpr, BB: tl.constexpr,
+                  BN: tl.constexpr, BK: tl.constexpr):
+    """Member m's block of rows through the whole window, step after step and stage after
+    stage: the stage's matmuls over all the member's columns, then its instructions. A row
+    depends on no other row and a member on no other member, so one program runs the window
+    where the step kernels launch a stage at a time. `matrices`: each stage's matrices' address,
+    then its J."""
+    m = tl.program_id(0).to(tl.int64)
+    rows = tl.program_id(1) * BB + tl.arange(0, BB)
+    n = tl.load(columns + m)
+    if FLOAT64:
+        kind = tl.pointer_type(tl.float64)
+    else:
+        kind = tl.pointer_type(tl.float32)
+    for t in range(T):
+        base = values + t * step_stride + m * member_stride
+        for s in range(stages):
+            row = s * M + m
+            count = tl.load(counts + row)
+            if count > 0:
+                weights = tl.load(matrices + s).to(kind)
+                stage_J = tl.load(matrices + stages + s)
+                for j in range(count):
+                    operand = base + tl.load(operands + row * J + j).to(tl.int64) * slot_stride
+                    product = base + tl.load(products + row * J + j).to(tl.int64) * slot_stride
+                    matrix = weights + (m * stage_J + j) * N * N
+                    for c in range(0, n, BN):
+                        cols = c + tl.arange(0, BN)
+                        total = tl.full([BB, BN], 0.0, values.dtype.element_ty)
+                        for k in range(0, n, BK):
+                            ks = k + tl.arange(0, BK)
+                            a = tl.load(operand + rows[:, None] * N + ks[None, :],
+                                        mask=(rows[:, None] < B) & (ks[None, :] < n), other=0.0)
+                            w = tl.load(matrix + cols[None, :] * N + ks[:, None],
+                                        mask=(ks[:, None] < n) & (cols[None, :] < n), other=0.0)
+                            total = tl.dot(a, w, total, input_precision=PRECISION)
+                        tl.store(product + rows[:, None] * N + cols[None, :], total,
+                                 mask=(rows[:, None] < B) & (cols[None, :] < n))
+                tl.debug_barrier()
+            code = program + row * L * 4
+            length = tl.load(lengths + row)
+            for c in range(0, n, BN):
+                cols = c + tl.arange(0, BN)
+                tile = (rows[:, None] < B) & (cols[None, :] < n)
+                offsets = rows[:, None] * N + cols[None, :]
+                for i in range(length):
+                    op = tl.load(code + 4 * i)
+                    a = tl.load(base + tl.load(code + 4 * i + 2).to(tl.int64) * slot_stride
+                                + offsets, mask=tile, other=0.0)
+                    b = tl.load(base + tl.load(code + 4 * i + 3).to(tl.int64) * slot_stride
+                                + offsets, mask=tile, other=0.0)
+                    tl.store(base + tl.load(code + 4 * i + 1).to(tl.int64) * slot_stride
+                             + offsets, {forward}, mask=tile)
+                    tl.debug_barrier()
+            tl.debug_barrier()
+
+
+@triton.jit
+def window_backward_kernel(grads, values, T, step_stride, stages, matrices, counts, operands,
+                           products, J, program, lengths, L, columns, M, member_stride,
+                           slot_stride, B, N, FLOAT64: tl.constexpr, PRECISION: tl.constexpr,
+                           BB: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr):
+    """`window_kernel` in reverse: per step and stage, last first, the instructions' backward
+    on all the member's columns, then its matmuls' (operand_grad[b, c] += sum_k
+    product_grad[b, k] * W[k, c], each matmul in turn: several may share an operand)."""
+    m = tl.program_id(0).to(tl.int64)
+    rows = tl.program_id(1) * BB + tl.arange(0, BB)
+    n = tl.load(columns + m)
+    if FLOAT64:
+        kind = tl.pointer_type(tl.float64)
+    else:
+        kind = tl.pointer_type(tl.float32)
+    for back in range(T):
+        start = (T - 1 - back) * step_stride + m * member_stride
+        for back_stage in range(stages):
+            s = stages - 1 - back_stage
+            row = s * M + m
+            code = program + row * L * 4
+            length = tl.load(lengths + row)
+            for c in range(0, n, BN):
+                cols = c + tl.arange(0, BN)
+                tile = (rows[:, None] < B) & (cols[None, :] < n)
+                base = start + rows[:, None] * N + cols[None, :]
+                for j in range(length):
+                    i = length - 1 - j
+                    op = tl.load(code + 4 * i)
+                    dst = base + tl.load(code + 4 * i + 1).to(tl.int64) * slot_stride
+                    first = base + tl.load(code + 4 * i + 2).to(tl.int64) * slot_stride
+                    second = base + tl.load(code + 4 * i + 3).to(tl.int64) * slot_stride
+                    g = tl.load(grads + dst, mask=tile, other=0.0)
+                    y = tl.load(values + dst, mask=tile, other=0.0)
+                    a = tl.load(values + first, mask=tile, other=0.0)
+                    b = tl.load(values + second, mask=tile, other=0.0)
+                    tl.store(grads + dst, g * 0.0, mask=tile)  # dst's value before: unread
+                    tl.debug_barrier()
+                    tl.store(grads + first,
+                             tl.load(grads + first, mask=tile, other=0.0) + {first}, mask=tile)
+                    tl.debug_barrier()
+                    tl.store(grads + second,
+                             tl.load(grads + second, mask=tile, other=0.0) + {second},
+                             mask=tile)
+                    tl.debug_barrier()
+            tl.debug_barrier()
+            count = tl.load(counts + row)
+            if count > 0:
+                weights = tl.load(matrices + s).to(kind)
+                stage_J = tl.load(matrices + stages + s)
+                for j in range(count):
+                    product = grads + start + tl.load(products + row * J + j).to(
+                        tl.int64) * slot_stride
+                    operand = grads + start + tl.load(operands + row * J + j).to(
+                        tl.int64) * slot_stride
+                    matrix = weights + (m * stage_J + j) * N * N
+                    for c in range(0, n, BN):
+                        cols = c + tl.arange(0, BN)
+                        total = tl.full([BB, BN], 0.0, grads.dtype.element_ty)
+                        for k in range(0, n, BK):
+                            ks = k + tl.arange(0, BK)
+                            g = tl.load(product + rows[:, None] * N + ks[None, :],
+                                        mask=(rows[:, None] < B) & (ks[None, :] < n), other=0.0)
+                            w = tl.load(matrix + ks[:, None] * N + cols[None, :],
+                                        mask=(ks[:, None] < n) & (cols[None, :] < n), other=0.0)
+                            total = tl.dot(g, w, total, input_precision=PRECISION)
+                        target = operand + rows[:, None] * N + cols[None, :]
+                        tile = (rows[:, None] < B) & (cols[None, :] < n)
+                        tl.store(target, tl.load(target, mask=tile, other=0.0) + total, mask=tile)
+                    tl.debug_barrier()
 '''
 
 
@@ -796,7 +949,7 @@ def _strides(values: torch.Tensor) -> tuple[int, int, int]:
     return values.stride(0), values.stride(2), values.stride(1)
 
 
-class TritonKernels:
+class TritonKernels(_StepByStep):
     """`TorchKernels` in the generated kernels (`kernels_source`), a launch each; the window's
     copies a launch each way in and out (`kernels.copies`)."""
 
@@ -839,15 +992,87 @@ def _grid(slots: torch.Tensor) -> tuple[int, int, int]:
     return M, -(-B // blocks["BB"]), -(-N // blocks["BN"])
 
 
-_KERNELS = {"torch": TorchKernels, "triton": TritonKernels}
+class PersistentKernels:
+    """The whole window in one launch each way (`window_kernel` and its backward): a program per
+    member and block of rows, looping over the steps and stages, where the step kernels launch
+    once a stage and step. Fewer programs, each longer: made for the search's small hidden
+    sizes; which of the two is faster at a shape is a GPU's to say (`CUDA_KERNEL`)."""
+
+    copies_in_torch = False
+
+    @staticmethod
+    def forward(values, layout, matrices, tables) -> None:
+        PersistentKernels._launch("window_kernel", layout, matrices, tables.matrices, values)
+
+    @staticmethod
+    def backward(grads, values, layout, matrices, tables) -> None:
+        PersistentKernels._launch("window_backward_kernel", layout, matrices,
+                                  tables.matrices_backward, grads, values)
+
+    @staticmethod
+    def _launch(kernel, layout, matrices, table, *slots) -> None:
+        T, _, M, B, N = slots[0].shape
+        T -= 1
+        stacked = layout.stacked
+        where = table.upload(np.array([0 if w is None else w.data_ptr() for w in matrices]
+                                      + [s.J for s in layout.stages], dtype=np.int64),
+                             slots[0].device)
+        blocks = _blocks(slots[0])
+        BB = 16 if B <= 16 else 32
+        getattr(_module(), kernel)[(M, -(-B // BB))](
+            *slots, T, slots[0].stride(0), len(layout.stages), where, stacked.counts,
+            stacked.operands, stacked.products, stacked.J, stacked.program, stacked.lengths,
+            stacked.L, layout.columns, M, slots[0].stride(2), slots[0].stride(1), B, N,
+            FLOAT64=slots[0].dtype == torch.float64, PRECISION=blocks["PRECISION"], BB=BB,
+            BN=blocks["BN"], BK=blocks["BK"])
+
+
+@dataclass(frozen=True)
+class _Stacked:
+    """Every stage's tables in one, for `PersistentKernels`: (S, M, J) operand and product
+    slots, (S, M) counts, (S, M, L, 4) instructions and (S, M) their lengths, padded."""
+
+    counts: torch.Tensor
+    operands: torch.Tensor
+    products: torch.Tensor
+    J: int
+    program: torch.Tensor
+    lengths: torch.Tensor
+    L: int
+
+
+def _stacked(stages: tuple[_StageTable, ...]) -> _Stacked:
+    J = max(max(table.J for table in stages), 1)
+    L = max(table.program.shape[1] for table in stages)
+
+    def padded(tensor, width):  # (M, w, ...) -> (M, width, ...)
+        shape = list(tensor.shape)
+        shape[1] = width - shape[1]
+        return torch.cat([tensor, tensor.new_zeros(shape)], dim=1)
+
+    return _Stacked(
+        counts=torch.stack([table.matmuls for table in stages]).contiguous(),
+        operands=torch.stack([padded(table.operand_slots, J) for table in stages]).contiguous(),
+        products=torch.stack([padded(table.product_slots, J) for table in stages]).contiguous(),
+        J=J,
+        program=torch.stack([padded(table.program, L) for table in stages]).contiguous(),
+        lengths=torch.stack([table.lengths for table in stages]).contiguous(),
+        L=L,
+    )
+
+
+_KERNELS = {"torch": TorchKernels, "triton": TritonKernels, "persistent": PersistentKernels}
+# run_mixed's default on CUDA (elsewhere torch): a stage at a time ("triton") until a GPU has
+# measured the whole window's kernels ("persistent") against them; the variable chooses.
+CUDA_KERNEL = os.environ.get("CELLSEARCH_MIXED_KERNEL", "triton")
 
 
 @functools.cache
 def usable(device: str) -> bool:
-    """Whether the kernels work on `device`: Triton imports, and a short mix of an
-    LSTM and a GRU of different sizes, the GRU's state carried with some rows reset, gives the
-    eager engine's values and gradients (`plan.run`, each alone) and final states. Checked once
-    per process; when not, says why in a warning."""
+    """Whether the kernels (`CUDA_KERNEL`'s) work on `device`: Triton imports, and a short mix
+    of an LSTM and a GRU of different sizes, the GRU's state carried with some rows reset, gives
+    the eager engine's values and gradients (`plan.run`, each alone) and final states. Checked
+    once per process; when not, says why in a warning."""
     try:
         import triton  # noqa: F401
 
@@ -880,7 +1105,7 @@ def usable(device: str) -> bool:
         alone = [run(layer.plan, layer.params, layer.x, start)
                  for layer, start in zip(layers, starts)]
         pairs = zip(values_and_gradients(alone),
-                    values_and_gradients(run_mixed(layers, "triton")))
+                    values_and_gradients(run_mixed(layers, CUDA_KERNEL)))
         if all(torch.allclose(a, b, rtol=2e-2, atol=2e-3) for a, b in pairs):
             return True
         problem = "it disagrees with the eager engine"
