@@ -67,7 +67,10 @@ class Launches(TorchDispatchMode):
 
     @contextlib.contextmanager
     def kernel(self):
-        """One launch, whatever the kernel's torch stand-in runs."""
+        """One launch, whatever the kernel's torch stand-in runs (other kernels' too)."""
+        if self.in_kernel:
+            yield
+            return
         self.add(1)
         self.in_kernel = True
         try:
@@ -91,8 +94,19 @@ def _within(real, context):
     return staticmethod(wrapped)
 
 
-def _counting(launches: Launches) -> None:
-    """Routes the step kernels and the window's forward and backward through `launches`."""
+def _counting(launches: Launches, window: str = "stage") -> None:
+    """Routes the step kernels and the window's forward and backward through `launches`: the
+    stage kernels each a launch, or (`window` "persistent") the window each way one launch and
+    its table's copy, as `mixed.PersistentKernels` launches it."""
+    if window == "persistent":
+        for name in ("forward", "backward"):
+            def whole(real):
+                def launched(*args, **kwargs):
+                    launches.add(1)  # (its table of matrices)
+                    with launches.kernel():
+                        return real(*args, **kwargs)
+                return classmethod(lambda cls, *args, **kwargs: launched(*args, **kwargs))
+            setattr(mixed.TorchKernels, name, whole(getattr(mixed.TorchKernels, name)))
     for name in ("stage", "stage_backward"):
         setattr(mixed.TorchKernels, name,
                 _within(getattr(mixed.TorchKernels, name), launches.kernel))
@@ -157,19 +171,22 @@ def main() -> None:
     parser.add_argument("--sgd", choices=("grouped", "own"), default="grouped")
     parser.add_argument("--products", choices=("grouped", "own"), default="grouped")
     parser.add_argument("--loss-kernels", action="store_true")
+    parser.add_argument("--window", choices=("stage", "persistent"), default="stage",
+                        help="the window's kernels: a stage at a time, or the whole window")
     parser.add_argument("--skip-kernels", action="store_true",
                         help="count the Triton kernels' launches without running them in the "
                              "interpreter (slow): a step's values are then garbage, its launches "
                              "the same (none depends on a value)")
     args = parser.parse_args()
     launches = Launches()
-    _counting(launches)
+    _counting(launches, args.window)
     _Launched.skip = args.skip_kernels
     task = bench._RandomTokens(40)
     names = list(zoo.PAPER_CELLS)
     print(f"# torch {torch.__version__}; a mixed training step, {args.layers} layers, K=4 each, "
           f"{args.sgd} SGD, {args.products} products"
-          f"{', the loss in its kernels' if args.loss_kernels else ''}")
+          f"{', the loss in its kernels' if args.loss_kernels else ''}"
+          f"{', the window in one kernel each way' if args.window == 'persistent' else ''}")
     print("| cells | operations | in the windows | the rest | the rest per population |")
     print("|---:|---:|---:|---:|---:|")
     for cells in (int(c) for c in args.cells.split(",")):
