@@ -12,7 +12,8 @@ from hypothesis import strategies as st
 from cellsearch.cells import zoo
 from cellsearch.cells.equations import parse
 from cellsearch.cells.mutate import mutate
-from cellsearch.engine import mixed
+from cellsearch.engine import instructions, mixed
+from cellsearch.engine.kernels import mixed as step_kernels
 from cellsearch.engine.mixed import Layer, compile_program, run_mixed
 from cellsearch.engine.plan import plan, run
 
@@ -111,14 +112,14 @@ def test_random_graphs_together(graphs, seed):
 
 
 def test_a_wrong_derivative_would_be_caught(kernel, monkeypatch):
-    monkeypatch.setitem(mixed.BINARY_GRADIENTS, "mul", ("{g} * {a}", "{g} * {a}"))
-    mixed.kernels_source.cache_clear()
+    monkeypatch.setitem(instructions.BINARY_GRADIENTS, "mul", ("{g} * {a}", "{g} * {a}"))
+    step_kernels.kernels_source.cache_clear()
     try:
         layers = mix([zoo.get("lstm"), zoo.get("gru")])
         expected = values_and_gradients(layers, alone)
         actual = values_and_gradients(layers, together(kernel))
     finally:
-        mixed.kernels_source.cache_clear()
+        step_kernels.kernels_source.cache_clear()
     assert not all(torch.allclose(a, b) for a, b in zip(expected, actual))
 
 
@@ -148,14 +149,14 @@ def test_the_kernel_is_usable_where_it_agrees_and_says_why_where_not(interpreted
     mixed.usable.cache_clear()
     assert mixed.usable("cpu")
     mixed.usable.cache_clear()
-    monkeypatch.setitem(mixed.BINARY_GRADIENTS, "mul", ("{g} * {a}", "{g} * {a}"))
-    mixed.kernels_source.cache_clear()
+    monkeypatch.setitem(instructions.BINARY_GRADIENTS, "mul", ("{g} * {a}", "{g} * {a}"))
+    step_kernels.kernels_source.cache_clear()
     try:
         with pytest.warns(RuntimeWarning, match="disagrees"):
             assert not mixed.usable("cpu")
     finally:
         mixed.usable.cache_clear()
-        mixed.kernels_source.cache_clear()
+        step_kernels.kernels_source.cache_clear()
 
 
 def test_an_unknown_kernel_is_named():
@@ -262,7 +263,7 @@ def test_carried_states_start_from_zero_where_reset_and_take_the_final_state(ker
 
 def test_the_persistent_kernels_launch_once_a_window_each_way(interpreted, monkeypatch):
     launched = []
-    real = mixed._module
+    real = step_kernels.module
 
     class Counting:
         def __getattr__(self, name):
@@ -274,7 +275,7 @@ def test_the_persistent_kernels_launch_once_a_window_each_way(interpreted, monke
                     return kernel[grid]
             return Launch()
 
-    monkeypatch.setattr(mixed, "_module", Counting)
+    monkeypatch.setattr(step_kernels, "module", Counting)
     layers = mix([zoo.get("gru"), zoo.get("lstm"), *mutants(2)], seed=4, T=5)
     values_and_gradients(layers, together("persistent"))
     assert launched == ["window_kernel", "window_backward_kernel"]

@@ -18,8 +18,8 @@ setting finishes. Instead the elementwise part of every cell is data for one fix
 - Per step and stage, one kernel forms every member's recurrent products, reading the operands
   from their slots and writing the products to theirs (each member loops over its own
   matrices), then runs every member's instructions, looping over its own program: a program
-  per member and tile of its slot, as instructions are elementwise (`kernels_source`,
-  generated from the operation table). Backward runs them in reverse, a stage's matmuls with
+  per member and tile of its slot, as instructions are elementwise (`kernels.mixed`,
+  generated from the operation table through `instructions`). Backward runs them in reverse, a stage's matmuls with
   the stage before's instructions, and forms each matrix's gradient once per window from all
   steps' operands and product gradients. On a CPU the same work runs as torch operations
   (`TorchKernels`).
@@ -46,13 +46,19 @@ import warnings
 from dataclasses import dataclass, field
 from typing import Sequence
 
-import numpy as np
 import torch
 from torch.autograd.function import once_differentiable
 
 from cellsearch.cells import ops
-from cellsearch.engine.kernels import codegen
+from cellsearch.engine.instructions import OPCODES, gradients
 from cellsearch.engine.kernels.copies import Copies
+from cellsearch.engine.kernels.mixed import (
+    PersistentKernels,
+    Stacked,
+    StepByStep,
+    TritonKernels,
+    stacked,
+)
 from cellsearch.engine.kernels.tables import Table
 from cellsearch.engine.nn import State, parameter_shape
 from cellsearch.engine.plan import (
@@ -69,15 +75,6 @@ from cellsearch.engine.plan import (
     step_inputs,
 )
 from cellsearch.engine.products import Product, in_torch
-
-# The instruction set: every activation and elementwise operation of the table, in its order.
-OPCODES = {op.name: code for code, op in enumerate(
-    op for op in ops.OPERATIONS if op.kind in ("activation", "elementwise"))}
-# The reverse mode of the binary operations, which the table leaves to each engine:
-# (gradient of the first operand, of the second), from the output's gradient g and operands a, b.
-BINARY_GRADIENTS = {"add": ("{g}", "{g}"), "sub": ("{g}", "-{g}"),
-                    "mul": ("{g} * {b}", "{g} * {a}")}
-assert set(ops.names("elementwise")) == set(BINARY_GRADIENTS), "a new binary op needs its gradient"
 
 ZERO = 0  # slot 0 holds zeros: the second operand of an activation, the start of a negated sum
 
@@ -491,8 +488,8 @@ class _Layout:
         return max(self.widths)
 
     @functools.cached_property
-    def stacked(self) -> _Stacked:
-        return _stacked(self.stages)
+    def stacked(self) -> Stacked:
+        return stacked(self.stages)
 
 
 def _layout(programs: tuple[Program, ...], sizes: tuple[int, ...], widths: tuple[int, ...],
@@ -567,28 +564,7 @@ def _expression(text: str, **names) -> torch.Tensor:
     return eval(text, {"tl": _TorchLanguage}, names)  # the operation table's own text
 
 
-class _StepByStep:
-    """The window a stage at a time, each way: `stage`, and `stage_backward` (a stage's matmuls'
-    backward with the stage before's instructions')."""
-
-    @classmethod
-    def forward(cls, values, layout, matrices, tables) -> None:
-        for t in range(values.shape[0] - 1):
-            for table, weights in zip(layout.stages, matrices):
-                cls.stage(values, t, layout, table, weights)
-
-    @classmethod
-    def backward(cls, grads, values, layout, matrices, tables) -> None:
-        pending = None  # the last stage's matmuls, whose backward goes with the next launch
-        for t in reversed(range(values.shape[0] - 1)):
-            for table, weights in reversed(list(zip(layout.stages, matrices))):
-                cls.stage_backward(grads, values, layout, pending, (t, table))
-                pending = (t, table, weights) if weights is not None else None
-        if pending is not None:
-            cls.stage_backward(grads, values, layout, pending, None)
-
-
-class TorchKernels(_StepByStep):
+class TorchKernels(StepByStep):
     """A step's work as torch operations, in place. The matmuls: the stage's operand rows
     gathered, one batched matmul, the products scattered. The instructions: instruction i of all
     members at once, each operation that some member runs there computed for all and each
@@ -655,7 +631,7 @@ class TorchKernels(_StepByStep):
             first_grad, second_grad = torch.zeros_like(g), torch.zeros_like(g)
             for name in _present(op):
                 chosen = (op == OPCODES[name]).view(-1, 1, 1)
-                for target, text in zip((first_grad, second_grad), _gradients(name)):
+                for target, text in zip((first_grad, second_grad), gradients(name)):
                     value = _expression(text, g=g, y=y, a=first, b=second)
                     target.copy_(torch.where(chosen, value, target))
             grads[dst, member] = 0.0  # the slot's value before: read by nothing
@@ -673,392 +649,6 @@ def _members_and_columns(values, columns):
 def _present(op: torch.Tensor) -> list[str]:
     codes = set(op.tolist())
     return [name for name, code in OPCODES.items() if code in codes]
-
-
-def _gradients(name: str) -> tuple[str, str]:
-    """The operation's reverse mode as the table's expressions: (first operand's, second's)."""
-    operation = ops.BY_NAME[name]
-    if operation.kind == "activation":
-        return operation.triton_gradient.format(g="g", y="y"), "0.0 * g"  # (a tensor, in torch)
-    return tuple(text.format(g="g", a="a", b="b") for text in BINARY_GRADIENTS[name])
-
-
-# -- a step's work in Triton kernels --------------------------------------------------------------
-
-
-@functools.cache
-def kernels_source() -> str:
-    """A module with the step's two kernels, one program per member and (B, N) tile of its
-    slots. `stage_kernel`: the member's matmuls of a stage on the tile (each loops over its own,
-    no padding: operands read from their slots, products written to theirs), then its
-    instructions on the tile, looping over its program; each value goes to memory, and the next
-    instruction reads it back (a barrier between); the operations come from the table.
-    Instructions are elementwise, so a tile's need only the tile's products: the two share a
-    launch. `stage_backward_kernel`: a stage's matmuls' backward (a tile of the operands'
-    gradients, a sum over all the products' columns, which the launch before formed), then
-    the stage before's instructions' backward on the same tile. Slots are addressed `start +
-    slot * slot_stride + member * member_stride`, so slot R + r is the next step's r."""
-    forward, first, second = "0.0", "0.0", "0.0"
-    for name, code in reversed(OPCODES.items()):
-        value = ops.BY_NAME[name].triton.format("a", "b")  # (an activation reads only {0})
-        gradient_a, gradient_b = _gradients(name)
-        forward = f"tl.where(op == {code}, {value}, {forward})"
-        first = f"tl.where(op == {code}, {gradient_a}, {first})"
-        second = f"tl.where(op == {code}, {gradient_b}, {second})"
-    return f'''"""Generated by cellsearch.engine.mixed: a mix's step, a kernel a stage each way."""
-import triton
-import triton.language as tl
-
-
-@triton.jit
-def stage_kernel(values, start, weights, operands, products, counts, J, program, lengths,
-                 program_stride, columns, member_stride, slot_stride, B, N,
-                 MATMULS: tl.constexpr, PRECISION: tl.constexpr, BB: tl.constexpr,
-                 BN: tl.constexpr, BK: tl.constexpr):
-    """product[b, c] = sum_k operand[b, k] * W[c, k] for each of member m's matmuls, then its
-    instructions, on the tile."""
-    m = tl.program_id(0).to(tl.int64)
-    rows = tl.program_id(1) * BB + tl.arange(0, BB)
-    cols = tl.program_id(2) * BN + tl.arange(0, BN)
-    n = tl.load(columns + m)
-    tile = (rows[:, None] < B) & (cols[None, :] < n)
-    base = values + start + m * member_stride
-    offsets = rows[:, None] * N + cols[None, :]
-    if MATMULS:
-        for j in range(tl.load(counts + m)):
-            operand = base + tl.load(operands + m * J + j).to(tl.int64) * slot_stride
-            matrix = weights + (m * J + j) * N * N
-            total = tl.full([BB, BN], 0.0, values.dtype.element_ty)
-            for k in range(0, n, BK):
-                ks = k + tl.arange(0, BK)
-                a = tl.load(operand + rows[:, None] * N + ks[None, :],
-                            mask=(rows[:, None] < B) & (ks[None, :] < n), other=0.0)
-                w = tl.load(matrix + cols[None, :] * N + ks[:, None],
-                            mask=(ks[:, None] < n) & (cols[None, :] < n), other=0.0)
-                total = tl.dot(a, w, total, input_precision=PRECISION)
-            product = base + tl.load(products + m * J + j).to(tl.int64) * slot_stride
-            tl.store(product + offsets, total, mask=tile)
-        tl.debug_barrier()
-    code = program + m * program_stride
-    for i in range(tl.load(lengths + m)):
-        op = tl.load(code + 4 * i)
-        a = tl.load(base + tl.load(code + 4 * i + 2).to(tl.int64) * slot_stride + offsets,
-                    mask=tile, other=0.0)
-        b = tl.load(base + tl.load(code + 4 * i + 3).to(tl.int64) * slot_stride + offsets,
-                    mask=tile, other=0.0)
-        tl.store(base + tl.load(code + 4 * i + 1).to(tl.int64) * slot_stride + offsets,
-                 {forward}, mask=tile)
-        tl.debug_barrier()
-
-
-@triton.jit
-def stage_backward_kernel(grads, values, matmul_start, weights, operands, products, counts, J,
-                          start, program, lengths, program_stride, columns, member_stride,
-                          slot_stride, B, N, MATMULS: tl.constexpr, INSTRUCTIONS: tl.constexpr,
-                          PRECISION: tl.constexpr, BB: tl.constexpr, BN: tl.constexpr,
-                          BK: tl.constexpr):
-    """operand_grad[b, c] += sum_k product_grad[b, k] * W[k, c] for each of member m's matmuls
-    of the stage at `matmul_start` in turn (several may share an operand), then the backward of
-    its instructions of the stage at `start`, on the tile."""
-    m = tl.program_id(0).to(tl.int64)
-    rows = tl.program_id(1) * BB + tl.arange(0, BB)
-    cols = tl.program_id(2) * BN + tl.arange(0, BN)
-    n = tl.load(columns + m)
-    tile = (rows[:, None] < B) & (cols[None, :] < n)
-    offsets = rows[:, None] * N + cols[None, :]
-    if MATMULS:
-        base = grads + matmul_start + m * member_stride
-        for j in range(tl.load(counts + m)):
-            product = base + tl.load(products + m * J + j).to(tl.int64) * slot_stride
-            matrix = weights + (m * J + j) * N * N
-            total = tl.full([BB, BN], 0.0, grads.dtype.element_ty)
-            for k in range(0, n, BK):
-                ks = k + tl.arange(0, BK)
-                g = tl.load(product + rows[:, None] * N + ks[None, :],
-                            mask=(rows[:, None] < B) & (ks[None, :] < n), other=0.0)
-                w = tl.load(matrix + ks[:, None] * N + cols[None, :],
-                            mask=(ks[:, None] < n) & (cols[None, :] < n), other=0.0)
-                total = tl.dot(g, w, total, input_precision=PRECISION)
-            operand = base + tl.load(operands + m * J + j).to(tl.int64) * slot_stride
-            target = operand + offsets
-            tl.store(target, tl.load(target, mask=tile, other=0.0) + total, mask=tile)
-            tl.debug_barrier()
-    if INSTRUCTIONS:
-        base = start + m * member_stride + offsets
-        code = program + m * program_stride
-        length = tl.load(lengths + m)
-        for j in range(length):
-            i = length - 1 - j
-            op = tl.load(code + 4 * i)
-            dst = base + tl.load(code + 4 * i + 1).to(tl.int64) * slot_stride
-            first = base + tl.load(code + 4 * i + 2).to(tl.int64) * slot_stride
-            second = base + tl.load(code + 4 * i + 3).to(tl.int64) * slot_stride
-            g = tl.load(grads + dst, mask=tile, other=0.0)
-            y = tl.load(values + dst, mask=tile, other=0.0)
-            a = tl.load(values + first, mask=tile, other=0.0)
-            b = tl.load(values + second, mask=tile, other=0.0)
-            tl.store(grads + dst, g * 0.0, mask=tile)  # dst's value before: unread
-            tl.debug_barrier()
-            tl.store(grads + first, tl.load(grads + first, mask=tile, other=0.0) + {first},
-                     mask=tile)
-            tl.debug_barrier()
-            tl.store(grads + second, tl.load(grads + second, mask=tile, other=0.0) + {second},
-                     mask=tile)
-            tl.debug_barrier()
-
-
-@triton.jit
-def window_kernel(values, T, step_stride, stages, matrices, counts, operands, products, J,
-                  program, lengths, L, columns, M, member_stride, slot_stride, B, N,
-                  FLOAT64: tl.constexpr, PRECISION: tl.constexpr, BB: tl.constexpr,
-                  BN: tl.constexpr, BK: tl.constexpr):
-    """Member m's block of rows through the whole window, step after step and stage after
-    stage: the stage's matmuls over all the member's columns, then its instructions. A row
-    depends on no other row and a member on no other member, so one program runs the window
-    where the step kernels launch a stage at a time. `matrices`: each stage's matrices' address,
-    then its J."""
-    m = tl.program_id(0).to(tl.int64)
-    rows = tl.program_id(1) * BB + tl.arange(0, BB)
-    n = tl.load(columns + m)
-    if FLOAT64:
-        kind = tl.pointer_type(tl.float64)
-    else:
-        kind = tl.pointer_type(tl.float32)
-    for t in range(T):
-        base = values + t * step_stride + m * member_stride
-        for s in range(stages):
-            row = s * M + m
-            count = tl.load(counts + row)
-            if count > 0:
-                weights = tl.load(matrices + s).to(kind)
-                stage_J = tl.load(matrices + stages + s)
-                for j in range(count):
-                    operand = base + tl.load(operands + row * J + j).to(tl.int64) * slot_stride
-                    product = base + tl.load(products + row * J + j).to(tl.int64) * slot_stride
-                    matrix = weights + (m * stage_J + j) * N * N
-                    for c in range(0, n, BN):
-                        cols = c + tl.arange(0, BN)
-                        total = tl.full([BB, BN], 0.0, values.dtype.element_ty)
-                        for k in range(0, n, BK):
-                            ks = k + tl.arange(0, BK)
-                            a = tl.load(operand + rows[:, None] * N + ks[None, :],
-                                        mask=(rows[:, None] < B) & (ks[None, :] < n), other=0.0)
-                            w = tl.load(matrix + cols[None, :] * N + ks[:, None],
-                                        mask=(ks[:, None] < n) & (cols[None, :] < n), other=0.0)
-                            total = tl.dot(a, w, total, input_precision=PRECISION)
-                        tl.store(product + rows[:, None] * N + cols[None, :], total,
-                                 mask=(rows[:, None] < B) & (cols[None, :] < n))
-                tl.debug_barrier()
-            code = program + row * L * 4
-            length = tl.load(lengths + row)
-            for c in range(0, n, BN):
-                cols = c + tl.arange(0, BN)
-                tile = (rows[:, None] < B) & (cols[None, :] < n)
-                offsets = rows[:, None] * N + cols[None, :]
-                for i in range(length):
-                    op = tl.load(code + 4 * i)
-                    a = tl.load(base + tl.load(code + 4 * i + 2).to(tl.int64) * slot_stride
-                                + offsets, mask=tile, other=0.0)
-                    b = tl.load(base + tl.load(code + 4 * i + 3).to(tl.int64) * slot_stride
-                                + offsets, mask=tile, other=0.0)
-                    tl.store(base + tl.load(code + 4 * i + 1).to(tl.int64) * slot_stride
-                             + offsets, {forward}, mask=tile)
-                    tl.debug_barrier()
-            tl.debug_barrier()
-
-
-@triton.jit
-def window_backward_kernel(grads, values, T, step_stride, stages, matrices, counts, operands,
-                           products, J, program, lengths, L, columns, M, member_stride,
-                           slot_stride, B, N, FLOAT64: tl.constexpr, PRECISION: tl.constexpr,
-                           BB: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr):
-    """`window_kernel` in reverse: per step and stage, last first, the instructions' backward
-    on all the member's columns, then its matmuls' (operand_grad[b, c] += sum_k
-    product_grad[b, k] * W[k, c], each matmul in turn: several may share an operand)."""
-    m = tl.program_id(0).to(tl.int64)
-    rows = tl.program_id(1) * BB + tl.arange(0, BB)
-    n = tl.load(columns + m)
-    if FLOAT64:
-        kind = tl.pointer_type(tl.float64)
-    else:
-        kind = tl.pointer_type(tl.float32)
-    for back in range(T):
-        start = (T - 1 - back) * step_stride + m * member_stride
-        for back_stage in range(stages):
-            s = stages - 1 - back_stage
-            row = s * M + m
-            code = program + row * L * 4
-            length = tl.load(lengths + row)
-            for c in range(0, n, BN):
-                cols = c + tl.arange(0, BN)
-                tile = (rows[:, None] < B) & (cols[None, :] < n)
-                base = start + rows[:, None] * N + cols[None, :]
-                for j in range(length):
-                    i = length - 1 - j
-                    op = tl.load(code + 4 * i)
-                    dst = base + tl.load(code + 4 * i + 1).to(tl.int64) * slot_stride
-                    first = base + tl.load(code + 4 * i + 2).to(tl.int64) * slot_stride
-                    second = base + tl.load(code + 4 * i + 3).to(tl.int64) * slot_stride
-                    g = tl.load(grads + dst, mask=tile, other=0.0)
-                    y = tl.load(values + dst, mask=tile, other=0.0)
-                    a = tl.load(values + first, mask=tile, other=0.0)
-                    b = tl.load(values + second, mask=tile, other=0.0)
-                    tl.store(grads + dst, g * 0.0, mask=tile)  # dst's value before: unread
-                    tl.debug_barrier()
-                    tl.store(grads + first,
-                             tl.load(grads + first, mask=tile, other=0.0) + {first}, mask=tile)
-                    tl.debug_barrier()
-                    tl.store(grads + second,
-                             tl.load(grads + second, mask=tile, other=0.0) + {second},
-                             mask=tile)
-                    tl.debug_barrier()
-            tl.debug_barrier()
-            count = tl.load(counts + row)
-            if count > 0:
-                weights = tl.load(matrices + s).to(kind)
-                stage_J = tl.load(matrices + stages + s)
-                for j in range(count):
-                    product = grads + start + tl.load(products + row * J + j).to(
-                        tl.int64) * slot_stride
-                    operand = grads + start + tl.load(operands + row * J + j).to(
-                        tl.int64) * slot_stride
-                    matrix = weights + (m * stage_J + j) * N * N
-                    for c in range(0, n, BN):
-                        cols = c + tl.arange(0, BN)
-                        total = tl.full([BB, BN], 0.0, grads.dtype.element_ty)
-                        for k in range(0, n, BK):
-                            ks = k + tl.arange(0, BK)
-                            g = tl.load(product + rows[:, None] * N + ks[None, :],
-                                        mask=(rows[:, None] < B) & (ks[None, :] < n), other=0.0)
-                            w = tl.load(matrix + ks[:, None] * N + cols[None, :],
-                                        mask=(ks[:, None] < n) & (cols[None, :] < n), other=0.0)
-                            total = tl.dot(g, w, total, input_precision=PRECISION)
-                        target = operand + rows[:, None] * N + cols[None, :]
-                        tile = (rows[:, None] < B) & (cols[None, :] < n)
-                        tl.store(target, tl.load(target, mask=tile, other=0.0) + total, mask=tile)
-                    tl.debug_barrier()
-'''
-
-
-def _module():
-    return codegen.load_module(kernels_source(), "mixed")
-
-
-def _strides(values: torch.Tensor) -> tuple[int, int, int]:
-    """(where step t starts, per member, per slot) in a window's slots (T + 1, R, M, B, N)."""
-    return values.stride(0), values.stride(2), values.stride(1)
-
-
-class TritonKernels(_StepByStep):
-    """`TorchKernels` in the generated kernels (`kernels_source`), a launch each; the window's
-    copies a launch each way in and out (`kernels.copies`)."""
-
-    copies_in_torch = False
-
-    @staticmethod
-    def stage(values, t, layout, table, weights) -> None:
-        step, member, slot = _strides(values)
-        _module().stage_kernel[_grid(values)](
-            values, t * step, weights if weights is not None else values, table.operand_slots,
-            table.product_slots, table.matmuls, table.J, table.program, table.lengths,
-            table.program.stride(0), layout.columns, member, slot, *values.shape[3:],
-            MATMULS=weights is not None, **_blocks(values))
-
-    @staticmethod
-    def stage_backward(grads, values, layout, matmuls, instructions) -> None:
-        step, member, slot = _strides(grads)
-        t, table, weights = matmuls if matmuls is not None else (0, instructions[1], grads)
-        at, code = instructions if instructions is not None else (0, table)
-        _module().stage_backward_kernel[_grid(grads)](
-            grads, values, t * step, weights, table.operand_slots, table.product_slots,
-            table.matmuls, table.J, at * step, code.program, code.lengths,
-            code.program.stride(0), layout.columns, member, slot, *grads.shape[3:],
-            MATMULS=matmuls is not None, INSTRUCTIONS=instructions is not None,
-            **_blocks(grads))
-
-
-def _blocks(slots: torch.Tensor) -> dict:
-    """A program's tile of a slot (BB, BN), the matmuls' inner block and precision."""
-    B, N = slots.shape[3:]
-    precision = codegen.matmul_precision(slots) if slots.dtype == torch.float32 else "ieee"
-    return {"BB": min(64, codegen.block_size(B)), "BN": min(64, codegen.block_size(N)),
-            "BK": 32, "PRECISION": precision}
-
-
-def _grid(slots: torch.Tensor) -> tuple[int, int, int]:
-    """A program per member and tile of its slot."""
-    _, _, M, B, N = slots.shape
-    blocks = _blocks(slots)
-    return M, -(-B // blocks["BB"]), -(-N // blocks["BN"])
-
-
-class PersistentKernels:
-    """The whole window in one launch each way (`window_kernel` and its backward): a program per
-    member and block of rows, looping over the steps and stages, where the step kernels launch
-    once a stage and step. Fewer programs, each longer: made for the search's small hidden
-    sizes; which of the two is faster at a shape is a GPU's to say (`CUDA_KERNEL`)."""
-
-    copies_in_torch = False
-
-    @staticmethod
-    def forward(values, layout, matrices, tables) -> None:
-        PersistentKernels._launch("window_kernel", layout, matrices, tables.matrices, values)
-
-    @staticmethod
-    def backward(grads, values, layout, matrices, tables) -> None:
-        PersistentKernels._launch("window_backward_kernel", layout, matrices,
-                                  tables.matrices_backward, grads, values)
-
-    @staticmethod
-    def _launch(kernel, layout, matrices, table, *slots) -> None:
-        T, _, M, B, N = slots[0].shape
-        T -= 1
-        stacked = layout.stacked
-        where = table.upload(np.array([0 if w is None else w.data_ptr() for w in matrices]
-                                      + [s.J for s in layout.stages], dtype=np.int64),
-                             slots[0].device)
-        blocks = _blocks(slots[0])
-        BB = 16 if B <= 16 else 32
-        getattr(_module(), kernel)[(M, -(-B // BB))](
-            *slots, T, slots[0].stride(0), len(layout.stages), where, stacked.counts,
-            stacked.operands, stacked.products, stacked.J, stacked.program, stacked.lengths,
-            stacked.L, layout.columns, M, slots[0].stride(2), slots[0].stride(1), B, N,
-            FLOAT64=slots[0].dtype == torch.float64, PRECISION=blocks["PRECISION"], BB=BB,
-            BN=blocks["BN"], BK=blocks["BK"])
-
-
-@dataclass(frozen=True)
-class _Stacked:
-    """Every stage's tables in one, for `PersistentKernels`: (S, M, J) operand and product
-    slots, (S, M) counts, (S, M, L, 4) instructions and (S, M) their lengths, padded."""
-
-    counts: torch.Tensor
-    operands: torch.Tensor
-    products: torch.Tensor
-    J: int
-    program: torch.Tensor
-    lengths: torch.Tensor
-    L: int
-
-
-def _stacked(stages: tuple[_StageTable, ...]) -> _Stacked:
-    J = max(max(table.J for table in stages), 1)
-    L = max(table.program.shape[1] for table in stages)
-
-    def padded(tensor, width):  # (M, w, ...) -> (M, width, ...)
-        shape = list(tensor.shape)
-        shape[1] = width - shape[1]
-        return torch.cat([tensor, tensor.new_zeros(shape)], dim=1)
-
-    return _Stacked(
-        counts=torch.stack([table.matmuls for table in stages]).contiguous(),
-        operands=torch.stack([padded(table.operand_slots, J) for table in stages]).contiguous(),
-        products=torch.stack([padded(table.product_slots, J) for table in stages]).contiguous(),
-        J=J,
-        program=torch.stack([padded(table.program, L) for table in stages]).contiguous(),
-        lengths=torch.stack([table.lengths for table in stages]).contiguous(),
-        L=L,
-    )
 
 
 _KERNELS = {"torch": TorchKernels, "triton": TritonKernels, "persistent": PersistentKernels}
