@@ -369,7 +369,7 @@ class PersistentKernels:
                                       + [s.J for s in layout.stages], dtype=np.int64),
                              slots[0].device)
         blocks = _blocks(slots[0])
-        BB = 16 if B <= 16 else 32
+        BB = 16  # (tl.dot's least): the more programs, the more of the GPU a small mix fills
         getattr(module(), kernel)[(M, -(-B // BB))](
             *slots, T, slots[0].stride(0), len(layout.stages), where, stacked.counts,
             stacked.operands, stacked.products, stacked.J, stacked.program, stacked.lengths,
