@@ -226,11 +226,15 @@ def test_capturing_a_population_keeps_the_memory_others_have_cached():
     assert torch.cuda.memory_reserved() >= reserved
 
 
-def test_the_mixed_engines_kernel_and_captured_step_on_the_gpu():
-    """The mixed engine's kernels compiled for the GPU give the eager engine's values and gradients
-    (float32, TF32 matmuls: loose tolerances), and a mixed step captured into a CUDA graph trains
-    as the same step run eagerly."""
+@pytest.mark.parametrize("kernel", ["triton", "persistent"])
+def test_the_mixed_engines_kernel_and_captured_step_on_the_gpu(kernel, monkeypatch):
+    """The mixed engine's kernels compiled for the GPU, a stage at a time or the whole window,
+    give the eager engine's values and gradients (float32, TF32 matmuls: loose tolerances), and
+    a mixed step captured into a CUDA graph trains as the same step run eagerly."""
+    from cellsearch.engine import mixed
     from cellsearch.engine.mixed import Layer, run_mixed
+
+    monkeypatch.setattr(mixed, "CUDA_KERNEL", kernel)
     from cellsearch.engine.plan import plan, run
     from cellsearch.tasks.memorize import Memorize
     from cellsearch.train.model import PopulationModel
@@ -247,7 +251,7 @@ def test_the_mixed_engines_kernel_and_captured_step_on_the_gpu():
         state = tuple(torch.zeros(K, 20, n, device="cuda") for _ in graph.states)
         layers.append(Layer(plan(graph), params, x, state))
     leaves = [t for layer in layers for t in (layer.x, *layer.params.values())]
-    ours = run_mixed(layers, kernel="triton")
+    ours = run_mixed(layers, kernel=kernel)
     theirs = [run(layer.plan, layer.params, layer.x, layer.state) for layer in layers]
     for (a, _), (b, _) in zip(ours, theirs):
         torch.testing.assert_close(a, b, rtol=1e-2, atol=1e-3)
