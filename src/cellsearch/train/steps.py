@@ -516,6 +516,7 @@ class Mixer:
         self.capture, self.warmup, self.kept = capture, warmup, kept
         self.join_within = join_within
         self.waiting: list[tuple[PopulationSteps, str, bool]] = []  # (population, phase, first)
+        self.asking: set[int] = set()  # the ids of the waiting: asked once a flush by each
         self.cohorts: dict[int, tuple[PopulationSteps, ...]] = {}  # id(population) -> cohort
         self.memberships: dict[tuple[str, tuple[int, ...]], MixedSteps] = {}
         self.failures: dict[int, Exception] = {}  # id(population) -> why its step failed
@@ -534,11 +535,13 @@ class Mixer:
         if id(population) not in self.arrivals:
             self.arrivals[id(population)] = (self.flushes, next(self._arrival))
         self.waiting.append((population, phase, first))
+        self.asking.add(id(population))
         try:
-            while any(p is population for p, _, _ in self.waiting):
+            while id(population) in self.asking:
                 yield
         except GeneratorExit:  # its run was stopped: nothing to do for it
             self.waiting = [entry for entry in self.waiting if entry[0] is not population]
+            self.asking.discard(id(population))
             raise
         error = self.failures.pop(id(population), None)
         if error is not None:
@@ -563,14 +566,18 @@ class Mixer:
         ready_ids = {id(p) for p in ready}
         groups: dict[tuple[str, tuple[int, ...]], list[PopulationSteps]] = {}
         held = []
+        keys: dict[int, tuple[int, ...]] = {}  # id(cohort) -> its members' ids, made once
         for entry in self.waiting:
             population, phase, first = entry
             if phase == "train" and first and id(population) not in ready_ids:
                 held.append(entry)
                 continue
-            cohort = tuple(id(q) for q in self.cohort(population))
-            groups.setdefault((phase, cohort), []).append(population)
+            cohort = self.cohort(population)
+            if id(cohort) not in keys:
+                keys[id(cohort)] = tuple(id(q) for q in cohort)
+            groups.setdefault((phase, keys[id(cohort)]), []).append(population)
         self.waiting = held
+        self.asking = {id(entry[0]) for entry in held}
         for (phase, _), populations in groups.items():
             populations.sort(key=lambda p: self.arrivals[id(p)])  # a step's members in one order
             try:
@@ -647,8 +654,9 @@ class Mixer:
             together = MixedSteps(populations, self.capture, self.warmup)
             self.made += 1
         self.memberships[key] = together  # the most recent last
-        cohorts = {tuple(id(q) for q in self.cohort(p)) for p in populations}
-        live = len({tuple(id(q) for q in c) for c in self.cohorts.values()} | cohorts)
+        # the cohorts training: each a tuple that all its members share, or this one alone
+        live = (len({id(c) for c in self.cohorts.values()})
+                + (id(populations[0]) not in self.cohorts))
         while len(self.memberships) > self.kept * live:
             self._retire(self.memberships.pop(next(iter(self.memberships))))
         return together
