@@ -29,9 +29,9 @@ Parts, in priority order (each writes OUT/<part>.json when done, and a later cal
 
 A part starts only if its estimate fits in what is left of --minutes; what does not fit runs in
 the next session's call. A part that fails leaves OUT/<part>.failed.txt (why) and no marker,
-and the call goes on with the next. A search part's database stays in OUT, so the next call resumes it
-(throughput counts only the evaluations stored during the call). `--quick` shrinks every part
-for a check on a CPU (the tests run it so).
+and the call goes on with the next. A search part's database stays in OUT, so the next call
+resumes it (throughput counts only the evaluations stored during the call). `--quick` shrinks
+every part for a check on a CPU (the tests run it so).
 """
 
 from __future__ import annotations
@@ -183,7 +183,8 @@ def window_kernel(out: Path) -> str:
                  for name in ("connections_32", "connections_32_persistent")}
     except (OSError, KeyError, StopIteration, ValueError):
         return "triton"
-    return "persistent" if speed["connections_32_persistent"] > speed["connections_32"] else "triton"
+    faster = speed["connections_32_persistent"] > speed["connections_32"]
+    return "persistent" if faster else "triton"
 
 
 def search(executor: str, steps_in_flight: int | None = None):

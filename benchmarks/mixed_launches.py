@@ -12,12 +12,15 @@ Triton's interpreter here) and the copy of their table, or with `--sgd own` each
 update in torch. The static parts and output layers are, as on a GPU, formed together by
 `kernels.products` (each launch counted, its table's copy too), or with `--products own` each
 population's in torch. The windows' copies in and out are counted as on a GPU too: a launch of
-`kernels.copies` each, and its table's copy (run in torch here). With `--loss-kernels` the softmax loss runs as on a GPU too, in the two
-Triton kernels of `kernels.cross_entropy` (each launch counted), instead of torch's operations.
+`kernels.copies` each, and its table's copy (run in torch here). With `--loss-kernels` the
+softmax loss runs as on a GPU too, in the two Triton kernels of `kernels.cross_entropy` (each
+launch counted), instead of torch's operations. With `--window persistent` the window runs as
+`mixed.PersistentKernels` launches it: one kernel each way, and its table's copy.
 
 
     python benchmarks/mixed_launches.py [--cells 1,4,8,16] [--layers 2] [--sgd grouped|own]
                                         [--products grouped|own] [--loss-kernels]
+                                        [--window stage|persistent]
                                         [--skip-kernels]
 """
 

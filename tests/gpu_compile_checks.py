@@ -163,13 +163,17 @@ def check_the_products_kernel() -> None:
 
 
 def check_the_copies_kernel() -> None:
-    """The window's copies in float64 too (the mixed engine's float32 ones compile above)."""
+    """The copies in float64, int64 and bool too (the mixed engine's float32 ones compile above)."""
     from cellsearch.engine.kernels.copies import Copies
 
     copies = Copies()
     copies.add(torch.zeros(3, 4, dtype=torch.float64), torch.ones(4, dtype=torch.float64),
                zero_where=torch.tensor([True, False, True]).view(3, 1))
     copies.launch()
+    for dtype in (torch.int64, torch.bool):  # a window's tokens and flags
+        copies = Copies()
+        copies.add(torch.zeros(3, 4, dtype=dtype), torch.ones(3, 4, dtype=dtype))
+        copies.launch()
 
 
 def check_the_loss_kernels() -> None:

@@ -38,10 +38,27 @@ def test_a_launch_of_copies_gives_torchs(dtype):
     assert torch.equal(wide, big) and (slots[1, 0, 0, 2:] == 0).all()
 
 
+@pytest.mark.parametrize("dtype", [torch.int64, torch.bool])
+def test_integers_and_flags_are_copied_as_they_are(dtype):
+    source = torch.arange(-60, 60).view(4, 30) % 7 - 3  # (negatives, and more than a byte)
+    source = (source * 10**12 if dtype == torch.int64 else source > 0).to(dtype)
+    buffer = torch.zeros(2, 30, 4, dtype=dtype)
+    copies = Copies()
+    copies.add(buffer[1].t(), source)
+    copies.add(buffer[0, :, :2], source[:2].t())
+    copies.launch()
+    assert torch.equal(buffer[1].t(), source) and torch.equal(buffer[0, :, :2], source[:2].t())
+    assert not buffer[0, :, 2:].any()
+
+
 def test_what_the_kernel_cannot_copy_is_refused():
     copies = Copies()
     with pytest.raises(ValueError, match="at most 5 dimensions"):
         copies.add(torch.zeros(1, 1, 1, 1, 1, 1), torch.zeros(1))
     copies.add(torch.zeros(3), torch.zeros(3, dtype=torch.float64))
-    with pytest.raises(ValueError, match="float32 or float64, one of them"):
+    with pytest.raises(ValueError, match="one of torch.float32, .* a launch"):
+        copies.launch()
+    copies = Copies()
+    copies.add(torch.zeros(3, dtype=torch.int64), torch.ones(3, dtype=torch.int64), add=True)
+    with pytest.raises(ValueError, match="for floats, not torch.int64"):
         copies.launch()

@@ -6,6 +6,7 @@ task's cohort at its next epoch, and one that leaves takes its shared steps with
 from types import SimpleNamespace
 
 import pytest
+import torch
 
 from cellsearch.train import steps as steps_module
 from cellsearch.train.steps import Mixer
@@ -219,3 +220,32 @@ def test_a_captured_step_dropped_is_kept_until_the_gpu_has_run_its_replays(mixer
     events[0].done = True
     mixer.flush()
     assert mixer.retired == []
+
+
+def test_the_windows_of_the_populations_whose_steps_run_load_together_then(mixer, monkeypatch):
+    pytest.importorskip("triton")
+    monkeypatch.setenv("TRITON_INTERPRET", "1")  # (`kernels.copies`, as on a GPU)
+    a, b, late = population(), population(), population()
+    runs = [ask(mixer, p, "train", first=True) for p in (a, b)]
+    mixer.flush()
+    assert all(ran(run) for run in runs)
+
+    def window(seed):
+        tokens = torch.arange(12).view(3, 4) * seed
+        return [(torch.zeros(3, 4, dtype=torch.int64), tokens),
+                (torch.zeros(3, 4), tokens.float() / 7), (torch.zeros(4, dtype=torch.bool),
+                                                          tokens[0] % 2 == 0)]
+
+    loads = {id(p): window(seed) for seed, p in enumerate((a, b, late), start=1)}
+    for p in (a, b, late):
+        mixer.loading(p, loads[id(p)])
+    runs = [ask(mixer, a, "train"), ask(mixer, b, "train"), ask(mixer, late, "train", True)]
+    assert not any(buffer.any() for pairs in loads.values() for buffer, _ in pairs)
+    mixer.flush()  # a and b's steps run, late waits for their cohort to form again
+    assert [ran(run) for run in runs] == [True, True, False]
+    for p in (a, b):
+        assert all(torch.equal(buffer, value) for buffer, value in loads[id(p)])
+    assert not any(buffer.any() for buffer, _ in loads[id(late)])  # loaded when it runs
+    assert list(mixer.loads) == [id(late)]
+    mixer.leave(late)
+    assert not mixer.loads

@@ -18,11 +18,11 @@ setting finishes. Instead the elementwise part of every cell is data for one fix
 - Per step and stage, one kernel forms every member's recurrent products, reading the operands
   from their slots and writing the products to theirs (each member loops over its own
   matrices), then runs every member's instructions, looping over its own program: a program
-  per member and tile of its slot, as instructions are elementwise (`kernels.mixed`,
-  generated from the operation table through `instructions`). Backward runs them in reverse, a stage's matmuls with
-  the stage before's instructions, and forms each matrix's gradient once per window from all
-  steps' operands and product gradients. On a CPU the same work runs as torch operations
-  (`TorchKernels`).
+  per member and tile of its slot, as instructions are elementwise (`kernels.mixed`, generated
+  from the operation table through `instructions`). Backward runs them in reverse, a stage's
+  matmuls with the stage before's instructions, and forms each matrix's gradient once per
+  window from all steps' operands and product gradients. On a CPU the same work runs as torch
+  operations (`TorchKernels`).
 
 So a step of any mix of cells launches one kernel per stage forward and one backward, whatever
 the cells, and no combination is ever compiled. Before the window, what the layers compute from

@@ -22,6 +22,7 @@ from typing import Any, Callable, Generator, Iterable, Iterator
 import numpy as np
 import torch
 
+from cellsearch.engine.kernels.copies import Copies
 from cellsearch.evaluation.settings import LOSS_NORMALIZATIONS
 from cellsearch.tasks import Batch, Task
 from cellsearch.tasks import metrics as task_metrics
@@ -217,9 +218,14 @@ class PopulationSteps:
 
     def load(self, batch: Batch | list[torch.Tensor]) -> None:
         """Copy one window (a Batch, or its fields as tensors from `uploaded`) into the step's
-        static buffers."""
+        static buffers; with a mixer on a GPU, just before its step, with every population's
+        whose step runs then (`Mixer.loading`)."""
         values = [getattr(batch, f) for f in _FIELDS] if isinstance(batch, Batch) else batch
-        for buffer, value in zip((self.inputs, self.targets, self.mask, self.reset), values):
+        buffers = (self.inputs, self.targets, self.mask, self.reset)
+        if self.mixer is not None and self.mask.device.type == "cuda" and batch is values:
+            self.mixer.loading(self, list(zip(buffers, values)))
+            return
+        for buffer, value in zip(buffers, values):
             value = torch.from_numpy(value) if isinstance(value, np.ndarray) else value
             buffer.copy_(value, non_blocking=True)
 
@@ -473,9 +479,8 @@ class _Divisors:
         self.masks = [p.mask for p in populations]
         self.per_target = torch.tensor([p.per_target for p in populations], device=device)
         self.batch = torch.tensor([float(p.mask.shape[1]) for p in populations], device=device)
-        self.member = torch.repeat_interleave(
-            torch.arange(len(populations)), torch.tensor([p.model.population_size for p in populations])
-        ).to(device)
+        sizes = torch.tensor([p.model.population_size for p in populations])
+        self.member = torch.repeat_interleave(torch.arange(len(populations)), sizes).to(device)
 
     def __call__(self) -> torch.Tensor:
         targets = torch.stack(self.masks).sum(dim=(1, 2)).clamp(min=1.0)
@@ -517,6 +522,7 @@ class Mixer:
         self.join_within = join_within
         self.waiting: list[tuple[PopulationSteps, str, bool]] = []  # (population, phase, first)
         self.asking: set[int] = set()  # the ids of the waiting: asked once a flush by each
+        self.loads: dict[int, list[tuple[torch.Tensor, torch.Tensor]]] = {}  # (see `loading`)
         self.cohorts: dict[int, tuple[PopulationSteps, ...]] = {}  # id(population) -> cohort
         self.memberships: dict[tuple[str, tuple[int, ...]], MixedSteps] = {}
         self.failures: dict[int, Exception] = {}  # id(population) -> why its step failed
@@ -542,6 +548,7 @@ class Mixer:
         except GeneratorExit:  # its run was stopped: nothing to do for it
             self.waiting = [entry for entry in self.waiting if entry[0] is not population]
             self.asking.discard(id(population))
+            self.loads.pop(id(population), None)
             raise
         error = self.failures.pop(id(population), None)
         if error is not None:
@@ -578,6 +585,7 @@ class Mixer:
             groups.setdefault((phase, keys[id(cohort)]), []).append(population)
         self.waiting = held
         self.asking = {id(entry[0]) for entry in held}
+        self._load([p for populations in groups.values() for p in populations])
         for (phase, _), populations in groups.items():
             populations.sort(key=lambda p: self.arrivals[id(p)])  # a step's members in one order
             try:
@@ -591,6 +599,21 @@ class Mixer:
                                    else step.calls > self.warmup)
             except Exception as error:  # noqa: BLE001 - each population's run records it
                 self.failures.update((id(p), error) for p in populations)
+
+    def loading(self, population: PopulationSteps,
+                copies: list[tuple[torch.Tensor, torch.Tensor]]) -> None:
+        """Keep `population`'s window, (buffer, field) pairs, to copy when its step next runs:
+        with every other population's then, a launch per kind of field (`kernels.copies`),
+        where each population's four copies would each be one."""
+        self.loads[id(population)] = copies
+
+    def _load(self, populations: list[PopulationSteps]) -> None:
+        by_kind: dict[torch.dtype, Copies] = {}
+        for population in populations:
+            for buffer, value in self.loads.pop(id(population), ()):
+                by_kind.setdefault(buffer.dtype, Copies()).add(buffer, value)
+        for copies in by_kind.values():
+            copies.launch()
 
     def summary(self) -> str | None:
         """How the shared steps went (None before any): made, run, how many of their runs came
@@ -612,6 +635,7 @@ class Mixer:
         mates = tuple(p for p in self.cohort(population) if p is not population)
         self.cohorts.pop(id(population), None)
         self.arrivals.pop(id(population), None)
+        self.loads.pop(id(population), None)
         self.failures.pop(id(population), None)  # (its id may be another's later)
         for mate in mates:
             self.cohorts[id(mate)] = mates

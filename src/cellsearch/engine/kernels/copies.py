@@ -6,8 +6,9 @@ each read in place through its own address and strides (a broadcast source has s
 by each program in a table written anew each call (`tables.Table`, as `products`' and
 `sgd.GroupedSGD`'s). A copy may add to its destination instead, and may write zeros where a
 mask (bool, broadcast to the shape through its strides) is set: the rows of a carried state that
-start afresh. The copies of a launch run at once: no destination may overlap another copy's
-destination or source."""
+start afresh. Integers and booleans are copied as they are (a window's tokens and flags). The
+copies of a launch run at once: no destination may overlap another copy's destination or
+source."""
 
 from __future__ import annotations
 
@@ -23,6 +24,7 @@ DIMS = 5
 # number of elements, then per dimension (outermost first) its size, the destination's, the
 # source's and the mask's strides.
 COPY = 5 + 4 * DIMS
+KINDS = {torch.float32: 0, torch.float64: 1, torch.int64: 2, torch.bool: 3}  # (bool as bytes)
 
 SOURCE = f'''"""cellsearch.engine.kernels.copies' kernel."""
 import triton
@@ -30,7 +32,7 @@ import triton.language as tl
 
 
 @triton.jit
-def copies_kernel(table, copies_at, FLOAT64: tl.constexpr, BLOCK: tl.constexpr):
+def copies_kernel(table, copies_at, KIND: tl.constexpr, BLOCK: tl.constexpr):
     program = table + tl.program_id(0).to(tl.int64) * 2  # (copy, first element)
     copy = table + copies_at + tl.load(program) * {COPY}
     index = tl.load(program + 1) + tl.arange(0, BLOCK).to(tl.int64)
@@ -47,18 +49,23 @@ def copies_kernel(table, copies_at, FLOAT64: tl.constexpr, BLOCK: tl.constexpr):
         destination += position * tl.load(at + 1)
         source += position * tl.load(at + 2)
         masked += position * tl.load(at + 3)
-    if FLOAT64:
-        kind = tl.pointer_type(tl.float64)
-    else:
+    if KIND == 0:
         kind = tl.pointer_type(tl.float32)
-    value = tl.load(tl.load(copy + 1).to(kind) + source, mask=inside, other=0.0)
-    mask = tl.load(copy + 2)
-    if mask != 0:
-        zeroed = tl.load(mask.to(tl.pointer_type(tl.int8)) + masked, mask=inside, other=0)
-        value = tl.where(zeroed != 0, 0.0, value)
+    elif KIND == 1:
+        kind = tl.pointer_type(tl.float64)
+    elif KIND == 2:
+        kind = tl.pointer_type(tl.int64)
+    else:
+        kind = tl.pointer_type(tl.int8)
+    value = tl.load(tl.load(copy + 1).to(kind) + source, mask=inside)
     target = tl.load(copy).to(kind) + destination
-    if tl.load(copy + 3) != 0:
-        value += tl.load(target, mask=inside, other=0.0)
+    if KIND < 2:  # (masks and additions are for floats)
+        mask = tl.load(copy + 2)
+        if mask != 0:
+            zeroed = tl.load(mask.to(tl.pointer_type(tl.int8)) + masked, mask=inside, other=0)
+            value = tl.where(zeroed != 0, 0.0, value)
+        if tl.load(copy + 3) != 0:
+            value += tl.load(target, mask=inside, other=0.0)
     tl.store(target, value, mask=inside)
 '''
 
@@ -91,9 +98,12 @@ class Copies:
                     destination.copy_(source)
             return
         dtypes = {t.dtype for d, s, _, _ in self.copies for t in (d, s)}
-        if dtypes - {torch.float32, torch.float64} or len(dtypes) > 1:
-            raise ValueError(f"the copies' kernel takes float32 or float64, one of them, got "
-                             f"{sorted(str(dtype) for dtype in dtypes)}")
+        if dtypes - set(KINDS) or len(dtypes) > 1:
+            raise ValueError(f"the copies' kernel takes one of {', '.join(map(str, KINDS))} a "
+                             f"launch, got {sorted(str(dtype) for dtype in dtypes)}")
+        [dtype] = dtypes
+        if KINDS[dtype] >= 2 and any(z is not None or a for _, _, z, a in self.copies):
+            raise ValueError(f"masked and added copies are for floats, not {dtype}")
         rows, programs = [], []
         for index, (destination, source, zero_where, add) in enumerate(self.copies):
             shape = destination.shape
@@ -116,5 +126,5 @@ class Copies:
         device = self.copies[0][0].device
         on_device = (table or Table()).upload(values, device)
         codegen.load_module(SOURCE, "copies").copies_kernel[(len(programs) // 2,)](
-            on_device, len(programs), FLOAT64=dtypes == {torch.float64}, BLOCK=BLOCK)
+            on_device, len(programs), KIND=KINDS[dtype], BLOCK=BLOCK)
 
