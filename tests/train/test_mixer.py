@@ -234,7 +234,8 @@ def test_the_windows_of_the_populations_whose_steps_run_load_together_then(mixer
         tokens = torch.arange(12).view(3, 4) * seed
         return [(torch.zeros(3, 4, dtype=torch.int64), tokens),
                 (torch.zeros(3, 4), tokens.float() / 7), (torch.zeros(4, dtype=torch.bool),
-                                                          tokens[0] % 2 == 0)]
+                                                          tokens[0] % 2 == 0),
+                (torch.zeros(3, 4), tokens.to(torch.int32))]  # (converted as copied)
 
     loads = {id(p): window(seed) for seed, p in enumerate((a, b, late), start=1)}
     for p in (a, b, late):
@@ -244,7 +245,7 @@ def test_the_windows_of_the_populations_whose_steps_run_load_together_then(mixer
     mixer.flush()  # a and b's steps run, late waits for their cohort to form again
     assert [ran(run) for run in runs] == [True, True, False]
     for p in (a, b):
-        assert all(torch.equal(buffer, value) for buffer, value in loads[id(p)])
+        assert all(torch.equal(buffer, value.to(buffer.dtype)) for buffer, value in loads[id(p)])
     assert not any(buffer.any() for buffer, _ in loads[id(late)])  # loaded when it runs
     assert list(mixer.loads) == [id(late)]
     mixer.leave(late)

@@ -22,7 +22,7 @@ from typing import Any, Callable, Generator, Iterable, Iterator
 import numpy as np
 import torch
 
-from cellsearch.engine.kernels.copies import Copies
+from cellsearch.engine.kernels.copies import KINDS, Copies
 from cellsearch.evaluation.settings import LOSS_NORMALIZATIONS
 from cellsearch.tasks import Batch, Task
 from cellsearch.tasks import metrics as task_metrics
@@ -611,7 +611,10 @@ class Mixer:
         by_kind: dict[torch.dtype, Copies] = {}
         for population in populations:
             for buffer, value in self.loads.pop(id(population), ()):
-                by_kind.setdefault(buffer.dtype, Copies()).add(buffer, value)
+                if value.dtype == buffer.dtype and buffer.dtype in KINDS:
+                    by_kind.setdefault(buffer.dtype, Copies()).add(buffer, value)
+                else:  # (a task's own dtypes: converted as copied)
+                    buffer.copy_(value, non_blocking=True)
         for copies in by_kind.values():
             copies.launch()
 
