@@ -250,3 +250,17 @@ def test_the_windows_of_the_populations_whose_steps_run_load_together_then(mixer
     assert list(mixer.loads) == [id(late)]
     mixer.leave(late)
     assert not mixer.loads
+
+
+def test_a_load_that_fails_fails_the_steps_of_that_flush(mixer):
+    a = population()
+    run = ask(mixer, a, "train", first=True)
+    mixer.loading(a, [(torch.zeros(3), torch.zeros(4))])  # (shapes that cannot be copied)
+    mixer.flush()
+    with pytest.raises(RuntimeError):
+        next(run)
+    assert shared_steps_run(mixer) == 0
+
+
+def shared_steps_run(mixer) -> int:
+    return sum(together.calls for together in mixer.memberships.values())

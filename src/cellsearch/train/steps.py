@@ -585,7 +585,12 @@ class Mixer:
             groups.setdefault((phase, keys[id(cohort)]), []).append(population)
         self.waiting = held
         self.asking = {id(entry[0]) for entry in held}
-        self._load([p for populations in groups.values() for p in populations])
+        running = [p for populations in groups.values() for p in populations]
+        try:
+            self._load(running)
+        except Exception as error:  # noqa: BLE001 - each population's run records it
+            self.failures.update((id(p), error) for p in running)
+            return
         for (phase, _), populations in groups.items():
             populations.sort(key=lambda p: self.arrivals[id(p)])  # a step's members in one order
             try:
