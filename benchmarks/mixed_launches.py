@@ -13,8 +13,9 @@ update in torch. The static parts and output layers are, as on a GPU, formed tog
 `kernels.products` (each launch counted, its table's copy too), or with `--products own` each
 population's in torch. The windows' copies in and out are counted as on a GPU too: a launch of
 `kernels.copies` each, and its table's copy (run in torch here). With `--loss-kernels` the
-softmax loss runs as on a GPU too, in the two Triton kernels of `kernels.cross_entropy` (each
-launch counted), instead of torch's operations. With `--window persistent` the window runs as
+softmax loss runs as on a GPU too, in the Triton kernels of `kernels.cross_entropy` (each
+launch counted): the mixed step's grouped loss for all populations, instead of torch's
+operations. With `--window persistent` the window runs as
 `mixed.PersistentKernels` launches it: one kernel each way, and its table's copy.
 
 
@@ -117,7 +118,8 @@ def _counting(launches: Launches, window: str = "stage") -> None:
         setattr(mixed._Window, name, _within(getattr(mixed._Window, name), launches.window_running))
     for name in ("_grouped_square_sums_kernel", "_grouped_scales_kernel", "_grouped_update_kernel"):
         setattr(sgd, name, _Launched(getattr(sgd, name), launches))
-    for name in ("_forward_kernel", "_backward_kernel"):
+    for name in ("_forward_kernel", "_backward_kernel", "_grouped_forward_kernel",
+                 "_grouped_backward_kernel"):
         setattr(cross_entropy, name, _Launched(getattr(cross_entropy, name), launches))
     products._products_kernel = _Launched(products._products_kernel, launches)
     launch_copies = copies.Copies.launch
@@ -199,7 +201,8 @@ def main() -> None:
                                   loss_kernels=args.loss_kernels)
                        for i, graph in enumerate(graphs)]
         steps = MixedSteps(populations, capture=False, grouped_sgd=args.sgd == "grouped",
-                           products_kernel="triton" if args.products == "grouped" else "torch")
+                           products_kernel="triton" if args.products == "grouped" else "torch",
+                           grouped_loss=args.loss_kernels)  # (as a GPU's, where it works)
         for steps_of_one in populations:
             steps_of_one.load(task.batch)
         steps.train_step()  # the first call makes the mix's tables

@@ -47,7 +47,8 @@ EXPECTED = {  # every kernel function of the package (the generated ones by thei
     "forward_kernel", "backward_kernel",  # fused, per step and persistent
     "stage_kernel", "stage_backward_kernel", "window_kernel", "window_backward_kernel",
     "copies_kernel",  # mixed
-    "_forward_kernel", "_backward_kernel",  # cross_entropy
+    "_forward_kernel", "_backward_kernel", "_grouped_forward_kernel",
+    "_grouped_backward_kernel",  # cross_entropy
     "_square_sums_kernel", "_update_kernel", "_grouped_square_sums_kernel",
     "_grouped_scales_kernel", "_grouped_update_kernel",  # sgd
     "_products_kernel",  # products
@@ -177,12 +178,18 @@ def check_the_copies_kernel() -> None:
 
 
 def check_the_loss_kernels() -> None:
-    from cellsearch.engine.kernels.cross_entropy import softmax_cross_entropy
+    from cellsearch.engine.kernels.cross_entropy import (
+        grouped_loss_sums,
+        softmax_cross_entropy,
+    )
 
     for bias in (None, torch.randn(2, 40).requires_grad_()):
         logits = torch.randn(3, 2, 4, 40).requires_grad_()
         nll, _ = softmax_cross_entropy(logits, torch.randint(0, 40, (3, 4)), bias)
         backward([nll])
+    logits = [torch.randn(K, 3, 4, 40).transpose(0, 1).requires_grad_() for K in (2, 1)]
+    backward([grouped_loss_sums(logits, [torch.randint(0, 40, (3, 4))] * 2,
+                                [torch.ones(3, 4)] * 2)])
 
 
 def check_the_sgd_kernels() -> None:

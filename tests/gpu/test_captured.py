@@ -176,9 +176,32 @@ def test_the_grouped_products_kernel_matches_torch():
 @pytest.mark.parametrize("capture", [False, True])
 def test_mixed_steps_train_alike_with_the_grouped_products(capture):
     """Captured, the training and the evaluation step each replay their own tables."""
-    from tests.cells.products_checks import check_mixed_steps_train_alike_with_grouped_products
+    from tests.cells.products_checks import (
+        check_mixed_steps_train_alike_with_grouped_products,
+    )
 
     check_mixed_steps_train_alike_with_grouped_products(device="cuda", capture=capture)
+
+
+def test_the_grouped_loss_matches_each_populations():
+    from cellsearch.engine.kernels.cross_entropy import grouped_usable
+    from tests.tasks.cross_entropy_checks import (
+        check_grouped_loss_sums_are_each_populations,
+    )
+
+    for V in (7, 2100):
+        check_grouped_loss_sums_are_each_populations(V, device="cuda")
+    assert grouped_usable("cuda")  # (else mixed steps take each population's loss alone)
+
+
+@pytest.mark.parametrize("capture", [False, True])
+def test_mixed_steps_train_alike_with_the_grouped_loss(capture):
+    """Captured, the training step replays the loss's tables."""
+    from tests.tasks.cross_entropy_checks import (
+        check_mixed_steps_train_alike_with_the_grouped_loss,
+    )
+
+    check_mixed_steps_train_alike_with_the_grouped_loss(device="cuda", capture=capture)
 
 
 @pytest.mark.parametrize("name", ["lstm", "gru"])

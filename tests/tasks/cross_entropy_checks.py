@@ -85,6 +85,74 @@ def check_training_with_kernels_follows_the_torch_loss() -> None:
         assert abs(eager.valid[key] - fused.valid[key]) <= 1e-5 * abs(eager.valid[key]), key
 
 
+def check_grouped_loss_sums_are_each_populations(V: int, device: str = "cpu") -> None:
+    """`grouped_loss_sums` of populations of different K, each with its own targets and mask,
+    against each one's `softmax_stats` loss sum in torch: values, and the logits' gradients
+    (kept in their layout) for a loss that weighs the members differently."""
+    from cellsearch.engine.kernels.cross_entropy import grouped_loss_sums
+
+    T, B = 3, 5
+    generator = torch.Generator().manual_seed(V)
+    logits, targets, masks = [], [], []
+    for K in (2, 1, 3):
+        logits.append((torch.randn(K, T, B, V, generator=generator) * 3).transpose(0, 1)
+                      .to(device).requires_grad_())
+        targets.append(torch.randint(0, V, (T, B), generator=generator).to(device))
+        masks.append((torch.rand(T, B, generator=generator) > 0.3).float().to(device))
+    theirs = [x.detach().clone().requires_grad_() for x in logits]
+    ours = grouped_loss_sums(logits, targets, masks)
+    expected = torch.cat([softmax_stats(x, y, mask, loss_only=True)["loss_sum"]
+                          for x, y, mask in zip(theirs, targets, masks)])
+    torch.testing.assert_close(ours, expected, rtol=1e-5, atol=1e-5)
+    weights = torch.linspace(0.5, 2.0, len(ours), device=device)
+    our_grads = torch.autograd.grad((ours * weights).sum(), logits)
+    their_grads = torch.autograd.grad((expected * weights).sum(), theirs)
+    for a, b, x in zip(our_grads, their_grads, logits):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+        assert a.stride() == x.stride()
+
+
+def check_mixed_steps_train_alike_with_the_grouped_loss(device: str = "cpu",
+                                                        capture: bool = False) -> None:
+    """A mixed step of an LSTM, a GRU and MUT1 population (different sizes, layers and
+    normalizations) trained with the grouped loss takes each population's own steps, to float
+    rounding; captured (on CUDA), the step replays the loss's tables."""
+    from cellsearch.cells import zoo
+    from cellsearch.tasks.memorize import Memorize
+    from cellsearch.train.model import PopulationModel
+    from cellsearch.train.steps import MixedSteps, PopulationSteps
+
+    task = Memorize(seed=0, epoch_windows=5, valid_samples=30, test_samples=30)
+
+    def populations():
+        made = []
+        for i, (name, K, n, layers, how) in enumerate((("lstm", 2, 12, 2, "targets"),
+                                                       ("gru", 3, 17, 1, "minibatch"),
+                                                       ("mut1", 1, 9, 2, "targets"))):
+            model = PopulationModel(zoo.get(name), K, task.input_size, task.output_size, n,
+                                    layers, "embedding")
+            model.reset_parameters([1.0] * K, [10 * i + k for k in range(K)])
+            model.to(device)
+            made.append(PopulationSteps(model, task, 8, 10, torch.full((K,), 2.0, device=device),
+                                        None, capture=False, loss_normalization=how))
+            made[-1].learning_rates.fill_(0.5)
+        return made
+
+    alone, together = populations(), populations()
+    mixed = MixedSteps(together, capture=capture, grouped_loss=True)
+    for batch in task.batches("train", 8, 10, epoch=0):
+        for steps in alone + together:
+            steps.load(batch)
+        for steps in alone:
+            steps.train_step()
+        mixed.train_step()
+    for mine, theirs, untrained in zip(together, alone, populations()):
+        torch.testing.assert_close(mine.flat_parameters, theirs.flat_parameters, rtol=1e-4,
+                                   atol=1e-5)
+        assert torch.equal(mine.finite, theirs.finite)
+        assert not torch.allclose(mine.flat_parameters, untrained.flat_parameters)
+
+
 if __name__ == "__main__":
     for V in (7, 40, 2100):  # one partial block; one block; several blocks
         for with_bias in (False, True):
@@ -92,4 +160,7 @@ if __name__ == "__main__":
     check_gradient_keeps_the_logits_layout()
     check_softmax_stats_with_kernels()
     check_training_with_kernels_follows_the_torch_loss()
+    for V in (7, 2100):
+        check_grouped_loss_sums_are_each_populations(V)
+    check_mixed_steps_train_alike_with_the_grouped_loss()
     print("all checks passed")

@@ -137,11 +137,11 @@ def test_a_mixed_steps_objective_is_the_sum_of_each_populations():
               torch.tensor([0.5])]
     expected = sum(steps._objective(loss) for steps, loss in zip(alone, losses))
     mixed = MixedSteps(together, capture=False)
-    assert torch.isnan(mixed._objective(losses)) and torch.isnan(expected)
+    assert torch.isnan(mixed._objective(torch.cat(losses))) and torch.isnan(expected)
     finite = [loss.isfinite() for loss in losses]
     finite_losses = [torch.where(f, loss, 0.0) for loss, f in zip(losses, finite)]
     expected = sum(steps._objective(loss) for steps, loss in zip(alone, finite_losses))
-    torch.testing.assert_close(mixed._objective(finite_losses), expected)  # (divisors kept)
+    torch.testing.assert_close(mixed._objective(torch.cat(finite_losses)), expected)  # (kept)
     for mine, theirs, flags in zip(together, alone, finite):
         assert torch.equal(mine.finite, flags) and torch.equal(theirs.finite, flags)
         if mine.dropout is not None:  # each call advances the masks, as each population's does

@@ -143,6 +143,13 @@ def _out_of_memory(error: BaseException | None) -> bool:
     return False
 
 
+def _grouped_loss_usable(device: str) -> bool:
+    # (imports Triton)
+    from cellsearch.engine.kernels.cross_entropy import grouped_usable
+
+    return grouped_usable(device)
+
+
 def _grouped_usable(device: str) -> bool:
     from cellsearch.engine.kernels.sgd import grouped_usable  # (imports Triton)
 
@@ -394,7 +401,7 @@ class MixedSteps:
 
     def __init__(self, populations: list[PopulationSteps], capture: bool,
                  warmup: int = WARMUP_CALLS, grouped_sgd: bool | None = None,
-                 products_kernel: str | None = None):
+                 products_kernel: str | None = None, grouped_loss: bool | None = None):
         shapes = {tuple(p.mask.shape) for p in populations}
         if len(shapes) != 1:
             raise ValueError(f"populations trained together share their window shape, got "
@@ -406,6 +413,11 @@ class MixedSteps:
         if grouped_sgd is None:
             grouped_sgd = device.type == "cuda" and _grouped_usable(str(device))
         self.use_grouped_sgd = grouped_sgd
+        if grouped_loss is None:  # (softmax losses in their kernels: CUDA)
+            grouped_loss = (all(p.loss_kernels for p in populations)
+                            and _grouped_loss_usable(str(device)))
+        self.grouped_loss = grouped_loss
+        self.loss_tables: tuple | None = None  # made by the first training step too
         self.products_kernel = products_kernel
         self.grouped_sgd = None  # made by the first training step, which runs eagerly
         self.divisors: _Divisors | None = None  # and so are these
@@ -418,11 +430,12 @@ class MixedSteps:
         """Each population's logits; its final state is already in its state buffers (the mixed
         engine carries it there, and zeroes the reset rows on the way in)."""
         populations = self.populations
+        # the output bias in the products, unless the loss kernels add it (not the grouped loss)
+        bias = [(training and self.grouped_loss) or not p.loss_kernels for p in populations]
         results = forward_together(
             [p.model for p in populations], [p.inputs for p in populations],
             [p.state for p in populations],
-            [p.dropout if training else None for p in populations],
-            [not p.loss_kernels for p in populations], self.layouts,
+            [p.dropout if training else None for p in populations], bias, self.layouts,
             resets=[p.reset for p in populations], products_kernel=self.products_kernel,
             tables=self.tables[training])
         return [logits for logits, _ in results]
@@ -431,9 +444,18 @@ class MixedSteps:
         populations = self.populations
         for p in populations:
             p.model.train()
-        loss_sums = [p._stats(logits, loss_only=True)[1]
-                     for p, logits in zip(populations, self._forward(training=True))]
-        grads = _gradients(self._objective(loss_sums),
+        logits = self._forward(training=True)
+        if self.grouped_loss:  # (Triton's kernels)
+            from cellsearch.engine.kernels.cross_entropy import grouped_loss_sums
+            from cellsearch.engine.kernels.tables import Table
+
+            self.loss_tables = self.loss_tables or (Table(), Table())
+            losses = grouped_loss_sums(logits, [p.targets for p in populations],
+                                       [p.mask for p in populations], self.loss_tables)
+        else:
+            losses = torch.cat([p._stats(x, loss_only=True)[1]
+                                for p, x in zip(populations, logits)])
+        grads = _gradients(self._objective(losses),
                            [q for p in populations for q in p.parameters])
         if self.use_grouped_sgd:
             if self.grouped_sgd is None:
@@ -447,16 +469,16 @@ class MixedSteps:
         for p in populations:
             p._clipped_sgd_step(list(itertools.islice(rest, len(p.parameters))))
 
-    def _objective(self, loss_sums: list[torch.Tensor]) -> torch.Tensor:
-        """The sum of every population's `PopulationSteps._objective`, in a few launches for
-        all of them instead of a few each: the members' losses as one tensor, each divided by
-        its population's divisor."""
+    def _objective(self, losses: torch.Tensor) -> torch.Tensor:
+        """The sum of every population's `PopulationSteps._objective`, from the members' summed
+        losses (M,), in a few launches for all of them instead of a few each: each member's loss
+        divided by its population's divisor."""
         populations = self.populations
         if self.divisors is None:  # (made by the first call, which runs eagerly)
             self.divisors = _Divisors(populations)
-        losses = torch.cat(loss_sums)
         finite = torch.isfinite(losses.detach())
-        for p, flags in zip(populations, finite.split([len(s) for s in loss_sums])):
+        for p, flags in zip(populations, finite.split([p.model.population_size
+                                                        for p in populations])):
             p.finite &= flags
             if p.dropout is not None:
                 p.dropout.window.add_(1)  # fresh masks for the next window
