@@ -62,3 +62,18 @@ def test_what_the_kernel_cannot_copy_is_refused():
     copies.add(torch.zeros(3, dtype=torch.int64), torch.ones(3, dtype=torch.int64), add=True)
     with pytest.raises(ValueError, match="for floats, not torch.int64"):
         copies.launch()
+
+
+def test_the_kernel_is_usable_where_it_copies_as_torch_does_and_says_why_where_not(monkeypatch):
+    from cellsearch.engine.kernels import copies
+
+    copies.usable.cache_clear()
+    try:
+        assert copies.usable("cpu")
+        copies.usable.cache_clear()
+        monkeypatch.setattr(copies, "SOURCE", copies.SOURCE.replace(
+            "destination += position * tl.load(at + 1)", "destination += position"))
+        with pytest.warns(RuntimeWarning, match="not usable on cpu .*disagrees with torch"):
+            assert not copies.usable("cpu")
+    finally:
+        copies.usable.cache_clear()

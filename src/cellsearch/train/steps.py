@@ -23,6 +23,7 @@ import numpy as np
 import torch
 
 from cellsearch.engine.kernels.copies import KINDS, Copies
+from cellsearch.engine.kernels.copies import usable as copies_usable
 from cellsearch.evaluation.settings import LOSS_NORMALIZATIONS
 from cellsearch.tasks import Batch, Task
 from cellsearch.tasks import metrics as task_metrics
@@ -229,7 +230,8 @@ class PopulationSteps:
         whose step runs then (`Mixer.loading`)."""
         values = [getattr(batch, f) for f in _FIELDS] if isinstance(batch, Batch) else batch
         buffers = (self.inputs, self.targets, self.mask, self.reset)
-        if self.mixer is not None and self.mask.device.type == "cuda" and batch is values:
+        if (self.mixer is not None and self.mask.device.type == "cuda" and batch is values
+                and copies_usable(str(self.mask.device))):
             self.mixer.loading(self, list(zip(buffers, values)))
             return
         for buffer, value in zip(buffers, values):

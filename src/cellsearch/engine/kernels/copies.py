@@ -12,6 +12,9 @@ source."""
 
 from __future__ import annotations
 
+import functools
+import warnings
+
 import numpy as np
 import torch
 
@@ -128,3 +131,27 @@ class Copies:
         codegen.load_module(SOURCE, "copies").copies_kernel[(len(programs) // 2,)](
             on_device, len(programs), KIND=KINDS[dtype], BLOCK=BLOCK)
 
+
+
+@functools.cache
+def usable(device: str) -> bool:
+    """Whether the kernel works on `device`: a launch of each kind, strided and broadcast,
+    copies as torch does. Checked once per process; when not, says why in a warning."""
+    try:
+        for dtype in KINDS:
+            source = (torch.arange(-30, 30) * 10**10).view(3, 4, 5).to(dtype).to(device)
+            ours, theirs = (torch.zeros(4, 3, 6, dtype=dtype, device=device) for _ in range(2))
+            copies = Copies()
+            copies.add(ours[:3].transpose(0, 1)[:, :, 1:], source[:, :3])  # (strided)
+            copies.add(ours[3, :, 1:], source[0, :1].t().expand(5, 3).t())  # (broadcast)
+            copies.launch()
+            theirs[:3].transpose(0, 1)[:, :, 1:].copy_(source[:, :3])
+            theirs[3, :, 1:].copy_(source[0, :1].t().expand(5, 3).t())
+            if not torch.equal(ours, theirs):
+                raise AssertionError(f"{dtype}: it disagrees with torch")
+        return True
+    except Exception as error:  # noqa: BLE001 - any failure means: do not use it
+        problem = f"{type(error).__name__}: {error}"
+    warnings.warn(f"the copies' kernel is not usable on {device} ({problem}); each tensor is "
+                  f"copied on its own", RuntimeWarning, stacklevel=2)
+    return False
