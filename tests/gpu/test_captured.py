@@ -183,6 +183,12 @@ def test_mixed_steps_train_alike_with_the_grouped_products(capture):
     check_mixed_steps_train_alike_with_grouped_products(device="cuda", capture=capture)
 
 
+def test_the_copies_kernel_copies_every_kind_as_torch_does():
+    from cellsearch.engine.kernels.copies import usable
+
+    assert usable("cuda")  # (else a mixer loads each population's window on its own)
+
+
 def test_the_grouped_loss_matches_each_populations():
     from cellsearch.engine.kernels.cross_entropy import grouped_usable
     from tests.tasks.cross_entropy_checks import (
