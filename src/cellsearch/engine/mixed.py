@@ -25,12 +25,16 @@ setting finishes. Instead the elementwise part of every cell is data for one fix
   operations (`TorchKernels`).
 
 So a step of any mix of cells launches one kernel per stage forward and one backward, whatever
-the cells, and no combination is ever compiled. Before the window, what the layers compute from
-their inputs alone (their matrices applied to all steps at once) is formed for all of them together
-too (`form_products`: one launch a round on a GPU). The whole window is one autograd node
-(`_Window`). The values and gradients are the eager engine's (`plan.run`) to float rounding. Every
-slot is written once a step, but for a sum's running total (only `add` and `sub`, whose derivatives
-read no values), so the backward reads every value it needs from the forward's.
+the cells, and no combination is ever compiled. Or the whole window runs in one launch each way
+(`PersistentKernels`, with `CUDA_KERNEL` "persistent"): a program per member and block of rows
+loops over the steps and stages itself, as rows and members never meet. Before the window, what
+the layers compute from their inputs alone (their matrices applied to all steps at once) is
+formed for all of them together too (`form_products`: one launch a round on a GPU), and their
+tensors enter and leave the window in one launch each (`kernels.copies`). The whole window is
+one autograd node (`_Window`). The values and gradients are the eager engine's (`plan.run`) to
+float rounding. Every slot is written once a step, but for a sum's running total (only `add` and
+`sub`, whose derivatives read no values), so the backward reads every value it needs from the
+forward's.
 
 Its speed on a GPU is not measured yet (`cellsearch bench --mixed N`). What it costs beyond the
 arithmetic: the window's slots and their gradients (zeroed once a window, kept for backward),
