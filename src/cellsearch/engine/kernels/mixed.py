@@ -64,12 +64,78 @@ import triton.language as tl
 
 
 @triton.jit
+def _product_tile(operand, matrix, rows, cols, n, B, N, PRECISION: tl.constexpr,
+                  BB: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr):
+    """product[b, c] = sum_k operand[b, k] * W[c, k] on a (rows, cols) tile."""
+    total = tl.full([BB, BN], 0.0, operand.dtype.element_ty)
+    for k in range(0, n, BK):
+        ks = k + tl.arange(0, BK)
+        a = tl.load(operand + rows[:, None] * N + ks[None, :],
+                    mask=(rows[:, None] < B) & (ks[None, :] < n), other=0.0)
+        w = tl.load(matrix + cols[None, :] * N + ks[:, None],
+                    mask=(ks[:, None] < n) & (cols[None, :] < n), other=0.0)
+        total = tl.dot(a, w, total, input_precision=PRECISION)
+    return total
+
+
+@triton.jit
+def _operand_grad_tile(product, matrix, rows, cols, n, B, N, PRECISION: tl.constexpr,
+                       BB: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr):
+    """operand_grad[b, c] = sum_k product_grad[b, k] * W[k, c] on a (rows, cols) tile."""
+    total = tl.full([BB, BN], 0.0, product.dtype.element_ty)
+    for k in range(0, n, BK):
+        ks = k + tl.arange(0, BK)
+        g = tl.load(product + rows[:, None] * N + ks[None, :],
+                    mask=(rows[:, None] < B) & (ks[None, :] < n), other=0.0)
+        w = tl.load(matrix + ks[:, None] * N + cols[None, :],
+                    mask=(ks[:, None] < n) & (cols[None, :] < n), other=0.0)
+        total = tl.dot(g, w, total, input_precision=PRECISION)
+    return total
+
+
+@triton.jit
+def _instructions(base, code, length, tile, slot_stride):
+    """A member's instructions on a tile (`base`: its slots' pointers at the tile)."""
+    for i in range(length):
+        op = tl.load(code + 4 * i)
+        a = tl.load(base + tl.load(code + 4 * i + 2).to(tl.int64) * slot_stride, mask=tile,
+                    other=0.0)
+        b = tl.load(base + tl.load(code + 4 * i + 3).to(tl.int64) * slot_stride, mask=tile,
+                    other=0.0)
+        tl.store(base + tl.load(code + 4 * i + 1).to(tl.int64) * slot_stride, {forward},
+                 mask=tile)
+        tl.debug_barrier()
+
+
+@triton.jit
+def _instructions_backward(grads, values, base, code, length, tile, slot_stride):
+    """Their reverse, last first (`base`: the tile's offsets in the slots)."""
+    for j in range(length):
+        i = length - 1 - j
+        op = tl.load(code + 4 * i)
+        dst = base + tl.load(code + 4 * i + 1).to(tl.int64) * slot_stride
+        first = base + tl.load(code + 4 * i + 2).to(tl.int64) * slot_stride
+        second = base + tl.load(code + 4 * i + 3).to(tl.int64) * slot_stride
+        g = tl.load(grads + dst, mask=tile, other=0.0)
+        y = tl.load(values + dst, mask=tile, other=0.0)
+        a = tl.load(values + first, mask=tile, other=0.0)
+        b = tl.load(values + second, mask=tile, other=0.0)
+        tl.store(grads + dst, g * 0.0, mask=tile)  # dst's value before: unread
+        tl.debug_barrier()
+        tl.store(grads + first, tl.load(grads + first, mask=tile, other=0.0) + {first},
+                 mask=tile)
+        tl.debug_barrier()
+        tl.store(grads + second, tl.load(grads + second, mask=tile, other=0.0) + {second},
+                 mask=tile)
+        tl.debug_barrier()
+
+
+@triton.jit
 def stage_kernel(values, start, weights, operands, products, counts, J, program, lengths,
                  program_stride, columns, member_stride, slot_stride, B, N,
                  MATMULS: tl.constexpr, PRECISION: tl.constexpr, BB: tl.constexpr,
                  BN: tl.constexpr, BK: tl.constexpr):
-    """product[b, c] = sum_k operand[b, k] * W[c, k] for each of member m's matmuls, then its
-    instructions, on the tile."""
+    """Member m's matmuls of a stage on the tile, then its instructions."""
     m = tl.program_id(0).to(tl.int64)
     rows = tl.program_id(1) * BB + tl.arange(0, BB)
     cols = tl.program_id(2) * BN + tl.arange(0, BN)
@@ -80,28 +146,13 @@ def stage_kernel(values, start, weights, operands, products, counts, J, program,
     if MATMULS:
         for j in range(tl.load(counts + m)):
             operand = base + tl.load(operands + m * J + j).to(tl.int64) * slot_stride
-            matrix = weights + (m * J + j) * N * N
-            total = tl.full([BB, BN], 0.0, values.dtype.element_ty)
-            for k in range(0, n, BK):
-                ks = k + tl.arange(0, BK)
-                a = tl.load(operand + rows[:, None] * N + ks[None, :],
-                            mask=(rows[:, None] < B) & (ks[None, :] < n), other=0.0)
-                w = tl.load(matrix + cols[None, :] * N + ks[:, None],
-                            mask=(ks[:, None] < n) & (cols[None, :] < n), other=0.0)
-                total = tl.dot(a, w, total, input_precision=PRECISION)
             product = base + tl.load(products + m * J + j).to(tl.int64) * slot_stride
+            total = _product_tile(operand, weights + (m * J + j) * N * N, rows, cols, n, B, N,
+                                  PRECISION, BB, BN, BK)
             tl.store(product + offsets, total, mask=tile)
         tl.debug_barrier()
-    code = program + m * program_stride
-    for i in range(tl.load(lengths + m)):
-        op = tl.load(code + 4 * i)
-        a = tl.load(base + tl.load(code + 4 * i + 2).to(tl.int64) * slot_stride + offsets,
-                    mask=tile, other=0.0)
-        b = tl.load(base + tl.load(code + 4 * i + 3).to(tl.int64) * slot_stride + offsets,
-                    mask=tile, other=0.0)
-        tl.store(base + tl.load(code + 4 * i + 1).to(tl.int64) * slot_stride + offsets,
-                 {forward}, mask=tile)
-        tl.debug_barrier()
+    _instructions(base + offsets, program + m * program_stride, tl.load(lengths + m), tile,
+                  slot_stride)
 
 
 @triton.jit
@@ -110,9 +161,9 @@ def stage_backward_kernel(grads, values, matmul_start, weights, operands, produc
                           slot_stride, B, N, MATMULS: tl.constexpr, INSTRUCTIONS: tl.constexpr,
                           PRECISION: tl.constexpr, BB: tl.constexpr, BN: tl.constexpr,
                           BK: tl.constexpr):
-    """operand_grad[b, c] += sum_k product_grad[b, k] * W[k, c] for each of member m's matmuls
-    of the stage at `matmul_start` in turn (several may share an operand), then the backward of
-    its instructions of the stage at `start`, on the tile."""
+    """Member m's matmuls' backward of the stage at `matmul_start` on the tile, each in turn
+    (several may share an operand), then the backward of its instructions of the stage at
+    `start`."""
     m = tl.program_id(0).to(tl.int64)
     rows = tl.program_id(1) * BB + tl.arange(0, BB)
     cols = tl.program_id(2) * BN + tl.arange(0, BN)
@@ -123,41 +174,15 @@ def stage_backward_kernel(grads, values, matmul_start, weights, operands, produc
         base = grads + matmul_start + m * member_stride
         for j in range(tl.load(counts + m)):
             product = base + tl.load(products + m * J + j).to(tl.int64) * slot_stride
-            matrix = weights + (m * J + j) * N * N
-            total = tl.full([BB, BN], 0.0, grads.dtype.element_ty)
-            for k in range(0, n, BK):
-                ks = k + tl.arange(0, BK)
-                g = tl.load(product + rows[:, None] * N + ks[None, :],
-                            mask=(rows[:, None] < B) & (ks[None, :] < n), other=0.0)
-                w = tl.load(matrix + ks[:, None] * N + cols[None, :],
-                            mask=(ks[:, None] < n) & (cols[None, :] < n), other=0.0)
-                total = tl.dot(g, w, total, input_precision=PRECISION)
-            operand = base + tl.load(operands + m * J + j).to(tl.int64) * slot_stride
-            target = operand + offsets
+            total = _operand_grad_tile(product, weights + (m * J + j) * N * N, rows, cols, n, B,
+                                       N, PRECISION, BB, BN, BK)
+            target = base + tl.load(operands + m * J + j).to(tl.int64) * slot_stride + offsets
             tl.store(target, tl.load(target, mask=tile, other=0.0) + total, mask=tile)
             tl.debug_barrier()
     if INSTRUCTIONS:
-        base = start + m * member_stride + offsets
-        code = program + m * program_stride
-        length = tl.load(lengths + m)
-        for j in range(length):
-            i = length - 1 - j
-            op = tl.load(code + 4 * i)
-            dst = base + tl.load(code + 4 * i + 1).to(tl.int64) * slot_stride
-            first = base + tl.load(code + 4 * i + 2).to(tl.int64) * slot_stride
-            second = base + tl.load(code + 4 * i + 3).to(tl.int64) * slot_stride
-            g = tl.load(grads + dst, mask=tile, other=0.0)
-            y = tl.load(values + dst, mask=tile, other=0.0)
-            a = tl.load(values + first, mask=tile, other=0.0)
-            b = tl.load(values + second, mask=tile, other=0.0)
-            tl.store(grads + dst, g * 0.0, mask=tile)  # dst's value before: unread
-            tl.debug_barrier()
-            tl.store(grads + first, tl.load(grads + first, mask=tile, other=0.0) + {first},
-                     mask=tile)
-            tl.debug_barrier()
-            tl.store(grads + second, tl.load(grads + second, mask=tile, other=0.0) + {second},
-                     mask=tile)
-            tl.debug_barrier()
+        _instructions_backward(grads, values, start + m * member_stride + offsets,
+                               program + m * program_stride, tl.load(lengths + m), tile,
+                               slot_stride)
 
 
 @triton.jit
@@ -188,35 +213,18 @@ def window_kernel(values, T, step_stride, stages, matrices, counts, operands, pr
                 for j in range(count):
                     operand = base + tl.load(operands + row * J + j).to(tl.int64) * slot_stride
                     product = base + tl.load(products + row * J + j).to(tl.int64) * slot_stride
-                    matrix = weights + (m * stage_J + j) * N * N
                     for c in range(0, n, BN):
                         cols = c + tl.arange(0, BN)
-                        total = tl.full([BB, BN], 0.0, values.dtype.element_ty)
-                        for k in range(0, n, BK):
-                            ks = k + tl.arange(0, BK)
-                            a = tl.load(operand + rows[:, None] * N + ks[None, :],
-                                        mask=(rows[:, None] < B) & (ks[None, :] < n), other=0.0)
-                            w = tl.load(matrix + cols[None, :] * N + ks[:, None],
-                                        mask=(ks[:, None] < n) & (cols[None, :] < n), other=0.0)
-                            total = tl.dot(a, w, total, input_precision=PRECISION)
+                        total = _product_tile(operand, weights + (m * stage_J + j) * N * N, rows,
+                                              cols, n, B, N, PRECISION, BB, BN, BK)
                         tl.store(product + rows[:, None] * N + cols[None, :], total,
                                  mask=(rows[:, None] < B) & (cols[None, :] < n))
                 tl.debug_barrier()
-            code = program + row * L * 4
-            length = tl.load(lengths + row)
             for c in range(0, n, BN):
                 cols = c + tl.arange(0, BN)
-                tile = (rows[:, None] < B) & (cols[None, :] < n)
-                offsets = rows[:, None] * N + cols[None, :]
-                for i in range(length):
-                    op = tl.load(code + 4 * i)
-                    a = tl.load(base + tl.load(code + 4 * i + 2).to(tl.int64) * slot_stride
-                                + offsets, mask=tile, other=0.0)
-                    b = tl.load(base + tl.load(code + 4 * i + 3).to(tl.int64) * slot_stride
-                                + offsets, mask=tile, other=0.0)
-                    tl.store(base + tl.load(code + 4 * i + 1).to(tl.int64) * slot_stride
-                             + offsets, {forward}, mask=tile)
-                    tl.debug_barrier()
+                _instructions(base + rows[:, None] * N + cols[None, :], program + row * L * 4,
+                              tl.load(lengths + row), (rows[:, None] < B) & (cols[None, :] < n),
+                              slot_stride)
             tl.debug_barrier()
 
 
@@ -226,8 +234,8 @@ def window_backward_kernel(grads, values, T, step_stride, stages, matrices, coun
                            slot_stride, B, N, FLOAT64: tl.constexpr, PRECISION: tl.constexpr,
                            BB: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr):
     """`window_kernel` in reverse: per step and stage, last first, the instructions' backward
-    on all the member's columns, then its matmuls' (operand_grad[b, c] += sum_k
-    product_grad[b, k] * W[k, c], each matmul in turn: several may share an operand)."""
+    on all the member's columns, then its matmuls' (each in turn: several may share an
+    operand)."""
     m = tl.program_id(0).to(tl.int64)
     rows = tl.program_id(1) * BB + tl.arange(0, BB)
     n = tl.load(columns + m)
@@ -240,31 +248,11 @@ def window_backward_kernel(grads, values, T, step_stride, stages, matrices, coun
         for back_stage in range(stages):
             s = stages - 1 - back_stage
             row = s * M + m
-            code = program + row * L * 4
-            length = tl.load(lengths + row)
             for c in range(0, n, BN):
                 cols = c + tl.arange(0, BN)
-                tile = (rows[:, None] < B) & (cols[None, :] < n)
-                base = start + rows[:, None] * N + cols[None, :]
-                for j in range(length):
-                    i = length - 1 - j
-                    op = tl.load(code + 4 * i)
-                    dst = base + tl.load(code + 4 * i + 1).to(tl.int64) * slot_stride
-                    first = base + tl.load(code + 4 * i + 2).to(tl.int64) * slot_stride
-                    second = base + tl.load(code + 4 * i + 3).to(tl.int64) * slot_stride
-                    g = tl.load(grads + dst, mask=tile, other=0.0)
-                    y = tl.load(values + dst, mask=tile, other=0.0)
-                    a = tl.load(values + first, mask=tile, other=0.0)
-                    b = tl.load(values + second, mask=tile, other=0.0)
-                    tl.store(grads + dst, g * 0.0, mask=tile)  # dst's value before: unread
-                    tl.debug_barrier()
-                    tl.store(grads + first,
-                             tl.load(grads + first, mask=tile, other=0.0) + {first}, mask=tile)
-                    tl.debug_barrier()
-                    tl.store(grads + second,
-                             tl.load(grads + second, mask=tile, other=0.0) + {second},
-                             mask=tile)
-                    tl.debug_barrier()
+                _instructions_backward(grads, values, start + rows[:, None] * N + cols[None, :],
+                                       program + row * L * 4, tl.load(lengths + row),
+                                       (rows[:, None] < B) & (cols[None, :] < n), slot_stride)
             tl.debug_barrier()
             count = tl.load(counts + row)
             if count > 0:
@@ -275,17 +263,10 @@ def window_backward_kernel(grads, values, T, step_stride, stages, matrices, coun
                         tl.int64) * slot_stride
                     operand = grads + start + tl.load(operands + row * J + j).to(
                         tl.int64) * slot_stride
-                    matrix = weights + (m * stage_J + j) * N * N
                     for c in range(0, n, BN):
                         cols = c + tl.arange(0, BN)
-                        total = tl.full([BB, BN], 0.0, grads.dtype.element_ty)
-                        for k in range(0, n, BK):
-                            ks = k + tl.arange(0, BK)
-                            g = tl.load(product + rows[:, None] * N + ks[None, :],
-                                        mask=(rows[:, None] < B) & (ks[None, :] < n), other=0.0)
-                            w = tl.load(matrix + ks[:, None] * N + cols[None, :],
-                                        mask=(ks[:, None] < n) & (cols[None, :] < n), other=0.0)
-                            total = tl.dot(g, w, total, input_precision=PRECISION)
+                        total = _operand_grad_tile(product, weights + (m * stage_J + j) * N * N,
+                                                   rows, cols, n, B, N, PRECISION, BB, BN, BK)
                         target = operand + rows[:, None] * N + cols[None, :]
                         tile = (rows[:, None] < B) & (cols[None, :] < n)
                         tl.store(target, tl.load(target, mask=tile, other=0.0) + total, mask=tile)
