@@ -40,10 +40,10 @@ class StepByStep:
 @functools.cache
 def kernels_source() -> str:
     """A module with the mix's kernels. A stage at a time, one program per member and (B, N)
-    tile of its slots: `stage_kernel`: the member's matmuls of a stage on the tile (each loops over its own,
-    no padding: operands read from their slots, products written to theirs), then its
-    instructions on the tile, looping over its program; each value goes to memory, and the next
-    instruction reads it back (a barrier between); the operations come from the table.
+    tile of its slots: `stage_kernel`: the member's matmuls of a stage on the tile (each loops
+    over its own, no padding: operands read from their slots, products written to theirs), then
+    its instructions on the tile, looping over its program; each value goes to memory, and the
+    next instruction reads it back (a barrier between); the operations come from the table.
     Instructions are elementwise, so a tile's need only the tile's products: the two share a
     launch. `stage_backward_kernel`: a stage's matmuls' backward (a tile of the operands'
     gradients, a sum over all the products' columns, which the launch before formed), then
