@@ -223,6 +223,9 @@ class PopulationSteps:
         self.train_step = Captured(self._train, capture)
         self.eval_step = Captured(self._evaluate, capture)
         self.mixer = mixer
+        # with a mixer on a GPU, windows load in its flush (decided once: `load` runs a window)
+        self.loads_with_mixer = (mixer is not None and device.type == "cuda"
+                                 and copies_usable(str(device)))
 
     def load(self, batch: Batch | list[torch.Tensor]) -> None:
         """Copy one window (a Batch, or its fields as tensors from `uploaded`) into the step's
@@ -230,8 +233,7 @@ class PopulationSteps:
         whose step runs then (`Mixer.loading`)."""
         values = [getattr(batch, f) for f in _FIELDS] if isinstance(batch, Batch) else batch
         buffers = (self.inputs, self.targets, self.mask, self.reset)
-        if (self.mixer is not None and self.mask.device.type == "cuda" and batch is values
-                and copies_usable(str(self.mask.device))):
+        if self.loads_with_mixer and batch is values:
             self.mixer.loading(self, list(zip(buffers, values)))
             return
         for buffer, value in zip(buffers, values):
