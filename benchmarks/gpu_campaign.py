@@ -154,15 +154,14 @@ def bench_mixed(args, out: Path) -> dict:
     and each population's own SGD update, or its own products, in the mixed steps."""
     cells, windows = ("3", "5") if args.quick else ("16", "200")
     figures = {}
-    for name, connections, without in (("connections_32", "32", ()),
-                                       ("connections_8", "8", ()),
-                                       ("connections_32_own_sgd", "32", ("grouped-sgd",)),
-                                       ("connections_32_own_products", "32",
-                                        ("grouped-products",)),
-                                       ("connections_32_persistent", "32", ())):
+    for name, connections, without, kernel in (
+            ("connections_32", "32", (), "triton"),
+            ("connections_8", "8", (), "triton"),
+            ("connections_32_own_sgd", "32", ("grouped-sgd",), "triton"),
+            ("connections_32_own_products", "32", ("grouped-products",), "triton"),
+            ("connections_32_persistent", "32", (), "persistent")):
         os.environ["CUDA_DEVICE_MAX_CONNECTIONS"] = connections
-        os.environ["CELLSEARCH_MIXED_KERNEL"] = ("persistent" if name.endswith("persistent")
-                                                 else "triton")
+        os.environ["CELLSEARCH_MIXED_KERNEL"] = kernel
         done = cellsearch("bench", "--mixed", cells, "--windows", windows, "--device",
                           args.device, "--json", without=without)
         if done.returncode:  # the others are still worth having

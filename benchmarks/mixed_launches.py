@@ -98,19 +98,23 @@ def _within(real, context):
     return staticmethod(wrapped)
 
 
+def _one_launch(real, launches: Launches) -> classmethod:
+    """The whole window's work each way as one launch, after its table's copy."""
+    def launched(cls, *args, **kwargs):
+        launches.add(1)  # (its table of matrices)
+        with launches.kernel():
+            return real(*args, **kwargs)
+    return classmethod(launched)
+
+
 def _counting(launches: Launches, window: str = "stage") -> None:
     """Routes the step kernels and the window's forward and backward through `launches`: the
     stage kernels each a launch, or (`window` "persistent") the window each way one launch and
     its table's copy, as `mixed.PersistentKernels` launches it."""
     if window == "persistent":
         for name in ("forward", "backward"):
-            def whole(real):
-                def launched(*args, **kwargs):
-                    launches.add(1)  # (its table of matrices)
-                    with launches.kernel():
-                        return real(*args, **kwargs)
-                return classmethod(lambda cls, *args, **kwargs: launched(*args, **kwargs))
-            setattr(mixed.TorchKernels, name, whole(getattr(mixed.TorchKernels, name)))
+            setattr(mixed.TorchKernels, name,
+                    _one_launch(getattr(mixed.TorchKernels, name), launches))
     for name in ("stage", "stage_backward"):
         setattr(mixed.TorchKernels, name,
                 _within(getattr(mixed.TorchKernels, name), launches.kernel))

@@ -1,5 +1,6 @@
 """A launch's table of addresses and sizes, copied to the device each call: how the grouped
-kernels (`sgd.GroupedSGD`, `products`) find operands that live anywhere and move from call to
+kernels (`sgd.GroupedSGD`, `products`, `copies`, the grouped loss of `cross_entropy` and the
+whole-window `mixed.PersistentKernels`) find operands that live anywhere and move from call to
 call. Torch only: importing it loads no Triton."""
 
 from __future__ import annotations
