@@ -181,8 +181,8 @@ def test_the_kernels_where_no_member_multiplies_a_state(kernel):
 
 
 def test_a_step_launches_its_kernels_only(monkeypatch):
-    # Per step and stage one kernel each way; everything else the
-    # window runs (its slots in and out, the matrices' gradient) runs once, whatever T.
+    # Per step and stage one kernel each way; everything else the window runs (its slots in
+    # and out, the matrices' gradient) runs once, whatever T.
     from torch.utils._python_dispatch import TorchDispatchMode
 
     class Count(TorchDispatchMode):
