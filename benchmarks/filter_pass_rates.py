@@ -64,6 +64,7 @@ def record(out: Path, cell: str, normalization: str, results) -> None:
                 "value": result.value if result.value == result.value else None,
                 "passed": result.value >= THRESHOLD, "status": result.status,
                 "epochs": result.epochs, "wall_seconds": round(result.wall_seconds, 1),
+                "device": result.device,
             }) + "\n")
 
 

@@ -23,6 +23,11 @@ Parts, in priority order (each writes OUT/<part>.json when done, and a later cal
                        two rounds (issue 19; skipped without --baseline-src)
     filter-pass-rates  benchmarks/filter_pass_rates.py, 50 settings per cell, resumable within
                        the part too (issue 23)
+    table-1, table-2, table-3
+                       `cellsearch reproduce --table N` (20 settings per cell and column; Table
+                       3's 5M column) with the mixed executor for what is left of the call,
+                       resumed by the next; after each call OUT/table-N.md and OUT/table-N-plots
+                       hold `cellsearch report` of what is stored so far (issue 23)
     scaling            `--executor dask-local` on 1 GPU, 2 and all: evaluations per hour, each
                        GPU's busy fraction, the ratio; a worker killed halfway through the widest
                        run (issue 17; waits for a machine of several GPUs)
@@ -50,10 +55,12 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 PARTS = ("gpu-tests", "bench-mixed", "search-mixed", "search-inprocess", "search-mixed-64",
-         "search-interleaved", "bench-layout", "filter-pass-rates", "scaling")
+         "search-interleaved", "bench-layout", "filter-pass-rates", "table-1", "table-2",
+         "table-3", "scaling")
 ESTIMATES = {"gpu-tests": 4, "bench-mixed": 11, "search-mixed": 9, "search-inprocess": 9,
              "search-mixed-64": 9, "search-interleaved": 9, "bench-layout": 6,
-             "filter-pass-rates": 10, "scaling": 27}  # minutes
+             "filter-pass-rates": 10, "table-1": 5, "table-2": 5, "table-3": 5,
+             "scaling": 27}  # minutes (a table's: the least worth starting; it takes the rest)
 
 
 def main() -> int:
@@ -76,6 +83,7 @@ def main() -> int:
         # (else the baseline would silently import this tree's package)
         parser.error(f"--baseline-src {args.baseline_src} holds no cellsearch package")
     deadline = time.monotonic() + args.minutes * 60
+    args.deadline = deadline
     for part in parts:
         marker = out / f"{part}.json"
         if marker.exists():
@@ -216,20 +224,73 @@ def timed_search(args, database: Path, options: list[str], during=None) -> str:
                 else ["--set", "initial_settings=20"])
     command = [sys.executable, "-m", "cellsearch", "search", "--db", str(database), "--device",
                args.device, "--quiet", *options, *settings]
+    return timed(command, minutes, during, poll=0.5 if args.quick else 5)[1]
+
+
+def timed(command: list[str], minutes: float, during=None, poll: float = 5) -> tuple[int, str]:
+    """Runs `command` until it ends or `minutes` pass, then stops it as Ctrl-C does (a kill would
+    lose only the jobs in flight); its exit code and the end of its stderr and stdout."""
     process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                text=True)
     started = time.monotonic()
     while process.poll() is None and time.monotonic() - started < minutes * 60:
         if during is not None:
             during(process, (time.monotonic() - started) / (minutes * 60))
-        time.sleep(0.5 if args.quick else 5)
+        time.sleep(poll)
     if process.poll() is None:
-        process.send_signal(signal.SIGINT)  # a clean stop; a kill would lose only jobs
+        process.send_signal(signal.SIGINT)
         try:
             process.wait(timeout=60)
         except subprocess.TimeoutExpired:
             process.kill()
-    return process.stderr.read()[-500:] + process.stdout.read()[-300:]
+            process.wait()
+    return process.returncode, process.stderr.read()[-500:] + process.stdout.read()[-300:]
+
+
+def reproduce(table: int, columns: str | None = None):
+    """A table of issue 23's campaign: `cellsearch reproduce` (the paper's cells, 20 settings
+    per cell and column, the table's schedule, the mixed executor) for what is left of the
+    call, then stopped; the next call resumes it. The report of what is stored so far goes to
+    OUT/table-N.md and OUT/table-N-plots either way; the part is done once every setting is."""
+    def run(args, out: Path) -> dict | None:
+        name = f"table-{table}"
+        database = out / f"{name}.db"
+        scope = ["--columns", columns] if columns else []
+        if args.quick:
+            scope = ["--cells", "lstm,gru", "--settings", "1", "--columns",
+                     "Arith." if table == 1 else "N", "--set", "max_epochs=1", "--set",
+                     "epoch_windows=3", "--set", "space.num_parameters=[3000]"]
+        os.environ["CELLSEARCH_MIXED_KERNEL"] = window_kernel(out)
+        try:
+            minutes = max((args.deadline - time.monotonic()) / 60 - 1, 1)
+            code, tail = timed([sys.executable, "-m", "cellsearch", "reproduce", "--db",
+                                str(database), "--table", str(table), "--device", args.device,
+                                "--executor", "mixed", "--quiet", *scope], minutes,
+                               poll=0.5 if args.quick else 5)
+        finally:
+            del os.environ["CELLSEARCH_MIXED_KERNEL"]
+        if not database.exists():
+            raise RuntimeError(f"reproduce stored nothing (exit {code}):\n{tail}")
+        report = cellsearch("report", "--db", str(database), "--format", "markdown", "--plots",
+                            str(out / f"{name}-plots"), check=True)
+        (out / f"{name}.md").write_text(report.stdout)
+        if code != 0:
+            print(f"{name}: stopped (exit {code}) with {stored(database)} settings stored; the "
+                  "next call goes on", flush=True)
+            return None
+        return {"settings_stored": stored(database), "report": f"{name}.md", "tail": tail}
+
+    return run
+
+
+def stored(database: Path) -> int:
+    import sqlite3
+
+    connection = sqlite3.connect(f"file:{database}?mode=ro", uri=True)
+    try:
+        return connection.execute("SELECT COUNT(*) FROM evaluations").fetchone()[0]
+    finally:
+        connection.close()
 
 
 def throughput(database: Path, since: datetime) -> dict:
@@ -402,6 +463,7 @@ RUNNERS = {"bench-mixed": bench_mixed, "search-mixed": search("mixed"),
            "search-interleaved": search("interleaved"),
            "search-inprocess": search("inprocess"), "gpu-tests": gpu_tests,
            "bench-layout": bench_layout, "filter-pass-rates": filter_pass_rates,
+           "table-1": reproduce(1), "table-2": reproduce(2), "table-3": reproduce(3, "5M-tst"),
            "scaling": scaling}
 
 if __name__ == "__main__":

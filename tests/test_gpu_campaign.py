@@ -115,3 +115,27 @@ def test_the_search_parts_use_the_window_kernels_that_trained_faster(tmp_path):
         (tmp_path / "bench-mixed.json").write_text(json.dumps({"bench": {
             "connections_32": bench(1e6), "connections_32_persistent": bench(persistent)}}))
         assert gpu_campaign.window_kernel(tmp_path) == chosen
+
+
+@pytest.mark.slow
+def test_a_table_part_reproduces_and_reports_what_is_stored(tmp_path):
+    out = campaign(tmp_path, "--quick", "--parts", "table-1")
+    record = json.loads((tmp_path / "table-1.json").read_text())
+    assert record["settings_stored"] == 2 and "table-1: running" in out  # lstm and gru
+    report = (tmp_path / "table-1.md").read_text()
+    assert "## Table 1" in report and "| lstm | " in report and "(0.89228) [1]" in report
+    assert (tmp_path / "table-1-plots" / "table-1.png").stat().st_size > 1000
+
+
+def test_a_command_that_outlasts_its_minutes_is_stopped_as_ctrl_c_stops_it():
+    sys.path.insert(0, str(CAMPAIGN.parent))
+    try:
+        import gpu_campaign
+    finally:
+        sys.path.remove(str(CAMPAIGN.parent))
+    waits = ("import sys, time\ntry:\n    time.sleep(60)\nexcept KeyboardInterrupt:\n"
+             "    print('stopped cleanly'); sys.exit(130)")
+    code, tail = gpu_campaign.timed([sys.executable, "-c", waits], minutes=0.05, poll=0.1)
+    assert code == 130 and "stopped cleanly" in tail
+    code, tail = gpu_campaign.timed([sys.executable, "-c", "print('done')"], minutes=1, poll=0.1)
+    assert code == 0 and "done" in tail
