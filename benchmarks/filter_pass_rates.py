@@ -6,7 +6,9 @@ both loss normalizations; pass rates overall and by learning rate, init scale an
         [--settings 50] [--seed 1] [--device cuda] [--out results/filter.json]
 
 Every setting's outcome is written to --out (JSON lines, appended, so an interrupted run can be
-resumed: settings already there are not trained again); the tables are printed at the end.
+resumed: settings already there are not trained again); the tables are printed at the end, in
+markdown, with every failing setting. `--tables` prints them for what --out holds, training
+nothing.
 """
 
 import argparse
@@ -33,8 +35,12 @@ def main() -> None:
     parser.add_argument("--chunk", type=int, default=None,
                         help="train this many settings at a time (recorded as they finish)")
     parser.add_argument("--out", default="filter-pass-rates.jsonl")
+    parser.add_argument("--tables", action="store_true", help="only print --out's tables")
     args = parser.parse_args()
     out = Path(args.out)
+    if args.tables:
+        print_tables(out)
+        return
     done = set()
     if out.exists():
         for line in out.read_text().splitlines():
@@ -75,15 +81,28 @@ def print_tables(out: Path) -> None:
         groups[entry["cell"], entry["loss_normalization"]].append(entry)
     for (cell, normalization), items in sorted(groups.items()):
         passed = sum(item["passed"] for item in items)
-        print(f"\n{cell}, loss / {normalization}: {passed}/{len(items)} pass")
-        for name in ("learning_rate", "init_scale", "max_grad_norm"):
+        devices = ", ".join(sorted({item.get("device", "?") for item in items}))
+        print(f"\n### {cell}, loss / {normalization}: {passed}/{len(items)} pass ({devices})\n")
+        print("| by | pass / settings |\n|---|---|")
+        for name in ("learning_rate", "init_scale", "max_grad_norm", "num_layers"):
             counts = defaultdict(lambda: [0, 0])
             for item in items:
                 value = item["settings"][name]
                 counts[value][0] += item["passed"]
                 counts[value][1] += 1
-            row = "  ".join(f"{value:g}: {p}/{n}" for value, (p, n) in sorted(counts.items()))
-            print(f"  by {name:<14} {row}")
+            row = ", ".join(f"{value:g}: {p}/{n}" for value, (p, n) in sorted(counts.items()))
+            print(f"| {name} | {row} |")
+        failed = sorted((item for item in items if not item["passed"]),
+                        key=lambda item: [item["settings"][name] for name in COLUMNS])
+        if failed:
+            print(f"\nFailed ({' '.join(COLUMNS)} -> accuracy, epochs, status):\n")
+        for item in failed:
+            value = "nan" if item["value"] is None else f"{item['value']:.3f}"
+            print("- " + " ".join(f"{item['settings'][name]:g}" for name in COLUMNS)
+                  + f" -> {value}, {item['epochs']}, {item['status']}")
+
+
+COLUMNS = ("num_layers", "learning_rate", "init_scale", "max_grad_norm")
 
 
 if __name__ == "__main__":

@@ -1,0 +1,31 @@
+"""benchmarks/filter_pass_rates.py, issue 23's table of how often cells pass the memorization
+filter: every setting recorded as it is trained, a second call resumes, the tables list failures."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+SCRIPT = Path(__file__).resolve().parent.parent / "benchmarks" / "filter_pass_rates.py"
+
+
+def rates(out, *arguments):
+    return subprocess.run([sys.executable, str(SCRIPT), "--out", str(out), *arguments],
+                          capture_output=True, text=True, check=True).stdout
+
+
+def test_each_setting_is_recorded_a_second_call_trains_nothing_and_failures_are_listed(tmp_path):
+    out = tmp_path / "rates.jsonl"
+    tiny = ["--cells", "gru", "--settings", "2", "--max-epochs", "1", "--epoch-windows", "2",
+            "--device", "cpu"]
+    printed = rates(out, *tiny)
+    records = [json.loads(line) for line in out.read_text().splitlines()]
+    assert sorted(r["loss_normalization"] for r in records) == ["minibatch"] * 2 + ["targets"] * 2
+    assert {r["device"] for r in records} == {"cpu"} and len({r["settings_key"] for r in records}) == 2
+    assert not any(r["passed"] for r in records)  # (one epoch of two windows)
+    assert "### gru, loss / minibatch: 0/2 pass (cpu)" in printed
+    assert "| learning_rate | " in printed and "Failed (num_layers" in printed
+
+    assert rates(out, *tiny, "--tables") == printed  # trains nothing, prints the same
+    rates(out, *tiny)
+    assert len(out.read_text().splitlines()) == 4  # resumed: nothing trained again
