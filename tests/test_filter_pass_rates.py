@@ -21,7 +21,8 @@ def test_each_setting_is_recorded_a_second_call_trains_nothing_and_failures_are_
     printed = rates(out, *tiny)
     records = [json.loads(line) for line in out.read_text().splitlines()]
     assert sorted(r["loss_normalization"] for r in records) == ["minibatch"] * 2 + ["targets"] * 2
-    assert {r["device"] for r in records} == {"cpu"} and len({r["settings_key"] for r in records}) == 2
+    assert {r["device"] for r in records} == {"cpu"}
+    assert len({r["settings_key"] for r in records}) == 2
     assert not any(r["passed"] for r in records)  # (one epoch of two windows)
     assert "### gru, loss / minibatch: 0/2 pass (cpu)" in printed
     assert "| learning_rate | " in printed and "Failed (num_layers" in printed
