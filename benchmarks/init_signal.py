@@ -1,0 +1,90 @@
+"""What a model sees at its first training window, by cell, depth and init scale (issue 23): why
+memorization runs at small init scales sit at chance. The model is built and initialized as the
+filter builds it (§3.7: U[-a, a], a = scale / sqrt(n), the 25K budget's hidden size n) for 8
+seeds; one window of the memorize task's training stream goes forward and back, with the loss
+of `train/steps.py` (the scored targets' summed cross-entropy, over the minibatch size).
+
+    python benchmarks/init_signal.py [--cells lstm,lstm-as-printed,gru,mut1,mut2,mut3]
+        [--seeds 8] [--normalization minibatch|targets]
+
+Printed per cell (markdown), median over the seeds: the top layer's output RMS, and the norm of
+the gradient of the cell's own parameters (every layer's matrices and biases: what must move for
+the model to leave predicting letter frequencies), and of the output layer's (which can learn
+those frequencies alone). SGD moves a parameter by lr times its gradient, clipped to the norm.
+"""
+
+import argparse
+import statistics
+
+import torch
+import torch.nn.functional as F
+
+from cellsearch.cells import zoo
+from cellsearch.evaluation.budget import hidden_size_for_budget
+from cellsearch.evaluation.settings import INIT_SCALES
+from cellsearch.tasks import shared_task
+from cellsearch.train.model import PopulationModel, input_kind
+
+BUDGET = 25_000  # the memorization filter's (§3.1)
+LAYERS = (1, 2, 3, 4)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--cells", default="lstm,lstm-as-printed,gru,mut1,mut2,mut3")
+    parser.add_argument("--seeds", type=int, default=8)
+    parser.add_argument("--normalization", choices=("minibatch", "targets"),
+                        default="minibatch")
+    args = parser.parse_args()
+    torch.manual_seed(0)
+    task = shared_task("memorize")
+    batch = next(iter(task.batches("train", 20, 35, epoch=0)))
+    for cell in args.cells.split(","):
+        print(f"\n### {cell}\n")
+        print("| layers | hidden | init | top h RMS | cell gradient | output gradient |")
+        print("|---:|---:|---:|---:|---:|---:|")
+        for layers in LAYERS:
+            for scale in INIT_SCALES:
+                row = measure(cell, task, batch, layers, scale, args.seeds, args.normalization)
+                print(f"| {layers} | {row['hidden']} | {scale:g} | {row['rms']:.2e} | "
+                      f"{row['cell']:.2e} | {row['output']:.2e} |")
+
+
+def measure(cell, task, batch, layers, scale, seeds, normalization) -> dict:
+    graph = zoo.get(cell)
+    hidden = hidden_size_for_budget(
+        BUDGET, matrices_per_layer=graph.num_matrices, biases_per_layer=graph.num_biases,
+        num_layers=layers, input_size=task.input_size, output_size=task.output_size,
+        input_kind=input_kind(task))
+    model = PopulationModel(graph, seeds, task.input_size, task.output_size, hidden, layers,
+                            input_kind(task))
+    model.reset_parameters([scale] * seeds, list(range(1, seeds + 1)))
+    inputs = torch.from_numpy(batch.inputs)
+    targets = torch.from_numpy(batch.targets)
+    mask = torch.from_numpy(batch.mask)
+    x = model.embed(inputs)
+    for layer, state in zip(model.layers, model.initial_state(inputs.shape[1])):
+        x, _ = layer(x, state)
+    top = x.detach()  # (K, T, B, n)
+    logits = model.output(x)  # (T, K, B, V)
+    losses = F.cross_entropy(logits.permute(1, 3, 0, 2), targets.expand(seeds, -1, -1),
+                             reduction="none")  # (K, T, B)
+    divisor = mask.sum() if normalization == "targets" else mask.shape[1]
+    (losses * mask).sum().div(divisor).backward()
+    own = list(model.layers.parameters())
+    output = [model.output_weight, model.output_bias]
+    return {
+        "hidden": hidden,
+        "rms": statistics.median(top.pow(2).mean(dim=(1, 2, 3)).sqrt().tolist()),
+        "cell": statistics.median(norms(own).tolist()),
+        "output": statistics.median(norms(output).tolist()),
+    }
+
+
+def norms(parameters) -> torch.Tensor:
+    """Each member's gradient norm over `parameters` (leading dimension: the member)."""
+    return torch.stack([p.grad.pow(2).flatten(1).sum(1) for p in parameters]).sum(0).sqrt()
+
+
+if __name__ == "__main__":
+    main()
