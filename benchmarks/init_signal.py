@@ -7,10 +7,12 @@ of `train/steps.py` (the scored targets' summed cross-entropy, over the minibatc
     python benchmarks/init_signal.py [--cells lstm,lstm-as-printed,gru,mut1,mut2,mut3]
         [--seeds 8] [--normalization minibatch|targets]
 
-Printed per cell (markdown), median over the seeds: the top layer's output RMS, and the norm of
-the gradient of the cell's own parameters (every layer's matrices and biases: what must move for
-the model to leave predicting letter frequencies), and of the output layer's (which can learn
-those frequencies alone). SGD moves a parameter by lr times its gradient, clipped to the norm.
+Printed per cell (markdown), median over the seeds: the top layer's output RMS; the norm of the
+gradient of the cell's own parameters (every layer's matrices and biases: what must move for the
+model to leave predicting letter frequencies) and of the output layer's (which can learn those
+frequencies alone); and the RMS of the loss's gradient with respect to the embedded inputs of the
+read phase (the letters the model must store, 6 steps before it is asked for them: the signal
+that teaches it to). SGD moves a parameter by lr times its gradient, clipped to the norm.
 """
 
 import argparse
@@ -41,13 +43,14 @@ def main() -> None:
     batch = next(iter(task.batches("train", 20, 35, epoch=0)))
     for cell in args.cells.split(","):
         print(f"\n### {cell}\n")
-        print("| layers | hidden | init | top h RMS | cell gradient | output gradient |")
-        print("|---:|---:|---:|---:|---:|---:|")
+        print("| layers | hidden | init | top h RMS | cell gradient | output gradient | "
+              "read gradient |")
+        print("|---:|---:|---:|---:|---:|---:|---:|")
         for layers in LAYERS:
             for scale in INIT_SCALES:
                 row = measure(cell, task, batch, layers, scale, args.seeds, args.normalization)
                 print(f"| {layers} | {row['hidden']} | {scale:g} | {row['rms']:.2e} | "
-                      f"{row['cell']:.2e} | {row['output']:.2e} |")
+                      f"{row['cell']:.2e} | {row['output']:.2e} | {row['read']:.2e} |")
 
 
 def measure(cell, task, batch, layers, scale, seeds, normalization) -> dict:
@@ -62,7 +65,8 @@ def measure(cell, task, batch, layers, scale, seeds, normalization) -> dict:
     inputs = torch.from_numpy(batch.inputs)
     targets = torch.from_numpy(batch.targets)
     mask = torch.from_numpy(batch.mask)
-    x = model.embed(inputs)
+    x = embedded = model.embed(inputs)
+    embedded.retain_grad()
     for layer, state in zip(model.layers, model.initial_state(inputs.shape[1])):
         x, _ = layer(x, state)
     top = x.detach()  # (K, T, B, n)
@@ -78,6 +82,8 @@ def measure(cell, task, batch, layers, scale, seeds, normalization) -> dict:
         "rms": statistics.median(top.pow(2).mean(dim=(1, 2, 3)).sqrt().tolist()),
         "cell": statistics.median(norms(own).tolist()),
         "output": statistics.median(norms(output).tolist()),
+        "read": statistics.median(embedded.grad[:, mask == 0].pow(2).mean(dim=(1, 2)).sqrt()
+                                  .tolist()),
     }
 
 
