@@ -92,6 +92,16 @@ def print_tables(out: Path) -> None:
                 counts[value][1] += 1
             row = ", ".join(f"{value:g}: {p}/{n}" for value, (p, n) in sorted(counts.items()))
             print(f"| {name} | {row} |")
+        scales = sorted({item["settings"]["init_scale"] for item in items})
+        print("\n| layers \\ init | " + " | ".join(f"{scale:g}" for scale in scales) + " |")
+        print("|---|" + "---|" * len(scales))
+        for layers in sorted({item["settings"]["num_layers"] for item in items}):
+            cells = []
+            for scale in scales:
+                here = [item["passed"] for item in items if item["settings"]["num_layers"]
+                        == layers and item["settings"]["init_scale"] == scale]
+                cells.append(f"{sum(here)}/{len(here)}" if here else "")
+            print(f"| {layers} | " + " | ".join(cells) + " |")
         failed = sorted((item for item in items if not item["passed"]),
                         key=lambda item: [item["settings"][name] for name in COLUMNS])
         if failed:

@@ -26,6 +26,7 @@ def test_each_setting_is_recorded_a_second_call_trains_nothing_and_failures_are_
     assert not any(r["passed"] for r in records)  # (one epoch of two windows)
     assert "### gru, loss / minibatch: 0/2 pass (cpu)" in printed
     assert "| learning_rate | " in printed and "Failed (num_layers" in printed
+    assert "| layers \\ init |" in printed
 
     assert rates(out, *tiny, "--tables") == printed  # trains nothing, prints the same
     rates(out, *tiny)
