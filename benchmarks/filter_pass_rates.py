@@ -3,7 +3,7 @@ trained exactly as the search's filter trains them (the search schedule, stoppin
 both loss normalizations; pass rates overall and by learning rate, init scale and clip.
 
     python benchmarks/filter_pass_rates.py [--cells lstm,gru,mut1,mut2,mut3,lstm-as-printed]
-        [--settings 50] [--seed 1] [--device cuda] [--out results/filter.json]
+        [--settings 50] [--seed 1] [--device cuda] [--out rates.jsonl] [--tables]
 
 Every setting's outcome is written to --out (JSON lines, appended, so an interrupted run can be
 resumed: settings already there are not trained again); the tables are printed at the end, in
@@ -71,6 +71,7 @@ def record(out: Path, cell: str, normalization: str, results) -> None:
                 "passed": result.value >= THRESHOLD, "status": result.status,
                 "epochs": result.epochs, "wall_seconds": round(result.wall_seconds, 1),
                 "device": result.device,
+                "history": [dict(entry) for entry in result.history],  # per epoch
             }) + "\n")
 
 

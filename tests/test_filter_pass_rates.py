@@ -24,6 +24,7 @@ def test_each_setting_is_recorded_a_second_call_trains_nothing_and_failures_are_
     assert {r["device"] for r in records} == {"cpu"}
     assert len({r["settings_key"] for r in records}) == 2
     assert not any(r["passed"] for r in records)  # (one epoch of two windows)
+    assert all(len(r["history"]) == r["epochs"] == 1 for r in records)
     assert "### gru, loss / minibatch: 0/2 pass (cpu)" in printed
     assert "| learning_rate | " in printed and "Failed (num_layers" in printed
     assert "| layers \\ init |" in printed
