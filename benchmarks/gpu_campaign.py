@@ -227,6 +227,9 @@ def timed_search(args, database: Path, options: list[str], during=None) -> str:
     return timed(command, minutes, during, poll=0.5 if args.quick else 5)[1]
 
 
+INTERRUPTED = 130  # the command's exit code when stopped as Ctrl-C stops it
+
+
 def timed(command: list[str], minutes: float, during=None, poll: float = 5) -> tuple[int, str]:
     """Runs `command` until it ends or `minutes` pass, then stops it as Ctrl-C does (a kill would
     lose only the jobs in flight); its exit code and the end of its stderr and stdout."""
@@ -269,14 +272,14 @@ def reproduce(table: int, columns: str | None = None):
                                poll=0.5 if args.quick else 5)
         finally:
             del os.environ["CELLSEARCH_MIXED_KERNEL"]
-        if not database.exists():
-            raise RuntimeError(f"reproduce stored nothing (exit {code}):\n{tail}")
+        if code not in (0, INTERRUPTED) or not database.exists():
+            raise RuntimeError(f"reproduce failed (exit {code}):\n{tail}")
         report = cellsearch("report", "--db", str(database), "--format", "markdown", "--plots",
                             str(out / f"{name}-plots"), check=True)
         (out / f"{name}.md").write_text(report.stdout)
-        if code != 0:
-            print(f"{name}: stopped (exit {code}) with {stored(database)} settings stored; the "
-                  "next call goes on", flush=True)
+        if code == INTERRUPTED:
+            print(f"{name}: stopped with {stored(database)} settings stored; the next call goes "
+                  "on", flush=True)
             return None
         return {"settings_stored": stored(database), "report": f"{name}.md", "tail": tail}
 

@@ -127,6 +127,13 @@ def test_a_table_part_reproduces_and_reports_what_is_stored(tmp_path):
     assert (tmp_path / "table-1-plots" / "table-1.png").stat().st_size > 1000
 
 
+def test_a_table_part_whose_reproduction_fails_says_why(tmp_path):
+    out = campaign(tmp_path, "--quick", "--parts", "table-1", "--device", "cuda")  # (no GPU)
+    assert "table-1: failed" in out and not (tmp_path / "table-1.json").exists()
+    why = (tmp_path / "table-1.failed.txt").read_text()
+    assert "reproduce failed (exit 2)" in why and "GPU" in why
+
+
 def test_a_command_that_outlasts_its_minutes_is_stopped_as_ctrl_c_stops_it():
     sys.path.insert(0, str(CAMPAIGN.parent))
     try:
@@ -136,6 +143,6 @@ def test_a_command_that_outlasts_its_minutes_is_stopped_as_ctrl_c_stops_it():
     waits = ("import sys, time\ntry:\n    time.sleep(60)\nexcept KeyboardInterrupt:\n"
              "    print('stopped cleanly'); sys.exit(130)")
     code, tail = gpu_campaign.timed([sys.executable, "-c", waits], minutes=0.05, poll=0.1)
-    assert code == 130 and "stopped cleanly" in tail
+    assert code == gpu_campaign.INTERRUPTED and "stopped cleanly" in tail
     code, tail = gpu_campaign.timed([sys.executable, "-c", "print('done')"], minutes=1, poll=0.1)
     assert code == 0 and "done" in tail

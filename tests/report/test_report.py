@@ -49,9 +49,38 @@ REPRODUCTION = Reproduction(evaluator="tests.report.test_report:fake_evaluate")
 
 
 def reproduce(storage, table, count, **kwargs):
-    return run_reproduction(
+    """(settings trained now, stored before), none of them failed."""
+    trained, before, failed = run_reproduction(
         storage, InProcessExecutor(), table, REPRODUCTION, count=count, cells=CELLS, **kwargs
     )
+    assert failed == []
+    return trained, before
+
+
+def failing_evaluate(graph: CellGraph, task: str, settings: Sequence[Settings], **options):
+    """`fake_evaluate`, but the GRU's runs fail as a worker out of memory does (and the LSTM's
+    diverge)."""
+    results = fake_evaluate(graph, task, settings, **options)
+    name = {zoo.get(n).canonical_hash(): n for n in CELLS}[graph.canonical_hash()]
+    status = {"gru": "failed", "lstm": "diverged"}.get(name)
+    if status is None:
+        return results
+    return [Result(**{**vars(r), "status": status, "reason": f"{status}: by the test"})
+            for r in results]
+
+
+def test_a_failed_run_is_not_stored_and_the_next_run_trains_it_again():
+    storage = InMemoryStorage()
+    flaky = Reproduction(evaluator="tests.report.test_report:failing_evaluate")
+    trained, before, failed = run_reproduction(storage, InProcessExecutor(), 1, flaky, count=2,
+                                               cells=CELLS, columns=("Arith.",))
+    assert (trained, before) == (6, 0) and len(failed) == 2  # the GRU's 2 settings
+    assert {r.reason for r in failed} == {"failed: by the test"}
+    stored = storage.get_evaluations(1)
+    assert len(stored) == 4 and {e.result.status for e in stored} == {"ok", "diverged"}
+    trained, before, failed = run_reproduction(storage, InProcessExecutor(), 1, flaky, count=2,
+                                               cells=CELLS, columns=("Arith.",))
+    assert (trained, before, len(failed)) == (2, 4, 2)  # only the GRU's, again
 
 
 def test_every_cell_is_trained_on_the_same_settings_and_a_rerun_trains_nothing():
@@ -165,3 +194,19 @@ def test_reproduce_refuses_a_database_another_process_writes(tmp_path, capsys):
         assert code == 2 and "is writing" in capsys.readouterr().err
     finally:
         holder.close()
+
+
+def test_reproduce_checks_the_device_and_data_before_writing_and_says_what_failed(
+        tmp_path, capsys):
+    db = tmp_path / "table1.db"
+    base = ["reproduce", "--db", str(db), "--table", "1", "--settings", "1", "--cells",
+            "lstm,gru", "--columns", "Arith.", "--quiet"]
+    assert main([*base, "--device", "abacus"]) == 2
+    assert "unknown device 'abacus'" in capsys.readouterr().err and not db.exists()
+
+    evaluator = ["--evaluator", "tests.report.test_report:failing_evaluate", "--device", "cpu"]
+    assert main([*base, *evaluator]) == 1
+    captured = capsys.readouterr()
+    assert "2 settings trained now" in captured.out
+    assert "1 of the 2 failed; failed runs are not stored" in captured.err
+    assert "1 x failed: by the test" in captured.err

@@ -13,9 +13,10 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from collections import Counter
 
 from cellsearch.cells import zoo
-from cellsearch.errors import UserError
+from cellsearch.errors import UserError, gathered
 from cellsearch.executors import EXECUTORS, make_executor
 from cellsearch.search.config import apply_assignment
 
@@ -130,9 +131,17 @@ def run_reproduce(args: argparse.Namespace) -> int:
                                 space_overrides={k: tuple(v) if isinstance(v, list) else (v,)
                                                  for k, v in space.items()},
                                 evaluator=args.evaluator or DEFAULT_EVALUATOR)
+    problems: list[str] = []
     for column in table.columns:  # a bad override fails here, before anything is written
         if columns is None or column.name in columns:
-            column_space(table, column, reproduction.space_overrides)
+            gathered(problems, column_space, table, column, reproduction.space_overrides)
+    if reproduction.evaluator == DEFAULT_EVALUATOR:
+        from cellsearch.train.evaluate import check_training
+
+        tasks = [c.task for c in table.columns if columns is None or c.name in columns]
+        check_training(problems, args.device, tasks, args.data_dir)
+    if problems:
+        raise UserError("\n".join(problems))
     executor = make_executor(args.executor, workers=args.workers, device=args.device,
                              data_dir=args.data_dir, scheduler=args.scheduler)
     with executor, open_storage(args.db, sole_writer=True) as storage:
@@ -147,13 +156,20 @@ def run_reproduce(args: argparse.Namespace) -> int:
                 progress.update(bar, completed=done, total=total,
                                 description=f"Table {table.number}: {job.task}")
 
-            trained, before = run_reproduction(
+            trained, before, failed = run_reproduction(
                 storage, executor, args.table, reproduction, count=args.settings, cells=cells,
                 columns=columns, job_size=args.job_size, on_job=on_job,
             )
     print(f"Table {args.table}: {trained} settings trained now, {before} stored before"
           f" (cellsearch report --db {args.db})")
-    return 0
+    if not failed:
+        return 0
+    reasons = Counter(result.reason or "no reason given" for result in failed)
+    print(f"cellsearch: {len(failed)} of the {trained} failed; failed runs are not stored, and"
+          " running the same command again trains them again:", file=sys.stderr)
+    for reason, count in reasons.most_common():
+        print(f"  {count} x {reason}", file=sys.stderr)
+    return 1
 
 
 def _names(text: str, known, kind: str) -> tuple[str, ...]:

@@ -227,12 +227,9 @@ def _check_start(config: SearchConfig, args: argparse.Namespace) -> MutateFuncti
     gathered(problems, check_evaluator, config)
     mutate = gathered(problems, check_mutator, config)
     if config.evaluator == DEFAULT_EVALUATOR:
-        from cellsearch.tasks import get_task
-        from cellsearch.train.evaluate import resolve_device
+        from cellsearch.train.evaluate import check_training
 
-        gathered(problems, resolve_device, args.device)
-        for task in (*config.tasks, config.filter_task):
-            gathered(problems, get_task, task, args.data_dir)
+        check_training(problems, args.device, (*config.tasks, config.filter_task), args.data_dir)
     if problems:
         raise UserError("\n".join(problems))
     return mutate

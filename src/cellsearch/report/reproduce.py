@@ -5,7 +5,8 @@ A reproduction is a storage run whose configuration says so (`kind: reproduction
 seed, the evaluation options and the space overrides it was started with. For table T it trains
 every cell on `settings` random settings of each column's space (§3.7's ranges, the table's
 schedule of §3.6), the same settings for every cell so that cells are compared on equal terms;
-each job's results are committed as it completes, under step T. Starting again after a crash (or
+each job's results are committed as it completes, under step T, except failed runs, which are
+trained again next time. Starting again after a crash (or
 with a larger `settings`) plans the same settings, drawn from a generator seeded by the seed, the
 table and the column, and trains only those not stored yet.
 """
@@ -20,7 +21,7 @@ from cellsearch.cells import zoo
 from cellsearch.cells.equations import format_graph
 from cellsearch.errors import UserError
 from cellsearch.evaluation.job import DEFAULT_EVALUATOR, EvaluationJob
-from cellsearch.evaluation.result import Result
+from cellsearch.evaluation.result import FAILED, Result
 from cellsearch.evaluation.settings import SearchSpace, Settings
 from cellsearch.executors.base import Executor
 from cellsearch.report.paper import TABLES, Column, Table
@@ -167,9 +168,12 @@ def run_reproduction(
     columns: Sequence[str] | None = None,
     job_size: int = 20,
     on_job: Callable[[EvaluationJob, list[Result], int, int], None] | None = None,
-) -> tuple[int, int]:
+) -> tuple[int, int, list[Result]]:
     """Train what table `table_number` still needs; (settings trained now, settings stored
-    before). `on_job(job, results, done, total)` after each committed job."""
+    before, the Results that failed). A failed run (out of memory, a broken worker) says nothing
+    of its cell, so it is not stored: the next run trains that setting again. A diverged one is
+    stored, as the search stores it. `on_job(job, results, done, total)` after each committed
+    job."""
     table = TABLES[table_number]
     run_id = open_reproduction(storage, reproduction)
     known = {record.hash for record in storage.get_architectures(run_id)}
@@ -196,11 +200,15 @@ def run_reproduction(
     everything = len(cells) * sum(len(settings) for settings in planned.values())
     futures = {executor.submit(job): job for job in jobs}
     done = 0
+    failed: list[Result] = []
     for future in executor.as_completed(list(futures)):
         job = futures[future]
         results = future.result()
-        storage.add_evaluations(run_id, job.architecture_hash, table_number, results)
+        failed += [result for result in results if result.status == FAILED]
+        kept = [result for result in results if result.status != FAILED]
+        if kept:
+            storage.add_evaluations(run_id, job.architecture_hash, table_number, kept)
         done += len(results)
         if on_job is not None:
             on_job(job, results, done, total)
-    return total, everything - total
+    return total, everything - total, failed

@@ -16,11 +16,11 @@ from typing import Callable, Generator, Sequence
 import torch
 
 from cellsearch.cells.graph import CellGraph
-from cellsearch.errors import UserError
+from cellsearch.errors import UserError, gathered
 from cellsearch.evaluation.budget import hidden_size_for_budget, parameter_count
 from cellsearch.evaluation.result import FAILED, Result
 from cellsearch.evaluation.settings import LOSS_NORMALIZATIONS, Settings
-from cellsearch.tasks import Task, shared_task, task_options
+from cellsearch.tasks import Task, get_task, shared_task, task_options
 from cellsearch.train.model import default_engine, input_kind
 from cellsearch.train.packing import population_limit
 from cellsearch.train.steps import Mixer
@@ -40,6 +40,15 @@ def resolve_device(device: str) -> torch.device:
     if resolved.type == "cuda" and (resolved.index or 0) >= torch.cuda.device_count():
         raise UserError(f"device {device!r}: this machine has {torch.cuda.device_count()} GPU(s)")
     return resolved
+
+
+def check_training(problems: list[str], device: str, tasks: Sequence[str],
+                   data_dir: str | os.PathLike | None) -> None:
+    """Adds to `problems` what would fail every evaluation on `device` of `tasks`: the device,
+    and each task's data (downloaded now when missing, once, rather than by each worker)."""
+    gathered(problems, resolve_device, device)
+    for task in dict.fromkeys(tasks):
+        gathered(problems, get_task, task, data_dir)
 
 
 def model_shape(graph: CellGraph, task: Task, settings: Settings) -> tuple[int, int]:
