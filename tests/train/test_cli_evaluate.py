@@ -81,3 +81,22 @@ def test_evaluate_bad_input_is_one_line_exit_2(capsys, extra, message):
     assert main(args) == 2
     err = capsys.readouterr().err
     assert message in err and "Traceback" not in err
+
+
+def test_a_failed_trial_is_shown_and_said_and_exits_1(monkeypatch, capsys):
+    from dataclasses import replace
+
+    from cellsearch.train import evaluate
+
+    real = evaluate.evaluate
+
+    def second_fails(graph, task, settings, **options):
+        results = real(graph, task, settings, **options)
+        return [results[0], replace(results[1], status="failed", valid={},
+                                    reason="OutOfMemoryError: CUDA out of memory")]
+
+    monkeypatch.setattr(evaluate, "evaluate", second_fails)
+    assert main(["evaluate", "--cell", "gru", "--trials", "2", *TINY]) == 1
+    captured = capsys.readouterr()
+    assert "failed" in captured.out and "ok" in captured.out  # both in the table
+    assert "1 of the 2 trials failed:\n  1 x OutOfMemoryError: CUDA out of memory" in captured.err

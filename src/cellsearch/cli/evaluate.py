@@ -6,6 +6,7 @@ import argparse
 import json
 import random
 import sys
+from collections import Counter
 
 from rich.console import Console
 from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
@@ -14,7 +15,7 @@ from rich.table import Table
 from cellsearch.cells import zoo
 from cellsearch.errors import UserError
 from cellsearch.evaluation import tasks
-from cellsearch.evaluation.result import Result, json_number
+from cellsearch.evaluation.result import FAILED, Result, json_number
 from cellsearch.evaluation.settings import (
     LOSS_NORMALIZATIONS,
     SearchSpace,
@@ -102,7 +103,20 @@ def run_evaluate(args: argparse.Namespace) -> int:
             console.print(results_table(args.cell, results))
         else:  # a log or a pipe: rich would cut every column to fit 80 characters
             print(results_text(args.cell, results), end="")
-    return 0
+    return _failures_said(results)
+
+
+def _failures_said(results) -> int:
+    """1, with each reason on stderr, when a trial failed (out of memory, a broken device: not
+    a finding about the cell, unlike a diverged one); else 0."""
+    reasons = Counter(r.reason or "no reason given" for r in results if r.status == FAILED)
+    if not reasons:
+        return 0
+    print(f"cellsearch: {sum(reasons.values())} of the {len(results)} trials failed:",
+          file=sys.stderr)
+    for reason, count in reasons.most_common():
+        print(f"  {count} x {reason}", file=sys.stderr)
+    return 1
 
 
 def result_record(cell: str, result: Result) -> dict:
