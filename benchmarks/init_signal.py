@@ -12,7 +12,10 @@ gradient of the cell's own parameters (every layer's matrices and biases: what m
 model to leave predicting letter frequencies) and of the output layer's (which can learn those
 frequencies alone); and the RMS of the loss's gradient with respect to the embedded inputs of the
 read phase (the letters the model must store, 6 steps before it is asked for them: the signal
-that teaches it to). SGD moves a parameter by lr times its gradient, clipped to the norm.
+that teaches it to). SGD moves a parameter by lr times its gradient, clipped to the norm. Last,
+the loss's curvature along the output bias (the largest eigenvalue of its Hessian there, the sum
+over scored targets of diag(p) - p p^T over the divisor): plain SGD on it diverges above a
+learning rate of 2 / curvature, printed as "lr limit".
 """
 
 import argparse
@@ -44,13 +47,14 @@ def main() -> None:
     for cell in args.cells.split(","):
         print(f"\n### {cell}\n")
         print("| layers | hidden | init | top h RMS | cell gradient | output gradient | "
-              "read gradient |")
-        print("|---:|---:|---:|---:|---:|---:|---:|")
+              "read gradient | lr limit |")
+        print("|---:|---:|---:|---:|---:|---:|---:|---:|")
         for layers in LAYERS:
             for scale in INIT_SCALES:
                 row = measure(cell, task, batch, layers, scale, args.seeds, args.normalization)
                 print(f"| {layers} | {row['hidden']} | {scale:g} | {row['rms']:.2e} | "
-                      f"{row['cell']:.2e} | {row['output']:.2e} | {row['read']:.2e} |")
+                      f"{row['cell']:.2e} | {row['output']:.2e} | {row['read']:.2e} | "
+                      f"{row['limit']:.2f} |")
 
 
 def measure(cell, task, batch, layers, scale, seeds, normalization) -> dict:
@@ -75,6 +79,10 @@ def measure(cell, task, batch, layers, scale, seeds, normalization) -> dict:
                              reduction="none")  # (K, T, B)
     divisor = mask.sum() if normalization == "targets" else mask.shape[1]
     (losses * mask).sum().div(divisor).backward()
+    probabilities = logits.detach().softmax(-1).permute(1, 0, 2, 3)[:, mask.bool()]  # (K, S, V)
+    hessian = (torch.diag_embed(probabilities.sum(1))
+               - probabilities.transpose(1, 2) @ probabilities) / divisor  # (K, V, V)
+    curvature = torch.linalg.eigvalsh(hessian.double())[:, -1]
     own = list(model.layers.parameters())
     output = [model.output_weight, model.output_bias]
     return {
@@ -82,6 +90,7 @@ def measure(cell, task, batch, layers, scale, seeds, normalization) -> dict:
         "rms": statistics.median(top.pow(2).mean(dim=(1, 2, 3)).sqrt().tolist()),
         "cell": statistics.median(norms(own).tolist()),
         "output": statistics.median(norms(output).tolist()),
+        "limit": statistics.median((2 / curvature).tolist()),
         "read": statistics.median(embedded.grad[:, mask == 0].pow(2).mean(dim=(1, 2)).sqrt()
                                   .tolist()),
     }
