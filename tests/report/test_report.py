@@ -208,5 +208,5 @@ def test_reproduce_checks_the_device_and_data_before_writing_and_says_what_faile
     assert main([*base, *evaluator]) == 1
     captured = capsys.readouterr()
     assert "2 settings trained now" in captured.out
-    assert "1 of the 2 failed; failed runs are not stored" in captured.err
+    assert "1 of the 2 settings failed; failed runs are not stored" in captured.err
     assert "1 x failed: by the test" in captured.err

@@ -103,17 +103,16 @@ def run_evaluate(args: argparse.Namespace) -> int:
             console.print(results_table(args.cell, results))
         else:  # a log or a pipe: rich would cut every column to fit 80 characters
             print(results_text(args.cell, results), end="")
-    return _failures_said(results)
+    return failures_said([r for r in results if r.status == FAILED], len(results), "trials")
 
 
-def _failures_said(results) -> int:
-    """1, with each reason on stderr, when a trial failed (out of memory, a broken device: not
-    a finding about the cell, unlike a diverged one); else 0."""
-    reasons = Counter(r.reason or "no reason given" for r in results if r.status == FAILED)
-    if not reasons:
+def failures_said(failed: list[Result], total: int, what: str, note: str = "") -> int:
+    """1, with how many of `total` `what` failed and each reason on stderr, when some did (out
+    of memory, a broken device: not a finding about the cell, unlike a diverged run); else 0."""
+    if not failed:
         return 0
-    print(f"cellsearch: {sum(reasons.values())} of the {len(results)} trials failed:",
-          file=sys.stderr)
+    print(f"cellsearch: {len(failed)} of the {total} {what} failed{note}:", file=sys.stderr)
+    reasons = Counter(result.reason or "no reason given" for result in failed)
     for reason, count in reasons.most_common():
         print(f"  {count} x {reason}", file=sys.stderr)
     return 1

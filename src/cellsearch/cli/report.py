@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from collections import Counter
 
 from cellsearch.cells import zoo
 from cellsearch.errors import UserError, gathered
@@ -105,6 +104,7 @@ def run_reproduce(args: argparse.Namespace) -> int:
         TimeElapsedColumn,
     )
 
+    from cellsearch.cli.evaluate import failures_said
     from cellsearch.executors import DEFAULT_EVALUATOR
     from cellsearch.report.paper import TABLES
     from cellsearch.report.reproduce import (
@@ -162,14 +162,8 @@ def run_reproduce(args: argparse.Namespace) -> int:
             )
     print(f"Table {args.table}: {trained} settings trained now, {before} stored before"
           f" (cellsearch report --db {args.db})")
-    if not failed:
-        return 0
-    reasons = Counter(result.reason or "no reason given" for result in failed)
-    print(f"cellsearch: {len(failed)} of the {trained} failed; failed runs are not stored, and"
-          " running the same command again trains them again:", file=sys.stderr)
-    for reason, count in reasons.most_common():
-        print(f"  {count} x {reason}", file=sys.stderr)
-    return 1
+    return failures_said(failed, trained, "settings", "; failed runs are not stored, and running"
+                         " the same command again trains them again")
 
 
 def _names(text: str, known, kind: str) -> tuple[str, ...]:

@@ -5,10 +5,10 @@ A reproduction is a storage run whose configuration says so (`kind: reproduction
 seed, the evaluation options and the space overrides it was started with. For table T it trains
 every cell on `settings` random settings of each column's space (§3.7's ranges, the table's
 schedule of §3.6), the same settings for every cell so that cells are compared on equal terms;
-each job's results are committed as it completes, under step T, except failed runs, which are
-trained again next time. Starting again after a crash (or
-with a larger `settings`) plans the same settings, drawn from a generator seeded by the seed, the
-table and the column, and trains only those not stored yet.
+each job's results are committed as it completes, under step T, except failed runs. Starting
+again after a crash (or with a larger `settings`) plans the same settings, drawn from a
+generator seeded by the seed, the table and the column, and trains only those not stored yet,
+failed ones included.
 """
 
 from __future__ import annotations
