@@ -25,12 +25,12 @@ import torch
 import torch.nn.functional as F
 
 from cellsearch.cells import zoo
-from cellsearch.evaluation.budget import hidden_size_for_budget
-from cellsearch.evaluation.settings import INIT_SCALES
+from cellsearch.evaluation.settings import INIT_SCALES, PARAMETER_BUDGETS, Settings
 from cellsearch.tasks import shared_task
+from cellsearch.train.evaluate import model_shape
 from cellsearch.train.model import PopulationModel, input_kind
 
-BUDGET = 25_000  # the memorization filter's (§3.1)
+(BUDGET,) = PARAMETER_BUDGETS["memorize"]  # the memorization filter's 25K (§3.1)
 LAYERS = (1, 2, 3, 4)
 
 
@@ -59,10 +59,9 @@ def main() -> None:
 
 def measure(cell, task, batch, layers, scale, seeds, normalization) -> dict:
     graph = zoo.get(cell)
-    hidden = hidden_size_for_budget(
-        BUDGET, matrices_per_layer=graph.num_matrices, biases_per_layer=graph.num_biases,
-        num_layers=layers, input_size=task.input_size, output_size=task.output_size,
-        input_kind=input_kind(task))
+    shape = Settings(init_scale=scale, learning_rate=1.0, max_grad_norm=1.0, num_layers=layers,
+                     num_parameters=BUDGET)  # (only the depth and budget matter here)
+    hidden, _ = model_shape(graph, task, shape)
     model = PopulationModel(graph, seeds, task.input_size, task.output_size, hidden, layers,
                             input_kind(task))
     model.reset_parameters([scale] * seeds, list(range(1, seeds + 1)))
