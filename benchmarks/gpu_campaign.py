@@ -287,13 +287,11 @@ def reproduce(table: int, columns: str | None = None):
 
 
 def stored(database: Path) -> int:
-    import sqlite3
+    sys.path.insert(0, str(ROOT / "src"))
+    from cellsearch.storage import open_storage
 
-    connection = sqlite3.connect(f"file:{database}?mode=ro", uri=True)
-    try:
-        return connection.execute("SELECT COUNT(*) FROM evaluations").fetchone()[0]
-    finally:
-        connection.close()
+    with open_storage(database, create=False) as storage:
+        return storage.count_evaluations(storage.latest_run().run_id)
 
 
 def throughput(database: Path, since: datetime) -> dict:
