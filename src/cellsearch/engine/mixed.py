@@ -457,7 +457,8 @@ class _StageTable:
     """One stage of a mix as tensors: each member's `J` matmuls as operand and product slots
     (M, J) and counts (M,), and as rows of a step's slots viewed as (R * M, B, N), padded
     (slot 0 times a zero matrix, written to the scratch slot); each population's matrices
-    (`jobs`: its group operand and chunk, or None); the instructions (M, L, 4) with counts."""
+    (`jobs`: its group operand and chunk, or None); the instructions (M, L, 4) with counts,
+    and on the host each population's own (`code`, unpadded: what `TorchKernels` runs)."""
 
     J: int
     operand_slots: torch.Tensor  # (M, J)
@@ -468,6 +469,7 @@ class _StageTable:
     jobs: tuple[tuple[tuple[str, int] | None, ...], ...]
     program: torch.Tensor
     lengths: torch.Tensor
+    code: tuple[tuple[tuple[int, int, int, int], ...], ...]
 
 
 @dataclass(frozen=True)
@@ -514,6 +516,7 @@ def _layout(programs: tuple[Program, ...], sizes: tuple[int, ...], widths: tuple
         L = max(max(len(stage.instructions) + len(carry)
                     for stage, carry in zip(steps, carries)), 1)
         operand_slots, product_slots, matmuls, jobs, program, lengths = [], [], [], [], [], []
+        codes = []
         for stage, carry, K in zip(steps, carries, sizes):
             padding = J - len(stage.matmuls)
             operand_slots += [[o for o, _, _ in stage.matmuls] + [ZERO] * padding] * K
@@ -524,6 +527,7 @@ def _layout(programs: tuple[Program, ...], sizes: tuple[int, ...], widths: tuple
             nop = (OPCODES["identity"], scratch, ZERO, ZERO)
             program += [code + [nop] * (L - len(code))] * K
             lengths += [len(code)] * K
+            codes.append(tuple(tuple(int(x) for x in instruction) for instruction in code))
         member = torch.arange(M).view(M, 1)
         operand_slots = torch.tensor(operand_slots, dtype=torch.long).view(M, J)
         product_slots = torch.tensor(product_slots, dtype=torch.long).view(M, J)
@@ -537,6 +541,7 @@ def _layout(programs: tuple[Program, ...], sizes: tuple[int, ...], widths: tuple
             jobs=tuple(jobs),
             program=torch.tensor(program, dtype=torch.int32, device=device),
             lengths=torch.tensor(lengths, dtype=torch.int32, device=device),
+            code=tuple(codes),
         ))
     return _Layout(
         slots=R,
@@ -564,16 +569,31 @@ class _TorchLanguage:
     where = staticmethod(torch.where)
 
 
-def _expression(text: str, **names) -> torch.Tensor:
-    return eval(text, {"tl": _TorchLanguage}, names)  # the operation table's own text
+def _in_torch(text: str, *names: str):
+    """The operation table's expression `text` as a function of `names`, evaluated in torch."""
+    code = compile(text, text, "eval")
+    return lambda *values: eval(code, {"tl": _TorchLanguage}, dict(zip(names, values)))
+
+
+def _forward(name: str):
+    operation = ops.BY_NAME[name]
+    if operation.kind == "activation" and operation.torch_function:
+        function = getattr(torch, operation.torch_function)
+        return lambda a, b: function(a)
+    return _in_torch(operation.triton.format("a", "b"), "a", "b")
+
+
+# Per opcode: its value from (a, b), and its operands' gradients from (g, y, a, b).
+_FORWARD = {code: _forward(name) for name, code in OPCODES.items()}
+_BACKWARD = {code: tuple(_in_torch(text, "g", "y", "a", "b") for text in gradients(name))
+             for name, code in OPCODES.items()}
 
 
 class TorchKernels(StepByStep):
     """A step's work as torch operations, in place. The matmuls: the stage's operand rows
-    gathered, one batched matmul, the products scattered. The instructions: instruction i of all
-    members at once, each operation that some member runs there computed for all and each
-    member's own kept (a host copy of the opcodes per instruction: this is the CPU's way, and
-    the kernels' reference). The window's copies run in torch too, one a tensor."""
+    gathered, one batched matmul, the products scattered. The instructions: each population's
+    own, one torch operation each on its members' slots (their own columns), as a CPU gains
+    nothing from one launch for all. The window's copies run in torch too, one a tensor."""
 
     copies_in_torch = True
 
@@ -610,49 +630,29 @@ class TorchKernels(StepByStep):
 
     @staticmethod
     def instructions(values, t, layout, table) -> None:
-        values = values[t:t + 2].flatten(0, 1)  # (2R, M, B, N): this step's slots, the next's
-        member, keep = _members_and_columns(values, layout.columns)
-        for i in range(table.program.shape[1]):
-            op, dst, a, b = table.program[:, i].long().unbind(1)
-            first, second = values[a, member], values[b, member]
-            result = first
-            for name in _present(op):
-                operation = ops.BY_NAME[name]
-                value = (getattr(torch, operation.torch_function)(first)
-                         if operation.kind == "activation" and operation.torch_function
-                         else _expression(operation.triton.format("a", "b"), a=first, b=second))
-                result = torch.where((op == OPCODES[name]).view(-1, 1, 1), value, result)
-            values[dst, member] = torch.where(keep, result, values[dst, member])
+        steps = values[t:t + 2].flatten(0, 1)  # (2R, M, B, N): this step's slots, the next's
+        for slots, code in zip(_own_slots(steps, layout), table.code):
+            for op, dst, a, b in code:
+                slots[dst] = _FORWARD[op](slots[a], slots[b])
 
     @staticmethod
     def instructions_backward(grads, values, t, layout, table) -> None:
-        grads, values = grads[t:t + 2].flatten(0, 1), values[t:t + 2].flatten(0, 1)
-        member, keep = _members_and_columns(values, layout.columns)
-        for i in reversed(range(table.program.shape[1])):
-            op, dst, a, b = table.program[:, i].long().unbind(1)
-            g, y = grads[dst, member], values[dst, member]
-            first, second = values[a, member], values[b, member]
-            first_grad, second_grad = torch.zeros_like(g), torch.zeros_like(g)
-            for name in _present(op):
-                chosen = (op == OPCODES[name]).view(-1, 1, 1)
-                for target, text in zip((first_grad, second_grad), gradients(name)):
-                    value = _expression(text, g=g, y=y, a=first, b=second)
-                    target.copy_(torch.where(chosen, value, target))
-            grads[dst, member] = 0.0  # the slot's value before: read by nothing
-            grads.index_put_((a, member), first_grad * keep, accumulate=True)
-            grads.index_put_((b, member), second_grad * keep, accumulate=True)
+        steps = zip(_own_slots(grads[t:t + 2].flatten(0, 1), layout),
+                    _own_slots(values[t:t + 2].flatten(0, 1), layout), table.code)
+        for slot_grads, slots, code in steps:
+            for op, dst, a, b in reversed(code):
+                g = slot_grads[dst].clone()
+                first, second = (gradient(g, slots[dst], slots[a], slots[b])
+                                 for gradient in _BACKWARD[op])
+                slot_grads[dst] = 0.0  # the slot's value before: read by nothing
+                slot_grads[a] += first
+                slot_grads[b] += second
 
 
-def _members_and_columns(values, columns):
-    """(member indices, (M, 1, N) which columns are a member's own) of slots (R, M, B, N)."""
-    M, N = values.shape[1], values.shape[-1]
-    member = torch.arange(M, device=values.device)
-    return member, (torch.arange(N, device=values.device) < columns[:, None])[:, None]
-
-
-def _present(op: torch.Tensor) -> list[str]:
-    codes = set(op.tolist())
-    return [name for name, code in OPCODES.items() if code in codes]
+def _own_slots(slots, layout) -> list[torch.Tensor]:
+    """Per population, the view (2R, K, B, n) of slots (2R, M, B, N) that is its members' own."""
+    return [slots[:, start:start + K, :, :n]
+            for start, K, n in zip(layout.starts, layout.sizes, layout.widths)]
 
 
 _KERNELS = {"torch": TorchKernels, "triton": TritonKernels, "persistent": PersistentKernels}
