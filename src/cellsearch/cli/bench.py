@@ -16,7 +16,8 @@ def register(subparsers) -> None:
     parser = subparsers.add_parser("bench", help="measure training speed against torch.nn.LSTM")
     parser.add_argument("--task", choices=("arith", "arith-1m", "ptb", "memorize"), default="arith",
                         help="the shapes to measure (arith: 250K parameters, arith-1m: 1M)")
-    parser.add_argument("--cell", default="lstm", metavar="NAME|FILE")
+    parser.add_argument("--cell", default="lstm", metavar="NAME|FILE",
+                        help="the cell to time (default lstm)")
     parser.add_argument("--device", default="auto", help="auto, cpu or cuda")
     parser.add_argument("--populations", default="1,8,32,128",
                         help="population sizes K to measure (comma-separated)")
@@ -26,7 +27,7 @@ def register(subparsers) -> None:
     parser.add_argument("--compare", default="", metavar="ENGINES",
                         help="also measure these engines at the smallest and largest K, "
                              "comma-separated: eager, fused, compiled (compiles for a while)")
-    parser.add_argument("--json", action="store_true")
+    parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
     parser.add_argument("--mixed", type=int, metavar="N",
                         help="instead: N different cells at K=4 trained together, against one "
                              "cell at K=4 and at K=4N (one epoch each)")

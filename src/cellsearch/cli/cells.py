@@ -19,7 +19,9 @@ def register(subparsers) -> None:
     listing.set_defaults(run=list_cells)
     show = commands.add_parser("show", help="one cell as equations, JSON or Graphviz DOT")
     show.add_argument("cell", metavar="NAME|FILE", help="a zoo name or a .cell/.json file")
-    show.add_argument("--format", choices=("text", "json", "dot"), default="text")
+    show.add_argument("--format", choices=("text", "json", "dot"), default="text",
+                      help="text: the paper's equations (default); json: the graph; dot: "
+                           "Graphviz, nodes named as in the cell's equations")
     show.set_defaults(run=show_cell)
     draw = commands.add_parser("draw", help="one cell as a picture (.svg, .png or .pdf)")
     draw.add_argument("cell", metavar="NAME|FILE", help="a zoo name or a .cell/.json file")

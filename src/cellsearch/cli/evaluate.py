@@ -25,13 +25,17 @@ from cellsearch.evaluation.settings import (
 
 def register(subparsers) -> None:
     parser = subparsers.add_parser("evaluate", help="train a cell on a task and report metrics")
-    parser.add_argument("--cell", required=True, metavar="NAME|FILE")
-    parser.add_argument("--task", required=True)
+    parser.add_argument("--cell", required=True, metavar="NAME|FILE",
+                        help="a zoo cell (cellsearch cells list) or a .cell file")
+    parser.add_argument("--task", required=True,
+                        help=f"one of {', '.join(tasks.NAMES)}")
     parser.add_argument("--trials", type=int, default=1, metavar="N",
                         help="random settings to train, without repeats (default 1)")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE[,VALUE]",
                         dest="assignments", help="restrict a hyperparameter (repeatable)")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=int, default=0,
+                        help="draws the settings (each with its own initialization seed) and "
+                             "a synthetic task's data (default 0)")
     parser.add_argument("--device", default="auto", help="auto, cpu or cuda")
     parser.add_argument("--schedule", choices=("search", "music", "ptb"),
                         help="learning-rate schedule (default: music for music tasks, ptb for "

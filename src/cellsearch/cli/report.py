@@ -31,7 +31,8 @@ def register(subparsers) -> None:
         "paper's numbers; for a search also its §3.4 statistics, funnel and task correlations.",
     )
     report.add_argument("--db", required=True, help="a search or reproduction database")
-    report.add_argument("--format", choices=("text", "markdown", "json"), default="text")
+    report.add_argument("--format", choices=("text", "markdown", "json"), default="text",
+                        help="text (default), markdown tables, or JSON")
     report.add_argument("--plots", metavar="DIR", help="also write PNG figures into DIR")
     report.add_argument("--top", type=int, default=3,
                         help="a search's best architectures shown in Table 1 (default 3)")
@@ -44,7 +45,9 @@ def register(subparsers) -> None:
         "again resumes. Then: cellsearch report --db FILE.",
     )
     reproduce.add_argument("--db", required=True, help="the reproduction database")
-    reproduce.add_argument("--table", type=int, choices=(1, 2, 3), required=True)
+    reproduce.add_argument("--table", type=int, choices=(1, 2, 3), required=True,
+                           help="the paper's table: 1 (Arith, XML, PTB accuracy), 2 (music nll),"
+                                " 3 (PTB nll)")
     reproduce.add_argument("--settings", type=int, default=20, metavar="N",
                            help="random settings per cell and column (default 20)")
     reproduce.add_argument("--cells", help=f"comma-separated zoo cells (default: the paper's "
@@ -58,13 +61,19 @@ def register(subparsers) -> None:
     reproduce.add_argument("--job-size", type=int, default=20,
                            help="settings trained together as one population (default 20)")
     reproduce.add_argument("--device", default="auto", help="auto, cpu or cuda")
-    reproduce.add_argument("--executor", choices=EXECUTORS, default="inprocess")
-    reproduce.add_argument("--workers", type=int)
-    reproduce.add_argument("--scheduler", metavar="ADDRESS")
+    reproduce.add_argument("--executor", choices=EXECUTORS, default="inprocess",
+                           help="where the jobs run (default inprocess: one at a time; mixed:"
+                                " different cells in shared launches on a GPU)")
+    reproduce.add_argument("--workers", type=int,
+                           help="worker processes for processes or dask-local; jobs training at"
+                                " once for interleaved and mixed")
+    reproduce.add_argument("--scheduler", metavar="ADDRESS",
+                           help="Dask scheduler for --executor dask (see docs/cluster.md)")
     reproduce.add_argument("--data-dir",
                            help="where ptb/ and music/ live (default $CELLSEARCH_DATA)")
     reproduce.add_argument("--evaluator", default=None, help="module:function (tests)")
-    reproduce.add_argument("--quiet", action="store_true")
+    reproduce.add_argument("--quiet", action="store_true",
+                           help="no progress display, only the summary")
     reproduce.set_defaults(run=run_reproduce)
 
 
