@@ -266,18 +266,16 @@ def test_replace_with_combination_never_makes_a_cycle():
         except GraphError as error:  # e.g. c no longer read; never a cycle
             assert "cycle" not in str(error)
             continue
-        # "replace c' by L op R (A = N)"
-        formula, other = mutation.description.removeprefix("replace c' by ").split(" (A = ")
-        right = formula.split(" ")[2]
+        right = mutation.graph.node("c'").inputs[1]  # c' = L op R, R an ancestor of A
         assert right not in forbidden
-        if other == "h')":
+        if mutation.description.endswith(" (A = h')"):
             operands_from_h.add(right)
     assert operands_from_h  # A = h' was drawn, and gave an admissible ancestor
 
 
 def test_constant_state_outputs_are_refused():
     # h' = tanh(W_xh x + W_hh h + b_h) replaced by its ancestor b_h would carry nothing.
-    bias = next(node.name for node in TANH.nodes if node.op == "bias")
+    bias = next(node.param for node in TANH.nodes if node.op == "bias")  # named by its text
     messages = set()
     for seed in range(100):
         try:
@@ -286,6 +284,17 @@ def test_constant_state_outputs_are_refused():
             messages.add(str(error))
     assert f"replace h' by its ancestor {bias}: a state output would depend on neither x nor a " \
         "state" in messages
+
+
+def test_descriptions_name_the_parents_nodes_as_its_equations_write_them():
+    lstm = zoo.get("lstm")
+    gate = lstm.node("i").inputs[0]  # W_xi x + W_hi h + b_i, anonymous
+    ancestor = transform_until(lstm, "replace_with_ancestor", gate, "by its ancestor x")
+    assert ancestor.description == "replace [W_xi x + W_hi h + b_i] by its ancestor x"
+    removed = transform(lstm, "remove_node", lstm.node("h'").inputs[0], random.Random(0))
+    assert removed.description == "remove tanh(c')"
+    named = transform(lstm, "remove_node", "o", random.Random(0))
+    assert named.description == "remove o = sigm(W_xo x + W_ho h + b_o)"
 
 
 def test_transform_reports_unknown_kinds():

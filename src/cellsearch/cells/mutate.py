@@ -39,8 +39,15 @@ from dataclasses import dataclass, replace
 from typing import Callable
 
 from cellsearch.cells import ops
-from cellsearch.cells.equations import SYMBOLS
-from cellsearch.cells.graph import ACTIVATIONS, ELEMENTWISE, CellGraph, GraphError, Node
+from cellsearch.cells.equations import SYMBOLS, node_texts
+from cellsearch.cells.graph import (
+    ACTIVATIONS,
+    ELEMENTWISE,
+    CellGraph,
+    GraphError,
+    Node,
+    is_anonymous,
+)
 
 # §3.2 (1): the permissible activations; a number a stands for Linear(a, v) = W v + b.
 ACTIVATION_CHOICES: tuple[str | float, ...] = (
@@ -120,6 +127,16 @@ class _Draft:
         self.nodes: dict[str, Node] = {node.name: node for node in graph.nodes}
         self.params = {node.param for node in graph.nodes if node.param is not None}
         self.count = 0
+        self.texts = node_texts(graph)
+
+    def label(self, name: str) -> str:
+        """Node `name` of the parent as a reader of its equations knows it: its own name when it
+        has one (`o`, `x`), else its expression (`b_i`, `[W_xi x + W_hi h]`); a node made by
+        this mutation, which the parent does not have, by its name."""
+        if name not in self.texts or not is_anonymous(name):
+            return name
+        text = self.texts[name]
+        return f"[{text}]" if " " in text else text
 
     def operands(self, name: str) -> tuple[str, ...]:
         return self.nodes[name].inputs if name in self.nodes else ()  # cell inputs have none
@@ -221,7 +238,7 @@ def replace_activation(draft: _Draft, name: str, rng: random.Random) -> str:
     choice = rng.choice([a for a in ACTIVATION_CHOICES if a != current])
     draft.activation(choice, operand, name=name)
     draft.prune()  # the old W and b of a Linear
-    return f"replace activation {name}: {_label(current)} -> {_label(choice)}"
+    return f"replace activation {draft.label(name)}: {_label(current)} -> {_label(choice)}"
 
 
 def replace_elementwise(draft: _Draft, name: str, rng: random.Random) -> str:
@@ -230,7 +247,7 @@ def replace_elementwise(draft: _Draft, name: str, rng: random.Random) -> str:
     node = draft.nodes[name]
     op = rng.choice([op for op in ELEMENTWISE if op != node.op])
     draft.nodes[name] = replace(node, op=op)
-    return f"replace operation {name}: {SYMBOLS[node.op]} -> {SYMBOLS[op]}"
+    return f"replace operation {draft.label(name)}: {SYMBOLS[node.op]} -> {SYMBOLS[op]}"
 
 
 def insert_activation(draft: _Draft, name: str, rng: random.Random) -> str:
@@ -242,7 +259,8 @@ def insert_activation(draft: _Draft, name: str, rng: random.Random) -> str:
     inserted = draft.activation(choice, node.inputs[position])
     inputs = (*node.inputs[:position], inserted, *node.inputs[position + 1:])
     draft.nodes[name] = replace(node, inputs=inputs)
-    return f"insert {_label(choice)} between {name} and its operand {node.inputs[position]}"
+    return (f"insert {_label(choice)} between {draft.label(name)} and its operand "
+            f"{draft.label(node.inputs[position])}")
 
 
 def _removable(draft: _Draft, name: str) -> bool:
@@ -254,9 +272,9 @@ def _removable(draft: _Draft, name: str) -> bool:
 
 def remove_node(draft: _Draft, name: str, rng: random.Random) -> str:
     """(4) "Remove the current node if it has one input and one output." """
-    node = draft.nodes[name]
-    draft.redirect(name, node.inputs[0])
-    return f"remove {name} = {node.param or node.op}({node.inputs[0]})"
+    label = draft.texts.get(name, name) if is_anonymous(name) else draft.texts[name]
+    draft.redirect(name, draft.nodes[name].inputs[0])
+    return f"remove {label}"
 
 
 def replace_with_ancestor(draft: _Draft, name: str, rng: random.Random) -> str:
@@ -266,7 +284,7 @@ def replace_with_ancestor(draft: _Draft, name: str, rng: random.Random) -> str:
     ancestor = rng.choice(draft.ancestors(name))
     draft.redirect(name, ancestor)
     draft.prune()
-    return f"replace {name} by its ancestor {ancestor}"
+    return f"replace {draft.label(name)} by its ancestor {draft.label(ancestor)}"
 
 
 def replace_with_combination(draft: _Draft, name: str, rng: random.Random) -> str:
@@ -281,7 +299,8 @@ def replace_with_combination(draft: _Draft, name: str, rng: random.Random) -> st
     op = rng.choice(ELEMENTWISE)
     draft.add(op, (left, right), name=name)
     draft.prune()
-    return f"replace {name} by {left} {SYMBOLS[op]} {right} (A = {other})"
+    return (f"replace {draft.label(name)} by {draft.label(left)} {SYMBOLS[op]} "
+            f"{draft.label(right)} (A = {draft.label(other)})")
 
 
 @dataclass(frozen=True)
