@@ -272,9 +272,9 @@ def _removable(draft: _Draft, name: str) -> bool:
 
 def remove_node(draft: _Draft, name: str, rng: random.Random) -> str:
     """(4) "Remove the current node if it has one input and one output." """
-    label = draft.texts.get(name, name) if is_anonymous(name) else draft.texts[name]
+    removed = draft.texts.get(name, name)  # `o = sigm(…)`, `tanh(c')`; a node of this mutation
     draft.redirect(name, draft.nodes[name].inputs[0])
-    return f"remove {label}"
+    return f"remove {removed}"
 
 
 def replace_with_ancestor(draft: _Draft, name: str, rng: random.Random) -> str:
