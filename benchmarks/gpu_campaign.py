@@ -214,13 +214,15 @@ def search(executor: str, steps_in_flight: int | None = None):
     return run
 
 
-def timed_search(args, database: Path, options: list[str], during=None) -> str:
+def timed_search(args, database: Path, options: list[str], during=None,
+                 quick_steps: int = 2) -> str:
     """`cellsearch search` with the paper's defaults (the initial grid sampled: 20 settings) for
     --search-minutes, then stopped as Ctrl-C stops it; `during(process, fraction of the time
     gone)` is called every few seconds. Returns the end of its stderr and stdout (which ends
-    with the mixed engine's shared steps, `--executor mixed`)."""
+    with the mixed engine's shared steps, `--executor mixed`). With --quick, the tiny preset's
+    search of `quick_steps` steps, which may end before the time does."""
     minutes = 0.3 if args.quick else args.search_minutes
-    settings = (["--preset", "tiny", "--set", "max_steps=1000"] if args.quick  # (to the end)
+    settings = (["--preset", "tiny", "--set", f"max_steps={quick_steps}"] if args.quick
                 else ["--set", "initial_settings=20"])
     command = [sys.executable, "-m", "cellsearch", "search", "--db", str(database), "--device",
                args.device, "--quiet", *options, *settings]
@@ -394,7 +396,7 @@ def scaling(args, out: Path) -> dict | None:
         # each worker fed as `--executor mixed` feeds its one GPU (16 steps in flight)
         stderr = timed_search(args, database, [
             "--executor", "dask-local", "--workers", str(count), "--jobs-per-worker", "16",
-            "--set", f"steps_in_flight={16 * count}"], during)
+            "--set", f"steps_in_flight={16 * count}"], during, quick_steps=1000)  # (killed)
         runs[count] = {**throughput(database, started), **integrity(database),
                        "busy": busy_fractions(samples), "killed_worker": killed,
                        "stderr_tail": stderr}
