@@ -78,7 +78,7 @@ def check_training_with_kernels_follows_the_torch_loss() -> None:
 
     settings = [Settings(init_scale=1.0, learning_rate=0.5, max_grad_norm=5.0, num_layers=1,
                          num_parameters=3_000, seed=0)]
-    options = dict(max_epochs=1, epoch_windows=2, valid_samples=20, test_samples=20)
+    options = dict(max_epochs=1, epoch_windows=1, valid_samples=12, test_samples=12)
     eager = evaluate(zoo.get("gru"), "arith", settings, engine="eager", **options)[0]
     fused = evaluate(zoo.get("gru"), "arith", settings, engine="fused", **options)[0]
     for key in ("nll", "accuracy"):
