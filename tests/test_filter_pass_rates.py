@@ -32,3 +32,20 @@ def test_each_setting_is_recorded_a_second_call_trains_nothing_and_failures_are_
     assert rates(out, *tiny, "--tables") == printed  # trains nothing, prints the same
     rates(out, *tiny)
     assert len(out.read_text().splitlines()) == 4  # resumed: nothing trained again
+
+
+def test_worker_processes_train_the_same_settings_to_the_same_outcomes(tmp_path):
+    tiny = ["--cells", "gru", "--settings", "2", "--max-epochs", "1", "--epoch-windows", "2",
+            "--device", "cpu", "--chunk", "1"]
+    rates(tmp_path / "alone.jsonl", *tiny)
+    rates(tmp_path / "workers.jsonl", *tiny, "--executor", "processes", "--workers", "2")
+
+    def outcomes(name):
+        records = [json.loads(line) for line in (tmp_path / name).read_text().splitlines()]
+        return {(r["loss_normalization"], r["settings_key"]): r for r in records}
+
+    alone, workers = outcomes("alone.jsonl"), outcomes("workers.jsonl")
+    assert alone.keys() == workers.keys() and len(alone) == 4  # each chunk recorded once
+    for key, record in alone.items():
+        assert workers[key]["epochs"] == record["epochs"]
+        assert abs(workers[key]["value"] - record["value"]) < 1e-3  # (thread counts differ)
