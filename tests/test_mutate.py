@@ -1,4 +1,5 @@
 import random
+import re
 from collections import Counter
 
 import pytest
@@ -295,6 +296,14 @@ def test_descriptions_name_the_parents_nodes_as_its_equations_write_them():
     assert removed.description == "remove tanh(c')"
     named = transform(lstm, "remove_node", "o", random.Random(0))
     assert named.description == "remove o = sigm(W_xo x + W_ho h + b_o)"
+
+
+def test_nodes_a_mutation_makes_are_described_by_their_expressions():
+    made = re.compile(r"(?<![\w])_m\d")  # a fresh node's id; `W_m1` is a parameter's name
+    descriptions = [mutate(zoo.get(name), random.Random(seed)).description
+                    for name in ("lstm", "gru", "mut1") for seed in range(150)]
+    assert not [d for d in descriptions if made.search(d)]
+    assert any("between tanh(" in d or "by tanh(" in d for d in descriptions)
 
 
 def test_transform_reports_unknown_kinds():

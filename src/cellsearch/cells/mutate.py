@@ -39,7 +39,7 @@ from dataclasses import dataclass, replace
 from typing import Callable
 
 from cellsearch.cells import ops
-from cellsearch.cells.equations import SYMBOLS, node_texts
+from cellsearch.cells.equations import FUNCTION_NAMES, SYMBOLS, node_texts
 from cellsearch.cells.graph import (
     ACTIVATIONS,
     ELEMENTWISE,
@@ -130,13 +130,27 @@ class _Draft:
         self.texts = node_texts(graph)
 
     def label(self, name: str) -> str:
-        """Node `name` of the parent as a reader of its equations knows it: its own name when it
-        has one (`o`, `x`), else its expression (`b_i`, `[W_xi x + W_hi h]`); a node made by
-        this mutation, which the parent does not have, by its name."""
-        if name not in self.texts or not is_anonymous(name):
-            return name
-        text = self.texts[name]
+        """Node `name` as a reader of the parent's equations knows it: its own name when it has
+        one (`o`, `x`), else its expression (`b_i`, `[W_xi x + W_hi h]`), for a node this
+        mutation made too (`tanh(b_r)`), as it stands before the transformation that names it."""
+        text = self._text(name)
         return f"[{text}]" if " " in text else text
+
+    def _text(self, name: str) -> str:
+        if not is_anonymous(name):
+            return name
+        if name in self.texts:  # the parent's
+            return self.texts[name]
+        node = self.nodes[name]  # made by this mutation
+        operands = [self._text(i) for i in node.inputs]
+        operands = [f"({t})" if " " in t else t for t in operands]
+        if node.op in FUNCTION_NAMES:
+            return f"{FUNCTION_NAMES[node.op]}({operands[0].strip('()')})"
+        if node.op == "matmul":
+            return f"{node.param} {operands[0]}"
+        if node.op in SYMBOLS:
+            return f" {SYMBOLS[node.op]} ".join(operands)
+        return node.param or node.op  # a bias, the constant
 
     def operands(self, name: str) -> tuple[str, ...]:
         return self.nodes[name].inputs if name in self.nodes else ()  # cell inputs have none
@@ -236,9 +250,10 @@ def replace_activation(draft: _Draft, name: str, rng: random.Random) -> str:
     Linear(0, x), Linear(1, x), Linear(0.9, x), Linear(1.1, x)}." """
     current, operand = _activation_of(draft, name)
     choice = rng.choice([a for a in ACTIVATION_CHOICES if a != current])
+    description = f"replace activation {draft.label(name)}: {_label(current)} -> {_label(choice)}"
     draft.activation(choice, operand, name=name)
     draft.prune()  # the old W and b of a Linear
-    return f"replace activation {draft.label(name)}: {_label(current)} -> {_label(choice)}"
+    return description
 
 
 def replace_elementwise(draft: _Draft, name: str, rng: random.Random) -> str:
@@ -246,8 +261,9 @@ def replace_elementwise(draft: _Draft, name: str, rng: random.Random) -> str:
     randomly-chosen elementwise operation (multiplication, addition, subtraction)." """
     node = draft.nodes[name]
     op = rng.choice([op for op in ELEMENTWISE if op != node.op])
+    description = f"replace operation {draft.label(name)}: {SYMBOLS[node.op]} -> {SYMBOLS[op]}"
     draft.nodes[name] = replace(node, op=op)
-    return f"replace operation {draft.label(name)}: {SYMBOLS[node.op]} -> {SYMBOLS[op]}"
+    return description
 
 
 def insert_activation(draft: _Draft, name: str, rng: random.Random) -> str:
@@ -256,11 +272,12 @@ def insert_activation(draft: _Draft, name: str, rng: random.Random) -> str:
     node = draft.nodes[name]
     position = rng.randrange(len(node.inputs))
     choice = rng.choice(ACTIVATION_CHOICES)
+    description = (f"insert {_label(choice)} between {draft.label(name)} and its operand "
+                   f"{draft.label(node.inputs[position])}")
     inserted = draft.activation(choice, node.inputs[position])
     inputs = (*node.inputs[:position], inserted, *node.inputs[position + 1:])
     draft.nodes[name] = replace(node, inputs=inputs)
-    return (f"insert {_label(choice)} between {draft.label(name)} and its operand "
-            f"{draft.label(node.inputs[position])}")
+    return description
 
 
 def _removable(draft: _Draft, name: str) -> bool:
@@ -272,9 +289,9 @@ def _removable(draft: _Draft, name: str) -> bool:
 
 def remove_node(draft: _Draft, name: str, rng: random.Random) -> str:
     """(4) "Remove the current node if it has one input and one output." """
-    removed = draft.texts.get(name, name)  # `o = sigm(…)`, `tanh(c')`; a node of this mutation
+    description = f"remove {draft.texts.get(name) or draft.label(name)}"  # `o = sigm(…)`
     draft.redirect(name, draft.nodes[name].inputs[0])
-    return f"remove {removed}"
+    return description
 
 
 def replace_with_ancestor(draft: _Draft, name: str, rng: random.Random) -> str:
@@ -282,9 +299,10 @@ def replace_with_ancestor(draft: _Draft, name: str, rng: random.Random) -> str:
     ancestors (i.e., all nodes that A depends on). This allows us to reduce the size of the
     graph." """
     ancestor = rng.choice(draft.ancestors(name))
+    description = f"replace {draft.label(name)} by its ancestor {draft.label(ancestor)}"
     draft.redirect(name, ancestor)
     draft.prune()
-    return f"replace {draft.label(name)} by its ancestor {draft.label(ancestor)}"
+    return description
 
 
 def replace_with_combination(draft: _Draft, name: str, rng: random.Random) -> str:
@@ -297,10 +315,11 @@ def replace_with_combination(draft: _Draft, name: str, rng: random.Random) -> st
     other = rng.choice([a for a, pool in pools.items() if pool])
     left, right = rng.choice(draft.ancestors(name)), rng.choice(pools[other])
     op = rng.choice(ELEMENTWISE)
+    description = (f"replace {draft.label(name)} by {draft.label(left)} {SYMBOLS[op]} "
+                   f"{draft.label(right)} (A = {draft.label(other)})")
     draft.add(op, (left, right), name=name)
     draft.prune()
-    return (f"replace {draft.label(name)} by {draft.label(left)} {SYMBOLS[op]} "
-            f"{draft.label(right)} (A = {draft.label(other)})")
+    return description
 
 
 @dataclass(frozen=True)
