@@ -303,7 +303,18 @@ def test_nodes_a_mutation_makes_are_described_by_their_expressions():
     descriptions = [mutate(zoo.get(name), random.Random(seed)).description
                     for name in ("lstm", "gru", "mut1") for seed in range(150)]
     assert not [d for d in descriptions if made.search(d)]
+    assert not [d for d in descriptions if d.count("(") != d.count(")")]
     assert any("between tanh(" in d or "by tanh(" in d for d in descriptions)
+
+
+def test_a_made_node_is_written_as_the_equations_would_write_it():
+    from cellsearch.cells.mutate import _Draft
+
+    lstm = zoo.get("lstm")
+    draft = _Draft(lstm)
+    made = draft.activation("tanh", lstm.node("h'").inputs[0])  # over tanh(c')
+    assert draft.label(made) == "tanh(tanh(c'))"
+    assert draft.label(draft.activation(1.1, made)) == "[W_m1 tanh(tanh(c')) + b_m1]"
 
 
 def test_transform_reports_unknown_kinds():

@@ -142,10 +142,11 @@ class _Draft:
         if name in self.texts:  # the parent's
             return self.texts[name]
         node = self.nodes[name]  # made by this mutation
-        operands = [self._text(i) for i in node.inputs]
-        operands = [f"({t})" if " " in t else t for t in operands]
+        texts = [self._text(i) for i in node.inputs]
         if node.op in FUNCTION_NAMES:
-            return f"{FUNCTION_NAMES[node.op]}({operands[0].strip('()')})"
+            return f"{FUNCTION_NAMES[node.op]}({texts[0]})"
+        operands = [f"({t})" if any(f" {o} " in t for o in SYMBOLS.values()) else t
+                    for t in texts]  # a sum or product inside another, or under a matrix
         if node.op == "matmul":
             return f"{node.param} {operands[0]}"
         if node.op in SYMBOLS:
