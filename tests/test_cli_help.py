@@ -1,5 +1,5 @@
-"""Every option and argument of every command says what it is for in `--help` (issue 18: a user learns the
-options from the help, not from the error for a wrong one)."""
+"""Every option and argument of every command says what it is for in `--help` (issue 18: a user
+learns the options from the help, not from the error for a wrong one)."""
 
 import argparse
 
